@@ -1,0 +1,74 @@
+"""Crop/pad policies that turn any clip into a fixed-length window.
+
+``pad`` zero-pads short clips; ``repeatpad`` (LAION-CLAP's default) tiles a short clip
+``floor(length / n)`` times and zero-pads the rest; ``repeat`` tiles and cuts. Long clips are
+cropped at the start, centre, a random offset or a seeded offset (reproducible evaluation).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+PadMode = Literal["pad", "repeatpad", "repeat"]
+CropMode = Literal["start", "center", "random", "seeded"]
+
+
+def fit_length(
+    wave,
+    length: int,
+    pad: PadMode = "repeatpad",
+    crop: CropMode = "random",
+    *,
+    rng: np.random.Generator | None = None,
+    seed: int | None = None,
+):
+    """Fit ``wave`` (numpy or torch, time on the last axis) to exactly ``length`` samples."""
+    n = wave.shape[-1]
+    if n == length:
+        return wave
+    if n > length:
+        start = _crop_start(n - length, crop, rng, seed)
+        return wave[..., start : start + length]
+    return _pad(wave, length, pad)
+
+
+def _crop_start(slack: int, crop: CropMode, rng, seed) -> int:
+    if crop == "start":
+        return 0
+    if crop == "center":
+        return slack // 2
+    if crop == "seeded":
+        return int(np.random.default_rng(seed).integers(0, slack + 1))
+    if crop == "random":
+        return int((rng or np.random.default_rng()).integers(0, slack + 1))
+    raise ValueError(f"unknown crop mode {crop!r}; expected start, center, random or seeded")
+
+
+def _pad(wave, length: int, pad: PadMode):
+    n = wave.shape[-1]
+    is_torch = isinstance(wave, torch.Tensor)
+    cat = torch.cat if is_torch else np.concatenate
+    if pad == "repeat":
+        reps = -(-length // n)
+        tiled = cat([wave] * reps, -1) if is_torch else np.concatenate([wave] * reps, axis=-1)
+        return tiled[..., :length]
+    if pad == "repeatpad":
+        reps = length // n
+        wave = cat([wave] * reps, -1) if is_torch else np.concatenate([wave] * reps, axis=-1)
+    elif pad != "pad":
+        raise ValueError(f"unknown pad mode {pad!r}; expected pad, repeatpad or repeat")
+    missing = length - wave.shape[-1]
+    if is_torch:
+        return torch.nn.functional.pad(wave, (0, missing))
+    widths = [(0, 0)] * (wave.ndim - 1) + [(0, missing)]
+    return np.pad(wave, widths)
+
+
+def int16_roundtrip(wave):
+    """LAION-CLAP's quantisation: clip to [-1, 1], scale by 32767, truncate, scale back."""
+    if isinstance(wave, torch.Tensor):
+        return (wave.clamp(-1.0, 1.0) * 32767.0).to(torch.int16).to(wave.dtype) / 32767.0
+    return (np.clip(wave, -1.0, 1.0) * 32767.0).astype(np.int16).astype(np.float32) / 32767.0

@@ -1,0 +1,123 @@
+"""Decoding and writing audio with soundfile; one typed error for every way a file can be bad."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import soundfile as sf
+
+from clapkit.audio.resample import resample
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
+
+
+class AudioLoadError(ValueError):
+    """A file (or in-memory blob) could not be used as audio.
+
+    Attributes:
+        source: the path or key of the offending input.
+        reason: a short human-readable cause ("empty", "contains NaN", "unreadable: ...").
+    """
+
+    def __init__(self, source: str | os.PathLike, reason: str):
+        self.source = str(source)
+        self.reason = reason
+        super().__init__(f"{self.source}: {reason}")
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """Header facts about an audio file, read without decoding the samples."""
+
+    sample_rate: int
+    frames: int
+    channels: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Read the header of ``path``; raises :class:`AudioLoadError` if it is not audio."""
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError/TypeError
+        raise AudioLoadError(path, f"unreadable: {_short(exc)}") from None
+    return AudioInfo(int(info.samplerate), int(info.frames), int(info.channels))
+
+
+def load_audio(
+    source: str | os.PathLike | bytes | BinaryIO,
+    sample_rate: int | None = None,
+    mono: bool = True,
+    *,
+    name: str | None = None,
+    reject_silent: bool = False,
+) -> tuple[np.ndarray, int]:
+    """Decode audio to float32.
+
+    Args:
+        source: a path, raw file bytes (for example a webdataset member) or a binary file object.
+        sample_rate: resample to this rate (soxr) when given; otherwise keep the file's rate.
+        mono: average channels to one; the result is ``[T]``. Otherwise ``[C, T]``.
+        name: what to call the input in errors (defaults to the path).
+        reject_silent: also refuse a signal that is exactly zero everywhere.
+
+    Returns:
+        ``(samples, rate)``.
+
+    Raises:
+        AudioLoadError: unreadable, empty, non-finite (or silent with ``reject_silent``).
+    """
+    label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "<bytes>")
+    handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    try:
+        data, rate = sf.read(handle if not isinstance(handle, os.PathLike) else str(handle),
+                             dtype="float32", always_2d=True)
+    except Exception as exc:
+        if isinstance(source, (str, os.PathLike)) and not Path(source).exists():
+            raise AudioLoadError(label, "no such file") from None
+        raise AudioLoadError(label, f"unreadable: {_short(exc)}") from None
+    if data.size == 0 or data.shape[0] == 0:
+        raise AudioLoadError(label, "empty (no samples)")
+    if not np.isfinite(data).all():
+        raise AudioLoadError(label, "contains NaN or Inf samples")
+    if reject_silent and not np.any(data):
+        raise AudioLoadError(label, "silent (all samples are zero)")
+    wave = data.T  # [C, T]
+    if mono:
+        wave = wave.mean(axis=0)
+    if sample_rate is not None and sample_rate != rate:
+        wave = resample(wave, rate, sample_rate)
+        rate = sample_rate
+    return np.ascontiguousarray(wave, dtype=np.float32), int(rate)
+
+
+def save_audio(path: str | os.PathLike, wave, sample_rate: int, subtype: str | None = None) -> Path:
+    """Write ``wave`` (``[T]`` or ``[C, T]``, numpy or torch) atomically: temp file, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = wave.detach().cpu().float().numpy() if hasattr(wave, "detach") else np.asarray(wave)
+    array = array.T if array.ndim == 2 else array
+    fmt = path.suffix.lstrip(".").upper() or "WAV"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        sf.write(tmp, array, sample_rate, format=fmt, subtype=subtype)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__

@@ -1,0 +1,85 @@
+"""``clapkit`` command line: LightningCLI for training, typed subcommands for inference.
+
+``clapkit fit|validate|test|predict --config x.yaml`` are LightningCLI subcommands (subclass
+mode: model and data are chosen by ``class_path``). Every other subcommand lives in its own
+module under :mod:`clapkit.commands` and is imported only when called, so ``clapkit --help``
+stays fast and one broken optional dependency never takes the trainer down.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from clapkit.commands import CommandError
+
+TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+
+# name -> (module under clapkit.commands, one-line help)
+INFERENCE_COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo", "train + evaluate the quick-start CLAP and print a results table"),
+    "embed": ("embed", "embed audio files or folders to .npy / parquet"),
+    "zeroshot": ("zeroshot", "zero-shot tag audio files with a list of labels, write CSV"),
+    "retrieve": ("retrieve", "rank an embedded folder against a text query"),
+    "convert": ("convert", "convert an official checkpoint to clapkit's native format"),
+    "make-shards": ("make_shards", "write webdataset shards from a manifest of audio + text"),
+    "separate": ("separate", "extract the sound a query describes from mixtures"),
+    "query": ("query", "cross-modal search (text, image or audio query) over a folder"),
+}
+
+
+def _offline_defaults() -> None:
+    # Nothing may download at run time; make the hub libraries fail fast instead of hanging.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def lightning_main(args: list[str] | None = None, run: bool = True):
+    """Run LightningCLI (or build it without running when ``run`` is False, for tests)."""
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.cli import LightningCLI
+
+    return LightningCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+        auto_configure_optimizers=False,
+    )
+
+
+def _usage() -> str:
+    lines = ["usage: clapkit <command> [options]", "", "training (LightningCLI):"]
+    lines += [f"  {name:<12} --config x.yaml" for name in TRAINER_COMMANDS]
+    lines += ["", "inference and tools:"]
+    lines += [f"  {name:<12} {text}" for name, (_, text) in INFERENCE_COMMANDS.items()]
+    lines += ["", "`clapkit <command> --help` documents each command."]
+    return "\n".join(lines)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of the ``clapkit`` console script and ``python -m clapkit``."""
+    _offline_defaults()
+    argv = list(sys.argv[1:] if args is None else args)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    command = argv[0]
+    if command in INFERENCE_COMMANDS:
+        module = importlib.import_module(f"clapkit.commands.{INFERENCE_COMMANDS[command][0]}")
+        try:
+            return int(module.main(argv[1:]) or 0)
+        except CommandError as exc:
+            print(f"clapkit {command}: error: {exc}", file=sys.stderr)
+            return 2
+    lightning_main(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

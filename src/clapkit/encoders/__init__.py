@@ -1,0 +1,5 @@
+"""Encoders: plain ``nn.Module`` towers behind small ABCs (see :mod:`clapkit.encoders.base`)."""
+
+from clapkit.encoders.base import AudioEncoder, EncoderOutput, ImageEncoder, TextEncoder
+
+__all__ = ["AudioEncoder", "EncoderOutput", "ImageEncoder", "TextEncoder"]

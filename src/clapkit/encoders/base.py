@@ -1,0 +1,90 @@
+"""Encoder contracts: small ABCs every tower implements, and the typed output they return.
+
+Encoders are plain ``nn.Module``s (no Lightning). A LightningModule only relies on what is
+declared here: ``output_dim`` for every encoder, ``sample_rate`` for audio, and ``forward``
+returning an :class:`EncoderOutput`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class EncoderOutput:
+    """What every encoder returns.
+
+    Attributes:
+        embedding: pooled representation ``[B, output_dim]`` (before any projection head).
+        features: optional multi-level features, shallow to deep (for example HTSAT's patch
+            embedding and each stage, as ``[B, C, H, W]`` maps); separation decoders read them.
+        tokens: optional per-token or per-frame sequence ``[B, L, C]``.
+        extras: anything model specific (fusion flags, framewise logits, auxiliary losses).
+    """
+
+    embedding: torch.Tensor
+    features: list[torch.Tensor] | None = None
+    tokens: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Encoder(nn.Module, ABC):
+    """Common base: every encoder knows the width of the embedding it returns."""
+
+    @property
+    @abstractmethod
+    def output_dim(self) -> int:
+        """Width of ``EncoderOutput.embedding``."""
+
+
+class AudioEncoder(Encoder):
+    """An audio tower: waveforms ``[B, T]`` (or ``[B, C, T]``) at ``sample_rate`` in, embedding out.
+
+    Front ends (STFT, mel, log) live inside the encoder so they run batched on the accelerator.
+    ``lengths`` gives each waveform's valid sample count when a batch is padded.
+    """
+
+    @property
+    @abstractmethod
+    def sample_rate(self) -> int:
+        """Sample rate the encoder expects, in Hz."""
+
+    @abstractmethod
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput: ...
+
+
+class TextEncoder(Encoder):
+    """A text tower: a list of strings (or tokens from :meth:`tokenize`) in, embedding out."""
+
+    @abstractmethod
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Turn strings into the tensors ``forward`` accepts (CPU tensors)."""
+
+    @abstractmethod
+    def forward(self, texts: list[str] | dict[str, torch.Tensor]) -> EncoderOutput: ...
+
+
+class ImageEncoder(Encoder):
+    """An image tower: ``[B, 3, H, W]`` normalised images in, embedding out."""
+
+    @property
+    def image_size(self) -> int:
+        """Square input resolution the encoder expects."""
+        return 224
+
+    @abstractmethod
+    def forward(self, images: torch.Tensor) -> EncoderOutput: ...
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Device of a module's first parameter or buffer (CPU for an empty module)."""
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")

@@ -1,0 +1,104 @@
+"""Time-frequency front ends that run inside models, batched, on the accelerator, in fp32.
+
+``LogMel`` is the default (torchaudio; LAION-CLAP's parameters). Front ends are modules so
+they move with the model and appear in its config, and they switch autocast off because the
+STFT and the log need fp32 even in a bf16 run.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torchaudio
+from torch import nn
+
+
+def fp32(fn):
+    """Run ``fn`` with autocast disabled and its tensor input cast to fp32."""
+
+    def wrapper(self, x: torch.Tensor, *args, **kwargs):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return fn(self, x.float(), *args, **kwargs)
+
+    wrapper.__doc__ = fn.__doc__
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+class LogMel(nn.Module):
+    """Log-mel spectrogram: ``[..., T]`` waveform -> ``[..., n_mels, frames]`` in dB.
+
+    Defaults are LAION-CLAP's: 48 kHz, n_fft 1024, periodic Hann window 1024, hop 480,
+    centred with reflect padding, 64 Slaney mel bins (Slaney norm) over 50-14000 Hz, power 2,
+    ``10*log10(max(x, amin))`` with no top_db. A 10 s clip gives 1001 frames.
+
+    Args:
+        sample_rate: input rate in Hz.
+        n_fft: FFT size.
+        win_length: window length (defaults to ``n_fft``).
+        hop_length: hop in samples.
+        n_mels: number of mel bins.
+        f_min: lowest mel edge in Hz.
+        f_max: highest mel edge in Hz.
+        mel_scale: ``slaney`` (librosa default) or ``htk``.
+        norm: ``slaney`` area normalisation of the filters, or ``None``.
+        power: 2 for power, 1 for magnitude.
+        amin: floor before the log.
+        top_db: optional dynamic-range clamp below the per-example maximum.
+        center: pad so frame ``t`` is centred at ``t * hop``.
+        pad_mode: padding mode when centring.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = 48000,
+        n_fft: int = 1024,
+        win_length: int | None = None,
+        hop_length: int = 480,
+        n_mels: int = 64,
+        f_min: float = 50.0,
+        f_max: float | None = 14000.0,
+        mel_scale: Literal["slaney", "htk"] = "slaney",
+        norm: Literal["slaney"] | None = "slaney",
+        power: float = 2.0,
+        amin: float = 1e-10,
+        top_db: float | None = None,
+        center: bool = True,
+        pad_mode: str = "reflect",
+    ):
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.hop_length = hop_length
+        self.n_mels = n_mels
+        self.amin = amin
+        self.top_db = top_db
+        self.power = power
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            win_length=win_length or n_fft,
+            hop_length=hop_length,
+            f_min=f_min,
+            f_max=f_max,
+            n_mels=n_mels,
+            power=power,
+            center=center,
+            pad_mode=pad_mode,
+            norm=norm,
+            mel_scale=mel_scale,
+        )
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames produced for a waveform of ``num_samples`` (centred STFT)."""
+        return num_samples // self.hop_length + 1
+
+    @fp32
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        spec = self.mel(waveform)
+        multiplier = 10.0 if self.power == 2.0 else 20.0
+        db = multiplier * torch.log10(torch.clamp(spec, min=self.amin))
+        if self.top_db is not None:
+            peak = db.amax(dim=(-2, -1), keepdim=True)
+            db = torch.maximum(db, peak - self.top_db)
+        return db

@@ -1,0 +1,1 @@
+"""clapkit.lightning_modules"""

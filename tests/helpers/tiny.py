@@ -1,0 +1,1 @@
+"""Tiny models and fixture writers shared by tests (no downloads, seconds on CPU)."""
