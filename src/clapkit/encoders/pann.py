@@ -1,0 +1,176 @@
+"""PANN CNN audio encoders (Cnn14, Cnn10, Cnn6) as used by LAION-CLAP and MS-CLAP 2022.
+
+Module names follow the reference (``bn0``, ``conv_block{i}.conv1/bn1/conv2/bn2``, ``fc1``,
+``fc_audioset``) so official checkpoints map onto them key for key. The log-mel front end is a
+module argument; the default is LAION-CLAP's (48 kHz, hop 480, 64 Slaney mels, 50-14000 Hz).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+import torchaudio
+from torch import nn
+
+from clapkit.encoders.base import AudioEncoder, EncoderOutput
+from clapkit.encoders.frontends import LogMel
+
+
+class ConvBlock(nn.Module):
+    """Two 3x3 conv-BN-ReLU layers followed by average pooling."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        for conv in (self.conv1, self.conv2):
+            nn.init.xavier_uniform_(conv.weight)
+
+    def forward(self, x: torch.Tensor, pool: int) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        return F.avg_pool2d(x, pool) if pool > 1 else x
+
+
+class ConvBlock5x5(nn.Module):
+    """One 5x5 conv-BN-ReLU layer followed by average pooling (Cnn6)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 5, padding=2, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        nn.init.xavier_uniform_(self.conv1.weight)
+
+    def forward(self, x: torch.Tensor, pool: int) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        return F.avg_pool2d(x, pool) if pool > 1 else x
+
+
+@dataclass(frozen=True)
+class PANNSpec:
+    """Geometry of one PANN architecture at full width."""
+
+    block: type[nn.Module]
+    channels: tuple[int, ...]
+    pools: tuple[int, ...]
+
+
+class PANNEncoder(AudioEncoder):
+    """Shared implementation of the PANN CNNs; use :class:`Cnn14`, :class:`Cnn10` or :class:`Cnn6`.
+
+    Args:
+        variant: ``base`` has the reference widths; ``small`` divides every width by 4 and
+            ``tiny`` by 16 (for fast experiments and tests).
+        frontend: log-mel front end (default: LAION-CLAP's 48 kHz parameters).
+        classes_num: width of the AudioSet head ``fc_audioset`` (kept for checkpoint parity;
+            its logits are returned in ``extras["clipwise_logits"]``).
+        spec_augment: apply SpecAugment-style time/frequency masking while training
+            (two 64-frame time stripes and two 8-bin frequency stripes, as in the reference).
+        dropout: dropout after each conv block (0.2 in the reference); the head uses 0.5.
+    """
+
+    SPEC: ClassVar[PANNSpec]
+    WIDTH_DIVISOR: ClassVar[dict[str, int]] = {"base": 1, "small": 4, "tiny": 16}
+
+    def __init__(
+        self,
+        variant: Literal["base", "small", "tiny"] = "base",
+        frontend: LogMel | None = None,
+        classes_num: int = 527,
+        spec_augment: bool = False,
+        dropout: float = 0.2,
+    ):
+        super().__init__()
+        self.variant = variant
+        self.frontend = frontend if frontend is not None else LogMel()
+        divisor = self.WIDTH_DIVISOR[variant]
+        channels = [max(c // divisor, 4) for c in self.SPEC.channels]
+        self.pools = self.SPEC.pools
+        self.dropout = dropout
+        self.bn0 = nn.BatchNorm2d(self.frontend.n_mels)
+        in_channels = 1
+        for index, out_channels in enumerate(channels, start=1):
+            setattr(self, f"conv_block{index}", self.SPEC.block(in_channels, out_channels))
+            in_channels = out_channels
+        self._num_blocks = len(channels)
+        self._width = in_channels
+        self.fc1 = nn.Linear(in_channels, in_channels)
+        self.fc_audioset = nn.Linear(in_channels, classes_num)
+        nn.init.xavier_uniform_(self.fc1.weight)
+        nn.init.zeros_(self.fc1.bias)
+        nn.init.xavier_uniform_(self.fc_audioset.weight)
+        nn.init.zeros_(self.fc_audioset.bias)
+        self.spec_augment = (
+            nn.Sequential(
+                torchaudio.transforms.TimeMasking(64, iid_masks=True),
+                torchaudio.transforms.TimeMasking(64, iid_masks=True),
+                torchaudio.transforms.FrequencyMasking(8, iid_masks=True),
+                torchaudio.transforms.FrequencyMasking(8, iid_masks=True),
+            )
+            if spec_augment
+            else None
+        )
+
+    @property
+    def output_dim(self) -> int:
+        return self._width
+
+    @property
+    def sample_rate(self) -> int:
+        return self.frontend.sample_rate
+
+    def spectrogram(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Waveform ``[B, T]`` (or ``[B, C, T]``, averaged) -> normalised log-mel ``[B, 1, frames, mels]``."""
+        if waveform.dim() == 3:
+            waveform = waveform.mean(dim=1)
+        x = self.frontend(waveform).transpose(-1, -2).unsqueeze(1)  # [B, 1, T, F]
+        return self.bn0(x.transpose(1, 3)).transpose(1, 3)
+
+    def forward_spectrogram(self, x: torch.Tensor) -> EncoderOutput:
+        """Run the CNN on a normalised log-mel ``[B, 1, frames, mels]``."""
+        if self.training and self.spec_augment is not None:
+            # torchaudio masks the last axis for time and the one before for frequency.
+            x = self.spec_augment(x.transpose(-1, -2)).transpose(-1, -2)
+        features = []
+        for index, pool in enumerate(self.pools, start=1):
+            x = getattr(self, f"conv_block{index}")(x, pool)
+            x = F.dropout(x, p=self.dropout, training=self.training)
+            features.append(x)
+        x = x.mean(dim=3)  # over mel bins -> [B, C, T']
+        frames = x.transpose(1, 2)
+        x = x.amax(dim=2) + x.mean(dim=2)
+        x = F.dropout(x, p=0.5, training=self.training)
+        hidden = F.relu(self.fc1(x))
+        embedding = F.dropout(hidden, p=0.5, training=self.training)
+        return EncoderOutput(
+            embedding=embedding,
+            features=features,
+            tokens=frames,
+            extras={"clipwise_logits": self.fc_audioset(hidden)},
+        )
+
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
+        return self.forward_spectrogram(self.spectrogram(waveform))
+
+
+class Cnn14(PANNEncoder):
+    """PANN Cnn14: six double-conv blocks 64..2048, embedding width 2048 (base)."""
+
+    SPEC = PANNSpec(ConvBlock, (64, 128, 256, 512, 1024, 2048), (2, 2, 2, 2, 2, 1))
+
+
+class Cnn10(PANNEncoder):
+    """PANN Cnn10 as in LAION-CLAP: five double-conv blocks 64..1024, embedding width 1024."""
+
+    SPEC = PANNSpec(ConvBlock, (64, 128, 256, 512, 1024), (2, 2, 2, 2, 2))
+
+
+class Cnn6(PANNEncoder):
+    """PANN Cnn6: four single 5x5 conv blocks 64..512, embedding width 512."""
+
+    SPEC = PANNSpec(ConvBlock5x5, (64, 128, 256, 512), (2, 2, 2, 2))
