@@ -1,0 +1,327 @@
+"""Write webdataset shards (LAION-CLAP layout) from a manifest of audio files and captions.
+
+MANIFEST is a CSV (header row) or JSONL file with an ``audio`` path (relative to
+--audio-root, or absolute) and a ``text`` caption per row; ``text`` may also be a list of
+captions (JSONL, or a JSON list in the CSV cell). Optional ``tags``: a list (JSONL / JSON
+cell) or ``;``-separated names. Other columns are copied into each sample's JSON.
+
+Each shard ``NNNNNN.tar`` holds ``<key>.flac`` (mono, resampled with soxr to
+--sample-rate, 16-bit FLAC) and ``<key>.json`` (``text``, ``tag``, ``original_filename``,
+``duration``, ``sample_rate``); keys are the manifest row numbers, so they are unique and
+stable. ``sizes.json`` lists the samples per shard, as LAION-CLAP's loader expects.
+
+Shards are written by --workers processes, each to a temporary file renamed into place when
+complete; re-running the same command skips complete shards (resume after a kill). Files
+that cannot be used (missing, corrupt, empty, silent, NaN) are skipped and listed in
+``skipped.csv`` and in the summary.
+
+example:
+  clapkit make-shards clips.csv --audio-root /data/clotho -o shards/clotho/train --workers 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import os
+import sys
+import tempfile
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from clapkit.commands import CommandError
+
+STATE_DIR = ".make_shards"
+SUBTYPES = {16: "PCM_16", 24: "PCM_24"}
+
+
+@dataclass
+class Row:
+    key: str
+    path: str
+    source: str
+    meta: dict[str, Any]
+
+
+@dataclass
+class ShardResult:
+    index: int
+    count: int
+    skipped: list[tuple[str, str]]
+    resumed: bool = False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clapkit make-shards", description=__doc__,
+        formatter_class=type("F", (argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter), {}),
+    )
+    parser.add_argument("manifest", help="CSV or JSONL with columns audio, text[, tags, ...]")
+    parser.add_argument("--audio-root", default=".", help="folder the manifest's audio paths are relative to")
+    parser.add_argument("-o", "--output", required=True, help="output folder for the shards")
+    parser.add_argument("--sample-rate", type=int, default=48000, help="rate of the stored audio")
+    parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    parser.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
+                        help="parallel writer processes")
+    parser.add_argument("--max-seconds", type=float, default=None, help="keep at most this much of each file")
+    parser.add_argument("--bits", type=int, default=16, choices=sorted(SUBTYPES), help="FLAC sample depth")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="discard existing shards written from a different manifest or settings")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+# -- manifest ----------------------------------------------------------------------------------
+def _listish(value: Any, split: str | None) -> list[str] | str:
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    text = str(value).strip()
+    if text.startswith("["):
+        try:
+            parsed = json.loads(text)
+            if isinstance(parsed, list):
+                return [str(v) for v in parsed]
+        except ValueError:
+            pass
+    if split is not None:
+        return [t.strip() for t in text.split(split) if t.strip()]
+    return text
+
+
+def read_manifest(path: Path) -> list[dict[str, Any]]:
+    """Rows of a CSV or JSONL manifest; errors name the file, line and problem."""
+    if not path.is_file():
+        raise CommandError(f"{path}: manifest not found")
+    rows: list[dict[str, Any]] = []
+    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise CommandError(f"{path}:{line_no}: not valid JSON ({exc})") from None
+            if not isinstance(row, dict):
+                raise CommandError(f"{path}:{line_no}: expected a JSON object per line")
+            rows.append(row)
+    else:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            rows = [dict(r) for r in reader]
+            columns = reader.fieldnames or []
+        if not {"audio", "text"} <= set(columns):
+            raise CommandError(f"{path}: needs columns 'audio' and 'text'; found {columns}")
+    for i, row in enumerate(rows, 1):
+        if not row.get("audio") or row.get("text") in (None, "", []):
+            raise CommandError(f"{path}: row {i} lacks 'audio' or 'text': {row}")
+    if not rows:
+        raise CommandError(f"{path}: manifest has no rows")
+    return rows
+
+
+def plan_rows(manifest: list[dict[str, Any]], audio_root: Path) -> list[Row]:
+    width = max(6, len(str(len(manifest))))
+    out = []
+    for i, entry in enumerate(manifest):
+        entry = dict(entry)
+        source = str(entry.pop("audio"))
+        meta: dict[str, Any] = {"text": _listish(entry.pop("text"), None)}
+        tags = entry.pop("tags", None) or entry.pop("tag", None)
+        if tags:
+            meta["tag"] = _listish(tags, ";")
+        meta.update({k: v for k, v in entry.items() if v not in (None, "")})
+        meta["original_filename"] = source
+        path = Path(source) if Path(source).is_absolute() else audio_root / source
+        out.append(Row(f"{i:0{width}d}", str(path), source, meta))
+    return out
+
+
+# -- one shard (runs in a worker process) --------------------------------------------------------
+def encode_flac(wave: np.ndarray, rate: int, bits: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(wave, -1.0, 1.0), rate, format="FLAC", subtype=SUBTYPES[bits])
+    return buf.getvalue()
+
+
+def write_shard(index: int, rows: list[Row], out_dir: str, sample_rate: int, bits: int,
+                max_seconds: float | None) -> ShardResult:
+    """Write ``NNNNNN.tar`` atomically, then its state file; returns counts and skips."""
+    from webdataset import TarWriter
+
+    from clapkit.audio import AudioLoadError, load_audio
+
+    out = Path(out_dir)
+    name = f"{index:06d}.tar"
+    skipped: list[tuple[str, str]] = []
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
+    count = 0
+    try:
+        with os.fdopen(fd, "wb") as handle, TarWriter(handle, encoder=False) as writer:
+            for row in rows:
+                try:
+                    wave, _ = load_audio(row.path, sample_rate, mono=True, reject_silent=True)
+                except (AudioLoadError, OSError) as exc:
+                    skipped.append((row.source, getattr(exc, "reason", str(exc))))
+                    continue
+                if max_seconds is not None:
+                    wave = wave[: int(max_seconds * sample_rate)]
+                meta = dict(row.meta, duration=round(len(wave) / sample_rate, 6), sample_rate=sample_rate)
+                writer.write({"__key__": row.key, "flac": encode_flac(wave, sample_rate, bits),
+                              "json": json.dumps(meta, ensure_ascii=False).encode("utf-8")})
+                count += 1
+        if count:
+            os.replace(tmp, out / name)
+        else:
+            os.unlink(tmp)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _write_json(out / STATE_DIR / f"{index:06d}.json", {"name": name, "count": count, "skipped": skipped})
+    return ShardResult(index, count, skipped)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1, ensure_ascii=False)
+    os.replace(tmp, path)
+
+
+def _completed(out: Path, index: int) -> ShardResult | None:
+    state = out / STATE_DIR / f"{index:06d}.json"
+    if not state.is_file():
+        return None
+    try:
+        info = json.loads(state.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    if info["count"] and not (out / info["name"]).is_file():
+        return None
+    return ShardResult(index, int(info["count"]), [tuple(s) for s in info["skipped"]], resumed=True)
+
+
+def _fingerprint(manifest: Path, args: argparse.Namespace, audio_root: Path) -> str:
+    digest = hashlib.sha256(manifest.read_bytes())
+    digest.update(json.dumps([str(audio_root.resolve()), args.sample_rate, args.shard_size, args.bits,
+                              args.max_seconds]).encode())
+    return digest.hexdigest()
+
+
+def _check_plan(out: Path, fingerprint: str, overwrite: bool) -> None:
+    plan = out / STATE_DIR / "plan.json"
+    if plan.is_file():
+        previous = json.loads(plan.read_text()).get("fingerprint")
+        if previous != fingerprint:
+            if not overwrite:
+                raise CommandError(f"{out}: holds shards from a different manifest or settings "
+                                   "(pass --overwrite to replace them, or choose another --output)")
+            for stale in list(out.glob("*.tar")) + list((out / STATE_DIR).glob("*.json")):
+                stale.unlink()
+    _write_json(plan, {"fingerprint": fingerprint})
+
+
+# -- driver --------------------------------------------------------------------------------------
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    manifest_path, audio_root, out = Path(args.manifest), Path(args.audio_root), Path(args.output)
+    if args.shard_size < 1 or args.workers < 1 or args.sample_rate < 1:
+        raise CommandError("--shard-size, --workers and --sample-rate must be positive")
+    if not audio_root.is_dir():
+        raise CommandError(f"{audio_root}: --audio-root is not a directory")
+    rows = plan_rows(read_manifest(manifest_path), audio_root)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_plan(out, _fingerprint(manifest_path, args, audio_root), args.overwrite)
+
+    chunks = [rows[i : i + args.shard_size] for i in range(0, len(rows), args.shard_size)]
+    results: dict[int, ShardResult] = {}
+    todo = []
+    for index in range(len(chunks)):
+        done = _completed(out, index)
+        if done is not None:
+            results[index] = done
+        else:
+            todo.append(index)
+    with _progress(args.quiet, len(rows), sum(len(chunks[i]) for i in results)) as advance:
+        jobs = [(i, chunks[i], str(out), args.sample_rate, args.bits, args.max_seconds) for i in todo]
+        if args.workers == 1 or len(jobs) <= 1:
+            for job in jobs:
+                results[job[0]] = write_shard(*job)
+                advance(len(job[1]))
+        else:
+            with ProcessPoolExecutor(max_workers=min(args.workers, len(jobs))) as pool:
+                futures = {pool.submit(write_shard, *job): job for job in jobs}
+                for future in as_completed(futures):
+                    job = futures[future]
+                    results[job[0]] = future.result()
+                    advance(len(job[1]))
+
+    sizes = {f"{i:06d}.tar": results[i].count for i in sorted(results) if results[i].count}
+    _write_json(out / "sizes.json", sizes)
+    skipped = [(src, reason) for i in sorted(results) for src, reason in results[i].skipped]
+    _write_skipped(out / "skipped.csv", skipped)
+    _summary(results, skipped, out, args.quiet)
+    return 0
+
+
+def _write_skipped(path: Path, skipped: list[tuple[str, str]]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["audio", "reason"])
+        writer.writerows(skipped)
+    os.replace(tmp, path)
+
+
+class _progress:
+    """Rich progress bar over manifest rows (silent with --quiet)."""
+
+    def __init__(self, quiet: bool, total: int, completed: int):
+        self.quiet, self.total, self.completed = quiet, total, completed
+
+    def __enter__(self):
+        if self.quiet:
+            return lambda n: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("make-shards"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            transient=False)
+        self.bar.start()
+        task = self.bar.add_task("files", total=self.total, completed=self.completed)
+        return lambda n: self.bar.advance(task, n)
+
+    def __exit__(self, *exc):
+        if not self.quiet:
+            self.bar.stop()
+        return False
+
+
+def _summary(results: dict[int, ShardResult], skipped: list[tuple[str, str]], out: Path, quiet: bool) -> None:
+    written = sum(1 for r in results.values() if r.count and not r.resumed)
+    resumed = sum(1 for r in results.values() if r.count and r.resumed)
+    samples = sum(r.count for r in results.values())
+    lines = [f"{samples} samples in {written + resumed} shards under {out} "
+             f"({written} written, {resumed} already complete)"]
+    if skipped:
+        reasons = Counter(reason.split(":")[0].split(" (")[0] for _, reason in skipped)
+        lines.append(f"skipped {len(skipped)} files: "
+                     + ", ".join(f"{n} {r}" for r, n in reasons.most_common())
+                     + f" (list in {out / 'skipped.csv'})")
+        lines += [f"  {src}: {reason}" for src, reason in skipped[:10]]
+        if len(skipped) > 10:
+            lines.append(f"  ... and {len(skipped) - 10} more")
+    if not quiet or skipped:
+        print("\n".join(lines), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,216 @@
+"""Map-style clip sets (files on disk listed by a metadata table) and their DataModule base.
+
+A reader (ESC-50, UrbanSound8K, FSD50K, AudioSet, AudioCaps, Clotho) turns an official
+layout into a :class:`ClipSet`: a list of :class:`ClipRecord` (path, captions, label) plus
+the class names. :class:`ClipDataset` decodes records in workers through an
+:class:`~clapkit.datamodules.pipeline.AudioPolicy`; bad files become ``Skipped`` markers that
+:func:`~clapkit.datamodules.pipeline.collate_with_skips` counts. :class:`ClipDataModule`
+holds what every such datamodule shares (loaders, collate, ``class_names``); subclasses only
+say which records belong to which stage.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from clapkit.datamodules.pipeline import AudioPolicy, Skipped, Stage, collate_with_skips, worker_rng
+
+
+class LayoutError(ValueError):
+    """A dataset folder does not have the official layout; the message names the file."""
+
+
+@dataclass
+class ClipRecord:
+    """One clip of a metadata table.
+
+    Attributes:
+        path: audio file.
+        texts: captions (empty for label-only sets unless templated).
+        label: class index (single-label), list of indices (multi-label) or ``None``.
+        key: identifier (usually the file stem).
+        meta: fold, split, source ids.
+    """
+
+    path: Path
+    texts: list[str] = field(default_factory=list)
+    label: int | list[int] | None = None
+    key: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ClipSet:
+    """Records of one split plus the label vocabulary.
+
+    Attributes:
+        records: the clips.
+        class_names: display names, index = label id (empty for caption-only sets).
+        multi_label: labels are lists of indices (multi-hot targets).
+    """
+
+    records: list[ClipRecord]
+    class_names: list[str] = field(default_factory=list)
+    multi_label: bool = False
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+class ClipDataset(Dataset):
+    """Decodes :class:`ClipRecord` items; returns a ``Sample`` or a ``Skipped`` marker.
+
+    Args:
+        records: the clips to serve.
+        audio: decode/crop policy.
+        stage: ``train`` (random crops) or ``eval`` (deterministic crops).
+        with_text: attach captions (``False`` turns a labelled set into a pure zero-shot set).
+    """
+
+    def __init__(self, records: list[ClipRecord], audio: AudioPolicy, stage: Stage, with_text: bool = True):
+        self.records = records
+        self.audio = audio
+        self.stage = stage
+        self.with_text = with_text
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        rec = self.records[index]
+        texts = rec.texts if self.with_text else []
+        if self.with_text and not texts:
+            return Skipped("no_text", rec.key)
+        rng = worker_rng(index) if self.stage == "train" else None
+        return self.audio.load(
+            rec.path, key=rec.key, stage=self.stage, texts=texts, label=rec.label, meta=rec.meta, rng=rng
+        )
+
+
+class ClipDataModule(LightningDataModule):
+    """Base for datamodules over :class:`ClipSet` readers.
+
+    Subclasses implement :meth:`build_sets` returning ``{stage: ClipSet}`` for the stages
+    they support (``fit``, ``validate``, ``test``, ``predict``). Exposes ``class_names``
+    (zero-shot evaluation reads it) and ``multi_label``.
+
+    Args:
+        audio: decode/crop policy (model rate, window, pad/crop modes).
+        batch_size: clips per batch.
+        num_workers: DataLoader worker processes (decoding runs there).
+        eval_captions: also attach captions to validation/test batches of a labelled set
+            (turns on retrieval metrics besides zero-shot ones).
+    """
+
+    def __init__(
+        self,
+        audio: AudioPolicy | None = None,
+        batch_size: int = 32,
+        num_workers: int = 4,
+        eval_captions: bool = False,
+    ):
+        super().__init__()
+        self.audio = audio or AudioPolicy()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.eval_captions = eval_captions
+        self.sets: dict[str, ClipSet] = {}
+
+    # -- to implement -------------------------------------------------------------------
+    def build_sets(self) -> dict[str, ClipSet]:
+        raise NotImplementedError
+
+    def train_sampler(self, clip_set: ClipSet) -> Sampler | None:
+        """Override to return a custom training sampler (AudioSet balancing)."""
+        return None
+
+    # -- Lightning hooks ----------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if not self.sets:
+            self.sets = self.build_sets()
+
+    @property
+    def class_names(self) -> list[str]:
+        self.setup()
+        for clip_set in self.sets.values():
+            if clip_set.class_names:
+                return clip_set.class_names
+        return []
+
+    @property
+    def multi_label(self) -> bool:
+        self.setup()
+        return any(s.multi_label for s in self.sets.values())
+
+    def train_dataloader(self) -> DataLoader:
+        clip_set = self._set("fit")
+        sampler = self.train_sampler(clip_set)
+        return self._loader(clip_set, "train", with_text=True, shuffle=sampler is None, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._set("validate"), "eval", with_text=self._eval_text("validate"))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._set("test"), "eval", with_text=self._eval_text("test"))
+
+    def predict_dataloader(self) -> DataLoader:
+        name = "predict" if "predict" in self.sets else "test"
+        return self._loader(self._set(name), "eval", with_text=False)
+
+    # -- helpers ------------------------------------------------------------------------
+    def _eval_text(self, name: str) -> bool:
+        clip_set = self._set(name)
+        return self.eval_captions or not clip_set.class_names
+
+    def _set(self, name: str) -> ClipSet:
+        self.setup()
+        if name not in self.sets:
+            raise LayoutError(f"{type(self).__name__} has no {name!r} split (configured: {sorted(self.sets)})")
+        return self.sets[name]
+
+    def _loader(self, clip_set: ClipSet, stage: Stage, with_text: bool, shuffle: bool = False,
+                sampler: Sampler | None = None) -> DataLoader:
+        num_classes = len(clip_set.class_names) if clip_set.multi_label else None
+        collate = partial(
+            collate_with_skips,
+            num_classes=num_classes,
+            pick_text="random" if stage == "train" else "first",
+        )
+        return DataLoader(
+            ClipDataset(clip_set.records, self.audio, stage, with_text=with_text),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            drop_last=stage == "train",
+            persistent_workers=self.num_workers > 0,
+            pin_memory=True,
+        )
+
+
+def read_csv(path: Path, required: tuple[str, ...], *, skip_comments: bool = False) -> list[dict[str, str]]:
+    """Read a CSV with a header, checking that ``required`` columns exist (clear error if not)."""
+    if not path.is_file():
+        raise LayoutError(f"{path}: file not found (expected the official metadata table)")
+    with open(path, newline="", encoding="utf-8") as handle:
+        lines = (line for line in handle if not (skip_comments and line.startswith("#")))
+        reader = csv.DictReader(lines, skipinitialspace=True)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise LayoutError(f"{path}: missing column(s) {missing}; found {reader.fieldnames}")
+        return list(reader)
+
+
+def select_folds(records: list[ClipRecord], folds: list[int] | None, exclude: list[int] | None = None):
+    """Keep records whose ``meta['fold']`` is in ``folds`` (all if None) and not in ``exclude``."""
+    keep = set(folds) if folds else None
+    drop = set(exclude or [])
+    return [r for r in records if (keep is None or r.meta["fold"] in keep) and r.meta["fold"] not in drop]
