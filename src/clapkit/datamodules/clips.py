@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -192,7 +193,7 @@ class ClipDataModule(LightningDataModule):
             collate_fn=collate,
             drop_last=stage == "train",
             persistent_workers=self.num_workers > 0,
-            pin_memory=True,
+            pin_memory=torch.cuda.is_available(),
         )
 
 

@@ -371,7 +371,7 @@ class ShardDataModule(LightningDataModule):
         if split not in self.streams:
             raise ValueError(f"ShardDataModule: no {split!r} shards configured")
         return EpochLoader(self.streams[split], batch_size=None, num_workers=self.num_workers,
-                           pin_memory=True, prefetch_factor=4 if self.num_workers else None)
+                           pin_memory=torch.cuda.is_available(), prefetch_factor=4 if self.num_workers else None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
