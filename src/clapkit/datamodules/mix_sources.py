@@ -1,0 +1,128 @@
+"""Clip sources for on-the-fly mixing: anything that yields captioned or labelled clips.
+
+A *mix source* is a map-style collection of :class:`~clapkit.datamodules.base.Sample`
+(``len`` + ``[index]``). The synthetic corpus already is one; the adapters here turn other
+inputs into one:
+
+- :class:`FileListSource`: a CSV of ``file,caption`` (or ``file,label``) rows.
+- :class:`ClipSetSource`: the records of a :class:`~clapkit.datamodules.clips.ClipSet`, or of
+  one split of any :class:`~clapkit.datamodules.clips.ClipDataModule` (ESC-50, FSD50K,
+  AudioCaps, Clotho ...), labels becoming "the sound of <class>" captions when a clip has
+  no caption.
+- :class:`BufferedSource`: the first ``max_items`` samples of an iterable (webdataset shards,
+  a generator), held in memory so they can be drawn at random.
+
+Files are decoded on access; a caption is the first of a clip's texts.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from clapkit.audio import load_audio
+from clapkit.datamodules.base import Sample
+
+
+class MixSource(Protocol):
+    """What :class:`~clapkit.datamodules.mixtures.MixtureDataModule` draws clips from."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Sample: ...
+
+
+def sample_caption(sample: Sample) -> str:
+    """The caption a clip contributes as a text query (its first text, else its key)."""
+    return sample.texts[0] if sample.texts else sample.key
+
+
+class FileListSource:
+    """Audio files listed in a CSV with a ``file`` column and a ``caption`` or ``label`` column.
+
+    Args:
+        csv_path: the table (header row required).
+        audio_root: directory ``file`` is relative to (default: the CSV's directory).
+        caption_template: turns a ``label`` into a caption when there is no ``caption``.
+    """
+
+    def __init__(self, csv_path: str | Path, audio_root: str | Path | None = None,
+                 caption_template: str = "the sound of {}"):
+        path = Path(csv_path)
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        if not rows or "file" not in rows[0] or not ({"caption", "label"} & set(rows[0])):
+            raise ValueError(f"{path}: expected a header with 'file' and 'caption' or 'label' columns")
+        root = Path(audio_root) if audio_root is not None else path.parent
+        self.items: list[tuple[Path, str]] = []
+        for row in rows:
+            caption = row.get("caption") or caption_template.format(row.get("label", "").replace("_", " "))
+            self.items.append((root / row["file"], caption))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Sample:
+        path, caption = self.items[index]
+        wave, rate = load_audio(path)
+        return Sample(waveform=wave, sample_rate=rate, texts=[caption], key=path.name, meta={"path": str(path)})
+
+
+class ClipSetSource:
+    """Records of a clip set (or of one split of a clip datamodule) as a mix source.
+
+    Args:
+        clips: a :class:`~clapkit.datamodules.clips.ClipSet`, or a
+            :class:`~clapkit.datamodules.clips.ClipDataModule` whose ``split`` is used.
+        split: which split of a datamodule (``fit``, ``validate``, ``test``).
+        caption_template: caption of a labelled clip without texts.
+    """
+
+    def __init__(self, clips: Any, split: str = "fit", caption_template: str = "the sound of {}"):
+        if hasattr(clips, "records"):
+            clip_set = clips
+        else:
+            clips.setup()
+            clip_set = clips.sets[split]
+        self.records = list(clip_set.records)
+        self.class_names = list(getattr(clip_set, "class_names", []) or [])
+        self.caption_template = caption_template
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _texts(self, rec) -> list[str]:
+        if rec.texts:
+            return list(rec.texts)
+        labels = rec.label if isinstance(rec.label, list) else [rec.label]
+        names = [self.class_names[i].replace("_", " ") for i in labels if i is not None and i < len(self.class_names)]
+        return [self.caption_template.format(" and ".join(names))] if names else []
+
+    def __getitem__(self, index: int) -> Sample:
+        rec = self.records[index]
+        wave, rate = load_audio(rec.path)
+        return Sample(wave, rate, texts=self._texts(rec), label=rec.label, key=rec.key or Path(rec.path).name,
+                      meta={"path": str(rec.path)})
+
+
+class BufferedSource:
+    """The first ``max_items`` samples of an iterable, kept in memory for random access.
+
+    Args:
+        samples: any iterable of :class:`Sample` (for example a webdataset pipeline).
+        max_items: how many to keep.
+    """
+
+    def __init__(self, samples: Iterable[Sample], max_items: int = 10000):
+        self.items: Sequence[Sample] = list(itertools.islice(iter(samples), max_items))
+        if not self.items:
+            raise ValueError("BufferedSource: the iterable yielded no samples")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.items[index]

@@ -1,0 +1,88 @@
+"""CLAPSep building blocks: STFT round trip, patch expansion, FiLM, LoRA, decoders, shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clapkit.encoders.separation import STFT, FiLM, build_condition, lora_targets
+from clapkit.encoders.separation.decoder import PatchExpand
+from helpers.separation import EMBED_DIM, SAMPLE_RATE, tiny_separator
+
+
+def test_istft_of_all_ones_mask_reproduces_mixture():
+    sep = tiny_separator(with_encoder=False)
+    mixture = 0.3 * torch.randn(2, SAMPLE_RATE)
+    spec = sep.stft.analyze(mixture)
+    assert spec.magnitude.shape == (2, SAMPLE_RATE // 320 + 1, 513)
+    out = sep.reconstruct(spec, torch.ones_like(spec.magnitude))
+    assert out.waveform.shape == mixture.shape
+    assert (out.waveform - mixture).abs().max() < 1e-4
+
+
+def test_stft_is_fp32_under_bf16_autocast():
+    stft = STFT()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        spec = stft.analyze(torch.randn(1, 8000))
+        wave = stft.synthesize(spec.magnitude, spec.phase, 8000)
+    assert spec.magnitude.dtype == torch.float32 and wave.dtype == torch.float32
+
+
+def _reference_patch_expand(x: torch.Tensor) -> torch.Tensor:
+    """The CLAPSep reference's channel shuffle + pixel shuffle, written out literally."""
+    b, h, w, c = x.shape
+    x0, x2, x1, x3 = x.chunk(4, dim=-1)
+    x = torch.stack((x0, x1, x2, x3), dim=-1)
+    x = torch.cat(torch.chunk(x, c // 4, dim=-2), dim=-1).squeeze(-2)
+    x = torch.nn.functional.pixel_shuffle(x.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+    return x
+
+
+def test_patch_expand_matches_reference_layout():
+    layer = PatchExpand(8, 4)
+    x = torch.randn(2, 3, 5, 8)
+    expected = layer.norm(_reference_patch_expand(layer.expand(x)))
+    assert torch.allclose(layer(x), expected, atol=1e-6)
+    assert layer(x).shape == (2, 6, 10, 4)
+
+
+def test_film_starts_as_identity_and_modulates():
+    film = FiLM(6, 4)
+    x, c = torch.randn(2, 3, 3, 4), torch.randn(2, 6)
+    assert torch.equal(film(x, c), x)
+    torch.nn.init.normal_(film.beta.weight)
+    assert not torch.allclose(film(x, c), x)
+
+
+def test_condition_is_normalised_with_zeros_for_a_missing_side():
+    pos = torch.randn(3, EMBED_DIM)
+    cond = build_condition(pos, None)
+    assert cond.shape == (3, 2 * EMBED_DIM)
+    assert torch.allclose(cond.norm(dim=-1), torch.ones(3))
+    assert torch.all(cond[:, EMBED_DIM:] == 0)
+    assert torch.all(build_condition(None, pos)[:, :EMBED_DIM] == 0)
+    with pytest.raises(ValueError):
+        build_condition(None, None)
+
+
+@pytest.mark.parametrize("kind", ["swin", "unet"])
+def test_separator_shapes(kind):
+    sep = tiny_separator(kind, with_encoder=True).eval()
+    mixture = 0.1 * torch.randn(2, SAMPLE_RATE // 2)
+    out = sep(mixture, build_condition(torch.randn(2, EMBED_DIM), torch.randn(2, EMBED_DIM)))
+    frames = mixture.shape[1] // 320 + 1
+    assert out.waveform.shape == mixture.shape
+    assert out.mask.shape == out.magnitude.shape == (2, frames, 513)
+    assert 0.0 <= float(out.mask.min()) and float(out.mask.max()) <= 1.0
+    assert torch.isfinite(out.waveform).all()
+
+
+def test_lora_only_on_attention_projections_with_scale_one_sixteenth():
+    sep = tiny_separator(with_encoder=True)
+    targets = lora_targets(sep.encoder)
+    assert targets and all(t.endswith(("attn.qkv", "attn.proj")) for t in targets)
+    layer = sep.encoder.get_submodule(targets[0])
+    assert layer.r["default"] == 16 and layer.scaling["default"] == pytest.approx(1 / 16)
+    trainable = [n for n, p in sep.encoder.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or n.endswith("base_layer.bias") for n in trainable)
+    assert sep.encoder.frame_align == "pad"
