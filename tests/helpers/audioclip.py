@@ -53,3 +53,37 @@ def tone_batches(num_batches: int = 8, batch_size: int = 8, num_classes: int = 3
         wave = wave + 0.05 * torch.randn(wave.shape, generator=gen)
         out.append({"audio": wave, "label": target, "lengths": torch.full((batch_size,), length)})
     return DataLoader(out, batch_size=None)
+
+
+def official_audioclip_state_dict(tiny: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state dict in the released AudioCLIP layout (random weights).
+
+    CLIP keys come from open_clip's ``CLIP`` (the OpenAI layout); the audio keys are ESResNeXt's
+    reference names (``conv1``, ``layer*``, ``att1-5``, ``fc``, ``fbsp.{m,fb,fc,bias}``,
+    ``window``) under ``audio.``. ``tiny=False`` gives the full-size RN50 + ResNeXt-50 layout on
+    the meta device (shapes only, for key-coverage checks).
+    """
+    import copy
+
+    from open_clip import get_model_config
+    from open_clip.model import CLIP
+
+    from clapkit.encoders.clip import TINY_CONFIG
+    from clapkit.encoders.esresnext import ESResNeXtFBSP
+
+    torch.manual_seed(seed)
+    device = torch.device("cpu") if tiny else torch.device("meta")
+    with device:
+        clip = CLIP(**(copy.deepcopy(TINY_CONFIG) if tiny else get_model_config("RN50")), quick_gelu=True)
+        audio = ESResNeXtFBSP("tiny" if tiny else "base", sample_rate=16000 if tiny else 44100)
+    state = dict(clip.state_dict())
+    for key, value in audio.state_dict().items():
+        state["audio." + key.removeprefix("frontend.")] = value
+    with device:
+        state["logit_scale_ai"] = torch.log(torch.tensor(100.0))
+        state["logit_scale_at"] = torch.log(torch.tensor(50.0))
+    if tiny:  # non-trivial FBSP and BatchNorm statistics, so a wrong mapping changes outputs
+        state["audio.fbsp.m"] = torch.rand_like(state["audio.fbsp.m"]) * 0.5
+        state["audio.fbsp.fb"] = 1.0 + torch.rand_like(state["audio.fbsp.fb"])
+        state["audio.bn1.running_mean"] = torch.randn_like(state["audio.bn1.running_mean"])
+    return state

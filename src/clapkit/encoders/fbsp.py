@@ -186,8 +186,13 @@ class FBSPSpectrogram(nn.Module):
         # Frames are zero-padded symmetrically to n_fft before the bank; multiplying by the
         # matching slice of the weights gives the same result without materialising the padding.
         left = (self.n_fft - self.win_length) // 2
-        spec = self.fbsp.apply_weights(self.frames(waveform), weights[:, left : left + self.win_length])
-        power = spec.square().sum(-1).transpose(-1, -2)  # [B, C, bins, frames]
+        used_weights = weights[:, left : left + self.win_length]
+        frames = self.frames(waveform)
+        if self.fbsp.bias.numel():
+            power = self.fbsp.apply_weights(frames, used_weights).square().sum(-1)
+        else:  # skip stacking real and imaginary parts: the power is all that is needed
+            power = F.linear(frames, used_weights[..., 0]).square() + F.linear(frames, used_weights[..., 1]).square()
+        power = power.transpose(-1, -2)  # [B, C, bins, frames]
         used = self.num_bands * self.band_height
         power = power[..., :used, :].reshape(batch, channels, self.num_bands, self.band_height, -1)
         power = torch.where(power > 0, power, torch.full_like(power, self.log10_eps))
