@@ -376,8 +376,9 @@ class ShardDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+    def val_dataloader(self) -> DataLoader | list:
+        # Lightning reads an empty list as "no validation", so fit runs without val shards.
+        return self._loader("val") if self.specs["val"] is not None else []
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
