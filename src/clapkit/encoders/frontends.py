@@ -102,3 +102,74 @@ class LogMel(nn.Module):
             peak = db.amax(dim=(-2, -1), keepdim=True)
             db = torch.maximum(db, peak - self.top_db)
         return db
+
+
+class ConvLogMel(nn.Module):
+    """Log-mel through a convolutional STFT and an explicit mel matrix (torchlibrosa's layout).
+
+    Computes exactly what LAION-CLAP's ``spectrogram_extractor`` + ``logmel_extractor`` compute:
+    the DFT is two ``conv1d`` kernels (``conv_real``/``conv_imag``, window folded in), the mel
+    projection is a matrix product with ``melW``, and the log is ``10*log10(max(x, amin))``.
+    The kernels and the matrix are buffers, so an official checkpoint's copies load into them
+    and the result matches the reference to float rounding in fp32. Built from scratch, the kernels
+    are a periodic Hann DFT and ``melW`` is the Slaney filterbank, i.e. the same transform as
+    :class:`LogMel` up to float rounding. Output ``[..., n_mels, frames]`` like :class:`LogMel`.
+
+    Args:
+        sample_rate: input rate in Hz.
+        n_fft: FFT size (= window length).
+        hop_length: hop in samples.
+        n_mels: number of mel bins.
+        f_min: lowest mel edge in Hz.
+        f_max: highest mel edge in Hz.
+        amin: floor before the log.
+        center: reflect-pad ``n_fft // 2`` on both sides so frame ``t`` is centred at ``t * hop``.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = 48000,
+        n_fft: int = 1024,
+        hop_length: int = 480,
+        n_mels: int = 64,
+        f_min: float = 50.0,
+        f_max: float = 14000.0,
+        amin: float = 1e-10,
+        center: bool = True,
+    ):
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.n_mels = n_mels
+        self.amin = amin
+        self.center = center
+        bins = n_fft // 2 + 1
+        # Built on the CPU even inside a meta-device context (converters read shapes that way).
+        with torch.device("cpu"):
+            window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
+            angle = -2.0 * torch.pi * torch.outer(torch.arange(bins, dtype=torch.float64),
+                                                  torch.arange(n_fft, dtype=torch.float64)) / n_fft
+            fbank = torchaudio.functional.melscale_fbanks(
+                bins, f_min, f_max, n_mels, sample_rate, norm="slaney", mel_scale="slaney"
+            )
+        self.register_buffer("conv_real", (torch.cos(angle) * window).float().unsqueeze(1))
+        self.register_buffer("conv_imag", (torch.sin(angle) * window).float().unsqueeze(1))
+        self.register_buffer("melW", fbank.float())  # [bins, n_mels]
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames produced for a waveform of ``num_samples`` (centred STFT)."""
+        return num_samples // self.hop_length + 1
+
+    @fp32
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        lead = waveform.shape[:-1]
+        x = waveform.reshape(-1, 1, waveform.shape[-1])
+        if self.center:
+            x = nn.functional.pad(x, (self.n_fft // 2, self.n_fft // 2), mode="reflect")
+        real = nn.functional.conv1d(x, self.conv_real, stride=self.hop_length)
+        imag = nn.functional.conv1d(x, self.conv_imag, stride=self.hop_length)
+        power = (real**2 + imag**2).transpose(1, 2)  # [N, frames, bins]
+        mel = torch.matmul(power, self.melW)  # same contraction order as torchlibrosa
+        db = 10.0 * torch.log10(torch.clamp(mel, min=self.amin))
+        return db.transpose(1, 2).reshape(*lead, self.n_mels, -1)

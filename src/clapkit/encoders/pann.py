@@ -17,6 +17,7 @@ from torch import nn
 
 from clapkit.encoders.base import AudioEncoder, EncoderOutput
 from clapkit.encoders.frontends import LogMel
+from clapkit.encoders.fusion import AttentionalFeatureFusion, ClipBatcher, PadMode
 
 
 class ConvBlock(nn.Module):
@@ -66,12 +67,24 @@ class PANNEncoder(AudioEncoder):
     Args:
         variant: ``base`` has the reference widths; ``small`` divides every width by 4 and
             ``tiny`` by 16 (for fast experiments and tests).
-        frontend: log-mel front end (default: LAION-CLAP's 48 kHz parameters).
+        frontend: log-mel front end, waveform -> ``[..., n_mels, frames]`` with ``n_mels`` and
+            ``sample_rate`` attributes (default: LAION-CLAP's 48 kHz :class:`LogMel`; checkpoint
+            converters pass a :class:`~clapkit.encoders.frontends.ConvLogMel`).
         classes_num: width of the AudioSet head ``fc_audioset`` (kept for checkpoint parity;
             its logits are returned in ``extras["clipwise_logits"]``).
         spec_augment: apply SpecAugment-style time/frequency masking while training
             (two 64-frame time stripes and two 8-bin frequency stripes, as in the reference).
         dropout: dropout after each conv block (0.2 in the reference); the head uses 0.5.
+        fusion: LAION-CLAP's ``aff_2d`` feature fusion: clips longer than the window become
+            a global view + 3 crops (:mod:`clapkit.encoders.fusion`); the crops go through
+            ``mel_conv2d`` (5x5 conv, stride (6, 2), BN, ReLU) and are merged into the first
+            conv block's output by attentional feature fusion. The default front end becomes
+            the reference's second mel path (HTK scale, no filter norm).
+        clip_samples: the window in samples (LAION-CLAP: 480000). When set, clips of any
+            length are filled (``pad_mode``) or cropped (centre in eval, random in training)
+            to it, as :class:`~clapkit.encoders.fusion.ClipBatcher` documents; ``None`` (the
+            default without fusion) runs on the waveform as given.
+        pad_mode: how clips shorter than ``clip_samples`` are filled.
     """
 
     SPEC: ClassVar[PANNSpec]
@@ -80,14 +93,23 @@ class PANNEncoder(AudioEncoder):
     def __init__(
         self,
         variant: Literal["base", "small", "tiny"] = "base",
-        frontend: LogMel | None = None,
+        frontend: nn.Module | None = None,
         classes_num: int = 527,
         spec_augment: bool = False,
         dropout: float = 0.2,
+        fusion: bool = False,
+        clip_samples: int | None = None,
+        pad_mode: PadMode = "repeatpad",
     ):
         super().__init__()
         self.variant = variant
-        self.frontend = frontend if frontend is not None else LogMel()
+        if frontend is None:
+            frontend = LogMel(mel_scale="htk", norm=None) if fusion else LogMel()
+        self.frontend = frontend
+        self.fusion = fusion
+        if fusion and clip_samples is None:
+            clip_samples = 480000
+        self.batcher = ClipBatcher(clip_samples, pad_mode, fusion) if clip_samples is not None else None
         divisor = self.WIDTH_DIVISOR[variant]
         channels = [max(c // divisor, 4) for c in self.SPEC.channels]
         self.pools = self.SPEC.pools
@@ -98,6 +120,13 @@ class PANNEncoder(AudioEncoder):
             setattr(self, f"conv_block{index}", self.SPEC.block(in_channels, out_channels))
             in_channels = out_channels
         self._num_blocks = len(channels)
+        if fusion:
+            self.mel_conv2d = nn.Sequential(
+                nn.Conv2d(1, channels[0], kernel_size=5, stride=(6, 2), padding=2),
+                nn.BatchNorm2d(channels[0]),
+                nn.ReLU(inplace=True),
+            )
+            self.fusion_model = AttentionalFeatureFusion(channels[0])
         self._width = in_channels
         self.fc1 = nn.Linear(in_channels, in_channels)
         self.fc_audioset = nn.Linear(in_channels, classes_num)
@@ -131,14 +160,17 @@ class PANNEncoder(AudioEncoder):
         x = self.frontend(waveform).transpose(-1, -2).unsqueeze(1)  # [B, 1, T, F]
         return self.bn0(x.transpose(1, 3)).transpose(1, 3)
 
-    def forward_spectrogram(self, x: torch.Tensor) -> EncoderOutput:
-        """Run the CNN on a normalised log-mel ``[B, 1, frames, mels]``."""
+    def forward_spectrogram(self, x: torch.Tensor, longer: torch.Tensor | None = None) -> EncoderOutput:
+        """Run the CNN on a normalised log-mel ``[B, C, frames, mels]`` (C = 4 views with fusion)."""
         if self.training and self.spec_augment is not None:
             # torchaudio masks the last axis for time and the one before for frequency.
             x = self.spec_augment(x.transpose(-1, -2)).transpose(-1, -2)
         features = []
         for index, pool in enumerate(self.pools, start=1):
-            x = getattr(self, f"conv_block{index}")(x, pool)
+            if index == 1 and self.fusion:
+                x = self._fused_first_block(x, longer, pool)
+            else:
+                x = getattr(self, f"conv_block{index}")(x, pool)
             x = F.dropout(x, p=self.dropout, training=self.training)
             features.append(x)
         x = x.mean(dim=3)  # over mel bins -> [B, C, T']
@@ -154,8 +186,40 @@ class PANNEncoder(AudioEncoder):
             extras={"clipwise_logits": self.fc_audioset(hidden)},
         )
 
-    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
-        return self.forward_spectrogram(self.spectrogram(waveform))
+    def _fused_first_block(self, x: torch.Tensor, longer: torch.Tensor | None, pool: int) -> torch.Tensor:
+        if longer is None:
+            longer = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        if self.training and not bool(longer.any()):
+            # As the reference: fuse one random clip of an all-short batch so the fusion branch
+            # trains. (The reference also does this in eval mode; clapkit keeps eval deterministic.)
+            longer = longer.clone()
+            longer[torch.randint(x.shape[0], (1,))] = True
+        out = self.conv_block1(x[:, :1], pool)
+        if bool(longer.any()):
+            index = torch.nonzero(longer).squeeze(1)
+            local = x[index, 1:]
+            b, views, t, f = local.shape
+            local = self.mel_conv2d(local.reshape(b * views, 1, t, f))
+            local = local.view(b, views, *local.shape[1:]).permute(0, 2, 1, 3, 4).flatten(2, 3)
+            rows = out.shape[-2]
+            local = F.pad(local, (0, 0, 0, rows - local.shape[-2])) if local.shape[-2] < rows else local[..., :rows, :]
+            out = out.index_put((index,), self.fusion_model(out[index], local))
+        return out
+
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None,
+                crop_starts: torch.Tensor | None = None) -> EncoderOutput:
+        """Embed waveforms ``[B, T]`` (or ``[B, C, T]``); see ``clip_samples`` and ``fusion``.
+
+        Args:
+            waveform: the clips, zero-padded when ``lengths`` is given.
+            lengths: valid samples per clip (used when ``clip_samples`` is set).
+            crop_starts: ``[B, 3]`` fusion crop start frames for long clips.
+        """
+        if self.batcher is None:
+            return self.forward_spectrogram(self.spectrogram(waveform))
+        batch = self.batcher(self.frontend, waveform, lengths, crop_starts, self.training)
+        x = self.bn0(batch.mel.transpose(1, 3)).transpose(1, 3)
+        return self.forward_spectrogram(x, batch.longer)
 
 
 class Cnn14(PANNEncoder):

@@ -1,1 +1,12 @@
-"""clapkit.interop"""
+"""Official checkpoints -> clapkit models, through explicit key maps with a coverage check.
+
+:mod:`clapkit.interop.keymap` holds the shared machinery (:class:`~clapkit.interop.keymap.KeyMap`,
+:func:`~clapkit.interop.keymap.unwrap_state_dict`, :class:`~clapkit.interop.keymap.CheckpointError`);
+each family has its own module (``laion_clap``, ``msclap``, ...) exposing a ``CHECKPOINT_FORMAT``
+registered in :data:`clapkit.pretrained.CHECKPOINT_FORMATS`. Family modules are imported on
+demand, so importing this package stays cheap.
+"""
+
+from clapkit.interop.keymap import CheckpointError, KeyMap, target_shapes, unwrap_state_dict
+
+__all__ = ["CheckpointError", "KeyMap", "target_shapes", "unwrap_state_dict"]

@@ -1,0 +1,500 @@
+"""HTS-AT (Chen et al., ICASSP 2022): a Swin Transformer over a folded log-mel, as in LAION-CLAP.
+
+Pipeline (LAION-CLAP's numerics, DESIGN section 4): waveform -> log-mel ``[frames, 64]``
+(:class:`~clapkit.encoders.fusion.ClipBatcher` fits any length to the 10 s window, and builds
+the 4-view stack when fusion is on) -> ``bn0`` over mel bins -> time axis to 1024 frames
+(bicubic, ``align_corners=True``; or zero-padding for CLAPSep) -> fold 4 chunks of 256 frames
+into a 256x256 image whose row ``r = chunk * 64 + mel_bin`` and column ``c`` = frame within the
+chunk -> 4x4 patch embedding -> 4 Swin stages (window attention through
+``scaled_dot_product_attention``; patch merging between stages) -> LayerNorm -> mean over the
+final tokens = ``embedding``.
+
+Multi-level features contract (``EncoderOutput.features``, CLAPSep's skips), all ``[B, C, H, W]``
+on the token grid (``H`` = image rows / patch, ``W`` = image columns / patch, raster order as
+the tokens):
+
+- ``features[0]``: patch-embedding output (after its LayerNorm; after fusion when enabled),
+  ``[B, D, 64, 64]``;
+- ``features[i]`` for ``i = 1..4``: output of stage ``i`` **after** its patch merging (what the
+  next stage consumes, i.e. the reference ``BasicLayer`` output): ``[B, 2D, 32, 32]``,
+  ``[B, 4D, 16, 16]``, ``[B, 8D, 8, 8]`` and, for the last stage (no merging),
+  ``[B, 8D, 8, 8]``; ``features[4]`` is before the final LayerNorm.
+
+``extras``: ``stage_outputs_premerge`` (each stage's output before merging, ``[B, C, H, W]``),
+``clipwise_logits`` ``[B, classes]`` and ``framewise_logits`` ``[B, 32, classes]`` from the
+reference's ``tscam_conv`` head, ``longer`` (fusion flags) and ``mel`` (the normalised,
+resized, unfolded input ``[B, C, 1024, 64]``). ``tokens`` holds the final normalised tokens
+``[B, 64, 8D]``.
+
+Module and parameter names follow the reference (``patch_embed.proj``, ``layers.{i}.blocks.{j}
+.attn.qkv``/``.proj``, ``layers.{i}.downsample.reduction``, ``norm``, ``tscam_conv``) so the
+LAION-CLAP key map is a prefix rename. Attention keeps fused ``qkv`` and ``proj`` linears
+(LoRA targets in CLAPSep).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath
+from torch import nn
+
+from clapkit.encoders.base import AudioEncoder, EncoderOutput
+from clapkit.encoders.frontends import LogMel
+from clapkit.encoders.fusion import AttentionalFeatureFusion, ClipBatcher, PadMode
+
+Variant = Literal["tiny", "base", "large", "test"]
+
+
+@dataclass(frozen=True)
+class HTSATGeometry:
+    """Width and depth of one HTSAT preset."""
+
+    embed_dim: int
+    depths: tuple[int, ...]
+    num_heads: tuple[int, ...]
+    window_size: int = 8
+
+
+PRESETS: dict[str, HTSATGeometry] = {
+    "tiny": HTSATGeometry(96, (2, 2, 6, 2), (4, 8, 16, 32)),
+    "base": HTSATGeometry(128, (2, 2, 12, 2), (4, 8, 16, 32)),
+    "large": HTSATGeometry(256, (2, 2, 12, 2), (4, 8, 16, 32)),
+    "test": HTSATGeometry(16, (2, 2, 2, 2), (1, 2, 2, 4)),
+}
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows, with a learned relative position bias.
+
+    Args:
+        dim: token width.
+        window_size: window side in tokens.
+        num_heads: attention heads.
+        attn_drop: attention dropout (training only).
+        proj_drop: dropout after the output projection.
+    """
+
+    def __init__(self, dim: int, window_size: int, num_heads: int, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0):
+        super().__init__()
+        self.dim, self.window_size, self.num_heads = dim, window_size, num_heads
+        self.attn_drop = attn_drop
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij"))
+        coords = coords.flatten(1)
+        rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window_size - 1)
+        index = rel[..., 0] * (2 * window_size - 1) + rel[..., 1]
+        self.register_buffer("relative_position_index", index, persistent=False)
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def position_bias(self) -> torch.Tensor:
+        """Relative position bias ``[heads, N, N]`` for the ``N = window**2`` tokens of a window."""
+        n = self.window_size**2
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(n, n, -1)
+        return bias.permute(2, 0, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: ``[B * nW, N, C]``; ``mask``: additive ``[nW, N, N]`` (shifted windows) or None."""
+        windows, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(windows, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        bias = self.position_bias().unsqueeze(0).to(q.dtype)  # [1, heads, N, N]
+        if mask is not None:
+            nw = mask.shape[0]
+            bias = (bias + mask.unsqueeze(1).to(q.dtype))  # [nW, heads, N, N]
+            bias = bias.unsqueeze(0).expand(windows // nw, -1, -1, -1, -1).reshape(windows, self.num_heads, n, n)
+        else:
+            bias = bias.expand(windows, -1, -1, -1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                             dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(windows, n, c)))
+
+
+class Mlp(nn.Module):
+    """Two-layer GELU MLP of a transformer block."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """``[B, H, W, C]`` -> ``[B * nW, window * window, C]``."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // window, window, w // window, window, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, window * window, c)
+
+
+def window_reverse(windows: torch.Tensor, window: int, h: int, w: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: ``[B * nW, window * window, C]`` -> ``[B, H, W, C]``."""
+    c = windows.shape[-1]
+    x = windows.view(-1, h // window, w // window, window, window, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, h, w, c)
+
+
+class SwinBlock(nn.Module):
+    """One (shifted-)window transformer block on an ``H x W`` token grid.
+
+    Args:
+        dim: token width.
+        resolution: ``(H, W)`` of the token grid.
+        num_heads: attention heads.
+        window_size: window side; shrinks to the grid (and the shift to 0) when the grid is smaller.
+        shift: shift windows by half a window (odd blocks of a stage).
+        mlp_ratio: hidden width of the MLP relative to ``dim``.
+        drop: dropout on projections.
+        attn_drop: attention dropout.
+        drop_path: stochastic depth rate.
+    """
+
+    def __init__(self, dim: int, resolution: tuple[int, int], num_heads: int, window_size: int, shift: bool,
+                 mlp_ratio: float = 4.0, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0):
+        super().__init__()
+        self.resolution = resolution
+        self.window_size = window_size
+        self.shift_size = window_size // 2 if shift else 0
+        if min(resolution) <= window_size:
+            self.shift_size, self.window_size = 0, min(resolution)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, self.window_size, num_heads, attn_drop=attn_drop, proj_drop=drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.register_buffer("attn_mask", self._shift_mask() if self.shift_size else None, persistent=False)
+
+    def _shift_mask(self) -> torch.Tensor:
+        h, w = self.resolution
+        ws, ss = self.window_size, self.shift_size
+        region = torch.zeros(1, h, w, 1, device="cpu")
+        count = 0
+        for hs in (slice(0, -ws), slice(-ws, -ss), slice(-ss, None)):
+            for wsl in (slice(0, -ws), slice(-ws, -ss), slice(-ss, None)):
+                region[:, hs, wsl, :] = count
+                count += 1
+        ids = window_partition(region, ws).squeeze(-1)  # [nW, N]
+        diff = ids.unsqueeze(1) - ids.unsqueeze(2)
+        return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = self.resolution
+        b, _, c = x.shape
+        shortcut = x
+        x = self.norm1(x).view(b, h, w, c)
+        if self.shift_size:
+            x = torch.roll(x, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
+        x = self.attn(window_partition(x, self.window_size), mask=self.attn_mask)
+        x = window_reverse(x, self.window_size, h, w)
+        if self.shift_size:
+            x = torch.roll(x, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
+        x = shortcut + self.drop_path(x.reshape(b, h * w, c))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbourhood concat -> LayerNorm -> linear ``4C -> 2C`` (halves the grid)."""
+
+    def __init__(self, resolution: tuple[int, int], dim: int):
+        super().__init__()
+        self.resolution = resolution
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = self.resolution
+        b, _, c = x.shape
+        x = x.view(b, h, w, c)
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x.view(b, -1, 4 * c)))
+
+
+class Stage(nn.Module):
+    """A stage: ``depth`` Swin blocks alternating plain/shifted windows, then optional merging."""
+
+    def __init__(self, dim: int, resolution: tuple[int, int], depth: int, num_heads: int, window_size: int,
+                 drop_path: list[float], downsample: bool, mlp_ratio: float = 4.0, drop: float = 0.0,
+                 attn_drop: float = 0.0):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, resolution, num_heads, window_size, shift=i % 2 == 1, mlp_ratio=mlp_ratio,
+                      drop=drop, attn_drop=attn_drop, drop_path=drop_path[i])
+            for i in range(depth)
+        )
+        self.downsample = PatchMerging(resolution, dim) if downsample else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(output before merging, output after merging)``."""
+        for block in self.blocks:
+            x = block(x)
+        return x, (self.downsample(x) if self.downsample is not None else x)
+
+
+class PatchEmbed(nn.Module):
+    """4x4 patch embedding of the folded spectrogram, with optional attentional fusion.
+
+    With fusion the global view (channel 0) goes through ``proj``; the three local crops of
+    each longer clip go through ``mel_conv2d`` (kernel and stride ``(patch, 3 * patch)``), are
+    laid side by side along the width, zero-padded/cut to the global map's width, and merged
+    into the global map by :class:`~clapkit.encoders.fusion.AttentionalFeatureFusion`.
+    """
+
+    def __init__(self, embed_dim: int, patch_size: int = 4, fusion: bool = False):
+        super().__init__()
+        self.proj = nn.Conv2d(1, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+        if fusion:
+            kernel = (patch_size, patch_size * 3)
+            self.mel_conv2d = nn.Conv2d(1, embed_dim, kernel_size=kernel, stride=kernel)
+            self.fusion_model = AttentionalFeatureFusion(embed_dim)
+        self.fusion = fusion
+
+    def forward(self, x: torch.Tensor, longer: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: ``[B, C, S, S]`` image(s); returns the normalised map ``[B, D, S/p, S/p]``."""
+        out = self.proj(x[:, :1])
+        if self.fusion and longer is not None and bool(longer.any()):
+            index = torch.nonzero(longer).squeeze(1)
+            local = x[index, 1:]
+            b, views, h, w = local.shape
+            local = self.mel_conv2d(local.reshape(b * views, 1, h, w))
+            local = local.view(b, views, *local.shape[1:]).permute(0, 2, 3, 1, 4).flatten(3)
+            width = out.shape[-1]
+            local = F.pad(local, (0, width - local.shape[-1])) if local.shape[-1] < width else local[..., :width]
+            out = out.index_put((index,), self.fusion_model(out[index], local))
+        b, d, h, w = out.shape
+        return self.norm(out.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, d, h, w)
+
+
+class HTSAT(AudioEncoder):
+    """Hierarchical Token-Semantic Audio Transformer, LAION-CLAP's main audio tower.
+
+    Args:
+        variant: ``tiny`` (dim 96, depths 2-2-6-2, out 768), ``base`` (128, 2-2-12-2, out 1024),
+            ``large`` (256, 2-2-12-2, out 2048) or ``test`` (16, 2-2-2-2, out 128; fast tests).
+        fusion: LAION-CLAP's ``aff_2d`` feature fusion for clips longer than the window.
+        frontend: waveform -> log-mel module. Default: :class:`~clapkit.encoders.frontends.LogMel`
+            with LAION-CLAP's parameters; with fusion, the reference's second mel path (HTK
+            scale, no filter norm). Checkpoint converters pass a
+            :class:`~clapkit.encoders.frontends.ConvLogMel` holding the official kernels.
+        clip_samples: window length in samples (480000 = 10 s at 48 kHz; 1001 frames).
+        pad_mode: how clips shorter than the window are filled (reference: ``repeatpad``).
+        frame_align: ``interpolate`` resizes the frames to ``4 * spec_size`` bicubically
+            (reference); ``pad`` pads them with the log floor instead (CLAPSep feeds HTSAT a
+            spectrogram zero-padded to 1024 frames).
+        spec_size: side of the folded square image (256).
+        patch_size: patch side (4).
+        classes_num: width of the ``tscam_conv`` AudioSet head (clipwise/framewise logits).
+        drop_path_rate: stochastic depth rate, linearly increasing over the blocks.
+        drop_rate: dropout after projections.
+        attn_drop_rate: attention dropout.
+        spec_augment: time/frequency stripe dropping while training (2 x 64 frames, 2 x 8 bins).
+        embed_dim: override the preset's width (checkpoints with non-preset geometry).
+        depths: override the preset's blocks per stage.
+        num_heads: override the preset's heads per stage.
+        window_size: override the preset's window side.
+    """
+
+    def __init__(
+        self,
+        variant: Variant = "tiny",
+        fusion: bool = False,
+        frontend: nn.Module | None = None,
+        clip_samples: int = 480000,
+        pad_mode: PadMode = "repeatpad",
+        frame_align: Literal["interpolate", "pad"] = "interpolate",
+        spec_size: int = 256,
+        patch_size: int = 4,
+        classes_num: int = 527,
+        drop_path_rate: float = 0.1,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        spec_augment: bool = True,
+        embed_dim: int | None = None,
+        depths: tuple[int, ...] | None = None,
+        num_heads: tuple[int, ...] | None = None,
+        window_size: int | None = None,
+    ):
+        super().__init__()
+        if variant not in PRESETS:
+            raise ValueError(f"unknown HTSAT variant {variant!r}; expected one of {sorted(PRESETS)}")
+        preset = PRESETS[variant]
+        self.variant = variant
+        self.geometry = HTSATGeometry(
+            embed_dim or preset.embed_dim, tuple(depths or preset.depths), tuple(num_heads or preset.num_heads),
+            window_size or preset.window_size,
+        )
+        if frontend is None:
+            frontend = LogMel(mel_scale="htk", norm=None) if fusion else LogMel()
+        self.fusion = fusion
+        self.frontend = frontend
+        self.batcher = ClipBatcher(clip_samples, pad_mode, fusion)
+        self.frame_align = frame_align
+        self.spec_size, self.patch_size = spec_size, patch_size
+        n_mels = frontend.n_mels
+        if spec_size % n_mels:
+            raise ValueError(f"spec_size {spec_size} must be a multiple of the {n_mels} mel bins")
+        self.freq_ratio = spec_size // n_mels
+        self.spec_augment = spec_augment
+        self.bn0 = nn.BatchNorm2d(n_mels)
+        g = self.geometry
+        self.patch_embed = PatchEmbed(g.embed_dim, patch_size, fusion)
+        grid = spec_size // patch_size
+        rates = torch.linspace(0, drop_path_rate, sum(g.depths), device="cpu").tolist()
+        self.layers = nn.ModuleList()
+        for i, (depth, heads) in enumerate(zip(g.depths, g.num_heads, strict=True)):
+            side = grid // 2**i
+            self.layers.append(Stage(
+                g.embed_dim * 2**i, (side, side), depth, heads, g.window_size,
+                rates[sum(g.depths[:i]):sum(g.depths[:i + 1])], downsample=i < len(g.depths) - 1,
+                drop=drop_rate, attn_drop=attn_drop_rate,
+            ))
+        self.num_features = g.embed_dim * 2 ** (len(g.depths) - 1)
+        self.norm = nn.LayerNorm(self.num_features)
+        self.final_grid = grid // 2 ** (len(g.depths) - 1)
+        self.tscam_conv = nn.Conv2d(self.num_features, classes_num,
+                                    kernel_size=(self.final_grid // self.freq_ratio, 3), padding=(0, 1))
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @property
+    def output_dim(self) -> int:
+        return self.num_features
+
+    @property
+    def sample_rate(self) -> int:
+        return self.frontend.sample_rate
+
+    @property
+    def clip_samples(self) -> int:
+        return self.batcher.clip_samples
+
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None,
+                crop_starts: torch.Tensor | None = None) -> EncoderOutput:
+        """Embed a batch of waveforms at :attr:`sample_rate`.
+
+        Args:
+            waveform: ``[B, T]`` (or ``[B, C, T]``), any ``T``; zero-padded when ``lengths`` is given.
+            lengths: valid samples per clip.
+            crop_starts: ``[B, 3]`` fusion crop start frames for long clips (see
+                :mod:`clapkit.encoders.fusion`).
+        """
+        batch = self.batcher(self.frontend, waveform, lengths, crop_starts, self.training)
+        return self.forward_mel(batch.mel, batch.longer)
+
+    def forward_mel(self, mel: torch.Tensor, longer: torch.Tensor | None = None) -> EncoderOutput:
+        """Run on a log-mel ``[B, C, frames, n_mels]`` (C = 4 views with fusion) from the front end."""
+        x = self._pad_frames(mel) if self.frame_align == "pad" else mel
+        x = self.bn0(x.transpose(1, 3)).transpose(1, 3)
+        if self.training and self.spec_augment:
+            x = _drop_stripes(_drop_stripes(x, dim=2, width=64, stripes=2), dim=3, width=8, stripes=2)
+        if longer is None:
+            longer = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        if self.fusion and self.training and not bool(longer.any()):
+            # The reference fuses one random clip of an all-short batch while training so the
+            # fusion branch always gets gradients (its local views are copies of the global one).
+            longer = longer.clone()
+            longer[torch.randint(x.shape[0], (1,))] = True
+        x = self._interpolate_frames(x)
+        image = self._fold(x)
+        tokens_map = self.patch_embed(image, longer if self.fusion else None)
+        features = [tokens_map]
+        premerge = []
+        tokens = tokens_map.flatten(2).transpose(1, 2)
+        for layer in self.layers:
+            before, tokens = layer(tokens)
+            premerge.append(_to_map(before))
+            features.append(_to_map(tokens))
+        tokens = self.norm(tokens)
+        embedding = tokens.mean(dim=1)
+        clipwise, framewise = self._tscam(tokens)
+        return EncoderOutput(
+            embedding=embedding,
+            features=features,
+            tokens=tokens,
+            extras={
+                "stage_outputs_premerge": premerge,
+                "clipwise_logits": clipwise,
+                "framewise_logits": framewise,
+                "longer": longer,
+                "mel": x,
+            },
+        )
+
+    @property
+    def _target_frames(self) -> int:
+        return self.spec_size * self.freq_ratio
+
+    def _check_frames(self, frames: int) -> None:
+        if frames > self._target_frames:
+            raise ValueError(
+                f"HTSAT takes at most {self._target_frames} frames, got {frames}; shorten the clip window"
+            )
+
+    def _pad_frames(self, mel: torch.Tensor) -> torch.Tensor:
+        # CLAPSep zero-pads the power spectrogram to 1024 frames; after the log that is the floor.
+        self._check_frames(mel.shape[2])
+        floor = 10.0 * torch.log10(torch.tensor(float(getattr(self.frontend, "amin", 1e-10))))
+        return F.pad(mel, (0, 0, 0, self._target_frames - mel.shape[2]), value=float(floor))
+
+    def _interpolate_frames(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_frames(x.shape[2])
+        if x.shape[2] == self._target_frames:
+            return x
+        return F.interpolate(x, (self._target_frames, x.shape[3]), mode="bicubic", align_corners=True)
+
+    def _fold(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, 4*S, F]`` -> ``[B, C, S, S]``: row = chunk * F + mel bin, column = frame in chunk."""
+        b, c, t, f = x.shape
+        x = x.transpose(2, 3).reshape(b, c, f, self.freq_ratio, t // self.freq_ratio)
+        return x.permute(0, 1, 3, 2, 4).reshape(b, c, f * self.freq_ratio, t // self.freq_ratio)
+
+    def _tscam(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, _, c = tokens.shape
+        side = self.final_grid
+        x = tokens.transpose(1, 2).reshape(b, c, side, side)
+        rows = side // self.freq_ratio
+        x = x.reshape(b, c, self.freq_ratio, rows, side).permute(0, 1, 3, 2, 4).reshape(b, c, rows, -1)
+        frames = self.tscam_conv(x).flatten(2)  # [B, classes, T']
+        return frames.mean(dim=2), frames.transpose(1, 2)
+
+
+def _to_map(tokens: torch.Tensor) -> torch.Tensor:
+    """Square token grid ``[B, H*W, C]`` -> ``[B, C, H, W]``."""
+    b, n, c = tokens.shape
+    side = math.isqrt(n)
+    return tokens.transpose(1, 2).reshape(b, c, side, side)
+
+
+def _drop_stripes(x: torch.Tensor, dim: int, width: int, stripes: int) -> torch.Tensor:
+    """Zero ``stripes`` random bands (each < ``width`` wide) along ``dim`` of ``[B, C, T, F]``, per clip."""
+    size = x.shape[dim]
+    b = x.shape[0]
+    pos = torch.arange(size, device=x.device)
+    keep = torch.ones(b, size, dtype=torch.bool, device=x.device)
+    for _ in range(stripes):
+        widths = torch.randint(0, width, (b, 1), device=x.device)
+        starts = (torch.rand(b, 1, device=x.device) * (size - widths).clamp(min=1)).long()
+        keep &= ~((pos >= starts) & (pos < starts + widths))
+    shape = [b, 1, 1, 1]
+    shape[dim] = size
+    return x * keep.view(shape).to(x.dtype)

@@ -1,0 +1,190 @@
+"""Explicit key maps from official checkpoints to clapkit modules, with a coverage check.
+
+Every interop module describes its translation as a :class:`KeyMap`: ordered regex rules
+that rename official keys, official keys that are deliberately dropped (each with the reason),
+and clapkit keys that may be absent from the file (each with the reason). :meth:`KeyMap.apply`
+then guarantees that **every official key is consumed** (renamed to an existing clapkit key or
+dropped on purpose) and **every clapkit key is filled** (or optional), with matching shapes, or
+raises one :class:`CheckpointError` whose single line lists all problems on both sides.
+
+:func:`unwrap_state_dict` finds the tensors inside the usual wrappers: ``{"state_dict": ...}``
+(LAION-CLAP, Lightning), ``{"model": ...}``, DDP's ``module.`` prefix on every key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from clapkit.pretrained import PretrainedError
+
+#: Keys no clapkit module stores and no official file needs: buffers transformers and the
+#: Swin/HTSAT code recompute from the configuration.
+COMMON_IGNORED: dict[str, str] = {
+    r"(^|\.)embeddings\.position_ids$": "recomputed by transformers (absent from newer checkpoints)",
+    r"(^|\.)embeddings\.token_type_ids$": "recomputed by transformers",
+}
+
+#: clapkit keys an official file may lack.
+COMMON_OPTIONAL: dict[str, str] = {
+    r"(^|\.)num_batches_tracked$": "BatchNorm step counter, unused at inference",
+}
+
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
+
+
+class CheckpointError(PretrainedError):
+    """An official checkpoint cannot be converted; the one-line message names file and problem."""
+
+
+def _preview(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    )
+
+
+def unwrap_state_dict(checkpoint: Any, prefixes: tuple[str, ...] = ("module.",)) -> dict[str, torch.Tensor]:
+    """The ``{key: tensor}`` dict inside a loaded checkpoint, wrapper prefixes removed.
+
+    Looks through ``state_dict`` / ``model`` / ``model_state_dict`` / ``module`` entries (nested
+    wrappers too) and drops any of ``prefixes`` shared by every key (repeatedly, so
+    ``module.module.`` from nested DDP also goes). Non-tensor entries next to the tensors
+    (Lightning metadata) are ignored.
+
+    Raises:
+        CheckpointError: no tensor dictionary found.
+    """
+    obj = checkpoint
+    for _ in range(4):
+        if _is_state_dict(obj):
+            break
+        if not isinstance(obj, Mapping):
+            break
+        inner = next((obj[k] for k in WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+        if inner is None:
+            tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+            obj = tensors if tensors else obj
+            break
+        obj = inner
+    if not _is_state_dict(obj):
+        kind = f"a dict with keys {_preview([str(k) for k in obj][:8])}" if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(f"no weights found: expected a state dict (or one under 'state_dict'), found {kind}")
+    state = dict(obj)
+    changed = True
+    while changed:
+        changed = False
+        for prefix in prefixes:
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                changed = True
+    return state
+
+
+@dataclass
+class KeyMap:
+    """Translation of one official layout onto one clapkit module.
+
+    Args:
+        rules: ``(pattern, replacement)`` regex pairs tried in order on each official key; the
+            first pattern that matches (``re.fullmatch``) renames it with ``re.sub`` semantics.
+            A key that no rule matches keeps its name.
+        ignored: official-key patterns dropped on purpose -> reason (shown in :meth:`report`).
+        optional: clapkit-key patterns that may stay unfilled -> reason.
+        name: what this map converts (for messages), e.g. ``"LAION-CLAP HTSAT-tiny"``.
+    """
+
+    rules: list[tuple[str, str]] = field(default_factory=list)
+    ignored: dict[str, str] = field(default_factory=dict)
+    optional: dict[str, str] = field(default_factory=dict)
+    name: str = "checkpoint"
+
+    def __post_init__(self) -> None:
+        self.ignored = {**COMMON_IGNORED, **self.ignored}
+        self.optional = {**COMMON_OPTIONAL, **self.optional}
+        self._rules = [(re.compile(p), r) for p, r in self.rules]
+
+    def rename(self, key: str) -> str:
+        """The clapkit name of an official key."""
+        for pattern, replacement in self._rules:
+            if pattern.fullmatch(key):
+                return pattern.sub(replacement, key)
+        return key
+
+    def is_ignored(self, key: str) -> bool:
+        return any(re.search(p, key) for p in self.ignored)
+
+    def is_optional(self, key: str) -> bool:
+        return any(re.search(p, key) for p in self.optional)
+
+    def apply(self, source: Mapping[str, torch.Tensor], target: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Rename ``source`` (official state dict) onto ``target`` (clapkit keys -> tensors or shapes).
+
+        Returns:
+            The renamed tensors, keyed like ``target``. Optional clapkit keys the file lacks are
+            filled from ``target`` when it holds real tensors (values built by construction,
+            e.g. a front end's filterbank), else with zeros of the right shape and dtype.
+
+        Raises:
+            CheckpointError: listing official keys not consumed, clapkit keys not filled,
+                keys filled twice and shape mismatches, all in one line.
+        """
+        out: dict[str, torch.Tensor] = {}
+        origin: dict[str, str] = {}
+        unconsumed, duplicated, mismatched = [], [], []
+        attempted: set[str] = set()
+        for key, value in source.items():
+            if self.is_ignored(key):
+                continue
+            new = self.rename(key)
+            if new not in target:
+                unconsumed.append(key if new == key else f"{key} (-> {new})")
+                continue
+            if new in out:
+                duplicated.append(f"{new} (from {origin[new]} and {key})")
+                continue
+            attempted.add(new)
+            shape = tuple(getattr(target[new], "shape", target[new]))
+            if tuple(value.shape) != shape:
+                mismatched.append(f"{key} {tuple(value.shape)} vs {new} {shape}")
+                continue
+            out[new], origin[new] = value, key
+        for key, value in target.items():
+            if key not in attempted and self.is_optional(key) and isinstance(value, torch.Tensor):
+                out[key] = torch.zeros_like(value, device="cpu") if value.is_meta else value.detach().clone()
+        unfilled = [k for k in target if k not in attempted and not self.is_optional(k)]
+        if unconsumed or unfilled or duplicated or mismatched:
+            parts = []
+            if unconsumed:
+                parts.append(f"{len(unconsumed)} official keys not consumed ({_preview(sorted(unconsumed))})")
+            if unfilled:
+                parts.append(f"{len(unfilled)} clapkit keys not filled ({_preview(sorted(unfilled))})")
+            if duplicated:
+                parts.append(f"keys filled twice ({_preview(duplicated)})")
+            if mismatched:
+                parts.append(f"shape mismatches ({_preview(mismatched)})")
+            raise CheckpointError(f"{self.name}: weights do not map onto the clapkit model: " + "; ".join(parts))
+        return out
+
+    def report(self, source: Mapping[str, torch.Tensor]) -> dict[str, str]:
+        """Official keys this map drops, each with its reason (for logs and docs)."""
+        dropped = {}
+        for key in source:
+            for pattern, reason in self.ignored.items():
+                if re.search(pattern, key):
+                    dropped[key] = reason
+                    break
+        return dropped
+
+
+def target_shapes(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A module's ``state_dict`` (tensors, possibly on the meta device), the ``target`` of :meth:`KeyMap.apply`."""
+    return dict(module.state_dict())

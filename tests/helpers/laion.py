@@ -1,0 +1,216 @@
+"""The ``laion_clap`` 1.1.7 reference as an oracle: build it offline, save it officially, embed.
+
+Nothing touches the network: ``wget`` (imported by the package but only used to download
+weights) is stubbed, and ``RobertaModel.from_pretrained('roberta-base')`` inside the reference
+is replaced by a randomly initialised RoBERTa built from a local config (:func:`write_roberta_dir`).
+The reference's random choices at inference (``rand_trunc`` crop, fusion crops) are pinned to
+clapkit's deterministic rules (centre crop, middle of each third) by patching ``numpy.random``
+while the reference preprocesses, so both paths see identical inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import types
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+
+CORPUS = [
+    "a dog barks in the distance while rain falls",
+    "a man speaks over music",
+    "birds chirp and a car passes by",
+    "the sound of a cat",
+    "water is running from a tap",
+    "someone is typing on a keyboard",
+    "a siren wails as traffic goes by",
+    "applause and cheering from a large crowd",
+]
+
+#: Tiny text tower: width must stay 768 because the reference hard-codes Linear(768, 512).
+ROBERTA_SHAPES = {"hidden_size": 768, "num_hidden_layers": 1, "num_attention_heads": 12,
+                  "intermediate_size": 256, "max_position_embeddings": 82, "type_vocab_size": 1}
+
+
+def reference():
+    """Import the reference modules offline; returns ``laion_clap.clap_module.model`` and ``training.data``."""
+    sys.modules.setdefault("wget", types.ModuleType("wget"))
+    import laion_clap.clap_module.model as model_module
+    import laion_clap.training.data as data_module
+
+    return model_module, data_module
+
+
+def write_roberta_dir(path: Path, with_config: bool = True, vocab_size: int = 400) -> Path:
+    """A RoBERTa-compatible text-model directory: byte-level BPE (vocab.json + merges.txt) and config."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaTokenizerFast
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(CORPUS * 4, vocab_size=vocab_size, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
+    bpe.save_model(str(path))
+    tokenizer = RobertaTokenizerFast(vocab_file=str(path / "vocab.json"), merges_file=str(path / "merges.txt"))
+    tokenizer.save_pretrained(path)
+    if with_config:
+        RobertaConfig(vocab_size=len(tokenizer), layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0,
+                      eos_token_id=2, **ROBERTA_SHAPES).save_pretrained(path)
+    return path
+
+
+def roberta_tokenizer(text_dir: Path):
+    from transformers import RobertaTokenizerFast
+
+    return RobertaTokenizerFast.from_pretrained(str(text_dir))
+
+
+def build_reference(amodel: str, fusion: bool, text_dir: Path, seed: int = 0, htsat_geometry: dict | None = None,
+                    pann_divisor: int = 1):
+    """A reference ``CLAP`` (eval mode) with random weights and non-trivial BatchNorm statistics.
+
+    Args:
+        amodel: ``HTSAT-tiny``, ``HTSAT-base`` or ``PANN-14`` (the package's model configs).
+        fusion: ``aff_2d`` feature fusion.
+        text_dir: a :func:`write_roberta_dir` directory; the text tower is built from its config.
+        htsat_geometry: ``embed_dim``/``depths``/``num_heads``/``window_size`` of a smaller HTSAT,
+            built with the reference's own ``HTSAT_Swin_Transformer`` class (same code path as
+            the presets, for fast tests).
+        pann_divisor: divide every PANN width by this, rebuilding the blocks with the
+            reference's own ``ConvBlock`` (same forward code, less compute).
+    """
+    import json
+
+    from transformers import RobertaConfig, RobertaModel
+
+    model_module, _ = reference()
+    from laion_clap.clap_module.factory import _MODEL_CONFIGS
+
+    cfg = json.loads(json.dumps(_MODEL_CONFIGS[amodel]))
+    config = RobertaConfig.from_pretrained(str(text_dir))
+
+    class OfflineRoberta:
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            return RobertaModel(config)
+
+    torch.manual_seed(seed)
+    with mock.patch.object(model_module, "RobertaModel", OfflineRoberta):
+        text_cfg = {**cfg["text_cfg"], "model_type": "roberta"}
+        model = model_module.CLAP(cfg["embed_dim"], cfg["audio_cfg"], text_cfg, enable_fusion=fusion,
+                                  fusion_type="aff_2d" if fusion else "None")
+    if htsat_geometry is not None:
+        from laion_clap.clap_module.htsat import HTSAT_Swin_Transformer
+        from laion_clap.clap_module.model import CLAPAudioCfp
+
+        model.audio_branch = HTSAT_Swin_Transformer(
+            spec_size=256, patch_size=4, patch_stride=(4, 4), num_classes=cfg["audio_cfg"]["class_num"],
+            config=CLAPAudioCfp(**cfg["audio_cfg"]), enable_fusion=fusion,
+            fusion_type="aff_2d" if fusion else "None", **htsat_geometry,
+        )
+        _replace_audio_projection(model, model.audio_branch.num_features)
+    if pann_divisor > 1:
+        from laion_clap.clap_module.pann_model import ConvBlock
+
+        branch = model.audio_branch
+        widths = [64 // pann_divisor * 2**i for i in range(6)]
+        for i, (cin, cout) in enumerate(zip([1, *widths[:-1]], widths, strict=True), start=1):
+            setattr(branch, f"conv_block{i}", ConvBlock(cin, cout))
+        branch.fc1 = torch.nn.Linear(widths[-1], widths[-1])
+        branch.fc_audioset = torch.nn.Linear(widths[-1], cfg["audio_cfg"]["class_num"])
+        if fusion:
+            from laion_clap.clap_module.feature_fusion import AFF
+
+            branch.mel_conv2d = torch.nn.Sequential(
+                torch.nn.Conv2d(1, widths[0], kernel_size=(5, 5), stride=(6, 2), padding=(2, 2)),
+                torch.nn.BatchNorm2d(widths[0]), torch.nn.ReLU(inplace=True),
+            )
+            branch.fusion_model = AFF(channels=widths[0], type="2D")
+        _replace_audio_projection(model, widths[-1])
+    randomize_batchnorm(model, seed)
+    with torch.no_grad():
+        model.logit_scale_a.fill_(3.0)
+    model.model_cfg = cfg
+    return model.eval()
+
+
+def _replace_audio_projection(model, width: int) -> None:
+    joint = model.joint_embed_shape
+    model.audio_projection = torch.nn.Sequential(torch.nn.Linear(width, joint), torch.nn.ReLU(),
+                                                 torch.nn.Linear(joint, joint))
+
+
+def randomize_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial running statistics and affine weights on every BatchNorm (exposes key-map slips)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                n = m.running_mean.numel()
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+
+
+def save_official(model, path: Path, module_prefix: bool = True, position_ids: bool = True) -> Path:
+    """Save like the official files: ``{"epoch", "state_dict"}``, DDP ``module.`` prefix, ``position_ids``."""
+    state = dict(model.state_dict())
+    if position_ids:
+        n = model.text_branch.embeddings.position_embeddings.weight.shape[0]
+        state["text_branch.embeddings.position_ids"] = torch.arange(n).unsqueeze(0)
+    if module_prefix:
+        state = {f"module.{k}": v for k, v in state.items()}
+    torch.save({"epoch": 1, "name": "reference", "state_dict": state}, path)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def deterministic_reference_crops():
+    """Pin the reference's random crops to clapkit's inference rules while it preprocesses."""
+
+    def middle(choices):
+        choices = list(choices)
+        return choices[len(choices) // 2]
+
+    def centre(low, high=None):
+        return (high - 1) // 2 if high is not None else (low - 1) // 2
+
+    with mock.patch("numpy.random.choice", middle), mock.patch("numpy.random.randint", centre):
+        yield
+
+
+def reference_audio_embeddings(model, waves: list[np.ndarray], fusion: bool) -> torch.Tensor:
+    """``CLAP_Module.get_audio_embedding_from_data`` of the package, all clips in one batch."""
+    _, data = reference()
+    samples = []
+    with deterministic_reference_crops(), torch.no_grad():
+        for wave in waves:
+            wave = data.int16_to_float32(data.float32_to_int16(wave.astype(np.float32)))
+            samples.append(data.get_audio_features(
+                {}, torch.from_numpy(wave).float(), 480000,
+                data_truncating="fusion" if fusion else "rand_trunc", data_filling="repeatpad",
+                audio_cfg=model.model_cfg["audio_cfg"],
+            ))
+        return model.get_audio_embedding(samples)
+
+
+def reference_text_embeddings(model, tokenizer, texts: list[str]) -> torch.Tensor:
+    tokens = tokenizer(texts, padding="max_length", truncation=True, max_length=77, return_tensors="pt")
+    with torch.no_grad():
+        return model.get_text_embedding({k: tokens[k] for k in ("input_ids", "attention_mask")})
+
+
+def test_waves(seconds=(3.0, 10.0, 25.0), rate: int = 48000, seed: int = 0) -> list[np.ndarray]:
+    """Clips shorter than, equal to and longer than the 10 s window: tones + noise, amplitude < 1."""
+    rng = np.random.default_rng(seed)
+    waves = []
+    for i, s in enumerate(seconds):
+        t = np.arange(int(s * rate)) / rate
+        tone = 0.3 * np.sin(2 * np.pi * (220 * (i + 1)) * t * (1 + 0.1 * np.sin(2 * np.pi * 0.3 * t)))
+        waves.append((tone + 0.05 * rng.standard_normal(t.shape)).astype(np.float32))
+    return waves
