@@ -173,6 +173,10 @@ class ShardStream(IterableDataset):
                        rng: np.random.Generator) -> Iterator[dict[str, Any]]:
         train = self.stage == "train"
         assignment = assign_shards(len(src.urls), slot, self.seed if train else None, self.epoch)
+        if assignment.stride > 1 and slot.index == 0:
+            log.warning("%s: %d shards for %d rank x worker slots; every slot reads every shard and keeps "
+                        "1 sample in %d (write more, smaller shards to avoid the extra reading)",
+                        src.name, len(src.urls), slot.count, slot.count)
         passes = 0
         while True:
             order = list(assignment.shards)
