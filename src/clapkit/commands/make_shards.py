@@ -179,7 +179,7 @@ def write_shard(index: int, rows: list[Row], out_dir: str, sample_rate: int, bit
                               "json": json.dumps(meta, ensure_ascii=False).encode("utf-8")})
                 count += 1
         if count:
-            os.replace(tmp, out / name)
+            _publish(tmp, out / name)
         else:
             os.unlink(tmp)
     except BaseException:
@@ -194,6 +194,14 @@ def _write_json(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=1, ensure_ascii=False)
+    _publish(tmp, path)
+
+
+def _publish(tmp: str, path: Path) -> None:
+    """Rename a finished temp file into place with normal permissions (mkstemp makes it 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
 
 
@@ -279,7 +287,7 @@ def _write_skipped(path: Path, skipped: list[tuple[str, str]]) -> None:
         writer = csv.writer(handle)
         writer.writerow(["audio", "reason"])
         writer.writerows(skipped)
-    os.replace(tmp, path)
+    _publish(tmp, path)
 
 
 class _progress:
