@@ -27,7 +27,7 @@ import logging
 import math
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -289,14 +289,20 @@ class ShardStream(IterableDataset):
 
 
 class EpochLoader(DataLoader):
-    """DataLoader that tells its :class:`ShardStream` the epoch before the workers start."""
+    """DataLoader that tells its :class:`ShardStream` the epoch before the workers start.
 
-    def __init__(self, *args, **kwargs):
+    Args:
+        epoch_fn: returns the current epoch (the trainer's, so a resumed run continues the
+            shard order where it stopped); default: count the loader's iterations.
+    """
+
+    def __init__(self, *args, epoch_fn: Callable[[], int] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._iterations = 0
+        self._epoch_fn = epoch_fn
 
     def __iter__(self):
-        self.dataset.epoch = self._iterations
+        self.dataset.epoch = self._epoch_fn() if self._epoch_fn is not None else self._iterations
         self._iterations += 1
         return super().__iter__()
 
@@ -375,7 +381,11 @@ class ShardDataModule(LightningDataModule):
         if split not in self.streams:
             raise ValueError(f"ShardDataModule: no {split!r} shards configured")
         return EpochLoader(self.streams[split], batch_size=None, num_workers=self.num_workers,
-                           pin_memory=torch.cuda.is_available(), prefetch_factor=4 if self.num_workers else None)
+                           pin_memory=torch.cuda.is_available(), prefetch_factor=4 if self.num_workers else None,
+                           epoch_fn=self._trainer_epoch if getattr(self, "trainer", None) is not None else None)
+
+    def _trainer_epoch(self) -> int:
+        return int(self.trainer.current_epoch)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
