@@ -82,3 +82,40 @@ def tiny_batch(batch_size: int = 2, query_audio: bool = False) -> dict:
         batch["positive_audio"] = 0.1 * torch.randn(batch_size, int(48000 * CLIP_SECONDS), generator=g)
         batch["negative_audio"] = 0.1 * torch.randn(batch_size, int(48000 * CLIP_SECONDS), generator=g)
     return batch
+
+
+def tiny_model_config() -> dict:
+    """The ``class_path``/``init_args`` tree of :func:`tiny_task` (for native model directories)."""
+    htsat = {"class_path": "clapkit.encoders.htsat.HTSAT",
+             "init_args": {"variant": "test", "spec_size": SPEC_SIZE, "clip_samples": int(48000 * CLIP_SECONDS),
+                           "pad_mode": "pad", "spec_augment": False, "drop_path_rate": 0.0}}
+    projection = {"class_path": "clapkit.encoders.projection.LinearProjection", "init_args": {"out_dim": EMBED_DIM}}
+    text = {"class_path": "clapkit.encoders.hf_text.HFTextEncoder", "init_args": {"variant": "tiny", "pooling": "mean"}}
+    tower = "clapkit.encoders.tower.Tower"
+    return {
+        "class_path": "clapkit.lightning_modules.separation.SeparationTask",
+        "init_args": {
+            "query": {"class_path": "clapkit.encoders.separation.QueryNetwork", "init_args": {
+                "audio": {"class_path": tower, "init_args": {"encoder": htsat, "projection": projection}},
+                "text": {"class_path": tower, "init_args": {"encoder": text, "projection": projection}},
+            }},
+            "separator": {"class_path": "clapkit.encoders.separation.CLAPSep", "init_args": {
+                "decoder": {"class_path": "clapkit.encoders.separation.PatchExpandDecoder", "init_args": {
+                    "encoder_dims": encoder_dims(), "cond_dim": 2 * EMBED_DIM, "embed_dim": 8,
+                    "num_heads": [1, 1, 2, 2], "spec_size": SPEC_SIZE, "drop_path_rate": 0.0}},
+                "masknet": {"class_path": "clapkit.encoders.separation.MaskNet", "init_args": {
+                    "d_model": 32, "num_heads": 4, "num_layers": 1}},
+            }},
+        },
+    }
+
+
+def save_tiny_model(directory) -> None:
+    """A tiny random separation model in clapkit's native format (0.5 s chunks at 32 kHz)."""
+    from clapkit.pretrained import InferenceConfig, instantiate_model, save_pretrained
+
+    config = tiny_model_config()
+    task = instantiate_model(config)
+    inference = InferenceConfig(sample_rate=SAMPLE_RATE, clip_samples=int(SAMPLE_RATE * CLIP_SECONDS), pad="pad",
+                                crop="start")
+    save_pretrained(task, directory, inference, model_config=config)

@@ -40,7 +40,7 @@ def build_parser():
     parser.add_argument("--query", default=None, help="text describing the sound to keep")
     parser.add_argument("--negative", default=None, help="text describing the sound to remove")
     parser.add_argument("--query-audio", nargs="+", default=[], metavar="FILE",
-                        help="example recordings of the sound to keep")
+                        help="example recordings of the sound to keep (put INPUTs first or end the list with --)")
     parser.add_argument("--negative-audio", nargs="+", default=[], metavar="FILE",
                         help="example recordings of the sound to remove")
     parser.add_argument("--audio-weight", type=float, default=0.5,
@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         raise CommandError(f"--batch-size must be at least 1, got {args.batch_size}")
     if not 0.0 <= args.overlap < 1.0:
         raise CommandError(f"--overlap must be in [0, 1), got {args.overlap}")
+    if not (args.query or args.negative or args.query_audio or args.negative_audio):
+        raise CommandError("give a query: --query, --negative, --query-audio or --negative-audio")
     files = discover_audio(args.inputs)
     check_headers(files)
     targets = output_paths(files, args.inputs, args.output)

@@ -113,7 +113,9 @@ def clapsep_state_dict(checkpoint: Mapping[str, Any], task) -> dict[str, torch.T
     filled = dict(task.query.state_dict(prefix="query."))
     for key, value in _encoder_from_clap(task).items():
         filled.setdefault(key, value)
-    filled.update(mapped)
+    # apply() may also return optional keys it did not find in the file; keep only what the file gave.
+    sourced = {key_map.rename(k) for k in state if not key_map.is_ignored(k)}
+    filled.update({k: v for k, v in mapped.items() if k in sourced})
     derived = [k for k in target if k.endswith("num_batches_tracked")]
     missing = sorted(k for k in target if k not in filled and k not in derived)
     if missing:

@@ -95,6 +95,7 @@ class SeparationTask(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.monitor = monitor
+        _compact_buffers(self)
         names = [n for n in METRICS if compute_sdr or n != "sdr"]
         self.metrics = nn.ModuleDict(
             {
@@ -184,3 +185,15 @@ class SeparationTask(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor, "interval": "epoch"},
         }
+
+
+def _compact_buffers(module: nn.Module) -> None:
+    """Give every buffer that views a larger storage its own copy.
+
+    ``torch.hann_window(periodic=True)`` returns a slice of an ``N + 1`` storage (torchaudio's
+    front-end window is one); safetensors refuses to save such tensors.
+    """
+    for sub in module.modules():
+        for name, buf in list(sub._buffers.items()):
+            if buf is not None and buf.untyped_storage().nbytes() != buf.numel() * buf.element_size():
+                sub._buffers[name] = buf.clone()
