@@ -95,3 +95,17 @@ def test_bad_files_are_skipped_and_counted(tmp_path):
     batches = list(dm.test_dataloader())
     assert sum(len(b["key"]) for b in batches) == 23
     assert batches[0]["skipped"] == {"unreadable": 1, "missing": 1}
+
+
+def test_training_replaces_bad_clips_and_counts_them(tmp_path):
+    truth = write_esc50(tmp_path)
+    train_keys = [k for k in truth.keys if truth.folds[k] != 1]
+    broken = train_keys[::4]  # 5 of the 20 training clips
+    for key in broken:
+        (tmp_path / "audio" / f"{key}.wav").write_bytes(b"broken" * 20)
+    dm = ESC50DataModule(str(tmp_path), test_folds=[1], audio=POLICY, batch_size=4, num_workers=0)
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 5 and all(len(b["key"]) == 4 for b in batches)  # full batches
+    assert not {k for b in batches for k in b["key"]} & set(broken)
+    # every index is visited once per epoch, so each broken clip is met (and counted) at least once
+    assert sum(b["skipped"].get("unreadable", 0) for b in batches) >= len(broken)

@@ -73,23 +73,41 @@ class ClipDataset(Dataset):
         audio: decode/crop policy.
         stage: ``train`` (random crops) or ``eval`` (deterministic crops).
         with_text: attach captions (``False`` turns a labelled set into a pure zero-shot set).
+        max_replacements: training only: random stand-ins tried for a bad clip before giving up.
     """
 
-    def __init__(self, records: list[ClipRecord], audio: AudioPolicy, stage: Stage, with_text: bool = True):
+    def __init__(self, records: list[ClipRecord], audio: AudioPolicy, stage: Stage, with_text: bool = True,
+                 max_replacements: int = 8):
         self.records = records
         self.audio = audio
         self.stage = stage
         self.with_text = with_text
+        self.max_replacements = max_replacements
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int):
+        if self.stage != "train":
+            return self._load(index, None)
+        # Training keeps batches full: a bad clip is replaced by a random other one, and the
+        # replacement carries the reasons so the skip counts stay exact.
+        rng = worker_rng(index)
+        replaced: list[str] = []
+        for _ in range(self.max_replacements + 1):
+            item = self._load(index, rng)
+            if not isinstance(item, Skipped):
+                item.meta["replaced"] = replaced
+                return item
+            replaced.append(item.reason)
+            index = int(rng.integers(len(self.records)))
+        return Skipped(replaced[-1], item.key, also=tuple(replaced[:-1]))
+
+    def _load(self, index: int, rng):
         rec = self.records[index]
         texts = rec.texts if self.with_text else []
         if self.with_text and not texts:
             return Skipped("no_text", rec.key)
-        rng = worker_rng(index) if self.stage == "train" else None
         return self.audio.load(
             rec.path, key=rec.key, stage=self.stage, texts=texts, label=rec.label, meta=rec.meta, rng=rng
         )

@@ -73,6 +73,7 @@ class Skipped:
 
     reason: str
     key: str = ""
+    also: tuple[str, ...] = ()  # earlier failures this marker stands for (training replacements)
 
 
 @dataclass
@@ -184,7 +185,10 @@ def count_skips(items: Iterable[Sample | Skipped]) -> tuple[list[Sample], Counte
     for item in items:
         if isinstance(item, Skipped):
             skipped[item.reason] += 1
+            skipped.update(item.also)
         else:
+            # a training reader may stand in another clip for a bad one and say so here
+            skipped.update(item.meta.pop("replaced", ()))
             samples.append(item)
     return samples, skipped
 
