@@ -143,3 +143,19 @@ def test_base_preset_has_reference_geometry():
     assert [len(getattr(model, f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
     assert (model.frontend.n_fft, model.frontend.hop_length, model.frontend.win_length) == (2048, 561, 1654)
     assert model.att5.conv_depth.kernel_size == (3, 5) and model.att2.conv_depth.kernel_size == (1, 5)
+
+
+def test_weights_from_official_layouts(tmp_path):
+    source = ESResNeXtFBSP("tiny", sample_rate=16000, output_dim=10)
+    official = {k.removeprefix("frontend."): v for k, v in source.state_dict().items()}
+    torch.save(official, tmp_path / "ESRNXFBSP.pt")
+    torch.save({"audio." + k: v for k, v in official.items()}, tmp_path / "AudioCLIP.pt")
+    tagger_init = ESResNeXtFBSP("tiny", sample_rate=16000, weights=str(tmp_path / "ESRNXFBSP.pt"))
+    assert torch.equal(tagger_init.layer4[0].conv2.weight, source.layer4[0].conv2.weight)
+    assert tagger_init.fc.out_features == 64  # 10-class head left at its initialisation
+    full = ESResNeXtFBSP("tiny", sample_rate=16000, output_dim=10, weights=str(tmp_path / "AudioCLIP.pt"))
+    assert torch.equal(full.fc.weight, source.fc.weight)
+    assert torch.equal(full.frontend.fbsp.fc, source.frontend.fbsp.fc)
+    torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="bad.pt"):
+        ESResNeXtFBSP("tiny", weights=str(tmp_path / "bad.pt"))

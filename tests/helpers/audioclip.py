@@ -87,3 +87,49 @@ def official_audioclip_state_dict(tiny: bool = True, seed: int = 0) -> dict[str,
         state["audio.fbsp.fb"] = 1.0 + torch.rand_like(state["audio.fbsp.fb"])
         state["audio.bn1.running_mean"] = torch.randn_like(state["audio.bn1.running_mean"])
     return state
+
+
+def write_av_shards(root, num_shards: int = 2, per_shard: int = 4, frames: int = 3, missing_frame: int | None = None):
+    """AudioSet-style audio-visual shards: ``<key>.flac``, ``<key>.json`` (text + tag MIDs) and
+    ``<key>.frame{i}.jpg`` frames whose colour encodes the frame index; plus ``sizes.json`` and a
+    ``class_labels_indices.csv``. Returns ``(shard_dir, class_index_path)``."""
+    import io
+    import json
+    import tarfile
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from helpers.fixtures import AS_CLASSES, RATE, flac_bytes, tone
+
+    root = Path(root)
+    shards = root / "shards"
+    shards.mkdir(parents=True, exist_ok=True)
+    index_csv = root / "class_labels_indices.csv"
+    index_csv.write_text("index,mid,display_name\n" + "".join(f'{i},{m},"{n}"\n' for i, (m, n) in enumerate(AS_CLASSES)))
+
+    def add(tar, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    sizes, i = {}, 0
+    for shard in range(num_shards):
+        with tarfile.open(shards / f"{shard}.tar", "w") as tar:
+            for _ in range(per_shard):
+                key = f"clip{i:04d}"
+                label = i % len(AS_CLASSES)
+                add(tar, f"{key}.flac", flac_bytes(tone(i, 0.25), RATE))
+                meta = {"text": [f"the sound of {AS_CLASSES[label][1]}"], "tag": [AS_CLASSES[label][0]]}
+                add(tar, f"{key}.json", json.dumps(meta).encode())
+                for f in range(frames):
+                    if i == missing_frame:
+                        break
+                    buf = io.BytesIO()
+                    Image.fromarray(np.full((40, 48, 3), 20 * f + 10 * label, np.uint8)).save(buf, format="JPEG")
+                    add(tar, f"{key}.frame{f}.jpg", buf.getvalue())
+                i += 1
+        sizes[f"{shard}.tar"] = per_shard
+    (shards / "sizes.json").write_text(json.dumps(sizes))
+    return shards, index_csv

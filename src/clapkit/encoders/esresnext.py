@@ -25,7 +25,10 @@ checkpoints map key for key (see :mod:`clapkit.interop.audioclip`).
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -35,6 +38,55 @@ from torchvision.models.resnet import Bottleneck
 
 from clapkit.encoders.base import AudioEncoder, EncoderOutput
 from clapkit.encoders.fbsp import FBSPSpectrogram
+
+log = logging.getLogger(__name__)
+
+# where the audio head sits in the files `weights` accepts, most specific first
+_AUDIO_PREFIXES = ("towers.audio.encoder.", "model.towers.audio.encoder.", "audio.", "encoder.")
+
+
+def load_audio_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """ESResNeXt-FBSP weights from a local file, keyed like :class:`ESResNeXtFBSP`.
+
+    Accepts safetensors or ``torch.load``-able files (``weights_only=True``): the official
+    ``ESRNXFBSP.pt`` (bare keys) and ``AudioCLIP-*.pt`` (``audio.*``), clapkit Lightning
+    checkpoints and native ``model.safetensors`` (``towers.audio.encoder.*`` or ``encoder.*``).
+    The reference's ``fbsp.*`` and ``window`` keys move under ``frontend.``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: audio weights file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"{path}: not a weights-only checkpoint ({str(exc).splitlines()[0]})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    for prefix in _AUDIO_PREFIXES:
+        if any(k.startswith(prefix + "conv1.") for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            break
+    if "conv1.weight" not in state:
+        raise ValueError(f"{path}: no ESResNeXt-FBSP audio weights found (no conv1.weight under "
+                         f"{', '.join(repr(p) for p in _AUDIO_PREFIXES)} or at the top level)")
+    out = {}
+    for key, value in state.items():
+        if key.startswith("fbsp.") or key == "window":
+            key = "frontend." + key
+        out[key] = value
+    return out
+
+
+def _mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:
+    return [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+            if k in own and v.shape != own[k].shape]
 
 
 class Attention2d(nn.Module):
@@ -106,6 +158,11 @@ class ESResNeXtFBSP(AudioEncoder):
             int16 -> [-1, 1] map; 32768 for clapkit's [-1, 1] waveforms, 1.0 for int16-range
             input (see the module docstring).
         normalize_fbsp_grads: rescale FBSP parameter gradients as the reference does.
+        weights: optional local file to initialise from (see :func:`load_audio_weights`):
+            an official ``ESRNXFBSP.pt`` / ``AudioCLIP-*.pt``, a clapkit Lightning checkpoint
+            or a native ``model.safetensors``. An ``fc`` of another width (the 527-class
+            tagger head under a 1024-d embedding) is left at its initialisation, as the
+            reference does when it stacks AudioCLIP on the AudioSet tagger.
     """
 
     def __init__(
@@ -121,6 +178,7 @@ class ESResNeXtFBSP(AudioEncoder):
         apply_attention: bool = True,
         input_scale: float = 32768.0,
         normalize_fbsp_grads: bool = True,
+        weights: str | None = None,
     ):
         super().__init__()
         preset = PRESETS[variant]
@@ -157,6 +215,26 @@ class ESResNeXtFBSP(AudioEncoder):
         self._output_dim = output_dim or preset.output_dim
         self.fc = nn.Linear(width, self._output_dim)
         self._init_weights()
+        if weights is not None:
+            self.load_weights(weights)
+
+    def load_weights(self, path: str | os.PathLike) -> list[str]:
+        """Initialise from a local file; returns the keys left at their initialisation (``fc``)."""
+        state = load_audio_weights(path)
+        own = self.state_dict()
+        skipped = [k for k in state if k.startswith("fc.") and k in own and state[k].shape != own[k].shape]
+        state = {k: v for k, v in state.items() if k not in skipped}
+        mismatched = _mismatch(own, state)
+        if mismatched:
+            raise ValueError(f"{path}: audio weights do not fit ESResNeXtFBSP({self.variant!r}): {mismatched[:5]}")
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("num_batches_tracked") and k not in skipped]
+        if missing or unexpected:
+            raise ValueError(f"{path}: audio weights do not fit ESResNeXtFBSP({self.variant!r}): "
+                             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        if skipped:
+            log.warning("%s: %s has another width; left at its initialisation", path, ", ".join(skipped))
+        return skipped
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         out_channels = planes * Bottleneck.expansion

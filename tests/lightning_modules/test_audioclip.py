@@ -1,0 +1,155 @@
+"""AudioCLIP training: querying metrics, the tri-modal task, and the staged configs on fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from clapkit.lightning_modules.querying import cross_modal_querying, label_relevance, querying_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((ROOT / "configs" / "audioclip").glob("*.yaml"))
+
+
+# --------------------------------------------------------------------------- querying metrics
+def test_querying_metrics_known_values():
+    queries = torch.eye(3)
+    items = F.normalize(torch.tensor([[1.0, 0.1, 0], [0, 1.0, 0], [1.0, 0, 0.2], [0, 0, 1.0]]), dim=-1)
+    labels_q, labels_i = torch.tensor([0, 1, 2]), torch.tensor([0, 1, 0, 2])
+    out = querying_metrics(queries, items, label_relevance(labels_q, labels_i))
+    # query 0: both class-0 items rank 1 and 2 -> P@1 1, R@1 1/2, AP 1
+    # query 1: its item ranks first; query 2: item 3 first
+    assert out["P@1"] == pytest.approx(1.0)
+    assert out["R@1"] == pytest.approx((0.5 + 1 + 1) / 3)
+    assert out["mAP"] == pytest.approx(1.0)
+    assert out["R@1_chance"] == pytest.approx(1 / 4)
+    reversed_out = querying_metrics(-queries, items, label_relevance(labels_q, labels_i))
+    assert reversed_out["P@1"] == 0.0 and reversed_out["mAP"] < 0.5
+
+
+def test_cross_modal_querying_covers_every_ordered_pair():
+    emb = F.normalize(torch.randn(6, 8), dim=-1)
+    result = cross_modal_querying({"audio": emb, "image": emb.clone(), "text": emb.clone()})
+    for pair in ("a2i", "i2a", "a2t", "t2a", "i2t", "t2i"):
+        assert result[f"{pair}_R@1"] == pytest.approx(1.0)  # identical embeddings, pairing relevance
+    multi = cross_modal_querying({"audio": emb, "image": emb}, labels=torch.tensor([[1, 0], [0, 1]] * 3).float())
+    assert 0.0 < multi["a2i_R@1"] <= 1.0
+
+
+# ---------------------------------------------------------------------------- the task itself
+def _tiny_task(**kw):
+    from clapkit.encoders.clip import CLIPImageEncoder, CLIPTextEncoder
+    from clapkit.encoders.esresnext import ESResNeXtFBSP
+    from clapkit.encoders.tower import Tower
+    from clapkit.lightning_modules.audioclip import AudioCLIPTask
+
+    towers = {
+        "audio": Tower(ESResNeXtFBSP("tiny", sample_rate=16000)),
+        "image": Tower(CLIPImageEncoder("tiny")),
+        "text": Tower(CLIPTextEncoder("tiny")),
+    }
+    return AudioCLIPTask(towers, **kw)
+
+
+def test_loss_adds_fbsp_regulariser_and_respects_frozen_teachers():
+    task = _tiny_task(frozen=["image", "text"], pairs=[("audio", "text"), ("audio", "image")])
+    with torch.no_grad():
+        task.towers["audio"].encoder.frontend.fbsp.fb.mul_(1.5)  # regulariser > 0
+    batch = {"audio": torch.randn(4, 4000) * 0.1, "image": torch.randn(4, 3, 64, 64), "text": ["a", "b", "c", "d"]}
+    task.train()
+    out = task.compute_loss(batch, gather=False)
+    assert task._last_aux is not None and task._last_aux > 0
+    assert torch.allclose(out.loss, sum(out.pair_losses.values()) + task._last_aux)
+    out.loss.backward()
+    assert task.towers["audio"].encoder.frontend.fbsp.fb.grad is not None
+    assert task.towers["image"].encoder.visual.conv1.weight.grad is None
+    assert not task.towers["image"].training and task.logit_scale("audio", "text").item() == pytest.approx(100.0)
+
+
+# ------------------------------------------------------------------------------ stage configs
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_stage_configs_parse(config, capsys):
+    from clapkit.cli import lightning_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        lightning_main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith("clapkit.lightning_modules.")
+
+
+def _tiny_towers(towers: dict) -> None:
+    towers["audio"]["init_args"]["encoder"]["init_args"].update(variant="tiny", sample_rate=8000, weights=None)
+    for name in ("image", "text"):
+        towers[name]["init_args"]["encoder"]["init_args"].update(arch="tiny", weights=None)
+
+
+def _run(config: dict, tmp_path: Path):
+    from clapkit.cli import lightning_main
+
+    config["trainer"].update(fast_dev_run=1, accelerator="cpu", devices=1, logger=False,
+                             default_root_dir=str(tmp_path / "run"), callbacks=[])
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return lightning_main(["fit", "--config", str(path)])
+
+
+@pytest.mark.parametrize("stage", ["b_audio_vs_frozen_clip", "c_all_towers"])
+def test_tri_modal_stages_run_on_av_shards(stage, tmp_path):
+    from helpers.audioclip import write_av_shards
+
+    shards, class_index = write_av_shards(tmp_path, missing_frame=2)
+    config = yaml.safe_load((ROOT / f"configs/audioclip/{stage}.yaml").read_text())
+    _tiny_towers(config["model"]["init_args"]["towers"])
+    data = config["data"]["init_args"]
+    data.update(train=str(shards), val=str(shards), class_index=str(class_index), image_size=64,
+                batch_size=2, num_workers=0, shuffle_buffer=2)
+    data["audio"].update(sample_rate=8000, clip_seconds=0.25)
+    data["augment"]["length"] = 2000
+    _run(config, tmp_path)
+
+
+def test_stage_a_tagger_runs_on_audioset_fixture(tmp_path):
+    from helpers.fixtures import write_audioset
+
+    write_audioset(tmp_path / "audioset")
+    config = yaml.safe_load((ROOT / "configs/audioclip/a_tagger_audioset.yaml").read_text())
+    model = config["model"]["init_args"]
+    model["encoder"]["init_args"].update(variant="tiny", sample_rate=8000, output_dim=5)
+    model["num_classes"] = 5
+    data = config["data"]["init_args"]
+    data.update(root=str(tmp_path / "audioset"), batch_size=2, num_workers=0)
+    data["audio"].update(sample_rate=8000, clip_seconds=0.25)
+    _run(config, tmp_path)
+
+
+@pytest.mark.parametrize("stage", ["d_esc50_finetune", "d_us8k_finetune"])
+def test_stage_d_finetune_runs_per_fold(stage, tmp_path):
+    from helpers.fixtures import write_esc50, write_urbansound8k
+
+    esc = stage == "d_esc50_finetune"
+    (write_esc50 if esc else write_urbansound8k)(tmp_path / "data")
+    config = yaml.safe_load((ROOT / f"configs/audioclip/{stage}.yaml").read_text())
+    model = config["model"]["init_args"]
+    model["encoder"]["init_args"].update(variant="tiny", sample_rate=8000, weights=None)
+    model["num_classes"] = 5 if esc else 4
+    data = config["data"]["init_args"]
+    data.update(root=str(tmp_path / "data"), test_folds=[2], batch_size=2, num_workers=0)
+    data["audio"].update(sample_rate=8000, clip_seconds=0.25)
+    _run(config, tmp_path)
+
+
+def test_synthetic_tri_modal_fast_dev_run_reports_querying(tmp_path):
+    """The fast twin of the slow training test: same config, one batch."""
+    config = yaml.safe_load((ROOT / "configs/audioclip/synthetic_tiny.yaml").read_text())
+    config["data"]["init_args"].update(train_size=8, eval_size=8, batch_size=4, clip_seconds=0.25)
+    cli = _run(config, tmp_path)
+    metrics = cli.trainer.callback_metrics
+    for name in ("train/loss", "train/aux_loss", "val/query_a2i_R@1", "val/query_t2a_R@1",
+                 "val/query_i2t_mAP", "val/query_a2t_P@1", "val/zeroshot_top1", "val/t2a_R@1"):
+        assert name in metrics, name
+    assert "val/query_a2i_R@1_chance" in cli.model.eval_results["val"]
