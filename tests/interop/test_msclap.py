@@ -1,0 +1,146 @@
+"""MS-CLAP interop: official-layout checkpoints built with the msclap package load in clapkit
+and give the reference's embeddings (fp32, <= 1e-4 on L2-normalised vectors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+import clapkit
+from clapkit.pretrained import PretrainedError, convert_checkpoint
+from helpers.models import calibrate_batchnorm, randomize_norm_stats, tone, write_bert_dir, write_gpt2_dir
+
+SR = 44100
+# One text with "!" (GPT-2's pad symbol in msclap: pooled at an earlier position) and one far
+# longer than the token limit (truncated).
+TEXTS = ["a dog barks", "Rain on a window!", "x" * 150, "birds"]
+
+
+class _EncodePlusShim:
+    """The transformers 4.x ``encode_plus`` the reference calls (gone in transformers 5):
+    ``max_length`` without ``truncation`` meant ``longest_first`` truncation there."""
+
+    def __init__(self, tokenizer, token_type_ids: bool):
+        self._tok, self._token_type_ids = tokenizer, token_type_ids
+
+    def encode_plus(self, text, **kwargs):
+        kwargs.setdefault("truncation", True)
+        return self._tok(text, return_token_type_ids=self._token_type_ids, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+
+def _reference(version: str, tmp: Path, monkeypatch):
+    """Build msclap's CLAP with random weights and a small text model, save it in the official
+    layout and load it back through msclap's own ``CLAPWrapper``."""
+    msclap_clap = pytest.importorskip("msclap.models.clap")
+    wrapper_module = pytest.importorskip("msclap.CLAPWrapper")
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    # Real widths where the reference hard-codes them (768 into the projection); one layer.
+    writer = write_bert_dir if version == "2022" else write_gpt2_dir
+    text_dir = writer(tmp / "text", hidden=768, layers=1, heads=2)
+
+    class _AutoModel:  # the package calls AutoModel.from_pretrained("bert-base-uncased" / "gpt2")
+        @staticmethod
+        def from_pretrained(name):
+            return AutoModel.from_config(AutoConfig.from_pretrained(text_dir))
+
+    class _AutoTokenizer:
+        @staticmethod
+        def from_pretrained(name):
+            return _EncodePlusShim(AutoTokenizer.from_pretrained(text_dir), token_type_ids=version == "2022")
+
+    monkeypatch.setattr(msclap_clap, "AutoModel", _AutoModel)
+    monkeypatch.setattr(wrapper_module, "AutoTokenizer", _AutoTokenizer)
+    args = yaml.safe_load((Path(wrapper_module.__file__).parent / f"configs/config_{version}.yml").read_text())
+    torch.manual_seed(0)
+    model = msclap_clap.CLAP(
+        args["audioenc_name"], args["sampling_rate"], args["window_size"], args["hop_size"], args["mel_bins"],
+        args["fmin"], args["fmax"], args["num_classes"], args["out_emb"], args["text_model"],
+        args["transformer_embed_dim"], args["d_proj"],
+    )
+    randomize_norm_stats(model)
+    calibration = np.stack([tone(args["duration"], SR, f, i) * gain for i, (f, gain) in enumerate([(220, 1.0), (3000, 0.1)])])
+    calibrate_batchnorm(model.audio_encoder, model.audio_encoder, torch.from_numpy(calibration))
+    with torch.no_grad():
+        model.logit_scale.fill_(3.1)
+    checkpoint = tmp / f"CLAP_weights_{version}.pth"
+    torch.save({"model": model.state_dict()}, checkpoint)
+    # CLAPWrapper builds the same architecture again before loading the file; hand it this
+    # instance instead (building Cnn14 twice is most of the test's time). It still loads the
+    # checkpoint file into it, sets eval mode and prepares its tokenizer.
+    monkeypatch.setattr(wrapper_module, "CLAP", lambda **kwargs: model)
+    reference = wrapper_module.CLAPWrapper(model_fp=str(checkpoint), version=version)
+    return reference, checkpoint, text_dir, args["duration"] * SR, wrapper_module
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("version", ["2022", "2023"])
+def test_msclap_parity(version, tmp_path, monkeypatch):
+    reference, checkpoint, text_dir, window, wrapper_module = _reference(version, tmp_path, monkeypatch)
+    rng = np.random.default_rng(0)
+    long_t = np.arange(window + 3 * SR + 17) / SR
+    waves = {
+        "shorter": tone(1.3, SR, 440.0),
+        "equal": (0.3 * rng.standard_normal(window)).astype(np.float32),
+        "longer": (0.05 * np.sin(2 * np.pi * (100 + 2000 * long_t) * long_t)).astype(np.float32),
+    }
+    # The reference reads files with torchaudio and crops long clips at a random offset; feed it
+    # the arrays and the centre offset clapkit's deterministic inference uses.
+    monkeypatch.setattr(reference, "read_audio", lambda path, resample=True: (torch.from_numpy(waves[path])[None], SR))
+    monkeypatch.setattr(wrapper_module.random, "randrange", lambda stop: stop // 2)
+    with torch.no_grad():
+        ref_audio = F.normalize(reference.get_audio_embeddings(list(waves)), dim=-1)
+        ref_text = F.normalize(reference.get_text_embeddings(TEXTS), dim=-1)
+
+    model = clapkit.load(checkpoint, text_model=text_dir)
+    audio = model.embed_audio(list(waves.values()), SR)
+    text = model.embed_text(TEXTS)
+
+    audio_diff = (audio - ref_audio).abs().max().item()
+    text_diff = (text - ref_text).abs().max().item()
+    print(f"msclap {version}: max |audio diff| {audio_diff:.2e}, max |text diff| {text_diff:.2e}")
+    assert audio_diff <= 1e-4 and text_diff <= 1e-4
+    # The comparison is meaningful: inputs give distinct embeddings.
+    assert (audio[0] - audio[2]).abs().max() > 1e-2 and (text[0] - text[1]).abs().max() > 1e-3
+    assert model.logit_scale == pytest.approx(float(np.exp(3.1)), rel=1e-6)
+    if version == "2023":
+        # The "!" text is where MS-CLAP's pooling rule differs from plain last-token pooling.
+        encoder = model.model.towers["text"].encoder
+        tokens = encoder.tokenize(TEXTS[1:2])
+        assert int((tokens["input_ids"] != encoder.tokenizer.pad_token_id).sum()) < int(tokens["attention_mask"].sum())
+
+
+def _fake_state(version: str) -> dict[str, torch.Tensor]:
+    marker = {"2022": "audio_encoder.base.conv_block1.conv1.weight",
+              "2023": "audio_encoder.base.htsat.patch_embed.proj.weight"}[version]
+    return {marker: torch.zeros(64, 1, 3, 3), "caption_encoder.projection.linear1.weight": torch.zeros(4, 4)}
+
+
+def test_detects_version_and_checks_text_model(tmp_path):
+    path = tmp_path / "CLAP_weights_2022.pth"
+    torch.save({"model": _fake_state("2022")}, path)
+    gpt2 = write_gpt2_dir(tmp_path / "gpt2")
+    with pytest.raises(PretrainedError, match=r"MS-CLAP 2022.*bert.*'gpt2'"):
+        convert_checkpoint(path, text_model=gpt2)
+    with pytest.raises(PretrainedError, match="needs text_model"):
+        convert_checkpoint(path)
+    laion_like = tmp_path / "630k.pt"
+    torch.save({"state_dict": {"module.logit_scale_a": torch.zeros(())}}, laion_like)
+    with pytest.raises(PretrainedError, match="not a msclap checkpoint"):
+        convert_checkpoint(laion_like, format="msclap", text_model=gpt2)
+
+
+def test_unknown_keys_are_listed(tmp_path):
+    from clapkit.interop.msclap import KeyRule, apply_key_rules
+
+    state = {"audio_encoder.projection.linear1.weight": torch.zeros(1), "stray.key": torch.zeros(1)}
+    with pytest.raises(PretrainedError, match="1 checkpoint keys have no place.*stray.key"):
+        apply_key_rules(state, [KeyRule(r"audio_encoder\.projection\.", "towers.audio.projection.")])
