@@ -138,9 +138,13 @@ def test_detects_version_and_checks_text_model(tmp_path):
         convert_checkpoint(laion_like, format="msclap", text_model=gpt2)
 
 
-def test_unknown_keys_are_listed(tmp_path):
-    from clapkit.interop.msclap import KeyRule, apply_key_rules
+def test_key_map_lists_unconsumed_and_unfilled_keys():
+    from clapkit.interop.msclap import VERSIONS, key_map
 
-    state = {"audio_encoder.projection.linear1.weight": torch.zeros(1), "stray.key": torch.zeros(1)}
-    with pytest.raises(PretrainedError, match="1 checkpoint keys have no place.*stray.key"):
-        apply_key_rules(state, [KeyRule(r"audio_encoder\.projection\.", "towers.audio.projection.")])
+    t = torch.zeros(2)
+    source = {"audio_encoder.projection.linear1.weight": t, "stray.key": t,
+              "caption_encoder.base.h.0.attn.bias": t}  # dropped on purpose
+    target = {"towers.audio.projection.linear1.weight": t, "towers.text.projection.linear1.weight": t}
+    with pytest.raises(PretrainedError, match=r"1 official keys not consumed \(stray.key\).*"
+                       r"1 clapkit keys not filled \(towers.text.projection.linear1.weight\)"):
+        key_map(VERSIONS["2023"]).apply(source, target)

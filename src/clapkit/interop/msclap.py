@@ -38,70 +38,32 @@ from typing import Any
 
 import torch
 
+from clapkit.interop.keymap import KeyMap, build_from_config, target_shapes
 from clapkit.pretrained import CheckpointFormat, Converted, InferenceConfig, PretrainedError
 
 SAMPLE_RATE = 44100
 PROJECTION_DIM = 1024
-TEXT_TOWER = "towers.text.encoder.model."
+TEXT_ASSET = "text_model"
 
 
-@dataclass(frozen=True)
-class KeyRule:
-    """Rename keys matching ``pattern`` (a regex anchored at the start) to ``target``
-    (``re`` replacement syntax), or drop them when ``target`` is ``None`` (``reason`` says why)."""
-
-    pattern: str
-    target: str | None
-    reason: str = ""
-
-
-def apply_key_rules(state: Mapping[str, torch.Tensor], rules: list[KeyRule]) -> dict[str, torch.Tensor]:
-    """Rename every key by the first rule that matches it; a key no rule matches is an error."""
-    compiled = [(re.compile(rule.pattern), rule) for rule in rules]
-    out: dict[str, torch.Tensor] = {}
-    unmatched = []
-    for key, value in state.items():
-        for regex, rule in compiled:
-            match = regex.match(key)
-            if match is None:
-                continue
-            if rule.target is not None:
-                new_key = match.expand(rule.target) + key[match.end():]
-                if new_key in out:
-                    raise PretrainedError(f"two checkpoint keys map to {new_key}")
-                out[new_key] = value
-            break
-        else:
-            unmatched.append(key)
-    if unmatched:
-        shown = ", ".join(sorted(unmatched)[:8])
-        raise PretrainedError(f"{len(unmatched)} checkpoint keys have no place in clapkit's model ({shown})")
-    return out
-
-
-# Keys that exist in official files but carry nothing the model needs.
-COMMON_DROPS = [
-    # Buffers older transformers versions saved: position ids / token type ids (aranges and
-    # zeros) and GPT-2's causal-mask buffers.
-    KeyRule(r"caption_encoder\.base\.embeddings\.(position_ids|token_type_ids)$", None, "constant buffer"),
-    KeyRule(r"caption_encoder\.base\.h\.\d+\.attn\.(bias|masked_bias)$", None, "causal-mask buffer"),
-]
-COMMON_RENAMES = [
-    KeyRule(r"audio_encoder\.projection\.", "towers.audio.projection."),
-    KeyRule(r"caption_encoder\.base\.", TEXT_TOWER),
-    KeyRule(r"caption_encoder\.projection\.", "towers.text.projection."),
-    KeyRule(r"logit_scale$", "logit_scales.audio__text"),
-]
-
-
-def frontend_rules(prefix: str) -> list[KeyRule]:
-    """torchlibrosa's STFT kernels and mel matrix -> :class:`~clapkit.encoders.frontends.ConvLogMel` buffers."""
-    p = re.escape(prefix)
-    return [
-        KeyRule(p + r"spectrogram_extractor\.stft\.conv_real\.weight$", "towers.audio.encoder.frontend.conv_real"),
-        KeyRule(p + r"spectrogram_extractor\.stft\.conv_imag\.weight$", "towers.audio.encoder.frontend.conv_imag"),
-        KeyRule(p + r"logmel_extractor\.melW$", "towers.audio.encoder.frontend.melW"),
+def key_map(version: MSCLAPVersion) -> KeyMap:
+    """The explicit official -> clapkit key map of one MS-CLAP release."""
+    audio = re.escape(version.audio_prefix)
+    rules = [
+        # torchlibrosa's STFT kernels and mel matrix -> ConvLogMel's buffers.
+        (audio + r"spectrogram_extractor\.stft\.conv_(real|imag)\.weight", r"towers.audio.encoder.frontend.conv_\1"),
+        (audio + r"logmel_extractor\.melW", "towers.audio.encoder.frontend.melW"),
+        (audio + r"(.+)", r"towers.audio.encoder.\1"),
+        (r"audio_encoder\.projection\.(.+)", r"towers.audio.projection.\1"),
+        (r"caption_encoder\.base\.(.+)", r"towers.text.encoder.model.\1"),
+        (r"caption_encoder\.projection\.(.+)", r"towers.text.projection.\1"),
+        (r"logit_scale", "logit_scales.audio__text"),
     ]
+    ignored = {
+        r"^caption_encoder\.base\.h\.\d+\.attn\.(bias|masked_bias)$": "GPT-2 causal-mask buffers older transformers saved",
+        **version.ignored,
+    }
+    return KeyMap(rules=rules, ignored=ignored, name=version.description)
 
 
 @dataclass(frozen=True)
@@ -118,7 +80,7 @@ class MSCLAPVersion:
     text_types: tuple[str, ...]  # transformers model_type(s) of the text tower
     text_args: dict[str, Any]
     audio_encoder: Callable[[Mapping[str, torch.Tensor]], dict[str, Any]]
-    extra_rules: list[KeyRule] = field(default_factory=list)
+    ignored: dict[str, str] = field(default_factory=dict)  # official-key pattern -> why it is dropped
 
     @property
     def clip_samples(self) -> int:
@@ -205,13 +167,12 @@ VERSIONS: dict[str, MSCLAPVersion] = {
         text_types=("gpt2",),
         text_args={"pooling": "eot_count", "max_length": 77, "text_suffix": " <|endoftext|>", "pad_token": "!"},
         audio_encoder=_htsat_config,
-        extra_rules=[
-            # The reference's `head` (Linear 527->527) is unused when the token-semantic head is
-            # on (always, in msclap); the relative-position index and shifted-window masks are constants clapkit rebuilds.
-            KeyRule(r"audio_encoder\.base\.htsat\.head\.", None, "unused classification head"),
-            KeyRule(r"audio_encoder\.base\.htsat\.layers\.\d+\.blocks\.\d+\.(attn\.relative_position_index|attn_mask)$",
-                    None, "constant buffer"),
-        ],
+        ignored={
+            # `head` (Linear 527->527) is never called when the token-semantic head is on (always,
+            # in msclap); the relative-position index and shifted-window masks are constants.
+            r"^audio_encoder\.base\.htsat\.head\.": "unused classification head",
+            r"^audio_encoder\.base\.htsat\..*\.(attn\.relative_position_index|attn_mask)$": "recomputed from the window geometry",
+        },
     ),
 }
 
@@ -238,15 +199,13 @@ class MSCLAPFormat(CheckpointFormat):
         version = self.version(state)
         text_dir = _check_text_model(text_model, version, state)
         state = _with_frontend(state, version)
-        rules = [*COMMON_DROPS, *version.extra_rules, *frontend_rules(version.audio_prefix),
-                 KeyRule(re.escape(version.audio_prefix), "towers.audio.encoder."), *COMMON_RENAMES]
-        mapped = apply_key_rules(state, rules)
-        config = model_config(version, version.audio_encoder(state), text_dir_ref="./text_model")
+        config = model_config(version, version.audio_encoder(state), text_dir_ref=f"./{TEXT_ASSET}")
+        mapped = key_map(version).apply(state, target_shapes(_target_model(config, text_dir)))
         inference = InferenceConfig(
             sample_rate=SAMPLE_RATE, clip_samples=version.clip_samples, pad="repeat", crop="center",
             int16_roundtrip=False, fusion=False, text_max_length=None,
         )
-        return Converted(config, mapped, inference, assets={"text_model": text_dir}, description=version.description)
+        return Converted(config, mapped, inference, assets={TEXT_ASSET: text_dir}, description=version.description)
 
 
 def model_config(version: MSCLAPVersion, audio_encoder: dict[str, Any], text_dir_ref: str) -> dict[str, Any]:
@@ -318,6 +277,19 @@ def _with_frontend(state: dict[str, torch.Tensor], version: MSCLAPVersion) -> di
     reference = ConvLogMel(**{**version.frontend(version.mel_rate)["init_args"]})
     buffers = dict(reference.named_buffers())
     return {**state, **{version.audio_prefix + k: buffers[names[k]].clone() for k in missing}}
+
+
+def _target_model(config: dict[str, Any], text_dir: Path) -> torch.nn.Module:
+    """The clapkit model of ``config`` on the meta device (keys and shapes only, no init cost)."""
+
+    def resolve(path: str) -> str:
+        return str(text_dir) if path == f"./{TEXT_ASSET}" else path
+
+    try:
+        with torch.device("meta"):
+            return build_from_config(config, resolve)
+    except (RuntimeError, NotImplementedError):
+        return build_from_config(config, resolve)
 
 
 CHECKPOINT_FORMAT = MSCLAPFormat()
