@@ -57,3 +57,52 @@ fit: install ## Train with CONFIG on this machine: make fit CONFIG=configs/clap/
 
 clean: ## Remove build outputs (keeps .venv)
 	rm -rf build dist src/*.egg-info .pytest_cache lightning_logs outputs
+
+# --- cluster recipes: make slurm | sweep | agent | torchrun ----------------------------------
+# Every recipe accepts DRY_RUN=1 to print what it would submit or run instead of doing it.
+JOB_NAME ?= clapkit-$(basename $(notdir $(CONFIG)))
+OVERLAYS ?=
+CKPT_EVERY ?= 1000
+CPUS_PER_TASK ?= 8
+RUN_ROOT ?= runs
+LOG_DIR ?= logs/slurm
+SBATCH ?= sbatch
+WANDB_PROJECT ?= clapkit
+SWEEP_ID ?=
+AGENTS ?=
+COUNT ?=
+NODE_RANK ?= 0
+MASTER_ADDR ?= 127.0.0.1
+DRY_RUN ?=
+# {{NAME}} in a template -> $SB_NAME (awk reads values from the environment, so any characters are safe)
+RENDER_SBATCH = awk '{ while (match($$0, /[{][{][A-Z_]+[}][}]/)) { key = substr($$0, RSTART + 2, RLENGTH - 4); $$0 = substr($$0, 1, RSTART - 1) ENVIRON["SB_" key] substr($$0, RSTART + RLENGTH) } print }'
+SB_COMMON = SB_JOB_NAME='$(JOB_NAME)' SB_PARTITION='$(PARTITION)' SB_TIME='$(TIME)' SB_CPUS_PER_TASK='$(CPUS_PER_TASK)' \
+	SB_LOG_DIR='$(abspath $(LOG_DIR))' SB_WORKDIR='$(CURDIR)'
+
+slurm: ## Submit multi-node DDP training: make slurm CONFIG=... NODES=4 GPUS=8 PARTITION=gpu TIME=48:00:00 [OVERLAYS=...] [DRY_RUN=1]
+	@script="$$($(SB_COMMON) SB_NODES='$(NODES)' SB_GPUS='$(GPUS)' SB_CONFIG='$(CONFIG)' \
+		SB_OVERLAYS='$(foreach o,$(OVERLAYS),--config $(o))' SB_RUN_ROOT='$(abspath $(RUN_ROOT))' \
+		SB_CKPT_EVERY='$(CKPT_EVERY)' SB_CLAPKIT='$(abspath $(VENV))/bin/clapkit' SB_ARGS='$(ARGS)' \
+		$(RENDER_SBATCH) scripts/slurm/train.sbatch)"; \
+	if [ -n "$(DRY_RUN)" ]; then printf '%s\n' "$$script"; \
+	else mkdir -p '$(LOG_DIR)' && printf '%s\n' "$$script" | $(SBATCH); fi
+
+sweep: ## Create a W&B sweep from SWEEP (needs network): make sweep SWEEP=configs/sweeps/clap_lr.yaml
+	@cmd="WANDB_MODE=online $(VENV)/bin/wandb sweep --project $(WANDB_PROJECT) $(SWEEP)"; \
+	if [ -n "$(DRY_RUN)" ]; then echo "$$cmd"; else eval "$$cmd"; fi
+
+agent: ## Run a sweep agent here, or AGENTS=n of them as a SLURM array: make agent SWEEP_ID=entity/project/id [COUNT=10] [AGENTS=8]
+	@test -n "$(SWEEP_ID)" || { echo "make agent: set SWEEP_ID=entity/project/sweep_id (printed by make sweep)" >&2; exit 2; }
+	@if [ -n "$(AGENTS)" ]; then \
+		script="$$($(SB_COMMON) SB_AGENTS='$(AGENTS)' SB_SWEEP_ID='$(SWEEP_ID)' SB_VENV_BIN='$(abspath $(VENV))/bin' \
+			SB_AGENT_COUNT_FLAG='$(if $(COUNT),--count $(COUNT))' $(RENDER_SBATCH) scripts/slurm/sweep_agent.sbatch)"; \
+		if [ -n "$(DRY_RUN)" ]; then printf '%s\n' "$$script"; \
+		else mkdir -p '$(LOG_DIR)' && printf '%s\n' "$$script" | $(SBATCH); fi; \
+	else \
+		cmd="PATH=$(abspath $(VENV))/bin:\$$PATH WANDB_MODE=online wandb agent $(if $(COUNT),--count $(COUNT)) $(SWEEP_ID)"; \
+		if [ -n "$(DRY_RUN)" ]; then echo "$$cmd"; else eval "$$cmd"; fi; \
+	fi
+
+torchrun: ## Multi-node DDP without SLURM (run on every node): make torchrun CONFIG=... NODES=2 NODE_RANK=0 MASTER_ADDR=host GPUS=8
+	@NODES='$(NODES)' NODE_RANK='$(NODE_RANK)' MASTER_ADDR='$(MASTER_ADDR)' GPUS='$(GPUS)' VENV='$(VENV)' \
+		CKPT_EVERY='$(CKPT_EVERY)' DRY_RUN='$(DRY_RUN)' scripts/torchrun.sh $(CONFIG) $(foreach o,$(OVERLAYS),--config $(o)) $(ARGS)
