@@ -292,13 +292,17 @@ def save_pretrained(
         model_config: the module's ``class_path``/``init_args`` tree, or a LightningCLI
             ``config.yaml`` whose ``model:`` section is used. Defaults to the tree LightningCLI
             records in ``model.hparams`` when it built the module.
-        assets: name -> file or directory copied into the model directory; the config refers
-            to it as ``./<name>``.
+        assets: name -> file or directory copied into the model directory (weight files
+            excluded: every weight is in ``model.safetensors``); config strings naming the source
+            path become ``./<name>``.
         overwrite: replace an existing directory.
+
+    Every ``load_weights`` argument in the saved config is set to ``False``: the weights come
+    from ``model.safetensors``, so loading pretrained ones while building the model is wasted.
     """
     directory = Path(directory)
     inference = inference if isinstance(inference, InferenceConfig) else InferenceConfig.from_dict(inference)
-    config = _model_config_of(model, model_config)
+    config = _portable(_model_config_of(model, model_config), assets or {})
     if directory.exists() and not overwrite and (not directory.is_dir() or any(directory.iterdir())):
         raise PretrainedError(f"{directory}: already exists (pass overwrite=True / --overwrite to replace it)")
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -308,9 +312,10 @@ def save_pretrained(
             _copy_asset(Path(source), tmp / name)
         document = {"clapkit_format": FORMAT_VERSION, "model": config, "inference": inference.to_dict()}
         (tmp / CONFIG_NAME).write_text(yaml.safe_dump(_plain(document), sort_keys=False))
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file
 
-        save_model(model, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "clapkit_format": str(FORMAT_VERSION)})
+        save_file(_unique_tensors(model.state_dict()), str(tmp / WEIGHTS_NAME),
+                  metadata={"format": "pt", "clapkit_format": str(FORMAT_VERSION)})
         _replace_directory(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -368,19 +373,13 @@ def load_native(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]
         raise PretrainedError(f"{directory}: no {WEIGHTS_NAME}")
     model = instantiate_model(config, resolve=lambda p: str((directory / p).resolve()))
     from safetensors import SafetensorError
-    from safetensors.torch import load_model
+    from safetensors.torch import load_file
 
     try:
-        missing, unexpected = load_model(model, str(weights), strict=False)
-    except SafetensorError as exc:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
         raise PretrainedError(f"{weights}: truncated or not a safetensors file ({exc})") from None
-    except RuntimeError as exc:
-        raise PretrainedError(f"{weights}: does not fit the model in {CONFIG_NAME} ({str(exc).splitlines()[0]})") from None
-    if missing or unexpected:
-        raise PretrainedError(
-            f"{weights}: does not fit the model in {CONFIG_NAME} "
-            f"(missing {_preview(sorted(missing))}; unexpected {_preview(sorted(unexpected))})"
-        )
+    load_state_dict_strict(model, state, what=f"{weights} (for the model in {CONFIG_NAME})")
     return model.eval(), config, inference
 
 
@@ -477,9 +476,33 @@ def _asset_resolver(assets: Mapping[str, Path]) -> Callable[[str], str]:
     return resolve
 
 
+#: Files an asset directory may hold that the native format never needs (weights live in
+#: model.safetensors).
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.ot",
+                "*.index.json")
+
+
+def _portable(config: dict[str, Any], assets: Mapping[str, str | os.PathLike]) -> dict[str, Any]:
+    sources = {}
+    for name, source in assets.items():
+        sources[os.fspath(source)] = f"./{name}"
+        sources[str(Path(source).resolve())] = f"./{name}"
+
+    def walk(value):
+        if isinstance(value, dict):
+            return {k: (False if k == "load_weights" and v is True else walk(v)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if isinstance(value, str) and value in sources:
+            return sources[value]
+        return value
+
+    return walk(config)
+
+
 def _copy_asset(source: Path, target: Path) -> None:
     if source.is_dir():
-        shutil.copytree(source, target)
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns(*WEIGHT_FILES))
     elif source.is_file():
         shutil.copy2(source, target)
     else:
@@ -501,6 +524,24 @@ def _replace_directory(tmp: Path, directory: Path) -> None:
         raise
     finally:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def _unique_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Compact, contiguous CPU copies with each shared tensor stored once (under its first name).
+
+    safetensors refuses views and shared storage; the names left out are aliases (tied weights,
+    a module registered twice) that :func:`_fill_aliases` restores on load.
+    """
+    seen: set[tuple] = set()
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+                    tuple(tensor.stride()), tensor.dtype)
+        if tensor.numel() and identity in seen:
+            continue
+        seen.add(identity)
+        out[name] = tensor.detach().to("cpu", copy=True).contiguous()
+    return out
 
 
 def _fill_aliases(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
