@@ -68,6 +68,8 @@ class CLAPModel:
         self.batch_size = batch_size
         self.audio_tower = audio_tower
         self.text_tower = text_tower
+        #: Identifies the model files (set by :func:`clapkit.load`); written next to embeddings.
+        self.fingerprint = ""
         text = self._tower(text_tower)
         if text is not None and inference.text_max_length is not None and hasattr(text.encoder, "max_length"):
             text.encoder.max_length = inference.text_max_length

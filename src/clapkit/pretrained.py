@@ -20,7 +20,6 @@ state dict + inference settings). :func:`load` accepts either kind of path.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import pickle
 import shutil
@@ -413,13 +412,17 @@ def load(
     path = Path(path)
     if path.is_dir():
         model, _, inference = load_native(path)
+        fingerprint = file_fingerprint(path / CONFIG_NAME, path / WEIGHTS_NAME)
     elif path.is_file():
         converted = convert_checkpoint(path, text_model=text_model, trust_pickle=trust_pickle)
         model = build_converted(converted)
         inference = converted.inference
+        fingerprint = file_fingerprint(path)
     else:
         raise PretrainedError(f"{path}: no such model directory or checkpoint file")
-    return CLAPModel(model, inference, device=device, precision=precision, batch_size=batch_size)
+    clap = CLAPModel(model, inference, device=device, precision=precision, batch_size=batch_size)
+    clap.fingerprint = fingerprint
+    return clap
 
 
 # --------------------------------------------------------------------------- helpers
@@ -567,9 +570,19 @@ def _preview(items: list[str], limit: int = 8) -> str:
     return shown + (f", ... (+{len(items) - limit})" if len(items) > limit else "")
 
 
-def config_fingerprint(model_config: Mapping[str, Any]) -> str:
-    """A short stable hash of a model config (stored next to embeddings to catch mixing models)."""
+def file_fingerprint(*paths: Path, sample_bytes: int = 1 << 20) -> str:
+    """A short hash identifying model files (size + first and last MiB of each), cheap even for
+    GB checkpoints; embeddings files record it so a retrieval index is never searched with a
+    different model."""
     import hashlib
 
-    text = json.dumps(_plain(model_config), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for path in paths:
+        size = path.stat().st_size
+        digest.update(str(size).encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read(sample_bytes))
+            if size > sample_bytes:
+                handle.seek(max(sample_bytes, size - sample_bytes))
+                digest.update(handle.read())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,48 @@
+"""Convert an official checkpoint to clapkit's native format (config.yaml + model.safetensors).
+
+FORMAT is the checkpoint family: ``laion-clap`` (the 630k/music/speech ``.pt`` files) or
+``msclap`` (``CLAP_weights_2022.pth`` / ``CLAP_weights_2023.pth``); ``auto`` detects it from the
+keys. The audio model, fusion and text tower are read from the checkpoint's keys and shapes.
+``--text-model`` is the local directory holding the text tower's Hugging Face tokenizer and
+config (``roberta-base`` for LAION-CLAP, ``bert-base-uncased`` for MS-CLAP 2022, ``gpt2`` for
+MS-CLAP 2023); its tokenizer and config are copied into the output, the weights come from the
+checkpoint. Every checkpoint weight must be used and every model weight filled, or the command
+fails listing both. Checkpoints are read with ``torch.load(weights_only=True)``.
+
+example:
+  clapkit convert laion-clap 630k-audioset-best.pt --text-model hf/roberta-base -o models/clap
+"""
+
+from __future__ import annotations
+
+from clapkit.commands import CommandError, _shared
+
+
+def build_parser():
+    from clapkit.pretrained import CHECKPOINT_FORMATS
+
+    parser = _shared.make_parser("convert", __doc__)
+    parser.add_argument("format", choices=[*CHECKPOINT_FORMATS, "auto"], help="checkpoint family")
+    parser.add_argument("checkpoint", help="official checkpoint file")
+    parser.add_argument("--text-model", required=True, help="local directory with the text tower's tokenizer and config")
+    parser.add_argument("-o", "--output", required=True, help="model directory to create")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow unpickling code from the checkpoint (only for files you trust)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    from clapkit.pretrained import PretrainedError, convert_checkpoint, save_converted
+
+    args = build_parser().parse_args(argv)
+    try:
+        converted = convert_checkpoint(args.checkpoint, format=None if args.format == "auto" else args.format,
+                                       text_model=args.text_model, trust_pickle=args.trust_checkpoint)
+        out = save_converted(converted, args.output, overwrite=args.overwrite)
+    except (PretrainedError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from None
+    if not args.quiet:
+        _shared.eprint(f"{args.checkpoint}: {converted.description} -> {out}")
+    return 0

@@ -1,0 +1,41 @@
+"""Embed audio files with a CLAP model and write the embeddings with their file paths.
+
+INPUTS are audio files and/or folders (searched recursively for .wav .flac .ogg .mp3 .opus
+.aiff). Every file is resampled to the model's rate and padded, cropped (deterministically)
+or fused as the model requires; embeddings are L2-normalised.
+
+Output: ``.parquet`` (columns ``path`` and ``embedding``; usable as ``clapkit retrieve
+--index``) or ``.npy`` (the [N, D] float32 array, plus ``<stem>.paths.txt`` with one path per
+row and ``<stem>.meta.json``). Outputs are written atomically; a corrupt or empty audio file
+stops the command before anything is written.
+
+example:
+  clapkit embed models/clap recordings/ extra.wav -o embeddings.parquet --device cuda --precision bf16
+"""
+
+from __future__ import annotations
+
+from clapkit.commands import _shared
+
+
+def build_parser():
+    parser = _shared.make_parser("embed", __doc__)
+    parser.add_argument("model", help="native model directory, or an official LAION-CLAP / MS-CLAP checkpoint")
+    parser.add_argument("inputs", nargs="+", help="audio files and/or folders")
+    parser.add_argument("-o", "--output", required=True, help="embeddings file: .parquet or .npy")
+    _shared.add_model_options(parser)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    output = _shared.check_output(args.output, _shared.EMBEDDING_SUFFIXES)
+    files = _shared.discover_audio(args.inputs)
+    _shared.check_headers(files)
+    model = _shared.load_model(args.model, args)
+    embeddings = _shared.embed_files(model, files, workers=args.workers, quiet=args.quiet)
+    written = _shared.write_embeddings(output, [str(f) for f in files], embeddings,
+                                       _shared.model_metadata(model, args.model))
+    if not args.quiet:
+        _shared.eprint(f"wrote {len(files)} embeddings of dim {embeddings.shape[1]} to {written[0]}")
+    return 0

@@ -1,0 +1,64 @@
+"""Text-to-audio retrieval: rank an embedded folder against text queries.
+
+``--index`` is an embeddings file written by ``clapkit embed`` with the same model (``.parquet``,
+or ``.npy`` with its ``.paths.txt``). Each ``--query`` is embedded with the model's text tower
+and the top-k files by cosine similarity are printed (``query<TAB>rank<TAB>score<TAB>path``)
+and, with ``-o``, written atomically as CSV (``query, rank, path, score``).
+
+example:
+  clapkit embed models/clap recordings/ -o index.parquet
+  clapkit retrieve --model models/clap --index index.parquet --query "a dog barking" --top-k 10
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from clapkit.commands import CommandError, _shared
+
+
+def build_parser():
+    parser = _shared.make_parser("retrieve", __doc__)
+    parser.add_argument("--model", required=True, help="native model directory or official checkpoint")
+    parser.add_argument("--index", required=True, help="embeddings written by clapkit embed (.parquet or .npy)")
+    parser.add_argument("--query", action="append", required=True, help="text query (repeatable)")
+    parser.add_argument("--top-k", type=int, default=10, help="results per query")
+    parser.add_argument("-o", "--output", default=None, help="also write the results to this CSV")
+    _shared.add_model_options(parser)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.top_k < 1:
+        raise CommandError(f"--top-k must be at least 1, got {args.top_k}")
+    output = _shared.check_output(args.output, (".csv",)) if args.output else None
+    queries = [q for q in args.query if q.strip()]
+    if not queries:
+        raise CommandError("--query is empty")
+    paths, index, metadata = _shared.read_embeddings(args.index)
+    if not paths:
+        raise CommandError(f"{args.index}: the index is empty")
+    model = _shared.load_model(args.model, args)
+    if index.shape[1] != model.embedding_dim:
+        raise CommandError(f"{args.index}: embeddings have dim {index.shape[1]} but the model's is "
+                           f"{model.embedding_dim}; embed the folder with this model first")
+    made_by = metadata.get("fingerprint")
+    if made_by and getattr(model, "fingerprint", "") and made_by != model.fingerprint:
+        raise CommandError(f"{args.index}: was embedded with a different model ({metadata.get('model', '?')}); "
+                           "re-embed the folder with this model")
+    norms = np.linalg.norm(index, axis=1, keepdims=True)
+    index = torch.from_numpy(index / np.maximum(norms, 1e-12))
+    scores = model.embed_text(queries) @ index.T
+    k = min(args.top_k, len(paths))
+    top = torch.topk(scores, k, dim=-1)
+    rows = []
+    for qi, query in enumerate(queries):
+        for rank, (score, j) in enumerate(zip(top.values[qi].tolist(), top.indices[qi].tolist()), start=1):
+            rows.append([query, rank, paths[j], f"{score:.6f}"])
+    for query, rank, path, score in rows:
+        print(f"{query}\t{rank}\t{score}\t{path}")
+    if output is not None:
+        _shared.write_table(output, ["query", "rank", "path", "score"], rows)
+    return 0

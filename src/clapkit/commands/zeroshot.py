@@ -1,0 +1,83 @@
+"""Zero-shot tagging: score audio files against text labels and write the top-k as CSV.
+
+Each label becomes a prompt through ``--template`` (``{}`` is replaced by the label); audio
+and prompts are embedded and each file gets a softmax over the labels of the model's scaled
+cosine similarities. Labels come from ``--labels FILE`` (one per line; blank lines and lines
+starting with ``#`` are skipped) and/or repeated ``--label``.
+
+The CSV has one row per (file, rank): ``path, rank, label, probability, similarity``
+(rank 1 is the best label; similarity is the raw cosine). It is written atomically; a
+corrupt or empty audio file stops the command before anything is written.
+
+example:
+  clapkit zeroshot --model models/clap --labels labels.txt --audio recordings/ -o tags.csv --top-k 5
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from clapkit.commands import CommandError, _shared
+
+
+def build_parser():
+    parser = _shared.make_parser("zeroshot", __doc__)
+    parser.add_argument("--model", required=True, help="native model directory or official checkpoint")
+    parser.add_argument("--audio", required=True, nargs="+", help="audio files and/or folders")
+    parser.add_argument("--labels", help="text file with one label per line")
+    parser.add_argument("--label", action="append", default=[], help="a label (repeatable)")
+    parser.add_argument("--template", default="This is a sound of {}.", help="prompt; {} is replaced by the label")
+    parser.add_argument("--top-k", type=int, default=5, help="labels kept per file")
+    parser.add_argument("-o", "--output", required=True, help="CSV file to write")
+    _shared.add_model_options(parser)
+    return parser
+
+
+def read_labels(path: str | None, extra: list[str]) -> list[str]:
+    """Labels from a file (one per line, ``#`` comments) followed by ``--label`` values, deduplicated."""
+    labels: list[str] = []
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise CommandError(f"{file}: no such labels file")
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise CommandError(f"{file}: labels file is not UTF-8 text") from None
+        labels += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if not labels:
+            raise CommandError(f"{file}: no labels in the file")
+    labels += [label.strip() for label in extra if label.strip()]
+    unique = list(dict.fromkeys(labels))
+    if not unique:
+        raise CommandError("no labels: give --labels FILE and/or --label TEXT")
+    return unique
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.top_k < 1:
+        raise CommandError(f"--top-k must be at least 1, got {args.top_k}")
+    if "{}" not in args.template:
+        raise CommandError(f"--template {args.template!r} has no {{}} placeholder for the label")
+    output = _shared.check_output(args.output, (".csv",))
+    labels = read_labels(args.labels, args.label)
+    files = _shared.discover_audio(args.audio)
+    _shared.check_headers(files)
+    model = _shared.load_model(args.model, args)
+    text = model.embed_text([args.template.replace("{}", label) for label in labels])
+    audio = _shared.embed_files(model, files, workers=args.workers, quiet=args.quiet)
+    similarity = model.similarity(audio, text)
+    probability = model.classify(audio, text)
+    k = min(args.top_k, len(labels))
+    top = torch.topk(probability, k, dim=-1)
+    rows = []
+    for i, path in enumerate(files):
+        for rank, (p, j) in enumerate(zip(top.values[i].tolist(), top.indices[i].tolist()), start=1):
+            rows.append([str(path), rank, labels[j], f"{p:.6f}", f"{float(similarity[i, j]):.6f}"])
+    _shared.write_table(output, ["path", "rank", "label", "probability", "similarity"], rows)
+    if not args.quiet:
+        _shared.eprint(f"tagged {len(files)} files with {len(labels)} labels -> {output}")
+    return 0

@@ -1,0 +1,90 @@
+"""``clapkit convert`` end to end: an official-layout LAION-CLAP file -> native model -> zeroshot CSV."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+import clapkit
+from clapkit.cli import main
+from helpers.models import write_wav_folder
+
+laion = pytest.importorskip("helpers.laion")
+SMALL_HTSAT = dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=8)
+
+
+@pytest.fixture(scope="module")
+def official(tmp_path_factory):
+    try:
+        laion.reference()
+    except ImportError as exc:
+        pytest.skip(f"laion-clap reference package unavailable: {exc}")
+    tmp = tmp_path_factory.mktemp("official")
+    text_dir = laion.write_roberta_dir(tmp / "roberta")
+    with laion.single_thread():
+        model = laion.build_reference("HTSAT-tiny", False, text_dir, htsat_geometry=SMALL_HTSAT)
+    return laion.save_official(model, tmp / "630k-audioset-best.pt"), text_dir
+
+
+def test_convert_then_zeroshot(official, tmp_path, capsys):
+    checkpoint, text_dir = official
+    out = tmp_path / "model"
+    assert main(["convert", "laion-clap", str(checkpoint), "--text-model", str(text_dir), "-o", str(out)]) == 0
+    assert "HTSAT" in capsys.readouterr().err
+    assert (out / "config.yaml").is_file() and (out / "model.safetensors").is_file()
+
+    audio = write_wav_folder(tmp_path / "recordings", count=3, sample_rate=22050)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("# sounds\ndog barking\n\ncat meowing\n")
+    tags = tmp_path / "tags.csv"
+    code = main(["zeroshot", "--model", str(out), "--labels", str(labels), "--label", "rain",
+                 "--audio", str(tmp_path / "recordings"), "-o", str(tags), "--top-k", "2", "--device", "cpu", "-q"])
+    assert code == 0
+    with open(tags, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["path", "rank", "label", "probability", "similarity"]
+    assert len(rows) == 3 * 2 and {r["path"] for r in rows} == {str(p) for p in audio}
+    assert {r["label"] for r in rows} <= {"dog barking", "cat meowing", "rain"}
+    for path in {r["path"] for r in rows}:
+        probs = [float(r["probability"]) for r in rows if r["path"] == path]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+
+    # The converted directory and the official file give the same embeddings.
+    native = clapkit.load(out).embed_audio(audio)
+    direct = clapkit.load(checkpoint, text_model=text_dir).embed_audio(audio)
+    assert torch.equal(native, direct)
+
+
+def test_convert_errors_are_one_line(official, tmp_path, capsys):
+    checkpoint, text_dir = official
+    out = tmp_path / "model"
+    assert main(["convert", "msclap", str(checkpoint), "--text-model", str(text_dir), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(checkpoint) in err and "not a msclap checkpoint" in err
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(checkpoint.read_bytes()[:4096])
+    assert main(["convert", "auto", str(truncated), "--text-model", str(text_dir), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "truncated.pt: truncated or not a PyTorch checkpoint" in err
+    assert not out.exists()
+
+
+def test_convert_refuses_to_overwrite(official, tmp_path, capsys):
+    checkpoint, text_dir = official
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    args = ["convert", "auto", str(checkpoint), "--text-model", str(text_dir), "-o", str(out), "-q"]
+    assert main(args) == 2 and "already exists" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0 and not (out / "keep.txt").exists()
+
+
+def test_help_documents_every_command(capsys):
+    for command in ("convert", "embed", "zeroshot", "retrieve"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        assert f"clapkit {command}" in text and "example:" in text
