@@ -35,6 +35,19 @@ ROBERTA_SHAPES = {"hidden_size": 768, "num_hidden_layers": 1, "num_attention_hea
                   "intermediate_size": 256, "max_position_embeddings": 82, "type_vocab_size": 1}
 
 
+@contextlib.contextmanager
+def single_thread():
+    """Run torch on one intra-op thread: on a shared 2-core CI box, OpenMP threads fighting
+    other processes make small ops ~10x slower (measured: HTSAT test-preset forward 5.4 s with
+    2 threads vs 0.8 s with 1 at load average 13)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def reference():
     """Import the reference modules offline; returns ``laion_clap.clap_module.model`` and ``training.data``."""
     sys.modules.setdefault("wget", types.ModuleType("wget"))
@@ -80,8 +93,9 @@ def build_reference(amodel: str, fusion: bool, text_dir: Path, seed: int = 0, ht
         htsat_geometry: ``embed_dim``/``depths``/``num_heads``/``window_size`` of a smaller HTSAT,
             built with the reference's own ``HTSAT_Swin_Transformer`` class (same code path as
             the presets, for fast tests).
-        pann_divisor: divide every PANN width by this, rebuilding the blocks with the
-            reference's own ``ConvBlock`` (same forward code, less compute).
+        pann_divisor: divide every PANN width by this; the reference's own ``ConvBlock`` class
+            is instantiated narrower (same forward code, a fraction of the compute), and the
+            head, projection and fusion layers it hard-codes are rebuilt at that width.
     """
     import json
 
@@ -98,39 +112,50 @@ def build_reference(amodel: str, fusion: bool, text_dir: Path, seed: int = 0, ht
         def from_pretrained(*args, **kwargs):
             return RobertaModel(config)
 
+    import laion_clap.clap_module.pann_model as pann_module
+    from laion_clap.clap_module.htsat import HTSAT_Swin_Transformer
+
+    def small_htsat(audio_cfg, enable_fusion=False, fusion_type="None"):
+        return HTSAT_Swin_Transformer(
+            spec_size=256, patch_size=4, patch_stride=(4, 4), num_classes=audio_cfg.class_num, config=audio_cfg,
+            enable_fusion=enable_fusion, fusion_type=fusion_type, **htsat_geometry,
+        )
+
+    reference_init = pann_module.ConvBlock.__init__
+
+    def narrow_init(self, in_channels, out_channels):
+        reference_init(self, in_channels if in_channels == 1 else in_channels // pann_divisor,
+                       out_channels // pann_divisor)
+
+    patches = [mock.patch.object(model_module, "RobertaModel", OfflineRoberta)]
+    if htsat_geometry is not None:
+        patches.append(mock.patch.object(model_module, "create_htsat_model", small_htsat))
+    if pann_divisor > 1:
+        patches.append(mock.patch.object(pann_module.ConvBlock, "__init__", narrow_init))
     torch.manual_seed(seed)
-    with mock.patch.object(model_module, "RobertaModel", OfflineRoberta):
+    with contextlib.ExitStack() as stack:
+        for patch in patches:
+            stack.enter_context(patch)
         text_cfg = {**cfg["text_cfg"], "model_type": "roberta"}
         model = model_module.CLAP(cfg["embed_dim"], cfg["audio_cfg"], text_cfg, enable_fusion=fusion,
                                   fusion_type="aff_2d" if fusion else "None")
     if htsat_geometry is not None:
-        from laion_clap.clap_module.htsat import HTSAT_Swin_Transformer
-        from laion_clap.clap_module.model import CLAPAudioCfp
-
-        model.audio_branch = HTSAT_Swin_Transformer(
-            spec_size=256, patch_size=4, patch_stride=(4, 4), num_classes=cfg["audio_cfg"]["class_num"],
-            config=CLAPAudioCfp(**cfg["audio_cfg"]), enable_fusion=fusion,
-            fusion_type="aff_2d" if fusion else "None", **htsat_geometry,
-        )
         _replace_audio_projection(model, model.audio_branch.num_features)
     if pann_divisor > 1:
-        from laion_clap.clap_module.pann_model import ConvBlock
+        # The reference hard-codes the head and fusion widths; rebuild them at the narrow width.
+        from laion_clap.clap_module.feature_fusion import AFF
 
         branch = model.audio_branch
-        widths = [64 // pann_divisor * 2**i for i in range(6)]
-        for i, (cin, cout) in enumerate(zip([1, *widths[:-1]], widths, strict=True), start=1):
-            setattr(branch, f"conv_block{i}", ConvBlock(cin, cout))
-        branch.fc1 = torch.nn.Linear(widths[-1], widths[-1])
-        branch.fc_audioset = torch.nn.Linear(widths[-1], cfg["audio_cfg"]["class_num"])
+        width, first = 2048 // pann_divisor, 64 // pann_divisor
+        branch.fc1 = torch.nn.Linear(width, width)
+        branch.fc_audioset = torch.nn.Linear(width, cfg["audio_cfg"]["class_num"])
         if fusion:
-            from laion_clap.clap_module.feature_fusion import AFF
-
             branch.mel_conv2d = torch.nn.Sequential(
-                torch.nn.Conv2d(1, widths[0], kernel_size=(5, 5), stride=(6, 2), padding=(2, 2)),
-                torch.nn.BatchNorm2d(widths[0]), torch.nn.ReLU(inplace=True),
+                torch.nn.Conv2d(1, first, kernel_size=(5, 5), stride=(6, 2), padding=(2, 2)),
+                torch.nn.BatchNorm2d(first), torch.nn.ReLU(inplace=True),
             )
-            branch.fusion_model = AFF(channels=widths[0], type="2D")
-        _replace_audio_projection(model, widths[-1])
+            branch.fusion_model = AFF(channels=first, type="2D")
+        _replace_audio_projection(model, width)
     randomize_batchnorm(model, seed)
     with torch.no_grad():
         model.logit_scale_a.fill_(3.0)

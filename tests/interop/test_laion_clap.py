@@ -4,11 +4,12 @@ Parity builds the reference ``CLAP`` from the installed package with random weig
 see ``helpers.laion``), saves it in the official layout and compares L2-normalised embeddings
 for 3 s, 10 s and 25 s clips and for texts: max abs diff <= 1e-4 in fp32.
 
-Sizes: HTSAT-tiny (fused and unfused) and HTSAT-base run at full size. PANN-14 runs at 1/16 of
-its widths by default (the reference's own ``ConvBlock`` and forward code, rebuilt narrower:
-full-width Cnn14 costs ~40 GFLOPs per clip), and at full size under ``slow``. The RoBERTa text
-tower has roberta-base's width (the reference hard-codes ``Linear(768, 512)``) but one layer
-and a 400-token BPE vocabulary.
+Sizes: by default (CI) the reference is built from its own classes at small sizes, same code
+paths: HTSAT_Swin_Transformer with dim 16 (clapkit's ``test`` preset), fused and unfused, and
+Cnn14 with every width / 16 (the reference's ``ConvBlock``). The full-size HTSAT-tiny (fused and
+unfused), HTSAT-base and PANN-14 cases run under ``slow`` (each ~15-20 s on two free cores,
+minutes on a loaded CI box). The RoBERTa text tower has roberta-base's width (the reference
+hard-codes ``Linear(768, 512)``) but one layer and a 400-token BPE vocabulary.
 """
 
 from __future__ import annotations
@@ -39,18 +40,25 @@ except ImportError as exc:  # the reference package is a test extra
 TEXTS = ["a dog barks in the distance", "the sound of a cat", "music"]
 TOL = 1e-4
 
+SMALL_HTSAT = dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=8)
 CASES = {
+    "htsat-small": dict(amodel="HTSAT-tiny", fusion=False, expect="HTSAT-test", htsat_geometry=SMALL_HTSAT),
+    "htsat-small-fusion": dict(amodel="HTSAT-tiny", fusion=True, expect="HTSAT-test", htsat_geometry=SMALL_HTSAT),
+    "pann-14-narrow": dict(amodel="PANN-14", fusion=False, pann_divisor=16, expect="PANN-14-tiny"),
+    "pann-14-narrow-fusion": dict(amodel="PANN-14", fusion=True, pann_divisor=16, expect="PANN-14-tiny"),
+}
+FULL_SIZE_CASES = {
     "htsat-tiny": dict(amodel="HTSAT-tiny", fusion=False, expect="HTSAT-tiny"),
     "htsat-tiny-fusion": dict(amodel="HTSAT-tiny", fusion=True, expect="HTSAT-tiny"),
     "htsat-base": dict(amodel="HTSAT-base", fusion=False, expect="HTSAT-base"),
-    "pann-14-narrow": dict(amodel="PANN-14", fusion=False, pann_divisor=16, expect="PANN-14-tiny"),
-}
-SLOW_CASES = {
     "pann-14": dict(amodel="PANN-14", fusion=False, expect="PANN-14"),
-    "htsat-test-fusion": dict(amodel="HTSAT-tiny", fusion=True, expect="HTSAT-test",
-                              htsat_geometry=dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4],
-                                                  window_size=8)),
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with laion.single_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +80,7 @@ def _run_case(name, spec, text_dir, tmp_path_factory):
     ref = laion.build_reference(spec.pop("amodel"), spec["fusion"], text_dir,
                                 htsat_geometry=spec.get("htsat_geometry"), pann_divisor=spec.get("pann_divisor", 1))
     path = laion.save_official(ref, tmp_path_factory.mktemp(name) / "model.pt")
+    converted = convert_laion_clap(path, text_dir)
     task = load_laion_clap(path, text_dir)
     waves = laion.test_waves()
     ref_audio = laion.reference_audio_embeddings(ref, waves, spec["fusion"])
@@ -81,15 +90,15 @@ def _run_case(name, spec, text_dir, tmp_path_factory):
         ours_audio = task.towers["audio"](batch, lengths=lengths).embedding
         again = task.towers["audio"](batch, lengths=lengths).embedding
         ours_text = task.towers["text"](TEXTS).embedding
-    return dict(expect=expect, path=path, task=task, ref=ref, ref_audio=ref_audio, ours_audio=ours_audio,
-                again=again, ref_text=ref_text, ours_text=ours_text)
+    return dict(expect=expect, converted=converted, task=task, ref=ref, ref_audio=ref_audio,
+                ours_audio=ours_audio, again=again, ref_text=ref_text, ours_text=ours_text)
 
 
 @pytest.fixture(scope="module", params=[
-    *CASES, *(pytest.param(k, marks=pytest.mark.slow) for k in SLOW_CASES)
+    *CASES, *(pytest.param(k, marks=pytest.mark.slow) for k in FULL_SIZE_CASES)
 ])
 def case(request, text_dir, tmp_path_factory):
-    spec = {**CASES, **SLOW_CASES}[request.param]
+    spec = {**CASES, **FULL_SIZE_CASES}[request.param]
     return _run_case(request.param, spec, text_dir, tmp_path_factory)
 
 
@@ -109,9 +118,9 @@ def test_same_audio_twice_is_identical(case):
     assert torch.equal(case["ours_audio"], case["again"])
 
 
-def test_detected_model_is_named(case, text_dir):
+def test_detected_model_is_named(case):
     assert case["task"].towers["audio"].encoder.__class__.__name__ in ("HTSAT", "Cnn14")
-    converted = convert_laion_clap(case["path"], text_dir)
+    converted = case["converted"]
     assert converted.description.startswith(f"LAION-CLAP {case['expect']} ")
     assert converted.inference.fusion is ("with fusion" in converted.description)
     assert converted.inference.int16_roundtrip and converted.inference.crop == "center"
@@ -121,8 +130,7 @@ def test_clapkit_load_matches_reference_for_fused_tiny(text_dir, tmp_path_factor
     """The public API end to end: ``clapkit.load(official .pt)`` on raw float waveforms."""
     import clapkit
 
-    ref = laion.build_reference("HTSAT-tiny", True, text_dir, seed=1, htsat_geometry=SLOW_CASES[
-        "htsat-test-fusion"]["htsat_geometry"])
+    ref = laion.build_reference("HTSAT-tiny", True, text_dir, seed=1, htsat_geometry=SMALL_HTSAT)
     path = laion.save_official(ref, tmp_path_factory.mktemp("api") / "fused.pt", module_prefix=False,
                                position_ids=False)
     model = clapkit.load(path, text_model=text_dir)
@@ -141,8 +149,7 @@ def test_clapkit_load_matches_reference_for_fused_tiny(text_dir, tmp_path_factor
 @pytest.fixture(scope="module")
 def small_official(text_dir, tmp_path_factory):
     """A fast reference checkpoint (HTSAT test geometry, unfused) and its state dict."""
-    geometry = dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=8)
-    ref = laion.build_reference("HTSAT-tiny", False, text_dir, htsat_geometry=geometry)
+    ref = laion.build_reference("HTSAT-tiny", False, text_dir, htsat_geometry=SMALL_HTSAT)
     path = laion.save_official(ref, tmp_path_factory.mktemp("small") / "small.pt")
     return path, torch.load(path, weights_only=True)
 

@@ -1,4 +1,4 @@
-"""HTS-AT (Chen et al., ICASSP 2022): a Swin Transformer over a folded log-mel, as in LAION-CLAP.
+r"""HTS-AT (Chen et al., ICASSP 2022): a Swin Transformer over a folded log-mel, as in LAION-CLAP.
 
 Pipeline (LAION-CLAP's numerics, DESIGN section 4): waveform -> log-mel ``[frames, 64]``
 (:class:`~clapkit.encoders.fusion.ClipBatcher` fits any length to the 10 s window, and builds
@@ -29,7 +29,8 @@ resized, unfolded input ``[B, C, 1024, 64]``). ``tokens`` holds the final normal
 Module and parameter names follow the reference (``patch_embed.proj``, ``layers.{i}.blocks.{j}
 .attn.qkv``/``.proj``, ``layers.{i}.downsample.reduction``, ``norm``, ``tscam_conv``) so the
 LAION-CLAP key map is a prefix rename. Attention keeps fused ``qkv`` and ``proj`` linears
-(LoRA targets in CLAPSep).
+(LoRA targets in CLAPSep). Note that ``patch_embed.proj`` (a Conv2d) shares the name ``proj``
+with the reference; to adapt only the attention, target ``r".*\.attn\.(qkv|proj)"`` in peft.
 """
 
 from __future__ import annotations

@@ -13,8 +13,12 @@ raises one :class:`CheckpointError` whose single line lists all problems on both
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
 import re
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,6 +187,49 @@ class KeyMap:
                     dropped[key] = reason
                     break
         return dropped
+
+
+def build_from_config(config: Any, resolve: Callable[[str], str] | None = None) -> Any:
+    """Instantiate a ``class_path``/``init_args`` tree directly (no jsonargparse validation).
+
+    Converters use it to get the clapkit model's keys and shapes cheaply (typically inside
+    ``torch.device("meta")``). An argument annotated as a ``Callable`` receives a
+    ``functools.partial`` of its class (e.g. a :class:`~clapkit.encoders.tower.Tower`'s
+    ``projection``), as LightningCLI does. ``resolve`` maps ``./relative`` path strings.
+    """
+    if isinstance(config, Mapping) and "class_path" in config:
+        cls, kwargs = _class_and_args(config, resolve)
+        hints = _init_hints(cls)
+        for key, value in (config.get("init_args") or {}).items():
+            if isinstance(value, Mapping) and "class_path" in value and "Callable" in str(hints.get(key)):
+                inner_cls, inner_kwargs = _class_and_args(value, resolve)
+                kwargs[key] = functools.partial(inner_cls, **inner_kwargs)
+        return cls(**kwargs)
+    if isinstance(config, Mapping):
+        return {k: build_from_config(v, resolve) for k, v in config.items()}
+    if isinstance(config, list):
+        return [build_from_config(v, resolve) for v in config]
+    if isinstance(config, str) and resolve is not None and config.startswith("./"):
+        return resolve(config)
+    return config
+
+
+def _class_and_args(config: Mapping[str, Any], resolve) -> tuple[type, dict[str, Any]]:
+    module_name, _, name = str(config["class_path"]).rpartition(".")
+    cls = getattr(importlib.import_module(module_name), name)
+    hints = _init_hints(cls)
+    kwargs = {}
+    for key, value in (config.get("init_args") or {}).items():
+        callable_arg = isinstance(value, Mapping) and "class_path" in value and "Callable" in str(hints.get(key))
+        kwargs[key] = None if callable_arg else build_from_config(value, resolve)
+    return cls, kwargs
+
+
+def _init_hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls.__init__)
+    except Exception:
+        return {k: p.annotation for k, p in inspect.signature(cls).parameters.items()}
 
 
 def target_shapes(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -39,7 +39,13 @@ from typing import Any
 
 import torch
 
-from clapkit.interop.keymap import CheckpointError, KeyMap, target_shapes, unwrap_state_dict
+from clapkit.interop.keymap import (
+    CheckpointError,
+    KeyMap,
+    build_from_config,
+    target_shapes,
+    unwrap_state_dict,
+)
 from clapkit.pretrained import CheckpointFormat, Converted, InferenceConfig
 
 SAMPLE_RATE = 48000
@@ -342,8 +348,7 @@ class LaionClapFormat(CheckpointFormat):
         spec = inspect_state_dict(state)
         text_dir = _prepare_text_dir(spec, text_model)
         config = model_config(spec)
-        target = _target_shapes(config, text_dir)
-        mapped = key_map(spec).apply(state, target)
+        mapped = key_map(spec).apply(state, target_shapes(_target_model(config, text_dir)))
         inference = InferenceConfig(
             sample_rate=SAMPLE_RATE, clip_samples=CLIP_SAMPLES, pad="repeatpad", crop="center",
             int16_roundtrip=True, fusion=spec.fusion, text_max_length=77,
@@ -351,20 +356,20 @@ class LaionClapFormat(CheckpointFormat):
         return Converted(config, mapped, inference, assets={TEXT_ASSET: text_dir}, description=spec.description)
 
 
-def _target_shapes(config: dict[str, Any], text_dir: Path) -> dict[str, torch.Size]:
-    """State-dict shapes of the clapkit model, built on the meta device (no memory, no init cost)."""
-    from clapkit.pretrained import instantiate_model
+def _target_model(config: dict[str, Any], text_dir: Path, device: str = "meta") -> torch.nn.Module:
+    """The clapkit model described by ``config`` (on the meta device: keys and shapes, no init cost)."""
 
     def resolve(p: str) -> str:
         return str(text_dir) if p == f"./{TEXT_ASSET}" else p
 
     try:
-        with torch.device("meta"):
-            model = instantiate_model(config, resolve=resolve)
+        with torch.device(device):
+            return build_from_config(config, resolve)
     except Exception:
+        if device != "meta":
+            raise
         # Some front ends (torchaudio's mel filterbank) cannot be built on the meta device.
-        model = instantiate_model(config, resolve=resolve)
-    return target_shapes(model)
+        return build_from_config(config, resolve)
 
 
 CHECKPOINT_FORMAT = LaionClapFormat()
@@ -409,10 +414,14 @@ def convert_laion_clap(
 
 
 def load_laion_clap(path: str | os.PathLike, text_model: str | os.PathLike | None = None, **kwargs):
-    """Convert an official checkpoint and build the ``ContrastiveTask`` (eval mode) with its weights.
+    """Convert an official checkpoint and return the ``ContrastiveTask`` (eval mode) with its weights.
 
-    Keyword arguments go to :func:`convert_laion_clap`.
+    Keyword arguments go to :func:`convert_laion_clap`. (``clapkit.load`` gives the same model
+    wrapped for inference; this builds it directly, without config validation, which is faster.)
     """
-    from clapkit.pretrained import build_converted
+    from clapkit.pretrained import load_state_dict_strict
 
-    return build_converted(convert_laion_clap(path, text_model, **kwargs))
+    converted = convert_laion_clap(path, text_model, **kwargs)
+    model = _target_model(converted.model_config, converted.assets[TEXT_ASSET], device="cpu")
+    load_state_dict_strict(model, converted.state_dict, what=converted.description)
+    return model.eval()
