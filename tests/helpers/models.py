@@ -179,3 +179,17 @@ def calibrate_batchnorm(module, forward, inputs) -> None:
     module.train(was_training)
     for m in norms:
         m.momentum = 0.1
+
+
+def save_tiny_native(directory: Path, sample_rate: int = 16000, seed: int = 0) -> Path:
+    """A tiny CLAP (Cnn6 tiny + built-in tiny BERT) saved in clapkit's native format."""
+    import torch
+
+    from clapkit.pretrained import InferenceConfig, instantiate_model, save_pretrained
+
+    config = tiny_clap_config(sample_rate=sample_rate)
+    torch.manual_seed(seed)
+    task = instantiate_model(config)
+    randomize_norm_stats(task, seed)
+    inference = InferenceConfig(sample_rate=sample_rate, clip_samples=sample_rate, pad="repeatpad")
+    return save_pretrained(task, directory, inference, config)
