@@ -40,6 +40,16 @@ def sample_caption(sample: Sample) -> str:
     return sample.texts[0] if sample.texts else sample.key
 
 
+def sample_group(sample: Sample) -> str:
+    """What makes two clips "the same sound" (never mixed with each other): the class name in
+    ``meta`` (synthetic corpus), else the label, else the caption."""
+    if sample.meta.get("class_name"):
+        return str(sample.meta["class_name"])
+    if sample.label is not None:
+        return f"label:{sample.label}"
+    return sample_caption(sample)
+
+
 class FileListSource:
     """Audio files listed in a CSV with a ``file`` column and a ``caption`` or ``label`` column.
 

@@ -35,7 +35,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from clapkit.audio import fit_length, load_audio, resample
-from clapkit.datamodules.mix_sources import MixSource, sample_caption
+from clapkit.datamodules.mix_sources import MixSource, sample_caption, sample_group
 
 LevelMode = Literal["rms", "lufs"]
 CSV_COLUMNS = ("source_file", "positive_caption", "noise_file", "negative_caption", "snr_db")
@@ -182,23 +182,25 @@ def make_eval_specs(
     num_interferers: int = 1,
     snr_db: float | tuple[float, float] = 0.0,
     max_targets: int | None = None,
+    groups: Sequence[str] | None = None,
 ) -> list[MixtureSpec]:
     """Deterministic evaluation mixtures (the standard protocol by default).
 
     Every target (the first ``max_targets`` of a seeded permutation) gets ``per_target``
-    mixtures, each with ``num_interferers`` clips whose caption differs from the target's,
-    no interferer repeated within a target. A fixed ``snr_db`` or a ``(low, high)`` range
+    mixtures, each with ``num_interferers`` clips of another group (class; the caption when no
+    ``groups`` are given), no interferer repeated within a target. A fixed ``snr_db`` or a ``(low, high)`` range
     drawn per interferer.
     """
     if len(keys) != len(captions):
         raise ValueError("keys and captions must have the same length")
+    groups = list(groups) if groups is not None else list(captions)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(keys))
     if max_targets is not None:
         order = order[:max_targets]
     specs = []
     for t in order:
-        candidates = np.array([i for i in range(len(keys)) if captions[i] != captions[t]])
+        candidates = np.array([i for i in range(len(keys)) if groups[i] != groups[t]])
         need = per_target * num_interferers
         if len(candidates) == 0:
             raise ValueError(f"no interferer with a caption different from {captions[t]!r}")
@@ -326,6 +328,7 @@ class MixtureDataset(Dataset):
         self.audio_root = Path(audio_root) if audio_root is not None else None
         self._key_index: dict[str, int] | None = None
         self._captions: list[str] | None = None
+        self._groups: list[str] | None = None
         self._draws = 0
 
     def __len__(self) -> int:
@@ -334,9 +337,19 @@ class MixtureDataset(Dataset):
     # -- clip access ----------------------------------------------------------------------------
     def captions(self) -> list[str]:
         """Caption of every source clip (decodes each clip once; cached)."""
-        if self._captions is None:
-            self._captions = [sample_caption(self.source[i]) for i in range(len(self.source))]
+        self._scan()
         return self._captions
+
+    def groups(self) -> list[str]:
+        """Group (class) of every source clip: clips of one group are never mixed together."""
+        self._scan()
+        return self._groups
+
+    def _scan(self) -> None:
+        if self._captions is None:
+            samples = [self.source[i] for i in range(len(self.source))]
+            self._captions = [sample_caption(s) for s in samples]
+            self._groups = [sample_group(s) for s in samples]
 
     def _index_of(self, key: str) -> int | None:
         if self._key_index is None:
@@ -363,11 +376,11 @@ class MixtureDataset(Dataset):
     def _random(self, index: int) -> dict[str, Any]:
         self._draws += 1
         rng = np.random.default_rng([torch.initial_seed() & 0xFFFFFFFF, index, self._draws])
-        captions = self.captions()
+        captions, groups = self.captions(), self.groups()
         t = int(rng.integers(len(self.source)))
-        candidates = [i for i in range(len(self.source)) if captions[i] != captions[t]]
+        candidates = [i for i in range(len(self.source)) if groups[i] != groups[t]]
         if not candidates:
-            raise ValueError("every clip of the source has the same caption; nothing to mix against")
+            raise ValueError("every clip of the source is of one class; nothing to mix against")
         lo, hi = (self.num_interferers, self.num_interferers) if isinstance(self.num_interferers, int) \
             else self.num_interferers
         n = int(rng.integers(lo, hi + 1))
@@ -515,7 +528,7 @@ class MixtureDataModule(LightningDataModule):
         probe = self._dataset(source)
         keys = [source[i].key for i in range(len(source))]
         return make_eval_specs(
-            keys, probe.captions(), seed=self.eval_seed, per_target=self.eval_per_target,
+            keys, probe.captions(), groups=probe.groups(), seed=self.eval_seed, per_target=self.eval_per_target,
             num_interferers=self.eval_num_interferers, snr_db=self.eval_snr_db, max_targets=self.eval_max_targets,
         )
 

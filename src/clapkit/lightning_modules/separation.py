@@ -60,6 +60,10 @@ class SeparationTask(pl.LightningModule):
         scheduler: callable ``optimizer -> scheduler`` (default ReduceLROnPlateau on
             ``monitor``, x0.3, patience 5 epochs, floor 5e-6); ``None`` for a constant rate.
         monitor: metric the plateau scheduler maximises.
+        export_dir: after ``fit``, save the trained task here in clapkit's native format (the
+            ``--model`` of ``clapkit separate``), using the LightningCLI ``config.yaml`` of the run.
+        export_chunk_seconds: chunk length ``clapkit separate`` uses with the exported model (at
+            most what the encoder's spectrogram image covers: 10 s for CLAPSep).
     """
 
     def __init__(
@@ -75,6 +79,8 @@ class SeparationTask(pl.LightningModule):
         optimizer: OptimizerCallable = _default_optimizer,
         scheduler: LRSchedulerCallable | None = _default_scheduler,
         monitor: str = "val/si_sdri",
+        export_dir: str | None = None,
+        export_chunk_seconds: float = 10.0,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["separator", "query", "optimizer", "scheduler"])
@@ -95,6 +101,8 @@ class SeparationTask(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.monitor = monitor
+        self.export_dir = export_dir
+        self.export_chunk_seconds = export_chunk_seconds
         _compact_buffers(self)
         names = [n for n in METRICS if compute_sdr or n != "sdr"]
         self.metrics = nn.ModuleDict(
@@ -173,6 +181,28 @@ class SeparationTask(pl.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         out = self(batch["mixture"], self.condition(batch, self.eval_query))
         return {"key": batch.get("key"), "waveform": out.waveform}
+
+    # --- export ------------------------------------------------------------------------------
+    def on_fit_end(self) -> None:
+        if self.export_dir and self.trainer.is_global_zero:
+            self.export(self.export_dir)
+
+    def export(self, directory: str, model_config: Any = None) -> None:
+        """Save in clapkit's native format (``model_config``: the run's ``config.yaml`` by default)."""
+        from pathlib import Path
+
+        from clapkit.pretrained import InferenceConfig, save_pretrained
+
+        if model_config is None:
+            log_dir = getattr(self.trainer, "log_dir", None) if self._trainer is not None else None
+            candidate = Path(log_dir or ".") / "config.yaml"
+            if not candidate.is_file():
+                raise FileNotFoundError(f"{candidate}: no LightningCLI config to describe the model; pass model_config")
+            model_config = candidate
+        rate = self.separator.sample_rate
+        inference = InferenceConfig(sample_rate=rate, clip_samples=int(round(self.export_chunk_seconds * rate)),
+                                    pad="pad", crop="start")
+        save_pretrained(self, directory, inference, model_config, overwrite=True)
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
