@@ -83,13 +83,14 @@ def roberta_tokenizer(text_dir: Path):
 
 
 def build_reference(amodel: str, fusion: bool, text_dir: Path, seed: int = 0, htsat_geometry: dict | None = None,
-                    pann_divisor: int = 1):
+                    pann_divisor: int = 1, text_family: str = "roberta"):
     """A reference ``CLAP`` (eval mode) with random weights and non-trivial BatchNorm statistics.
 
     Args:
         amodel: ``HTSAT-tiny``, ``HTSAT-base`` or ``PANN-14`` (the package's model configs).
         fusion: ``aff_2d`` feature fusion.
-        text_dir: a :func:`write_roberta_dir` directory; the text tower is built from its config.
+        text_dir: a :func:`write_roberta_dir` directory (or a BERT one with ``text_family="bert"``);
+            the text tower is built from its config.
         htsat_geometry: ``embed_dim``/``depths``/``num_heads``/``window_size`` of a smaller HTSAT,
             built with the reference's own ``HTSAT_Swin_Transformer`` class (same code path as
             the presets, for fast tests).
@@ -99,18 +100,18 @@ def build_reference(amodel: str, fusion: bool, text_dir: Path, seed: int = 0, ht
     """
     import json
 
-    from transformers import RobertaConfig, RobertaModel
+    from transformers import AutoConfig, AutoModel
 
     model_module, _ = reference()
     from laion_clap.clap_module.factory import _MODEL_CONFIGS
 
     cfg = json.loads(json.dumps(_MODEL_CONFIGS[amodel]))
-    config = RobertaConfig.from_pretrained(str(text_dir))
+    config = AutoConfig.from_pretrained(str(text_dir))
 
-    class OfflineRoberta:
+    class OfflineText:
         @staticmethod
         def from_pretrained(*args, **kwargs):
-            return RobertaModel(config)
+            return AutoModel.from_config(config)
 
     import laion_clap.clap_module.pann_model as pann_module
     from laion_clap.clap_module.htsat import HTSAT_Swin_Transformer
@@ -127,7 +128,8 @@ def build_reference(amodel: str, fusion: bool, text_dir: Path, seed: int = 0, ht
         reference_init(self, in_channels if in_channels == 1 else in_channels // pann_divisor,
                        out_channels // pann_divisor)
 
-    patches = [mock.patch.object(model_module, "RobertaModel", OfflineRoberta)]
+    text_class = {"roberta": "RobertaModel", "bert": "BertModel"}[text_family]
+    patches = [mock.patch.object(model_module, text_class, OfflineText)]
     if htsat_geometry is not None:
         patches.append(mock.patch.object(model_module, "create_htsat_model", small_htsat))
     if pann_divisor > 1:
@@ -136,7 +138,7 @@ def build_reference(amodel: str, fusion: bool, text_dir: Path, seed: int = 0, ht
     with contextlib.ExitStack() as stack:
         for patch in patches:
             stack.enter_context(patch)
-        text_cfg = {**cfg["text_cfg"], "model_type": "roberta"}
+        text_cfg = {**cfg["text_cfg"], "model_type": text_family}
         model = model_module.CLAP(cfg["embed_dim"], cfg["audio_cfg"], text_cfg, enable_fusion=fusion,
                                   fusion_type="aff_2d" if fusion else "None")
     if htsat_geometry is not None:
@@ -225,9 +227,12 @@ def reference_audio_embeddings(model, waves: list[np.ndarray], fusion: bool) -> 
 
 
 def reference_text_embeddings(model, tokenizer, texts: list[str]) -> torch.Tensor:
-    tokens = tokenizer(texts, padding="max_length", truncation=True, max_length=77, return_tensors="pt")
+    tokens = dict(tokenizer(texts, padding="max_length", truncation=True, max_length=77, return_tensors="pt"))
+    if model.text_branch_type == "bert":
+        # what a BERT tokenizer returns for single sentences; the reference's BERT path reads it
+        tokens.setdefault("token_type_ids", torch.zeros_like(tokens["input_ids"]))
     with torch.no_grad():
-        return model.get_text_embedding({k: tokens[k] for k in ("input_ids", "attention_mask")})
+        return model.get_text_embedding(tokens)
 
 
 def test_waves(seconds=(3.0, 10.0, 25.0), rate: int = 48000, seed: int = 0) -> list[np.ndarray]:

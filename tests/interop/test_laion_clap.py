@@ -225,6 +225,13 @@ def test_missing_text_model_and_mismatched_config_are_clear(small_official, text
     _one_line_error(lambda: convert_laion_clap(path, bad), "num_hidden_layers 3 (weights: 1)")
 
 
+def test_text_dir_without_tokenizer_is_a_one_line_error(small_official, tmp_path):
+    path, _ = small_official
+    (tmp_path / "empty").mkdir()
+    _one_line_error(lambda: convert_laion_clap(path, tmp_path / "empty"),
+                    "has no roberta tokenizer (expected tokenizer.json or vocab.json + merges.txt)")
+
+
 def test_text_dir_without_config_gets_one_from_the_shapes(small_official, tmp_path):
     path, checkpoint = small_official
     bare = laion.write_roberta_dir(tmp_path / "bare", with_config=False)
@@ -261,6 +268,23 @@ def test_stray_key_is_listed_with_unfilled_ones(small_official, text_dir):
     message = str(info.value)
     assert "audio_branch.extra_layer.weight" in message and "towers.audio.projection.net.0.bias" in message
     assert "\n" not in message
+
+
+def test_bert_text_tower_parity(tmp_path):
+    """LAION-CLAP's BERT option (pooler output; no official file uses it, but the layout is supported)."""
+    from transformers import AutoTokenizer
+
+    from helpers.models import write_bert_dir
+
+    bert_dir = write_bert_dir(tmp_path / "bert", hidden=768, layers=1, heads=12)
+    ref = laion.build_reference("HTSAT-tiny", False, bert_dir, htsat_geometry=SMALL_HTSAT, text_family="bert")
+    path = laion.save_official(ref, tmp_path / "bert.pt")
+    task = load_laion_clap(path, bert_dir)
+    expected = laion.reference_text_embeddings(ref, AutoTokenizer.from_pretrained(str(bert_dir)), TEXTS)
+    with torch.no_grad():
+        ours = task.towers["text"](TEXTS).embedding
+    assert "bert text" in convert_laion_clap(path, bert_dir).description
+    assert (ours - expected).abs().max() <= TOL
 
 
 def test_reference_crop_rules_match_clapkit_defaults():

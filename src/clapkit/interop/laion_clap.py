@@ -69,6 +69,9 @@ TEXT_DEFAULTS = {
 }
 
 
+TOKENIZER_FILES = {"roberta": ("vocab.json", "merges.txt"), "bert": ("vocab.txt",)}
+
+
 @dataclass
 class LaionClapSpec:
     """What an official LAION-CLAP checkpoint contains (detected from its keys and shapes).
@@ -303,6 +306,11 @@ def _prepare_text_dir(spec: LaionClapSpec, text_model: str | os.PathLike | None)
     path = Path(text_model)
     if not path.is_dir():
         raise CheckpointError(f"text model directory {path} does not exist")
+    needed = TOKENIZER_FILES[spec.text_family]
+    if not (path / "tokenizer.json").is_file() and not all((path / f).is_file() for f in needed):
+        raise CheckpointError(
+            f"{path} has no {spec.text_family} tokenizer (expected tokenizer.json or {' + '.join(needed)})"
+        )
     config_path = path / "config.json"
     if config_path.is_file():
         try:
@@ -348,7 +356,12 @@ class LaionClapFormat(CheckpointFormat):
         spec = inspect_state_dict(state)
         text_dir = _prepare_text_dir(spec, text_model)
         config = model_config(spec)
-        mapped = key_map(spec).apply(state, target_shapes(_target_model(config, text_dir)))
+        try:
+            target = _target_model(config, text_dir)
+        except Exception as exc:  # e.g. a text directory without tokenizer files
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"cannot build the clapkit model for {spec.description}: {reason}") from None
+        mapped = key_map(spec).apply(state, target_shapes(target))
         inference = InferenceConfig(
             sample_rate=SAMPLE_RATE, clip_samples=CLIP_SAMPLES, pad="repeatpad", crop="center",
             int16_roundtrip=True, fusion=spec.fusion, text_max_length=77,
