@@ -105,17 +105,22 @@ class WindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: ``[B * nW, N, C]``; ``mask``: additive ``[nW, N, N]`` (shifted windows) or None."""
         windows, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(windows, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        bias = self.position_bias().unsqueeze(0).to(q.dtype)  # [1, heads, N, N]
-        if mask is not None:
-            nw = mask.shape[0]
-            bias = (bias + mask.unsqueeze(1).to(q.dtype))  # [nW, heads, N, N]
-            bias = bias.unsqueeze(0).expand(windows // nw, -1, -1, -1, -1).reshape(windows, self.num_heads, n, n)
-        else:
-            bias = bias.expand(windows, -1, -1, -1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
-                                             dropout_p=self.attn_drop if self.training else 0.0)
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(windows, n, c)))
+        heads, dim = self.num_heads, c // self.num_heads
+        bias = self.position_bias().unsqueeze(0).to(x.dtype)  # [1, heads, N, N]
+        dropout = self.attn_drop if self.training else 0.0
+        if mask is None:
+            q, k, v = self.qkv(x).reshape(windows, n, 3, heads, dim).permute(2, 0, 3, 1, 4)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+            return self.proj_drop(self.proj(out.transpose(1, 2).reshape(windows, n, c)))
+        # Shifted windows: fold the windows of one clip into the head axis so the
+        # [nW * heads, N, N] bias + mask broadcasts over the batch instead of being copied B times.
+        nw = mask.shape[0]
+        b = windows // nw
+        qkv = self.qkv(x).reshape(b, nw, n, 3, heads, dim).permute(3, 0, 1, 4, 2, 5).reshape(3, b, nw * heads, n, dim)
+        bias = (bias + mask.unsqueeze(1).to(x.dtype)).reshape(1, nw * heads, n, n)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias, dropout_p=dropout)
+        out = out.view(b, nw, heads, n, dim).permute(0, 1, 3, 2, 4).reshape(windows, n, c)
+        return self.proj_drop(self.proj(out))
 
 
 class Mlp(nn.Module):
