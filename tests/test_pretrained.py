@@ -204,9 +204,9 @@ def test_fusion_batches_mixed_lengths(tmp_path):
     task = instantiate_model(config)
     fusion = InferenceConfig(sample_rate=SR, clip_samples=SR, fusion=True)
     save_pretrained(task, tmp_path / "fused", fusion, config)
-    model = clapkit.load(tmp_path / "fused", batch_size=3)
-    waves = [tone(0.5, SR, 300.0), tone(3.2, SR, 700.0, 1), tone(2.1, SR, 1500.0, 2)]
-    assert model.prepare_audio(waves[1], SR).shape == (int(3.2 * SR),)
+    model = clapkit.load(tmp_path / "fused", batch_size=2)
+    waves = [tone(0.5, SR, 300.0), tone(2.6, SR, 700.0, 1)]
+    assert model.prepare_audio(waves[1], SR).shape == (int(2.6 * SR),)
     together = model.embed_audio(waves, SR)
     alone = torch.cat([model.embed_audio(w, SR) for w in waves])
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)

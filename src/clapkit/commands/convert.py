@@ -15,6 +15,8 @@ example:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from clapkit.commands import CommandError, _shared
 
 
@@ -37,6 +39,9 @@ def main(argv: list[str]) -> int:
     from clapkit.pretrained import PretrainedError, convert_checkpoint, save_converted
 
     args = build_parser().parse_args(argv)
+    output = Path(args.output)
+    if output.exists() and not args.overwrite and (not output.is_dir() or any(output.iterdir())):
+        raise CommandError(f"{output}: already exists (pass --overwrite to replace it)")
     try:
         converted = convert_checkpoint(args.checkpoint, format=None if args.format == "auto" else args.format,
                                        text_model=args.text_model, trust_pickle=args.trust_checkpoint)
