@@ -148,14 +148,29 @@ def test_clapkit_load_matches_reference_for_fused_tiny(text_dir, tmp_path_factor
 
 @pytest.fixture(scope="module")
 def small_official(text_dir, tmp_path_factory):
-    """A fast reference checkpoint (HTSAT test geometry, unfused) and its state dict."""
+    """A fast reference checkpoint (HTSAT test geometry, unfused): path, loaded file, reference model."""
     ref = laion.build_reference("HTSAT-tiny", False, text_dir, htsat_geometry=SMALL_HTSAT)
     path = laion.save_official(ref, tmp_path_factory.mktemp("small") / "small.pt")
-    return path, torch.load(path, weights_only=True)
+    return path, torch.load(path, weights_only=True), ref
+
+
+def test_converted_native_directory_keeps_parity(small_official, text_dir, tmp_path):
+    """``clapkit convert``'s path: convert, save natively (config.yaml + safetensors), load, embed."""
+    import clapkit
+    from clapkit.pretrained import save_converted
+
+    path, _, ref = small_official
+    native = save_converted(convert_laion_clap(path, text_dir), tmp_path / "native")
+    assert {p.name for p in native.iterdir()} == {"config.yaml", "model.safetensors", "text_model"}
+    model = clapkit.load(native)
+    waves = laion.test_waves(seed=5)
+    assert (model.embed_audio(waves, sample_rate=48000) - laion.reference_audio_embeddings(ref, waves, False)).abs().max() <= TOL
+    expected = laion.reference_text_embeddings(ref, laion.roberta_tokenizer(text_dir), TEXTS)
+    assert (model.embed_text(TEXTS) - expected).abs().max() <= TOL
 
 
 def test_every_official_key_is_consumed_or_dropped_with_a_reason(small_official, text_dir):
-    path, checkpoint = small_official
+    path, checkpoint, _ = small_official
     from clapkit.interop.keymap import unwrap_state_dict
     from clapkit.interop.laion_clap import key_map
 
@@ -173,7 +188,7 @@ def test_every_official_key_is_consumed_or_dropped_with_a_reason(small_official,
 
 
 def test_layouts_without_prefix_or_position_ids_and_lightning_wrapper(small_official, text_dir, tmp_path):
-    _, checkpoint = small_official
+    _, checkpoint, _ = small_official
     state = {k.removeprefix("module."): v for k, v in checkpoint["state_dict"].items()
              if not k.endswith("position_ids")}
     for i, obj in enumerate([state, {"state_dict": state, "epoch": 3, "optimizer_states": []}]):
@@ -193,14 +208,14 @@ def _one_line_error(call, match):
 
 
 def test_wrong_variant_names_what_the_file_contains(small_official, text_dir):
-    path, _ = small_official
+    path, _, _ = small_official
     msg = _one_line_error(lambda: convert_laion_clap(path, text_dir, amodel="HTSAT-base"), "HTSAT-test without fusion")
     assert str(path) in msg and "expected HTSAT-base" in msg
     _one_line_error(lambda: convert_laion_clap(path, text_dir, enable_fusion=True), "expected a fusion model")
 
 
 def test_truncated_and_non_checkpoint_files_give_one_line_errors(small_official, text_dir, tmp_path):
-    path, _ = small_official
+    path, _, _ = small_official
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
     _one_line_error(lambda: convert_laion_clap(truncated, text_dir), "truncated")
@@ -213,7 +228,7 @@ def test_truncated_and_non_checkpoint_files_give_one_line_errors(small_official,
 
 
 def test_missing_text_model_and_mismatched_config_are_clear(small_official, text_dir, tmp_path):
-    path, _ = small_official
+    path, _, _ = small_official
     _one_line_error(lambda: convert_laion_clap(path, None), "pass text_model=")
     bad = tmp_path / "bad_text"
     bad.mkdir()
@@ -226,14 +241,14 @@ def test_missing_text_model_and_mismatched_config_are_clear(small_official, text
 
 
 def test_text_dir_without_tokenizer_is_a_one_line_error(small_official, tmp_path):
-    path, _ = small_official
+    path, _, _ = small_official
     (tmp_path / "empty").mkdir()
     _one_line_error(lambda: convert_laion_clap(path, tmp_path / "empty"),
                     "has no roberta tokenizer (expected tokenizer.json or vocab.json + merges.txt)")
 
 
 def test_text_dir_without_config_gets_one_from_the_shapes(small_official, tmp_path):
-    path, checkpoint = small_official
+    path, checkpoint, _ = small_official
     bare = laion.write_roberta_dir(tmp_path / "bare", with_config=False)
     (bare / "config.json").unlink(missing_ok=True)
     converted = convert_laion_clap(path, bare)
@@ -243,7 +258,7 @@ def test_text_dir_without_config_gets_one_from_the_shapes(small_official, tmp_pa
 
 
 def test_unsupported_variants_are_named(small_official):
-    _, checkpoint = small_official
+    _, checkpoint, _ = small_official
     from clapkit.interop.keymap import unwrap_state_dict
 
     state = unwrap_state_dict(checkpoint)
@@ -259,7 +274,7 @@ def test_unsupported_variants_are_named(small_official):
 
 
 def test_stray_key_is_listed_with_unfilled_ones(small_official, text_dir):
-    _, checkpoint = small_official
+    _, checkpoint, _ = small_official
     state = dict(checkpoint["state_dict"])
     state["module.audio_branch.extra_layer.weight"] = torch.zeros(3)
     del state["module.audio_projection.0.bias"]
