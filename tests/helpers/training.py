@@ -86,15 +86,78 @@ def tiny_towers(dim: int = 8, three: bool = False) -> dict[str, Tower]:
     return towers
 
 
-def tiny_batch(n: int = 6, samples: int = 320, seed: int = 0, captions: int = 2) -> dict:
+def tiny_batch(
+    n: int = 6, samples: int = 320, seed: int = 0, captions: int = 2, dtype: torch.dtype = torch.float32
+) -> dict:
     """A batch dict in the :mod:`clapkit.datamodules.base` layout with distinct captions."""
     gen = torch.Generator().manual_seed(seed)
     words = ["dog", "bell", "rain", "siren", "engine", "bird", "door", "water", "wind", "drum", "horn", "clock"]
     caps = [[f"a {words[(i + seed) % len(words)]} sound number {i} take {j}" for j in range(captions)] for i in range(n)]
     return {
-        "audio": torch.randn(n, samples, generator=gen),
+        "audio": torch.randn(n, samples, generator=gen, dtype=dtype),
         "lengths": torch.full((n,), samples),
         "text": [c[0] for c in caps],
         "captions": caps,
         "key": [f"clip{seed}_{i}" for i in range(n)],
     }
+
+
+class LossModule(nn.Module):
+    """Adapter so DistributedDataParallel can wrap a ContrastiveTask: ``forward(batch) -> loss``."""
+
+    def __init__(self, task):
+        super().__init__()
+        self.task = task
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.task.compute_loss(batch).loss
+
+
+def slice_batch(batch: dict, start: int, stop: int) -> dict:
+    """Rows ``start:stop`` of every entry of a batch dict."""
+    return {key: value[start:stop] for key, value in batch.items()}
+
+
+DDP_CASES = {  # name -> (local_loss, rows per rank)
+    "global": (False, (4, 4)),
+    "local": (True, (4, 4)),
+    "global_uneven": (False, (5, 3)),
+}
+
+
+def ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """One gloo rank: DDP-wrapped tiny ContrastiveTask on its slice of a global batch of 8.
+
+    Saves ``{case: {"loss", "grads"}}`` to ``out_dir/rank{rank}.pt``. Towers run in eval mode
+    so BatchNorm uses running statistics (per-rank batch statistics are a separate matter,
+    handled by SyncBatchNorm), and in float64 so that summation order cannot blur the
+    comparison: what is left is the algorithm, which must be exact.
+    """
+    import os
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from clapkit.lightning_modules import ContrastiveTask
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        results = {}
+        batch = tiny_batch(8, seed=5, dtype=torch.float64)
+        for case, (local_loss, rows) in DDP_CASES.items():
+            torch.manual_seed(0)
+            task = ContrastiveTask(tiny_towers(), local_loss=local_loss).double().eval()
+            model = DistributedDataParallel(LossModule(task))
+            start = sum(rows[:rank])
+            loss = model(slice_batch(batch, start, start + rows[rank]))
+            loss.backward()
+            results[case] = {
+                "loss": loss.detach(),
+                "grads": {name: p.grad.clone() for name, p in task.named_parameters()},
+            }
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()

@@ -103,7 +103,9 @@ def contrastive_loss(
     """
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"paired embeddings differ in batch size: {a.shape[0]} vs {b.shape[0]}")
-    a, b = a.float(), b.float()
+    # fp32 at least: bf16/fp16 logits lose the small differences the softmax depends on
+    dtype = torch.promote_types(a.dtype, torch.float32)
+    a, b = a.to(dtype), b.to(dtype)
     rank, world = world_info()
     if gather and world > 1:
         all_a, offset = gather_with_grad(a)
