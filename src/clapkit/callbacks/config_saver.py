@@ -59,12 +59,14 @@ class RunConfigSaver(Callback):
     """Save the resolved configuration once per run, in a place unique to that run.
 
     Args:
-        filename: name of the YAML file written into the run's directory.
+        filename: name of the YAML file written into the run's directory (not ``config.yaml``,
+            which W&B writes into the same directory for its own run config).
         log_artifact: also log the YAML as a W&B artifact (``config-<run id>``).
         update_wandb_config: put the nested configuration into ``wandb.config``.
     """
 
-    def __init__(self, filename: str = "config.yaml", log_artifact: bool = True, update_wandb_config: bool = True):
+    def __init__(self, filename: str = "clapkit_config.yaml", log_artifact: bool = True,
+                 update_wandb_config: bool = True):
         super().__init__()
         self.filename = filename
         self.log_artifact = log_artifact

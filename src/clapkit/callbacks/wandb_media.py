@@ -12,8 +12,8 @@ global rank zero only:
 - ``media/retrieval``: a table of audio-to-text retrieval on that batch (clip, audio, ground
   truth caption, top-3 retrieved captions, rank of the ground truth);
 - ``media/zeroshot_confusion``: a zero-shot confusion matrix over the first
-  ``confusion_batches`` labelled batches of dataloader 0, with the datamodule's
-  ``class_names`` and the model's prompt ensemble (``zeroshot_classifier``).
+  ``confusion_batches`` batches of the first validation dataloader with single labels, with
+  the datamodule's ``class_names`` and the model's prompt ensemble (``zeroshot_classifier``).
 
 Embeddings for the table and the matrix are recomputed on those few batches, so the cost is
 bounded and the model's own evaluation is untouched. Without a ``WandbLogger`` the callback
@@ -68,8 +68,8 @@ class WandbMedia(Callback):
         num_examples: clips from the first validation batch to log as audio/spectrograms and
             to list in the retrieval table.
         every_n_epochs: log on every n-th validation epoch.
-        confusion_batches: labelled validation batches (dataloader 0) that feed the zero-shot
-            confusion matrix; ``0`` disables it.
+        confusion_batches: labelled validation batches (from the first labelled dataloader)
+            that feed the zero-shot confusion matrix; ``0`` disables it.
         log_audio: log waveforms as ``wandb.Audio``.
         log_spectrograms: log log-mel images.
         retrieval_table: log the audio-to-text retrieval table.
@@ -103,6 +103,7 @@ class WandbMedia(Callback):
         self._preds: list[torch.Tensor] = []
         self._classifier: torch.Tensor | None = None
         self._labelled_batches = 0
+        self._confusion_loader: int | None = None
 
     # --- when ----------------------------------------------------------------------------------
     def _active(self, trainer: pl.Trainer) -> bool:
@@ -122,19 +123,23 @@ class WandbMedia(Callback):
 
     @torch.no_grad()
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if dataloader_idx != 0 or not isinstance(batch, dict) or not self._active(trainer):
+        if not isinstance(batch, dict) or not self._active(trainer):
             return
-        if self._examples is None:
+        if self._examples is None and dataloader_idx == 0:
             self._examples = self._collect_examples(pl_module, head(batch, self.num_examples))
         if self._labelled_batches < self.confusion_batches and self._single_labels(batch) is not None:
-            self._accumulate_zeroshot(trainer, pl_module, batch)
+            # the first labelled dataloader feeds the matrix (zero-shot sets need not come first)
+            if self._confusion_loader is None:
+                self._confusion_loader = dataloader_idx
+            if dataloader_idx == self._confusion_loader:
+                self._accumulate_zeroshot(trainer, pl_module, batch, dataloader_idx)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if not self._active(trainer) or self._examples is None:
+        if not self._active(trainer) or (self._examples is None and not self._preds):
             return
-        payload = dict(self._examples)
+        payload = dict(self._examples or {})
         if self._preds:
-            names = self._class_names(trainer)
+            names = self._class_names(trainer, self._confusion_loader or 0)
             payload["media/zeroshot_confusion"] = _wandb().plot.confusion_matrix(
                 y_true=torch.cat(self._labels).tolist(),
                 preds=torch.cat(self._preds).tolist(),
@@ -234,17 +239,18 @@ class WandbMedia(Callback):
         return None
 
     @staticmethod
-    def _class_names(trainer: pl.Trainer) -> list[str] | None:
+    def _class_names(trainer: pl.Trainer, dataloader_idx: int) -> list[str] | None:
+        """The datamodule's ``class_names`` for a dataloader (shared list, list of lists or dict)."""
         names = getattr(getattr(trainer, "datamodule", None), "class_names", None)
         if isinstance(names, dict):
-            names = names.get(0)
+            names = names.get(dataloader_idx)
         elif names and isinstance(names[0], (list, tuple)):
-            names = names[0]
+            names = names[dataloader_idx] if dataloader_idx < len(names) else None
         return list(names) if names else None
 
-    def _accumulate_zeroshot(self, trainer, pl_module, batch: dict[str, Any]) -> None:
+    def _accumulate_zeroshot(self, trainer, pl_module, batch: dict[str, Any], dataloader_idx: int) -> None:
         name, _ = self._audio_setup(pl_module)
-        names = self._class_names(trainer)
+        names = self._class_names(trainer, dataloader_idx)
         if name is None or name not in batch or names is None or not hasattr(pl_module, "zeroshot_classifier"):
             return
         if self._classifier is None:
