@@ -37,7 +37,7 @@ CMD=(
   --trainer.callbacks.dirpath="$RUN_DIR/checkpoints"
   --trainer.callbacks.save_last=true
   --trainer.callbacks.every_n_train_steps="$CKPT_EVERY"
-  --ckpt_path=last
+  --ckpt_path=last --weights_only=true
   "$@"
 )
 if [[ -n "${DRY_RUN:-}" ]]; then

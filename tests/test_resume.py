@@ -1,6 +1,7 @@
 """A run killed with SIGTERM mid-epoch and restarted with the same command resumes from its last checkpoint.
 
-The command is what the cluster recipes run: ``clapkit fit --config ... --ckpt_path last``
+The command is what the cluster recipes run: ``clapkit fit --config ... --ckpt_path last
+--weights_only true`` (checkpoints load without unpickling code)
 with a ``ModelCheckpoint(save_last=True, every_n_train_steps=...)`` in a fixed directory
 (plus ``OnExceptionCheckpoint``, which saves the state at the moment of the SIGTERM). The
 first start finds no checkpoint and trains from step 0; the restart must continue from
@@ -56,7 +57,7 @@ data:
 
 
 def command(config: Path) -> list[str]:
-    return [sys.executable, "-m", "clapkit", "fit", "--config", str(config), "--ckpt_path", "last"]
+    return [sys.executable, "-m", "clapkit", "fit", "--config", str(config), "--ckpt_path", "last", "--weights_only", "true"]
 
 
 def environment() -> dict[str, str]:

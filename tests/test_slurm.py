@@ -60,7 +60,7 @@ def test_slurm_dry_run_prints_the_rendered_script(tmp_path):
     # resume: run dir keyed by the job id (kept on requeue), newest of hpc / last checkpoint
     assert f'RUN_DIR="{tmp_path}/runs/${{SLURM_JOB_NAME}}-${{SLURM_JOB_ID}}"' in script
     assert "hpc_ckpt_*.ckpt" in script and "checkpoints/last*.ckpt" in script
-    assert 'RESUME=(--ckpt_path "$LATEST")' in script
+    assert 'RESUME=(--ckpt_path "$LATEST" --weights_only true)' in script
     # nothing was submitted (SBATCH=false would have failed the make call)
     assert not (tmp_path / "runs").exists()
 
@@ -111,7 +111,7 @@ def test_sweep_agent_and_torchrun_dry_runs():
                     "GPUS=8", "DRY_RUN=1")
     assert "torchrun --nnodes=2 --node_rank=1 --nproc_per_node=8 --master_addr=node0" in torchrun
     assert "-m clapkit fit --config configs/quickstart/clap.yaml" in torchrun
-    assert "--ckpt_path=last" in torchrun
+    assert "--ckpt_path=last --weights_only=true" in torchrun
 
 
 def test_agent_without_sweep_id_fails_clearly():
