@@ -227,3 +227,16 @@ def test_multilabel_zeroshot_and_missing_class_names_warns():
 
     with pytest.warns(UserWarning, match="class_names"):
         _trainer().validate(ContrastiveTask(tiny_towers()), datamodule=NoNames(), verbose=False)
+
+
+def test_several_sets_of_the_same_kind_get_their_names_appended():
+    class TwoCaptionSets(pl.LightningDataModule):
+        eval_set_names = ["clotho", "audiocaps"]
+
+        def val_dataloader(self):
+            return [_loader([tiny_batch(4, seed=1)]), _loader([tiny_batch(5, seed=2)])]
+
+    metrics = _trainer().validate(ContrastiveTask(tiny_towers()), datamodule=TwoCaptionSets(), verbose=False)
+    merged = {k: v for m in metrics for k, v in m.items()}
+    assert {"val/t2a_R@1/clotho", "val/t2a_R@1/audiocaps", "val/loss", "val/loss/audiocaps"} <= set(merged)
+    assert "val/t2a_R@1" not in merged

@@ -374,7 +374,10 @@ class ContrastiveTask(LightningModule):
         embeddings: dict[str, torch.Tensor] = {}
         if any(a in batch and b in batch for a, b in self.pairs):
             out = self.compute_loss(batch, gather=False)
-            self.log(f"{stage}/loss", out.loss, batch_size=out.batch_size, sync_dist=True, add_dataloader_idx=False)
+            self.log(
+                f"{stage}/loss{self._set_suffix(dataloader_idx) if dataloader_idx else ''}",
+                out.loss, batch_size=out.batch_size, sync_dist=True, add_dataloader_idx=False,
+            )
             embeddings = out.embeddings
         if audio_name not in batch or audio_name not in self.towers:
             return
@@ -430,18 +433,19 @@ class ContrastiveTask(LightningModule):
         sets = {idx: store.consolidate() for idx, store in sorted(self._eval_sets.items())}
         self._eval_sets = {}
         results = {idx: self._evaluate_set(idx, data, stage) for idx, data in sets.items()}
-        names = self._datamodule_attr("eval_set_names")
         logged: dict[str, float] = {}
         for idx, metrics in results.items():
             for metric, value in metrics.items():
-                suffix = ""
-                if sum(metric in other for other in results.values()) > 1:
-                    suffix = f"/{names[idx]}" if names and idx < len(names) else f"/{idx}"
-                logged[f"{stage}/{metric}{suffix}"] = value
+                shared = sum(metric in other for other in results.values()) > 1
+                logged[f"{stage}/{metric}{self._set_suffix(idx) if shared else ''}"] = value
         for name, value in logged.items():
             if "_chance" not in name:  # chance levels are for reports, not for dashboards
                 self.log(name, value, sync_dist=True, add_dataloader_idx=False)
         self.eval_results[stage] = logged
+
+    def _set_suffix(self, dataloader_idx: int) -> str:
+        names = self._datamodule_attr("eval_set_names")
+        return f"/{names[dataloader_idx]}" if names and dataloader_idx < len(names) else f"/{dataloader_idx}"
 
     def _evaluate_set(self, dataloader_idx: int, data: ConsolidatedSet, stage: str) -> dict[str, float]:
         metrics: dict[str, float] = {}
@@ -453,7 +457,7 @@ class ContrastiveTask(LightningModule):
             metrics.update(retrieval_metrics(sim, data.caption_owner))
             chance = retrieval_chance(len(data.keys), data.caption_counts)
             metrics.update({f"{k}_chance": v for k, v in chance.items()})
-        if data.labels is not None:
+        if data.labels is not None and self.eval_towers[1] in self.towers:
             class_names = self._class_names_for(dataloader_idx)
             if class_names is None:
                 rank_zero_warn(
