@@ -1,0 +1,313 @@
+"""CLAP training-step and embedding throughput: clapkit against laion-clap, same process, same device.
+
+Setting (the issue's, DESIGN section 5): HTSAT-tiny audio tower + RoBERTa-base text tower
+(built from its config, random weights: nothing is downloaded), batch 64, 10 s clips at
+48 kHz, 77-token texts, model step only (no data loading). For each library and precision:
+
+- ``train samples/s``: forward of both towers + symmetric contrastive loss + backward +
+  AdamW step (fused AdamW on CUDA for clapkit; the reference's stock ``torch.optim.AdamW``);
+- ``audio emb/s``: audio tower forward in eval mode under ``torch.inference_mode``;
+- ``peak GB``: ``torch.cuda.max_memory_allocated`` over the timed training steps;
+- ``MFU``: training FLOPs per sample (counted once with ``torch.utils.flop_counter`` on
+  clapkit's eager step; the same model FLOPs are credited to the reference) x samples/s,
+  over the GPU's peak for the precision (H100 SXM: 989 TFLOP/s bf16, 495 TF32).
+
+Both libraries run in the same process on the same inputs; the reference is skipped when
+``laion_clap`` is not installed or with ``--skip-reference``. ``--compile`` additionally
+compiles clapkit's encoders (``clapkit.callbacks.TorchCompile``) and ``--channels-last``
+converts its conv weights. Results print as a table and, with ``--json PATH``, as JSON.
+
+examples:
+  python benchmarks/train_step.py --device cuda --precision fp32 bf16           # the acceptance run
+  python benchmarks/train_step.py --device cuda --precision bf16 --compile
+  python benchmarks/train_step.py --device cpu --batch-size 2 --steps 1 --warmup 1   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+import types
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from unittest import mock
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+RATE = 48000
+TEXT_TOKENS = 77
+
+
+@dataclass
+class Result:
+    library: str
+    precision: str
+    train_samples_per_s: float
+    audio_embeddings_per_s: float
+    peak_memory_gb: float | None
+    train_step_ms: float
+    mfu: float | None = None
+
+
+# --------------------------------------------------------------------------- models
+def roberta_base_config(layers: int):
+    from transformers import RobertaConfig
+
+    # roberta-base geometry (what both libraries load by name); random weights
+    return RobertaConfig(vocab_size=50265, hidden_size=768, num_hidden_layers=layers, num_attention_heads=12,
+                         intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1,
+                         layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+
+
+def build_clapkit(htsat_variant: str, text_layers: int, clip_samples: int):
+    from transformers import AutoModel
+
+    from clapkit.encoders.hf_text import HFTextEncoder, tiny_tokenizer
+    from clapkit.encoders.htsat import HTSAT
+    from clapkit.encoders.projection import MLPProjection
+    from clapkit.encoders.tower import Tower
+    from clapkit.lightning_modules.contrastive import ContrastiveTask
+
+    text = HFTextEncoder.from_parts(AutoModel.from_config(roberta_base_config(text_layers)), tiny_tokenizer(),
+                                    pooling="pooler")
+    towers = {
+        "audio": Tower(HTSAT(htsat_variant, clip_samples=clip_samples), lambda d: MLPProjection(d, 512)),
+        "text": Tower(text, lambda d: MLPProjection(d, 512)),
+    }
+    return ContrastiveTask(towers=towers, logit_scale_init=1 / 0.07)
+
+
+def build_reference(htsat_variant: str, text_layers: int):
+    """laion-clap's ``CLAP`` with HTSAT-tiny and a config-built RoBERTa; ``None`` when not installed."""
+    sys.modules.setdefault("wget", types.ModuleType("wget"))  # imported by the package, used only to download
+    try:
+        import laion_clap.clap_module.model as model_module
+        from laion_clap.clap_module.factory import _MODEL_CONFIGS
+    except ImportError:
+        return None
+    from transformers import AutoModel
+
+    config = roberta_base_config(text_layers)
+
+    class OfflineRoberta:
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            return AutoModel.from_config(config)
+
+    cfg = json.loads(json.dumps(_MODEL_CONFIGS[f"HTSAT-{htsat_variant}"]))
+    with mock.patch.object(model_module, "RobertaModel", OfflineRoberta):
+        return model_module.CLAP(cfg["embed_dim"], cfg["audio_cfg"], {**cfg["text_cfg"], "model_type": "roberta"},
+                                 enable_fusion=False, fusion_type="None")
+
+
+# --------------------------------------------------------------------------- steps
+def clip_loss(audio: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    logits = scale * audio.float() @ text.float().T
+    target = torch.arange(audio.shape[0], device=audio.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+class Runner:
+    """One library's model with a training step and an audio-embedding step on fixed inputs."""
+
+    def __init__(self, name: str, model, train_fn, embed_fn, optimizer):
+        self.name, self.model, self.train_fn, self.embed_fn, self.optimizer = name, model, train_fn, embed_fn, optimizer
+
+    def train_step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.train_fn().backward()
+        self.optimizer.step()
+
+
+def clapkit_runner(model, audio, tokens, device, compile_: bool, channels_last: bool) -> Runner:
+    from clapkit.callbacks.compile import ChannelsLast, TorchCompile
+
+    if channels_last:
+        ChannelsLast().apply(model)
+    if compile_:
+        TorchCompile(mode="max-autotune-no-cudagraphs").apply(model)
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(model.parameter_groups(), lr=1e-4, fused=fused)
+    batch = {"audio": audio, "text": tokens}
+
+    def train():
+        return model.compute_loss(batch, gather=False).loss
+
+    def embed():
+        return model.embed("audio", audio)
+
+    return Runner("clapkit" + (" +compile" if compile_ else "") + (" +channels_last" if channels_last else ""),
+                  model, train, embed, optimizer)
+
+
+def reference_runner(model, audio, tokens) -> Runner:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    audio_dict = {"waveform": audio}
+
+    def train():
+        a, t, _, _, scale, _ = model(audio_dict, tokens, device=audio.device)
+        return clip_loss(a, t, scale)
+
+    def embed():
+        return F.normalize(model(audio_dict, None, device=audio.device), dim=-1)
+
+    return Runner("laion-clap 1.1.7", model, train, embed, optimizer)
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn: Callable[[], object], device: torch.device, warmup: int, steps: int) -> float:
+    """Seconds per call (mean over ``steps`` after ``warmup``)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def count_training_flops(runner: Runner, device: torch.device, precision: str, batch: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    runner.model.train()
+    with counter, autocast(device, precision):
+        runner.train_fn().backward()
+    runner.optimizer.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    if device.type != "cuda":
+        return None
+    from lightning.fabric.utilities.throughput import get_available_flops
+
+    return get_available_flops(device, torch.bfloat16 if precision == "bf16" else torch.float32)
+
+
+def bench(runner: Runner, device: torch.device, precision: str, batch: int, warmup: int, steps: int,
+          flops_per_sample: float | None) -> Result:
+    runner.model.to(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    runner.model.train()
+    with autocast(device, precision):
+        step_s = measure(runner.train_step, device, warmup, steps)
+    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    runner.optimizer.zero_grad(set_to_none=True)
+    runner.model.eval()
+    with torch.inference_mode(), autocast(device, precision):
+        embed_s = measure(runner.embed_fn, device, warmup, steps)
+    samples = batch / step_s
+    available = peak_flops(device, precision)
+    mfu = flops_per_sample * samples / available if flops_per_sample and available else None
+    return Result(runner.name, precision, samples, batch / embed_s, peak, 1000 * step_s, mfu)
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> list[Result]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, cuDNN autotune)")
+    parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    parser.add_argument("--seconds", type=float, default=10.0, help="clip length (10 s = 480000 samples)")
+    parser.add_argument("--htsat", default="tiny", choices=["tiny", "base"], help="HTSAT preset (both libraries)")
+    parser.add_argument("--text-layers", type=int, default=12, help="RoBERTa layers (12 = roberta-base)")
+    parser.add_argument("--skip-reference", action="store_true", help="measure clapkit only")
+    parser.add_argument("--compile", action="store_true", help="also measure clapkit with torch.compile")
+    parser.add_argument("--channels-last", action="store_true", help="clapkit conv weights in channels-last")
+    parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # both libraries get TF32 for fp32 matmuls
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    samples = int(round(args.seconds * RATE))
+    audio = 0.1 * torch.randn(args.batch_size, samples, device=device)
+    ids = torch.randint(3, 50265, (args.batch_size, TEXT_TOKENS), device=device)
+    ids[:, 0], ids[:, -1] = 0, 2
+    tokens = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    results: list[Result] = []
+    for precision in args.precision:
+        variants = [(False, args.channels_last)] + ([(True, args.channels_last)] if args.compile else [])
+        flops = None
+        for compile_, channels_last in variants:
+            torch.manual_seed(0)
+            model = build_clapkit(args.htsat, args.text_layers, samples).to(device)
+            runner = clapkit_runner(model, audio, tokens, device, compile_, channels_last)
+            if flops is None:
+                flops = count_training_flops(runner, device, precision, args.batch_size)
+            results.append(bench(runner, device, precision, args.batch_size, args.warmup, args.steps, flops))
+            del runner, model
+        if not args.skip_reference:
+            torch.manual_seed(0)
+            reference = build_reference(args.htsat, args.text_layers)
+            if reference is None:
+                print("laion_clap is not installed: reference skipped", file=sys.stderr)
+            else:
+                runner = reference_runner(reference.to(device), audio, tokens)
+                results.append(bench(runner, device, precision, args.batch_size, args.warmup, args.steps, flops))
+                del runner, reference
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    print(f"device={device_name} torch={torch.__version__} batch={args.batch_size} clip={args.seconds:g}s@{RATE}Hz "
+          f"htsat-{args.htsat} roberta layers={args.text_layers} warmup={args.warmup} steps={args.steps}")
+    print(f"{'library':<34}{'prec':>5}{'train/s':>10}{'step ms':>10}{'emb/s':>10}{'peak GB':>9}{'MFU':>8}")
+    for r in results:
+        peak = f"{r.peak_memory_gb:.2f}" if r.peak_memory_gb is not None else "-"
+        mfu = f"{100 * r.mfu:.1f}%" if r.mfu is not None else "-"
+        print(f"{r.library:<34}{r.precision:>5}{r.train_samples_per_s:>10.1f}{r.train_step_ms:>10.1f}"
+              f"{r.audio_embeddings_per_s:>10.1f}{peak:>9}{mfu:>8}")
+    by = {(r.library, r.precision): r for r in results}
+    for precision in args.precision:
+        ref = by.get(("laion-clap 1.1.7", precision))
+        ours = [r for r in results if r.precision == precision and r.library.startswith("clapkit")]
+        if ref:
+            for r in ours:
+                mem = (f", peak memory x{r.peak_memory_gb / ref.peak_memory_gb:.2f}"
+                       if r.peak_memory_gb and ref.peak_memory_gb else "")
+                print(f"{precision}: {r.library} vs reference: training x{r.train_samples_per_s / ref.train_samples_per_s:.2f}, "
+                      f"embedding x{r.audio_embeddings_per_s / ref.audio_embeddings_per_s:.2f}{mem}")
+    if flops:
+        print(f"training FLOPs per sample (counted): {flops / 1e9:.1f} GFLOP")
+    if args.json:
+        payload = {"device": device_name, "torch": torch.__version__, "args": vars(args),
+                   "flops_per_sample": flops, "results": [asdict(r) for r in results]}
+        with open(args.json, "w") as handle:
+            json.dump(payload, handle, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v)
+    return results
+
+
+if __name__ == "__main__":
+    main()
