@@ -160,16 +160,6 @@ def test_predict_and_bf16_autocast():
     assert pred["audio"].shape == (4, 128) and pred["key"] == batch["key"]
 
 
-@pytest.mark.parametrize("name", ["synthetic.yaml", "foa_folder.yaml", "probe_synthetic.yaml"])
-def test_configs_print(name, capsys):
-    from clapkit.cli import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(CONFIGS / name), "--print_config"])
-    assert exit_info.value.code in (0, None)
-    assert "class_path" in capsys.readouterr().out
-
-
 def test_synthetic_config_fast_dev_run(tmp_path):
     from clapkit.cli import main
 
@@ -235,10 +225,14 @@ def test_avsa_learns_and_intensity_beats_logmel(one_thread):
     with_iv = _train(True, steps)
     logmel = _train(False, steps)
     # a linear probe on the frozen AVSA-trained audio encoder: class of a single source
-    probe = _probe(with_iv["task"].audio_encoder, steps=100, train_size=1600, val_size=256, batch_size=16)
+    probe_data = dict(steps=100, train_size=1600, val_size=256, batch_size=16)
+    probe = _probe(with_iv["task"].audio_encoder, **probe_data)
+    pl.seed_everything(0)
+    baseline = _probe(tiny_task().audio_encoder, **probe_data)  # same encoder, random weights
     print(f"\nval AVSA within-clip accuracy after {steps} steps (chance 0.25): intensity "
           f"{with_iv['avsa_acc']:.3f}, log-mel only {logmel['avsa_acc']:.3f}; val AVC accuracy "
-          f"{with_iv['avc_acc']:.3f} / {logmel['avc_acc']:.3f}; linear probe (8 classes) {probe:.3f}")
+          f"{with_iv['avc_acc']:.3f} / {logmel['avc_acc']:.3f}; linear probe (8 classes) {probe:.3f}, "
+          f"random-init encoder {baseline:.3f}")
     assert with_iv["avsa_acc"] >= 0.6
     assert with_iv["avsa_acc"] >= logmel["avsa_acc"] + 0.1
-    assert probe >= 0.5
+    assert probe >= baseline + 0.15
