@@ -9,6 +9,7 @@ stays fast and one broken optional dependency never takes the trainer down.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 
@@ -36,12 +37,59 @@ def _offline_defaults() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _native_model_args(argv: list[str]) -> list[str]:
+    """Rewrite ``--model DIR`` (a native clapkit model directory) into the model's own config
+    tree plus ``--weights DIR``, so ``clapkit validate --config eval.yaml --model DIR`` evaluates
+    a saved or converted model without the user copying its config by hand."""
+    from clapkit.pretrained import is_native, native_model_tree
+
+    out: list[str] = []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        value = None
+        if arg == "--model" and index + 1 < len(argv):
+            value, step = argv[index + 1], 2
+        elif arg.startswith("--model="):
+            value, step = arg.split("=", 1)[1], 1
+        if value is not None and is_native(value):
+            out += ["--model", json.dumps(native_model_tree(value)), "--weights", value]
+            index += step
+            continue
+        out.append(arg)
+        index += 1
+    return out
+
+
 def lightning_main(args: list[str] | None = None, run: bool = True):
     """Run LightningCLI (or build it without running when ``run`` is False, for tests)."""
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 
-    return LightningCLI(
+    class ClapkitCLI(LightningCLI):
+        """LightningCLI plus ``--weights``: a native model directory (or ``.safetensors`` file)
+        whose weights are loaded into the configured model before the subcommand runs."""
+
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument(
+                "--weights", type=str | None, default=None,
+                help="native clapkit model directory or .safetensors file to load into the model",
+            )
+
+        def _load_weights(self) -> None:
+            from clapkit.pretrained import load_weights_into
+
+            weights = self.config[self.subcommand].get("weights") if self.subcommand else None
+            if weights:
+                load_weights_into(self.model, weights)
+
+        before_fit = before_validate = before_test = before_predict = _load_weights
+
+    if args is not None:
+        args = _native_model_args(list(args))
+    elif any(a == "--model" or a.startswith("--model=") for a in sys.argv[1:]):
+        args = _native_model_args(sys.argv[1:])
+    return ClapkitCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
@@ -77,7 +125,8 @@ def main(args: list[str] | None = None) -> int:
         except CommandError as exc:
             print(f"clapkit {command}: error: {exc}", file=sys.stderr)
             return 2
-    lightning_main(argv)
+    # LightningCLI reads sys.argv itself when given None; passing it both warns.
+    lightning_main(None if args is None else argv)
     return 0
 
 

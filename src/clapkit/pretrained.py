@@ -363,6 +363,34 @@ def read_native_config(directory: str | os.PathLike) -> tuple[dict[str, Any], In
     return document["model"], inference
 
 
+def native_model_tree(directory: str | os.PathLike) -> dict[str, Any]:
+    """The ``model:`` tree of a native directory with its ``./`` asset paths made absolute,
+    ready for LightningCLI's ``--model``."""
+    directory = Path(directory)
+    config, _ = read_native_config(directory)
+    return _map_paths(_plain(config), lambda p: str((directory / p).resolve()))
+
+
+def read_native_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a native directory's ``model.safetensors`` (or of a ``.safetensors`` file)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    weights = path / WEIGHTS_NAME if path.is_dir() else path
+    if not weights.is_file():
+        raise PretrainedError(f"{path}: no {WEIGHTS_NAME}")
+    try:
+        return load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise PretrainedError(f"{weights}: truncated or not a safetensors file ({exc})") from None
+
+
+def load_weights_into(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a native directory's weights into an already-built ``model``, requiring full coverage."""
+    load_state_dict_strict(model, read_native_weights(path), what=str(path))
+
+
 def load_native(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any], InferenceConfig]:
     """Instantiate a native model directory: ``(module in eval mode, model config, inference)``."""
     directory = Path(directory)
@@ -371,14 +399,7 @@ def load_native(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]
     if not weights.is_file():
         raise PretrainedError(f"{directory}: no {WEIGHTS_NAME}")
     model = instantiate_model(config, resolve=lambda p: str((directory / p).resolve()))
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError) as exc:
-        raise PretrainedError(f"{weights}: truncated or not a safetensors file ({exc})") from None
-    load_state_dict_strict(model, state, what=f"{weights} (for the model in {CONFIG_NAME})")
+    load_state_dict_strict(model, read_native_weights(weights), what=f"{weights} (for the model in {CONFIG_NAME})")
     return model.eval(), config, inference
 
 
