@@ -67,3 +67,21 @@ def test_trainer_fit_and_test_on_synthetic_mixtures(tmp_path):
     trainer.fit(task, datamodule=data)
     results = trainer.test(task, datamodule=data, verbose=False)[0]
     assert {"test/si_sdri", "test/snri", "test/si_sdr"} <= set(results)
+
+
+def test_sdr_is_right_with_several_threads():
+    # torch 2.11's batched CPU LU solve breaks with >1 thread; sdr must not depend on it.
+    from clapkit.lightning_modules.sep_metrics import sdr
+
+    previous = torch.get_num_threads()
+    target = torch.randn(3, 4000)
+    estimate = target + 0.3 * torch.randn(3, 4000)
+    try:
+        torch.set_num_threads(1)
+        one = sdr(estimate, target)
+        torch.set_num_threads(2)
+        two = sdr(estimate, target)
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(one, two, rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(two).all()

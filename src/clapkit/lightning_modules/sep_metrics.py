@@ -41,7 +41,13 @@ def si_sdr(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def sdr(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """BSS-eval style SDR in dB per row (torchmetrics, 512-tap filter, computed in float64)."""
-    return signal_distortion_ratio(estimate.double(), target.double()).float()
+    estimate, target = estimate.double(), target.double()
+    if estimate.device.type == "cpu" and estimate.dim() > 1 and estimate.shape[0] > 1:
+        # torch 2.11's CPU batched LU solve (MKL) returns invalid pivots with more than one
+        # thread; one row at a time is correct and costs little next to the 512-tap solve.
+        rows = [signal_distortion_ratio(e[None], t[None]) for e, t in zip(estimate, target)]
+        return torch.cat(rows).float()
+    return signal_distortion_ratio(estimate, target).float()
 
 
 #: Reported metrics: name -> per-row metric. Improvements are taken against the mixture.
