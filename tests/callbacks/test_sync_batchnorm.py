@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -65,19 +66,16 @@ def test_single_process_matches_batchnorm():
     torch.testing.assert_close(synced[1].running_var, plain[1].running_var)
 
 
-@pytest.fixture
-def one_thread():
-    # Forked children must not enter an OpenMP pool the parent already started (they hang);
-    # with one thread, PyTorch runs its kernels inline.
-    threads = torch.get_num_threads()
+def _run_workers(out_dir: str) -> None:
+    # A fresh interpreter forks the two ranks: forking pytest itself is unsafe once other tests
+    # started threads (OpenMP pools, W&B's service) whose locks the children would inherit.
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    mp.start_processes(_worker, args=(2, _free_port(), out_dir), nprocs=2, join=True, start_method="fork")
 
 
-def test_two_gloo_processes_match_one_process(tmp_path, one_thread):
-    # fork: the children inherit the imported modules instead of re-importing torch and Lightning
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+def test_two_gloo_processes_match_one_process(tmp_path):
+    done = subprocess.run([sys.executable, __file__, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
     reference = _model()
     (reference(_data()).square().sum() / 8.0).backward()
     for rank in range(2):
@@ -86,3 +84,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, one_thread):
             torch.testing.assert_close(g, p.grad, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(got["mean"], reference[1].running_mean)
         torch.testing.assert_close(got["var"], reference[1].running_var)
+
+
+if __name__ == "__main__":
+    _run_workers(sys.argv[1])
