@@ -133,6 +133,7 @@ class CheckpointFormat(ABC):
 CHECKPOINT_FORMATS: dict[str, str] = {
     "laion-clap": "clapkit.interop.laion_clap:CHECKPOINT_FORMAT",
     "msclap": "clapkit.interop.msclap:CHECKPOINT_FORMAT",
+    "audioclip": "clapkit.interop.audioclip:CHECKPOINT_FORMAT",
 }
 
 
