@@ -5,8 +5,18 @@ Each is enabled from YAML (see ``configs/overlays/``), never hard-wired into a m
 
 from clapkit.callbacks.compile import ChannelsLast, TorchCompile
 from clapkit.callbacks.config_saver import RunConfigSaver
+from clapkit.callbacks.data_health import DataHealth
 from clapkit.callbacks.sync_batchnorm import GlobalBatchNorm, PortableSyncBatchNorm
 from clapkit.callbacks.throughput import Throughput
 from clapkit.callbacks.wandb_media import WandbMedia
 
-__all__ = ["ChannelsLast", "GlobalBatchNorm", "PortableSyncBatchNorm", "RunConfigSaver", "Throughput", "TorchCompile", "WandbMedia"]
+__all__ = [
+    "ChannelsLast",
+    "DataHealth",
+    "GlobalBatchNorm",
+    "PortableSyncBatchNorm",
+    "RunConfigSaver",
+    "Throughput",
+    "TorchCompile",
+    "WandbMedia",
+]

@@ -74,7 +74,9 @@ class PANNEncoder(AudioEncoder):
             its logits are returned in ``extras["clipwise_logits"]``).
         spec_augment: apply SpecAugment-style time/frequency masking while training
             (two 64-frame time stripes and two 8-bin frequency stripes, as in the reference).
-        dropout: dropout after each conv block (0.2 in the reference); the head uses 0.5.
+        dropout: dropout after each conv block (0.2 in the reference).
+        head_dropout: dropout before and after ``fc1`` (0.5 in the reference); 0 makes
+            training deterministic across ranks (each rank draws its own masks).
         fusion: LAION-CLAP's ``aff_2d`` feature fusion: clips longer than the window become
             a global view + 3 crops (:mod:`clapkit.encoders.fusion`); the crops go through
             ``mel_conv2d`` (5x5 conv, stride (6, 2), BN, ReLU) and are merged into the first
@@ -97,6 +99,7 @@ class PANNEncoder(AudioEncoder):
         classes_num: int = 527,
         spec_augment: bool = False,
         dropout: float = 0.2,
+        head_dropout: float = 0.5,
         fusion: bool = False,
         clip_samples: int | None = None,
         pad_mode: PadMode = "repeatpad",
@@ -114,6 +117,7 @@ class PANNEncoder(AudioEncoder):
         channels = [max(c // divisor, 4) for c in self.SPEC.channels]
         self.pools = self.SPEC.pools
         self.dropout = dropout
+        self.head_dropout = head_dropout
         self.bn0 = nn.BatchNorm2d(self.frontend.n_mels)
         in_channels = 1
         for index, out_channels in enumerate(channels, start=1):
@@ -176,9 +180,9 @@ class PANNEncoder(AudioEncoder):
         x = x.mean(dim=3)  # over mel bins -> [B, C, T']
         frames = x.transpose(1, 2)
         x = x.amax(dim=2) + x.mean(dim=2)
-        x = F.dropout(x, p=0.5, training=self.training)
+        x = F.dropout(x, p=self.head_dropout, training=self.training)
         hidden = F.relu(self.fc1(x))
-        embedding = F.dropout(hidden, p=0.5, training=self.training)
+        embedding = F.dropout(hidden, p=self.head_dropout, training=self.training)
         return EncoderOutput(
             embedding=embedding,
             features=features,
