@@ -38,9 +38,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from clapkit.datamodules.augment import WaveformAugment
 from clapkit.datamodules.base import Sample, collate_samples
 from clapkit.datamodules.pipeline import AudioPolicy, Skipped
-from clapkit.datamodules.shards import ShardSource, resolve
 from clapkit.datamodules.synthetic import ALL_CLASSES, SPLIT_CODES, SyntheticSoundCorpus
-from clapkit.datamodules.webdataset import EpochLoader, ShardDataModule, ShardStream
+from clapkit.datamodules.webdataset import ShardDataModule, ShardStream
 
 log = logging.getLogger(__name__)
 
@@ -186,28 +185,10 @@ class AudioImageTextShardDataModule(ShardDataModule):
         self.augment = augment
         self.num_video_frames = num_video_frames
 
-    def setup(self, stage: str | None = None) -> None:
-        for split, spec in self.specs.items():
-            if spec is None or split in self.streams:
-                continue
-            specs = [spec] if isinstance(spec, (str, ShardSource)) else list(spec)
-            self.streams[split] = AudioImageTextShardStream(
-                [resolve(s) for s in specs], self.audio, self.batch_size,
-                stage="train" if split == "train" else "eval",
-                samples_per_epoch=self.samples_per_epoch if split == "train" else None,
-                shuffle_buffer=self.shuffle_buffer, seed=self.seed, text_fields=self.text_fields,
-                tag_field=self.tag_field, tag_index=self._tag_index,
-                num_classes=len(self.class_names) if self._tag_index else None,
-                image_size=self.image_size, augment=self.augment, num_video_frames=self.num_video_frames,
-            )
-        super().setup(stage)
+    stream_class = AudioImageTextShardStream
 
-    def _loader(self, split: str) -> DataLoader:
-        self.setup()
-        if split not in self.streams:
-            raise ValueError(f"AudioImageTextShardDataModule: no {split!r} shards configured")
-        return EpochLoader(self.streams[split], batch_size=None, num_workers=self.num_workers,
-                           pin_memory=True, prefetch_factor=4 if self.num_workers else None)
+    def stream_kwargs(self) -> dict:
+        return {"image_size": self.image_size, "augment": self.augment, "num_video_frames": self.num_video_frames}
 
 
 # ----------------------------------------------------------------------- synthetic

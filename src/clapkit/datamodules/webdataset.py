@@ -357,18 +357,25 @@ class ShardDataModule(LightningDataModule):
                                **{n: i for i, n in enumerate(self.class_names)}}
         self.streams: dict[str, ShardStream] = {}
 
+    stream_class: type[ShardStream] = ShardStream
+
+    def stream_kwargs(self) -> dict:
+        """Extra keyword arguments for :attr:`stream_class` (subclasses add their modality's)."""
+        return {}
+
     def setup(self, stage: str | None = None) -> None:
         for split, spec in self.specs.items():
             if spec is None or split in self.streams:
                 continue
             specs = [spec] if isinstance(spec, (str, ShardSource)) else list(spec)
-            self.streams[split] = ShardStream(
+            self.streams[split] = self.stream_class(
                 [resolve(s) for s in specs], self.audio, self.batch_size,
                 stage="train" if split == "train" else "eval",
                 samples_per_epoch=self.samples_per_epoch if split == "train" else None,
                 shuffle_buffer=self.shuffle_buffer, seed=self.seed, text_fields=self.text_fields,
                 tag_field=self.tag_field, tag_index=self._tag_index,
                 num_classes=len(self.class_names) if self._tag_index else None,
+                **self.stream_kwargs(),
             )
         trainer = getattr(self, "trainer", None)
         for stream in self.streams.values():
@@ -379,7 +386,7 @@ class ShardDataModule(LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         self.setup()
         if split not in self.streams:
-            raise ValueError(f"ShardDataModule: no {split!r} shards configured")
+            raise ValueError(f"{type(self).__name__}: no {split!r} shards configured")
         return EpochLoader(self.streams[split], batch_size=None, num_workers=self.num_workers,
                            pin_memory=torch.cuda.is_available(), prefetch_factor=4 if self.num_workers else None,
                            epoch_fn=self._trainer_epoch if getattr(self, "trainer", None) is not None else None)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from clapkit.encoders.base import EncoderOutput, ImageEncoder, TextEncoder, module_device
+from clapkit.interop.keymap import read_state_dict
 
 # OpenAI CLIP image normalisation (also open_clip's OPENAI_DATASET_MEAN / STD).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -63,29 +64,7 @@ def load_clip_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Accepts safetensors, a ``torch.save`` dict (``weights_only=True``), or a TorchScript archive
     (OpenAI's released ``RN50.pt``). Unwraps ``state_dict``/``model`` nesting and ``module.``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: CLIP weights file not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            try:
-                state = torch.jit.load(str(path), map_location="cpu").state_dict()
-            except Exception:
-                raise ValueError(
-                    f"{path}: not a weights-only checkpoint or TorchScript archive ({exc})"
-                ) from None
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return read_state_dict(path, "CLIP weights", torchscript=True)
 
 
 def _subset(state: dict[str, torch.Tensor], keep) -> dict[str, torch.Tensor]:

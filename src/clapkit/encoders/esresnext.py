@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -38,6 +37,7 @@ from torchvision.models.resnet import Bottleneck
 
 from clapkit.encoders.base import AudioEncoder, EncoderOutput
 from clapkit.encoders.fbsp import FBSPSpectrogram
+from clapkit.interop.keymap import read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +53,7 @@ def load_audio_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     checkpoints and native ``model.safetensors`` (``towers.audio.encoder.*`` or ``encoder.*``).
     The reference's ``fbsp.*`` and ``window`` keys move under ``frontend.``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: audio weights file not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"{path}: not a weights-only checkpoint ({str(exc).splitlines()[0]})") from None
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    state = read_state_dict(path, "audio weights")
     for prefix in _AUDIO_PREFIXES:
         if any(k.startswith(prefix + "conv1.") for k in state):
             state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -21,6 +21,7 @@ from torch import nn
 from clapkit.audio.foa import encode_mono, energy_density, intensity_vector
 from clapkit.encoders.base import AudioEncoder, EncoderOutput, ImageEncoder
 from clapkit.encoders.frontends import fp32
+from clapkit.interop.keymap import read_state_dict
 
 
 class FOAFeatures(nn.Module):
@@ -102,12 +103,9 @@ def load_encoder_state(path: str | Path, prefix: str) -> dict[str, torch.Tensor]
         ValueError: naming the file when it holds no entry under ``prefix``.
     """
     path = Path(path)
+    state = read_state_dict(path, "encoder weights")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint.get("state_dict", checkpoint)
+        return state
     picked = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
     if not picked:
         raise ValueError(f"{path}: no weights under '{prefix}' (is it a SpatialAlignmentTask checkpoint?)")

@@ -16,15 +16,17 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import os
 import re
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from clapkit.pretrained import PretrainedError
+from clapkit.pretrained import PretrainedError, read_checkpoint
 
 #: Keys no clapkit module stores and no official file needs: buffers transformers and the
 #: Swin/HTSAT code recompute from the configuration.
@@ -91,6 +93,40 @@ def unwrap_state_dict(checkpoint: Any, prefixes: tuple[str, ...] = ("module.",))
                 state = {k[len(prefix):]: v for k, v in state.items()}
                 changed = True
     return state
+
+
+def read_state_dict(path: str | os.PathLike, what: str = "weights", torchscript: bool = False) -> dict[str, torch.Tensor]:
+    """The flat state dict in a local weights file, whatever wraps it.
+
+    Reads ``.safetensors`` or a ``torch.save`` file (``weights_only=True``, via
+    :func:`clapkit.pretrained.read_checkpoint`), then :func:`unwrap_state_dict` (Lightning
+    ``state_dict``, ``model``, ``module.`` prefixes). With ``torchscript``, a TorchScript archive
+    (OpenAI's released CLIP ``.pt`` files) is read through ``torch.jit.load`` as a fallback.
+
+    Raises:
+        FileNotFoundError: no file at ``path`` (the message says which ``what``).
+        PretrainedError: the file is truncated, not a checkpoint, or holds no tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        checkpoint = read_checkpoint(path)
+    except PretrainedError as error:
+        if not torchscript:
+            raise
+        try:
+            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        except Exception:
+            raise PretrainedError(f"{error} (nor a TorchScript archive)") from None
+    try:
+        return unwrap_state_dict(checkpoint)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
 
 
 @dataclass

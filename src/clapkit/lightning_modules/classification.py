@@ -30,6 +30,8 @@ from torchmetrics.classification import (
     MultilabelAveragePrecision,
 )
 
+from clapkit.lightning_modules.optim import optimizers_from_factories
+
 
 def _default_optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
@@ -200,12 +202,5 @@ class ClassificationTask(pl.LightningModule):
         return {"key": batch.get("key"), "probs": probs}
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": self.scheduler_monitor},
-        }
+        return optimizers_from_factories(self, self.optimizer_factory, self.scheduler_factory,
+                                         monitor=self.scheduler_monitor)

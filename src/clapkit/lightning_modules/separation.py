@@ -27,6 +27,7 @@ from torchmetrics import MeanMetric
 
 from clapkit.encoders.separation.query import QueryNetwork, build_condition, interpolate_queries
 from clapkit.encoders.separation.separator import CLAPSep, SeparationOutput
+from clapkit.lightning_modules.optim import optimizers_from_factories
 from clapkit.lightning_modules.sep_metrics import METRICS, separation_loss, separation_metrics
 
 QuerySides = Literal["both", "positive", "negative"]
@@ -206,15 +207,8 @@ class SeparationTask(pl.LightningModule):
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor, "interval": "epoch"},
-        }
+        return optimizers_from_factories(self, self.optimizer_factory, self.scheduler_factory,
+                                         monitor=self.monitor, interval="epoch")
 
 
 def _compact_buffers(module: nn.Module) -> None:

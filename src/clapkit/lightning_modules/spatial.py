@@ -33,6 +33,7 @@ from torch import nn
 from clapkit.audio.foa import rotate_to_front
 from clapkit.audio.sphere import gnomonic_crop
 from clapkit.encoders.projection import MLPProjection
+from clapkit.lightning_modules.optim import optimizers_from_factories
 
 
 def _default_optimizer(params) -> torch.optim.Optimizer:
@@ -268,7 +269,4 @@ class SpatialAlignmentTask(pl.LightningModule):
         return {"key": batch.get("key"), "audio": F.normalize(self.heads["avc_audio"](audio), dim=-1)}
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+        return optimizers_from_factories(self, self.optimizer_factory, self.scheduler_factory)
