@@ -282,6 +282,17 @@ class PatchEmbed(nn.Module):
         return self.norm(out.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, d, h, w)
 
 
+def swin_init(module: nn.Module) -> None:
+    """Swin/HTSAT initialisation (for ``Module.apply``): truncated-normal linears, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
 class HTSAT(AudioEncoder):
     """Hierarchical Token-Semantic Audio Transformer, LAION-CLAP's main audio tower.
 
@@ -370,17 +381,7 @@ class HTSAT(AudioEncoder):
         self.final_grid = grid // 2 ** (len(g.depths) - 1)
         self.tscam_conv = nn.Conv2d(self.num_features, classes_num,
                                     kernel_size=(self.final_grid // self.freq_ratio, 3), padding=(0, 1))
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(swin_init)
 
     @property
     def output_dim(self) -> int:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from clapkit.interop.keymap import CheckpointError, KeyMap, unwrap_state_dict
+from clapkit.interop.laion_clap import audio_branch_rules
 
 ENC = "separator.encoder"
 DEC = "separator.decoder"
@@ -52,9 +53,7 @@ def clapsep_key_map(task_keys: Mapping[str, Any]) -> KeyMap:
         # tuned HTSAT copy: loralib -> peft names
         (r"audio_branch\.(.+)\.attn\.(qkv|proj)\.lora_(A|B)", rf"{ENC}.\1.attn.\2.lora_\3.default.weight"),
         (r"audio_branch\.(.+)\.attn\.(qkv|proj)\.(weight|bias)", rf"{ENC}.\1.attn.\2.base_layer.\3"),
-        (r"audio_branch\.spectrogram_extractor\.stft\.conv_(real|imag)\.weight", rf"{ENC}.frontend.conv_\1"),
-        (r"audio_branch\.logmel_extractor\.melW", rf"{ENC}.frontend.melW"),
-        (r"audio_branch\.(.+)", rf"{ENC}.\1"),
+        *audio_branch_rules(ENC),
         # decoder
         *_film_rules("film", "bottleneck"),
         *_film_rules(r"skip\.(?P<i>\d+)", r"skips.\g<i>"),

@@ -264,6 +264,15 @@ def model_config(spec: LaionClapSpec, text_model: str = f"./{TEXT_ASSET}") -> di
     }
 
 
+def audio_branch_rules(target: str) -> list[tuple[str, str]]:
+    """Rules moving the reference's ``audio_branch.*`` (conv STFT, mel matrix, the rest as is) under ``target``."""
+    return [
+        (r"audio_branch\.spectrogram_extractor\.stft\.conv_(real|imag)\.weight", rf"{target}.frontend.conv_\1"),
+        (r"audio_branch\.logmel_extractor\.melW", rf"{target}.frontend.melW"),
+        (r"audio_branch\.(.+)", rf"{target}.\1"),
+    ]
+
+
 def key_map(spec: LaionClapSpec) -> KeyMap:
     """The explicit official -> clapkit key map for one detected checkpoint."""
     audio = "towers.audio.encoder"
@@ -280,9 +289,7 @@ def key_map(spec: LaionClapSpec) -> KeyMap:
         )
         optional[r"^towers\.audio\.encoder\.frontend\.mel\."] = "torchaudio filterbank/window, built from the front-end config"
     rules = [
-        (r"audio_branch\.spectrogram_extractor\.stft\.conv_(real|imag)\.weight", rf"{audio}.frontend.conv_\1"),
-        (r"audio_branch\.logmel_extractor\.melW", rf"{audio}.frontend.melW"),
-        (r"audio_branch\.(.+)", rf"{audio}.\1"),
+        *audio_branch_rules(audio),
         (r"audio_projection\.(\d+)\.(weight|bias)", r"towers.audio.projection.net.\1.\2"),
         (r"text_projection\.(\d+)\.(weight|bias)", r"towers.text.projection.net.\1.\2"),
         (r"text_branch\.(.+)", r"towers.text.encoder.model.\1"),

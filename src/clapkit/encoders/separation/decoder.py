@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
-from clapkit.encoders.htsat import SwinBlock
+from clapkit.encoders.htsat import SwinBlock, swin_init
 from clapkit.encoders.separation.film import FiLM, FiLMSkip
 
 
@@ -231,12 +231,6 @@ class PatchExpandDecoder(SeparationDecoder):
 
 
 def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, FiLM):
+    swin_init(module)
+    if isinstance(module, FiLM):
         module.reset_parameters()  # apply() visits children first, so this runs last
