@@ -89,16 +89,21 @@ def lightning_main(args: list[str] | None = None, run: bool = True):
         args = _native_model_args(list(args))
     elif any(a == "--model" or a.startswith("--model=") for a in sys.argv[1:]):
         args = _native_model_args(sys.argv[1:])
-    return ClapkitCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-        auto_configure_optimizers=False,
-    )
+    # Explicit args replace the command line; LightningCLI warns when sys.argv also holds
+    # arguments (always true under `clapkit demo ...`), so it sees the program name only.
+    from unittest import mock
+
+    with mock.patch.object(sys, "argv", sys.argv[:1] if args is not None else sys.argv):
+        return ClapkitCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+            auto_configure_optimizers=False,
+        )
 
 
 def _usage() -> str:

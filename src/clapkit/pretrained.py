@@ -302,7 +302,7 @@ def save_pretrained(
     """
     directory = Path(directory)
     inference = inference if isinstance(inference, InferenceConfig) else InferenceConfig.from_dict(inference)
-    config = _portable(_model_config_of(model, model_config), assets or {})
+    config = _portable(model_config_of(model, model_config), assets or {})
     if directory.exists() and not overwrite and (not directory.is_dir() or any(directory.iterdir())):
         raise PretrainedError(f"{directory}: already exists (pass overwrite=True / --overwrite to replace it)")
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -392,15 +392,20 @@ def load_weights_into(model: nn.Module, path: str | os.PathLike) -> None:
     load_state_dict_strict(model, read_native_weights(path), what=str(path))
 
 
-def load_native(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any], InferenceConfig]:
-    """Instantiate a native model directory: ``(module in eval mode, model config, inference)``."""
+def load_native(directory: str | os.PathLike, load_weights: bool = True) -> tuple[nn.Module, dict[str, Any], InferenceConfig]:
+    """Instantiate a native model directory: ``(module in eval mode, model config, inference)``.
+
+    With ``load_weights=False`` only ``config.yaml`` (and its assets) are read: for a model
+    nested in a larger one whose own ``model.safetensors`` carries every weight.
+    """
     directory = Path(directory)
     config, inference = read_native_config(directory)
     weights = directory / WEIGHTS_NAME
-    if not weights.is_file():
+    if load_weights and not weights.is_file():
         raise PretrainedError(f"{directory}: no {WEIGHTS_NAME}")
     model = instantiate_model(config, resolve=lambda p: str((directory / p).resolve()))
-    load_state_dict_strict(model, read_native_weights(weights), what=f"{weights} (for the model in {CONFIG_NAME})")
+    if load_weights:
+        load_state_dict_strict(model, read_native_weights(weights), what=f"{weights} (for the model in {CONFIG_NAME})")
     return model.eval(), config, inference
 
 
@@ -450,7 +455,8 @@ def load(
 # --------------------------------------------------------------------------- helpers
 
 
-def _model_config_of(model: nn.Module, model_config) -> dict[str, Any]:
+def model_config_of(model: nn.Module, model_config: Mapping[str, Any] | str | os.PathLike | None) -> dict[str, Any]:
+    """The ``class_path``/``init_args`` tree of ``model`` (see :func:`save_pretrained`'s ``model_config``)."""
     if isinstance(model_config, (str, os.PathLike)):
         document = yaml.safe_load(Path(model_config).read_text())
         if not isinstance(document, dict) or "model" not in document:

@@ -119,3 +119,30 @@ def save_tiny_model(directory) -> None:
     inference = InferenceConfig(sample_rate=SAMPLE_RATE, clip_samples=int(SAMPLE_RATE * CLIP_SECONDS), pad="pad",
                                 crop="start")
     save_pretrained(task, directory, inference, model_config=config)
+
+
+def tiny_clap_config() -> dict:
+    """``class_path`` tree of the CLAP behind :func:`tiny_query_network` (a ``ContrastiveTask``)."""
+    query = tiny_model_config()["init_args"]["query"]["init_args"]
+    return {"class_path": "clapkit.lightning_modules.contrastive.ContrastiveTask",
+            "init_args": {"towers": {"audio": query["audio"], "text": query["text"]}, "pairs": [["audio", "text"]]}}
+
+
+def save_tiny_clap(directory, seed: int = 0):
+    """A tiny random HTSAT CLAP in clapkit's native format: the query network of a separator."""
+    from clapkit.pretrained import InferenceConfig, instantiate_model, save_pretrained
+
+    torch.manual_seed(seed)
+    config = tiny_clap_config()
+    task = instantiate_model(config)
+    inference = InferenceConfig(sample_rate=48000, clip_samples=int(48000 * CLIP_SECONDS), pad="pad")
+    return save_pretrained(task, directory, inference, config)
+
+
+def pretrained_separator_config(clap_dir) -> dict:
+    """:func:`tiny_model_config` with its query network read from the CLAP directory ``clap_dir``."""
+    config = tiny_model_config()
+    config["init_args"]["query"] = {"class_path": "clapkit.encoders.separation.PretrainedQueryNetwork",
+                                    "init_args": {"path": str(clap_dir)}}
+    config["init_args"]["export_chunk_seconds"] = CLIP_SECONDS  # what `clapkit separate` cuts inputs into
+    return config

@@ -1,16 +1,24 @@
 """Convert an official checkpoint to clapkit's native format (config.yaml + model.safetensors).
 
-FORMAT is the checkpoint family: ``laion-clap`` (the 630k/music/speech ``.pt`` files) or
-``msclap`` (``CLAP_weights_2022.pth`` / ``CLAP_weights_2023.pth``); ``auto`` detects it from the
-keys. The audio model, fusion and text tower are read from the checkpoint's keys and shapes.
+FORMAT is the checkpoint family: ``laion-clap`` (the 630k/music/speech ``.pt`` files),
+``msclap`` (``CLAP_weights_2022.pth`` / ``CLAP_weights_2023.pth``), ``audioclip``
+(``AudioCLIP-*.pt``); ``auto`` detects it from the keys. The audio model, fusion and text tower are read from the checkpoint's keys and shapes.
 ``--text-model`` is the local directory holding the text tower's Hugging Face tokenizer and
 config (``roberta-base`` for LAION-CLAP, ``bert-base-uncased`` for MS-CLAP 2022, ``gpt2`` for
 MS-CLAP 2023); its tokenizer and config are copied into the output, the weights come from the
 checkpoint. Every checkpoint weight must be used and every model weight filled, or the command
 fails listing both. Checkpoints are read with ``torch.load(weights_only=True)``.
 
+``clapsep`` converts the released CLAPSep separator (``best_model.ckpt``) instead: the model
+is built from ``--config`` (a LightningCLI config such as ``configs/clapsep/base.yaml`` whose
+query network names a converted LAION-CLAP directory), the checkpoint is loaded into it with
+full key coverage, and the result is a self-contained directory for ``clapkit separate``.
+
 example:
   clapkit convert laion-clap 630k-audioset-best.pt --text-model hf/roberta-base -o models/clap
+  clapkit convert laion-clap music_audioset_epoch_15_esc_90.14.pt --text-model hf/roberta-base \
+      -o checkpoints/clap_htsat_base
+  clapkit convert clapsep best_model.ckpt --config configs/clapsep/base.yaml -o models/clapsep
 """
 
 from __future__ import annotations
@@ -24,9 +32,11 @@ def build_parser():
     from clapkit.pretrained import CHECKPOINT_FORMATS
 
     parser = _shared.make_parser("convert", __doc__)
-    parser.add_argument("format", choices=[*CHECKPOINT_FORMATS, "auto"], help="checkpoint family")
+    parser.add_argument("format", choices=[*CHECKPOINT_FORMATS, "clapsep", "auto"], help="checkpoint family")
     parser.add_argument("checkpoint", help="official checkpoint file")
-    parser.add_argument("--text-model", required=True, help="local directory with the text tower's tokenizer and config")
+    parser.add_argument("--text-model", help="local directory with the text tower's tokenizer and config "
+                        "(CLAP and AudioCLIP formats)")
+    parser.add_argument("--config", help="clapsep: LightningCLI config whose model section builds the separator")
     parser.add_argument("-o", "--output", required=True, help="model directory to create")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     parser.add_argument("--trust-checkpoint", action="store_true",
@@ -38,10 +48,17 @@ def build_parser():
 def main(argv: list[str]) -> int:
     from clapkit.pretrained import PretrainedError, convert_checkpoint, save_converted
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     output = Path(args.output)
     if output.exists() and not args.overwrite and (not output.is_dir() or any(output.iterdir())):
         raise CommandError(f"{output}: already exists (pass --overwrite to replace it)")
+    if args.format == "clapsep":
+        if args.config is None:
+            parser.error("clapsep needs --config (the separator's LightningCLI config)")
+        return _convert_clapsep(args)
+    if args.text_model is None:
+        parser.error(f"{args.format} needs --text-model")
     try:
         converted = convert_checkpoint(args.checkpoint, format=None if args.format == "auto" else args.format,
                                        text_model=args.text_model, trust_pickle=args.trust_checkpoint)
@@ -50,4 +67,28 @@ def main(argv: list[str]) -> int:
         raise CommandError(str(exc)) from None
     if not args.quiet:
         _shared.eprint(f"{args.checkpoint}: {converted.description} -> {out}")
+    return 0
+
+
+def _convert_clapsep(args) -> int:
+    import yaml
+
+    from clapkit.interop.clapsep import load_clapsep
+    from clapkit.pretrained import PretrainedError, instantiate_model
+
+    config_path = Path(args.config)
+    try:
+        document = yaml.safe_load(config_path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CommandError(f"{config_path}: cannot read the config ({str(exc).splitlines()[0]})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("model"), dict):
+        raise CommandError(f"{config_path}: no 'model' section")
+    try:
+        task = instantiate_model(document["model"])
+        load_clapsep(args.checkpoint, task, trust_pickle=args.trust_checkpoint)
+        task.export(args.output, model_config=document["model"], overwrite=args.overwrite)
+    except (PretrainedError, FileNotFoundError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    if not args.quiet:
+        _shared.eprint(f"{args.checkpoint}: CLAPSep separator -> {args.output}")
     return 0

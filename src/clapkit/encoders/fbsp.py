@@ -31,12 +31,14 @@ from clapkit.encoders.frontends import fp32
 
 # scipy.signal.windows.blackmanharris coefficients (4-term); fftbins=True -> periodic window.
 _BLACKMAN_HARRIS = (0.35875, 0.48829, 0.14128, 0.01168)
+# Built on the CPU explicitly: under a ``torch.device("meta")`` context (shape-only model builds
+# for checkpoint conversion) general_cosine can otherwise mix meta and CPU tensors.
 _WINDOWS = {
     "blackmanharris": lambda n: torch.signal.windows.general_cosine(
-        n, a=list(_BLACKMAN_HARRIS), sym=False, dtype=torch.float64
+        n, a=list(_BLACKMAN_HARRIS), sym=False, dtype=torch.float64, device="cpu"
     ),
-    "hann": lambda n: torch.hann_window(n, periodic=True, dtype=torch.float64),
-    "boxcar": lambda n: torch.ones(n, dtype=torch.float64),
+    "hann": lambda n: torch.hann_window(n, periodic=True, dtype=torch.float64, device="cpu"),
+    "boxcar": lambda n: torch.ones(n, dtype=torch.float64, device="cpu"),
 }
 
 

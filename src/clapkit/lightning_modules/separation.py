@@ -188,11 +188,16 @@ class SeparationTask(pl.LightningModule):
         if self.export_dir and self.trainer.is_global_zero:
             self.export(self.export_dir)
 
-    def export(self, directory: str, model_config: Any = None) -> None:
-        """Save in clapkit's native format (``model_config``: the run's ``config.yaml`` by default)."""
+    def export(self, directory: str, model_config: Any = None, overwrite: bool = True) -> None:
+        """Save in clapkit's native format (``model_config``: the run's ``config.yaml`` by default).
+
+        The directory is self-contained: a query network read from a CLAP directory
+        (:class:`~clapkit.encoders.separation.PretrainedQueryNetwork`) is copied in as
+        ``query_clap/`` without its weights, which this model's ``model.safetensors`` holds.
+        """
         from pathlib import Path
 
-        from clapkit.pretrained import InferenceConfig, save_pretrained
+        from clapkit.pretrained import InferenceConfig, model_config_of, save_pretrained
 
         if model_config is None:
             log_dir = getattr(self.trainer, "log_dir", None) if self._trainer is not None else None
@@ -203,7 +208,13 @@ class SeparationTask(pl.LightningModule):
         rate = self.separator.sample_rate
         inference = InferenceConfig(sample_rate=rate, clip_samples=int(round(self.export_chunk_seconds * rate)),
                                     pad="pad", crop="start")
-        save_pretrained(self, directory, inference, model_config, overwrite=True)
+        tree = model_config_of(self, model_config)
+        clap_dir = getattr(self.query, "path", None)
+        assets = None
+        if clap_dir is not None:
+            assets = {"query_clap": clap_dir}
+            tree["init_args"]["query"].setdefault("init_args", {})["load_weights"] = False
+        save_pretrained(self, directory, inference, tree, assets=assets, overwrite=overwrite)
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -111,14 +111,18 @@ class PretrainedQueryNetwork(QueryNetwork):
     Args:
         path: native model directory of a ``ContrastiveTask`` (for example a converted
             LAION-CLAP checkpoint, see ``clapkit convert``).
+        load_weights: read the CLAP's ``model.safetensors``; ``False`` builds the towers from
+            its ``config.yaml`` alone (an exported separation model holds every weight itself
+            and a copy of the CLAP directory without weights).
         text_cache_size: see :class:`QueryNetwork`.
     """
 
-    def __init__(self, path: str, text_cache_size: int = 4096):
+    def __init__(self, path: str, load_weights: bool = True, text_cache_size: int = 4096):
         from clapkit.pretrained import load_native
 
-        model, _, _ = load_native(path)
+        model, _, _ = load_native(path, load_weights=load_weights)
         towers = getattr(model, "towers", None)
         if towers is None or "audio" not in towers or "text" not in towers:
             raise ValueError(f"{path}: expected a CLAP with 'audio' and 'text' towers, got {type(model).__name__}")
         super().__init__(audio=towers["audio"], text=towers["text"], text_cache_size=text_cache_size)
+        self.path = path
