@@ -109,3 +109,18 @@ def test_training_replaces_bad_clips_and_counts_them(tmp_path):
     assert not {k for b in batches for k in b["key"]} & set(broken)
     # every index is visited once per epoch, so each broken clip is met (and counted) at least once
     assert sum(b["skipped"].get("unreadable", 0) for b in batches) >= len(broken)
+
+
+def test_augment_applies_to_training_clips_only(tmp_path):
+    from clapkit.datamodules.augment import WaveformAugment
+    from clapkit.datamodules.clips import ClipDataset
+
+    write_esc50(tmp_path)
+    flip = WaveformAugment(length=8000, flip_p=1.0, max_scale=1.0, noise_p=0.0)  # time reversal only
+    dm = ESC50DataModule(str(tmp_path), test_folds=[1], audio=POLICY, batch_size=4, num_workers=0, augment=flip)
+    train_set = dm.train_dataloader().dataset
+    assert train_set.augment is flip and dm.val_dataloader().dataset.augment is None
+    records = dm.sets["fit"].records
+    plain = ClipDataset(records, POLICY, "train")
+    for index in range(3):  # same crop (same per-index generator), then reversed
+        assert (train_set[index].waveform == plain[index].waveform[::-1]).all()

@@ -26,6 +26,7 @@ from typing import Literal
 
 from torch.utils.data import Sampler
 
+from clapkit.datamodules.augment import WaveformAugment
 from clapkit.datamodules.captions import CaptionMaker, CaptionTemplate, load_keyword_captions
 from clapkit.datamodules.clips import ClipDataModule, ClipRecord, ClipSet, LayoutError, read_csv
 from clapkit.datamodules.pipeline import AudioPolicy
@@ -141,6 +142,7 @@ class AudioSetDataModule(ClipDataModule):
         batch_size: clips per batch.
         num_workers: decoding worker processes.
         eval_captions: also attach captions to evaluation batches.
+        augment: waveform augmentation of training clips (AudioCLIP's policy); ``None``: off.
     """
 
     def __init__(
@@ -163,8 +165,9 @@ class AudioSetDataModule(ClipDataModule):
         batch_size: int = 32,
         num_workers: int = 4,
         eval_captions: bool = False,
+        augment: WaveformAugment | None = None,
     ):
-        super().__init__(audio, batch_size, num_workers, eval_captions)
+        super().__init__(audio, batch_size, num_workers, eval_captions, augment)
         self.root = Path(root)
         self.train_segments, self.train_audio_dir = train_segments, train_audio_dir
         self.val_segments, self.val_audio_dir = val_segments, val_audio_dir

@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from clapkit.datamodules.augment import WaveformAugment
 from clapkit.datamodules.pipeline import AudioPolicy, Skipped, Stage, collate_with_skips, worker_rng
 
 
@@ -74,11 +75,13 @@ class ClipDataset(Dataset):
         stage: ``train`` (random crops) or ``eval`` (deterministic crops).
         with_text: attach captions (``False`` turns a labelled set into a pure zero-shot set).
         max_replacements: training only: random stand-ins tried for a bad clip before giving up.
+        augment: training only: waveform augmentation applied after decoding.
     """
 
     def __init__(self, records: list[ClipRecord], audio: AudioPolicy, stage: Stage, with_text: bool = True,
-                 max_replacements: int = 8):
+                 max_replacements: int = 8, augment: WaveformAugment | None = None):
         self.records = records
+        self.augment = augment
         self.audio = audio
         self.stage = stage
         self.with_text = with_text
@@ -98,6 +101,8 @@ class ClipDataset(Dataset):
             item = self._load(index, rng)
             if not isinstance(item, Skipped):
                 item.meta["replaced"] = replaced
+                if self.augment is not None:
+                    item.waveform = self.augment(item.waveform, train=True, rng=rng)
                 return item
             replaced.append(item.reason)
             index = int(rng.integers(len(self.records)))
@@ -126,6 +131,7 @@ class ClipDataModule(LightningDataModule):
         num_workers: DataLoader worker processes (decoding runs there).
         eval_captions: also attach captions to validation/test batches of a labelled set
             (turns on retrieval metrics besides zero-shot ones).
+        augment: waveform augmentation of training clips (AudioCLIP's policy); ``None``: off.
     """
 
     def __init__(
@@ -134,8 +140,10 @@ class ClipDataModule(LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 4,
         eval_captions: bool = False,
+        augment: WaveformAugment | None = None,
     ):
         super().__init__()
+        self.augment = augment
         self.audio = audio or AudioPolicy()
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -203,7 +211,8 @@ class ClipDataModule(LightningDataModule):
             pick_text="random" if stage == "train" else "first",
         )
         return DataLoader(
-            ClipDataset(clip_set.records, self.audio, stage, with_text=with_text),
+            ClipDataset(clip_set.records, self.audio, stage, with_text=with_text,
+                        augment=self.augment if stage == "train" else None),
             batch_size=self.batch_size,
             shuffle=shuffle,
             sampler=sampler,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from clapkit.datamodules.augment import WaveformAugment
 from clapkit.datamodules.captions import CaptionTemplate, pretty_name
 from clapkit.datamodules.clips import (
     ClipDataModule,
@@ -143,6 +144,7 @@ class ESC50DataModule(ClipDataModule):
         batch_size: clips per batch.
         num_workers: decoding worker processes.
         eval_captions: also attach captions to evaluation batches (retrieval metrics).
+        augment: waveform augmentation of training clips (AudioCLIP's policy); ``None``: off.
     """
 
     def __init__(
@@ -156,8 +158,9 @@ class ESC50DataModule(ClipDataModule):
         batch_size: int = 32,
         num_workers: int = 4,
         eval_captions: bool = False,
+        augment: WaveformAugment | None = None,
     ):
-        super().__init__(audio, batch_size, num_workers, eval_captions)
+        super().__init__(audio, batch_size, num_workers, eval_captions, augment)
         self.root, self.esc10, self.template = root, esc10, template
         self.test_folds = test_folds or [1, 2, 3, 4, 5]
         self.train_folds = train_folds
@@ -179,6 +182,7 @@ class UrbanSound8KDataModule(ClipDataModule):
         batch_size: clips per batch.
         num_workers: decoding worker processes.
         eval_captions: also attach captions to evaluation batches.
+        augment: waveform augmentation of training clips (AudioCLIP's policy); ``None``: off.
     """
 
     def __init__(
@@ -191,8 +195,9 @@ class UrbanSound8KDataModule(ClipDataModule):
         batch_size: int = 32,
         num_workers: int = 4,
         eval_captions: bool = False,
+        augment: WaveformAugment | None = None,
     ):
-        super().__init__(audio, batch_size, num_workers, eval_captions)
+        super().__init__(audio, batch_size, num_workers, eval_captions, augment)
         self.root, self.template = root, template
         self.test_folds = test_folds or list(range(1, 11))
         self.train_folds = train_folds
@@ -211,6 +216,7 @@ class FSD50KDataModule(ClipDataModule):
         batch_size: clips per batch.
         num_workers: decoding worker processes.
         eval_captions: also attach captions to evaluation batches.
+        augment: waveform augmentation of training clips (AudioCLIP's policy); ``None``: off.
     """
 
     def __init__(
@@ -221,8 +227,9 @@ class FSD50KDataModule(ClipDataModule):
         batch_size: int = 32,
         num_workers: int = 4,
         eval_captions: bool = False,
+        augment: WaveformAugment | None = None,
     ):
-        super().__init__(audio, batch_size, num_workers, eval_captions)
+        super().__init__(audio, batch_size, num_workers, eval_captions, augment)
         self.root, self.template = root, template
 
     def build_sets(self) -> dict[str, ClipSet]:
