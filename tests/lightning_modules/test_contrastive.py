@@ -240,3 +240,25 @@ def test_several_sets_of_the_same_kind_get_their_names_appended():
     merged = {k: v for m in metrics for k, v in m.items()}
     assert {"val/t2a_R@1/clotho", "val/t2a_R@1/audiocaps", "val/loss", "val/loss/audiocaps"} <= set(merged)
     assert "val/t2a_R@1" not in merged
+
+
+def test_batches_whose_every_clip_was_bad_are_skipped_in_training_and_evaluation():
+    from clapkit.datamodules.pipeline import Skipped, collate_with_skips
+
+    empty = collate_with_skips([Skipped("corrupt", "a"), Skipped("empty", "b")])
+    assert empty["audio"].shape[0] == 0 and empty["skipped"] == {"corrupt": 1, "empty": 1}
+
+    class WithBadBatches(EvalData):
+        def val_dataloader(self):
+            return [_loader([*self.retrieval, empty]), _loader([empty, *self.zeroshot])]
+
+        def train_dataloader(self):
+            return _loader([tiny_batch(6, seed=0), empty, tiny_batch(6, seed=1)])
+
+    task = ContrastiveTask(tiny_towers())
+    trainer = _trainer(max_epochs=1)
+    trainer.fit(task, datamodule=WithBadBatches())  # the empty batch gives no loss and no gradient
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    clean = _trainer().validate(ContrastiveTask(tiny_towers()), datamodule=EvalData(), verbose=False)
+    bad = _trainer().validate(ContrastiveTask(tiny_towers()), datamodule=WithBadBatches(), verbose=False)
+    assert set(bad[0]) == set(clean[0]) and "val/zeroshot_top1" in bad[0]

@@ -85,3 +85,14 @@ def collate_samples(
         else:
             batch["label"] = torch.tensor([int(s.label) for s in samples])
     return batch
+
+
+def is_empty_batch(batch: Any) -> bool:
+    """True for a batch in which every sample was skipped as bad.
+
+    :func:`clapkit.datamodules.pipeline.collate_with_skips` keeps such a batch (its skip
+    counts are logged) with a zero-row ``audio`` and nothing else to learn from; tasks
+    return early on it instead of running the encoders on nothing.
+    """
+    audio = batch.get("audio") if isinstance(batch, dict) else None
+    return isinstance(audio, torch.Tensor) and audio.shape[0] == 0

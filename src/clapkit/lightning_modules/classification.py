@@ -30,6 +30,7 @@ from torchmetrics.classification import (
     MultilabelAveragePrecision,
 )
 
+from clapkit.datamodules.base import is_empty_batch
 from clapkit.lightning_modules.optim import optimizers_from_factories
 
 
@@ -159,7 +160,9 @@ class ClassificationTask(pl.LightningModule):
         return loss, logits, target
 
     # --- Lightning hooks -----------------------------------------------------------------------
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if is_empty_batch(batch):
+            return None  # Lightning skips the optimizer step
         loss, logits, target = self._step(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
         if not self.multi_label:
@@ -168,6 +171,8 @@ class ClassificationTask(pl.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        if is_empty_batch(batch):
+            return
         loss, logits, target = self._step(batch)
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=logits.shape[0], sync_dist=True)
         if self.multi_label:

@@ -49,6 +49,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from clapkit.datamodules.base import is_empty_batch
 from clapkit.encoders.base import AudioEncoder, TextEncoder, module_device
 from clapkit.encoders.tower import Tower
 from clapkit.lightning_modules.evaluation import ConsolidatedSet, EvalSet
@@ -300,7 +301,9 @@ class ContrastiveTask(LightningModule):
         return ContrastiveStepOutput(loss=loss, pair_losses=pair_losses, embeddings=embeddings, batch_size=batch_size)
 
     # --------------------------------------------------------------- training
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if is_empty_batch(batch):
+            return None  # Lightning skips the optimizer step
         out = self.compute_loss(batch, gather=True)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=out.batch_size)
         for name, value in out.pair_losses.items():
@@ -370,6 +373,8 @@ class ContrastiveTask(LightningModule):
         return F.normalize(torch.stack(per_template).mean(dim=0), dim=-1)
 
     def _eval_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int, stage: str) -> None:
+        if is_empty_batch(batch):
+            return
         audio_name, _ = self.eval_towers
         embeddings: dict[str, torch.Tensor] = {}
         if any(a in batch and b in batch for a, b in self.pairs):
