@@ -52,7 +52,7 @@ bench: install ## Run the CPU benchmarks (GPU ones run with DEVICE=cuda)
 	$(PY) benchmarks/frontend.py
 	$(PY) benchmarks/dataloader.py
 
-fit: install ## Train with CONFIG on this machine: make fit CONFIG=configs/clap/pretrain_shards.yaml
+fit: install ## Train with CONFIG on this machine: make fit CONFIG=configs/clap/htsat_roberta.yaml
 	$(VENV)/bin/clapkit fit --config $(CONFIG) $(ARGS)
 
 clean: ## Remove build outputs (keeps .venv)

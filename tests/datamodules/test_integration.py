@@ -79,7 +79,7 @@ def test_pretrain_config_parses(capsys):
     from clapkit.cli import lightning_main
 
     with pytest.raises(SystemExit):
-        lightning_main(["fit", "--config", str(ROOT / "configs/clap/pretrain_shards.yaml"), "--print_config"])
+        lightning_main(["fit", "--config", str(ROOT / "configs/clap/htsat_roberta.yaml"), "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)
     assert [s["weight"] for s in printed["data"]["init_args"]["train"]] == [1.0, 1.0, 2.0, 2.0]
     audio = printed["model"]["init_args"]["towers"]["audio"]["init_args"]["encoder"]
