@@ -124,6 +124,7 @@ def test_stage_a_tagger_runs_on_audioset_fixture(tmp_path):
     data = config["data"]["init_args"]
     data.update(root=str(tmp_path / "audioset"), batch_size=2, num_workers=0)
     data["audio"].update(sample_rate=8000, clip_seconds=0.25)
+    data["augment"]["length"] = 2000
     _run(config, tmp_path)
 
 
@@ -136,11 +137,16 @@ def test_stage_d_finetune_runs_per_fold(stage, tmp_path):
     config = yaml.safe_load((ROOT / f"configs/audioclip/{stage}.yaml").read_text())
     model = config["model"]["init_args"]
     model["encoder"]["init_args"].update(variant="tiny", sample_rate=8000, weights=None)
+    assert model["head"]["class_path"].endswith("TextPromptClassifier")  # AudioCLIP's text classifier
+    model["head"]["init_args"]["text"]["init_args"].update(arch="tiny", weights=None)
     model["num_classes"] = 5 if esc else 4
     data = config["data"]["init_args"]
     data.update(root=str(tmp_path / "data"), test_folds=[2], batch_size=2, num_workers=0)
     data["audio"].update(sample_rate=8000, clip_seconds=0.25)
-    _run(config, tmp_path)
+    data["augment"]["length"] = 2000
+    cli = _run(config, tmp_path)
+    names = cli.datamodule.class_names
+    assert cli.model.head.class_names == names and len(names) == model["num_classes"]
 
 
 def test_synthetic_tri_modal_fast_dev_run_reports_querying(tmp_path):

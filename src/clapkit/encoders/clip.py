@@ -71,6 +71,22 @@ def _subset(state: dict[str, torch.Tensor], keep) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if keep(k)}
 
 
+def _strip_tower_prefix(state: dict[str, torch.Tensor], tower: str, marker: str) -> dict[str, torch.Tensor]:
+    """A clapkit checkpoint's ``towers.<tower>.encoder.<attr>.*`` keys as bare CLIP keys.
+
+    Official CLIP / AudioCLIP files hold bare keys (``marker`` found at the top level) and are
+    returned unchanged; Lightning checkpoints and native files of a clapkit ``ContrastiveTask``
+    (AudioCLIP stage (c), say) hold the tower under its module path.
+    """
+    if any(k.startswith(marker) for k in state):
+        return state
+    for key in state:
+        head, found, _ = key.partition(marker)
+        if found and head.endswith(".") and f"towers.{tower}.encoder." in head:
+            return {k[len(head):]: v for k, v in state.items() if k.startswith(head)}
+    return state
+
+
 def _load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     try:
         missing, unexpected = module.load_state_dict(state, strict=False)
@@ -159,7 +175,7 @@ class CLIPTextEncoder(TextEncoder):
         self.text = _build_text_tower(self._output_dim, CLIPTextCfg(**text_cfg), quick_gelu=quick_gelu)
         self._tokenizer = None
         if weights is not None:
-            state = load_clip_state_dict(weights)
+            state = _strip_tower_prefix(load_clip_state_dict(weights), "text", "transformer.resblocks.0.")
             own = set(self.text.state_dict())
             text_state = _subset(state, lambda k: k in own)
             _load_into(self.text, text_state, str(weights))

@@ -53,6 +53,10 @@ class ClassificationTask(pl.LightningModule):
             encoder's embedding as the logits (it must then be ``num_classes`` wide, e.g. an
             ESResNeXt built with ``output_dim=527`` as the reference AudioSet tagger).
         head_dropout: dropout before the head.
+        head: a custom head ``embedding -> logits`` replacing the linear one (``use_head`` is
+            then ignored), e.g. :class:`~clapkit.encoders.prompt_head.TextPromptClassifier`
+            for AudioCLIP's fine-tuning against class-name text embeddings. A head with
+            ``set_class_names`` and no class names gets the datamodule's ``class_names``.
         input_key: batch key fed to the encoder.
         label_key: batch key of the targets.
         pass_lengths: also pass ``lengths=batch["lengths"]`` to the encoder when present
@@ -73,6 +77,7 @@ class ClassificationTask(pl.LightningModule):
         freeze_encoder: bool = False,
         use_head: bool = True,
         head_dropout: float = 0.0,
+        head: nn.Module | None = None,
         input_key: str = "audio",
         label_key: str = "label",
         pass_lengths: bool = False,
@@ -83,7 +88,7 @@ class ClassificationTask(pl.LightningModule):
         scheduler_monitor: str = "val/loss",
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["encoder", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["encoder", "head", "optimizer", "scheduler"])
         self.encoder = encoder
         self.num_classes = num_classes
         self.multi_label = multi_label
@@ -96,8 +101,10 @@ class ClassificationTask(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_monitor = scheduler_monitor
-        if use_head:
-            self.head: nn.Module = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(encoder.output_dim, num_classes))
+        if head is not None:
+            self.head: nn.Module = head
+        elif use_head:
+            self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(encoder.output_dim, num_classes))
         else:
             if encoder.output_dim != num_classes:
                 raise ValueError(
@@ -112,6 +119,17 @@ class ClassificationTask(pl.LightningModule):
             self.encoder.eval()
         self.metrics = nn.ModuleDict({stage: self._make_metrics() for stage in ("val", "test")})
         self._updated: set[str] = set()
+
+    def setup(self, stage: str) -> None:
+        if getattr(self.head, "set_class_names", None) is None or getattr(self.head, "class_names", None):
+            return
+        names = getattr(getattr(self.trainer, "datamodule", None), "class_names", None)
+        if not names:
+            raise ValueError(f"{type(self.head).__name__} needs class names: pass them to the head or use a "
+                             "datamodule with class_names")
+        if len(names) != self.num_classes:
+            raise ValueError(f"the datamodule has {len(names)} classes but num_classes is {self.num_classes}")
+        self.head.set_class_names(list(names))
 
     def _make_metrics(self) -> MetricCollection:
         if self.multi_label:
