@@ -19,7 +19,8 @@ POLICY = AudioPolicy(sample_rate=8000, clip_seconds=0.25, pad="pad", eval_crop="
 
 
 def _dm(tmp_path, **kw):
-    shards, class_index = write_av_shards(tmp_path, missing_frame=kw.pop("missing_frame", None))
+    shards, class_index = write_av_shards(tmp_path, missing_frame=kw.pop("missing_frame", None),
+                                          video=kw.pop("video", None), frames=kw.pop("frames", 3))
     return AudioImageTextShardDataModule(train=str(shards), val=str(shards), class_index=str(class_index),
                                          audio=POLICY, image_size=32, batch_size=3, num_workers=0,
                                          shuffle_buffer=2, **kw)
@@ -55,8 +56,37 @@ def test_frame_member_names():
     assert _frame_index("flac") is None and _frame_index("json") is None
 
 
-def test_video_members_need_torchcodec():
-    pytest.importorskip("torchcodec", reason="decoding frames straight from video needs torchcodec")
+def test_video_members_give_ten_equally_spaced_frames(tmp_path):
+    from helpers.media import mp4_bytes, video_tools_available
+
+    if not video_tools_available():
+        pytest.skip("needs PyAV (writes the mp4) and torchcodec with FFmpeg libraries (reads it)")
+    dm = _dm(tmp_path, video=mp4_bytes, frames=10)
+    batches = list(dm.val_dataloader())
+    assert sum(len(b["key"]) for b in batches) == 8 and not any(b["skipped"] for b in batches)
+    # 10 frames at levels 20*f + 10*label; evaluation takes the middle of 10 equally spaced: f = 5
+    for batch in batches:
+        for image, label in zip(_levels(batch["image"]), batch["label"].argmax(1).tolist()):
+            assert abs(image - (20 * 5 + 10 * label)) < 3
+    train = next(iter(dm.train_dataloader()))
+    for image, label in zip(_levels(train["image"]), train["label"].argmax(1).tolist()):
+        assert min(abs(image - (20 * f + 10 * label)) for f in range(10)) < 3  # some frame of the clip
+
+
+def test_video_member_without_torchcodec_is_skipped_as_unreadable(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)  # `from torchcodec.decoders import` fails
+    dm = _dm(tmp_path, video=lambda levels: b"\x00" * 64)
+    batches = list(dm.val_dataloader())
+    assert sum(b["skipped"].get("unreadable", 0) for b in batches) == 8
+
+
+def _levels(images: torch.Tensor) -> list[float]:
+    """Mean grey level (0-255) of CLIP-normalised images ``[B, 3, H, W]``."""
+    mean = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(3, 1, 1)
+    std = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1)
+    return [float(((image * std + mean) * 255).mean()) for image in images]
 
 
 def test_synthetic_set_pairs_images_with_classes():

@@ -118,6 +118,29 @@ def test_load_foa_rejects_non_foa_files(tmp_path, tone_wav, corrupt_wav):
         load_foa(tmp_path / "clip.m4a")
 
 
+def test_m4a_without_torchcodec_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)
+    (tmp_path / "clip.m4a").write_bytes(b"\x00" * 64)
+    with pytest.raises(AudioLoadError, match=r"clip.m4a.*needs torchcodec"):
+        load_foa(tmp_path / "clip.m4a")
+
+
+def test_m4a_foa_decodes_four_channels_in_order(tmp_path):
+    from helpers.media import audio_tools_available, m4a_bytes
+
+    if not audio_tools_available():
+        pytest.skip("needs PyAV (writes the m4a) and torchcodec with FFmpeg libraries (reads it)")
+    plane = _plane(seconds=2.0).numpy()  # YouTube-360 style: 4-channel AAC holding ambiX W, Y, Z, X
+    (tmp_path / "clip.m4a").write_bytes(m4a_bytes(plane, SR))
+    wave, rate = load_foa(tmp_path / "clip.m4a")  # passes the ambiX energy check
+    assert wave.shape[0] == 4 and rate == SR and abs(wave.shape[1] - plane.shape[1]) <= 2048
+    # AAC is lossy and adds a delay; per-channel levels relative to W identify the order
+    rms = lambda x: np.sqrt(np.mean(np.square(x[:, 2048:-2048]), axis=1))  # noqa: E731
+    np.testing.assert_allclose(rms(wave) / rms(wave)[0], rms(plane) / rms(plane)[0], rtol=0.05)
+
+
 def test_folder_dataset_skips_and_counts_bad_files(tmp_path, caplog):
     _write_clip(tmp_path, "a_good", _plane(seed=1))
     _write_clip(tmp_path, "b_n3d", foa_ops.sn3d_to_n3d(_plane(seed=2)))

@@ -89,10 +89,14 @@ def official_audioclip_state_dict(tiny: bool = True, seed: int = 0) -> dict[str,
     return state
 
 
-def write_av_shards(root, num_shards: int = 2, per_shard: int = 4, frames: int = 3, missing_frame: int | None = None):
+def write_av_shards(root, num_shards: int = 2, per_shard: int = 4, frames: int = 3, missing_frame: int | None = None,
+                    video=None):
     """AudioSet-style audio-visual shards: ``<key>.flac``, ``<key>.json`` (text + tag MIDs) and
     ``<key>.frame{i}.jpg`` frames whose colour encodes the frame index; plus ``sizes.json`` and a
-    ``class_labels_indices.csv``. Returns ``(shard_dir, class_index_path)``."""
+    ``class_labels_indices.csv``. Returns ``(shard_dir, class_index_path)``.
+
+    ``video``: a function ``grey levels -> bytes`` (e.g. :func:`mp4_bytes`); the frames then go
+    into one ``<key>.mp4`` member instead of jpgs."""
     import io
     import json
     import tarfile
@@ -123,7 +127,9 @@ def write_av_shards(root, num_shards: int = 2, per_shard: int = 4, frames: int =
                 add(tar, f"{key}.flac", flac_bytes(tone(i, 0.25), RATE))
                 meta = {"text": [f"the sound of {AS_CLASSES[label][1]}"], "tag": [AS_CLASSES[label][0]]}
                 add(tar, f"{key}.json", json.dumps(meta).encode())
-                for f in range(frames):
+                if video is not None and i != missing_frame:
+                    add(tar, f"{key}.mp4", video([20 * f + 10 * label for f in range(frames)]))
+                for f in range(frames if video is None else 0):
                     if i == missing_frame:
                         break
                     buf = io.BytesIO()
@@ -133,3 +139,4 @@ def write_av_shards(root, num_shards: int = 2, per_shard: int = 4, frames: int =
         sizes[f"{shard}.tar"] = per_shard
     (shards / "sizes.json").write_text(json.dumps(sizes))
     return shards, index_csv
+

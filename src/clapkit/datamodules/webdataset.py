@@ -286,6 +286,9 @@ class ShardStream(IterableDataset):
         elif pending is not None:
             pending["skipped"] = dict(Counter(pending["skipped"]) + skips)
             yield pending
+        elif skips:
+            # every sample of this slot was bad: an empty batch still carries the counts
+            yield emit([], skips)
 
 
 class EpochLoader(DataLoader):
