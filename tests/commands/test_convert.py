@@ -88,3 +88,10 @@ def test_help_documents_every_command(capsys):
         assert exit_info.value.code == 0
         text = capsys.readouterr().out
         assert f"clapkit {command}" in text and "example:" in text
+
+
+def test_laion_clap_without_text_model_says_what_to_pass(official, tmp_path, capsys):
+    checkpoint, _ = official
+    assert main(["convert", "laion-clap", str(checkpoint), "-o", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "text_model" in err and "roberta" in err.lower() and not (tmp_path / "m").exists()

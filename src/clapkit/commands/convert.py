@@ -35,7 +35,7 @@ def build_parser():
     parser.add_argument("format", choices=[*CHECKPOINT_FORMATS, "clapsep", "auto"], help="checkpoint family")
     parser.add_argument("checkpoint", help="official checkpoint file")
     parser.add_argument("--text-model", help="local directory with the text tower's tokenizer and config "
-                        "(CLAP and AudioCLIP formats)")
+                        "(LAION-CLAP and MS-CLAP; AudioCLIP's CLIP tokenizer ships with open_clip)")
     parser.add_argument("--config", help="clapsep: LightningCLI config whose model section builds the separator")
     parser.add_argument("-o", "--output", required=True, help="model directory to create")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
@@ -57,8 +57,6 @@ def main(argv: list[str]) -> int:
         if args.config is None:
             parser.error("clapsep needs --config (the separator's LightningCLI config)")
         return _convert_clapsep(args)
-    if args.text_model is None:
-        parser.error(f"{args.format} needs --text-model")
     try:
         converted = convert_checkpoint(args.checkpoint, format=None if args.format == "auto" else args.format,
                                        text_model=args.text_model, trust_pickle=args.trust_checkpoint)
