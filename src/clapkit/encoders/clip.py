@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from clapkit.encoders.base import EncoderOutput, ImageEncoder, TextEncoder, module_device
-from clapkit.interop.keymap import read_state_dict
+from clapkit.interop.keymap import module_state, read_state_dict
 
 # OpenAI CLIP image normalisation (also open_clip's OPENAI_DATASET_MEAN / STD).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -71,20 +71,8 @@ def _subset(state: dict[str, torch.Tensor], keep) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if keep(k)}
 
 
-def _strip_tower_prefix(state: dict[str, torch.Tensor], tower: str, marker: str) -> dict[str, torch.Tensor]:
-    """A clapkit checkpoint's ``towers.<tower>.encoder.<attr>.*`` keys as bare CLIP keys.
-
-    Official CLIP / AudioCLIP files hold bare keys (``marker`` found at the top level) and are
-    returned unchanged; Lightning checkpoints and native files of a clapkit ``ContrastiveTask``
-    (AudioCLIP stage (c), say) hold the tower under its module path.
-    """
-    if any(k.startswith(marker) for k in state):
-        return state
-    for key in state:
-        head, found, _ = key.partition(marker)
-        if found and head.endswith(".") and f"towers.{tower}.encoder." in head:
-            return {k[len(head):]: v for k, v in state.items() if k.startswith(head)}
-    return state
+# where the text tower's open_clip module sits in a clapkit task's checkpoint (AudioCLIP stage (c))
+_TEXT_PREFIXES = ("", "towers.text.encoder.text.", "model.towers.text.encoder.text.")
 
 
 def _load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -175,7 +163,7 @@ class CLIPTextEncoder(TextEncoder):
         self.text = _build_text_tower(self._output_dim, CLIPTextCfg(**text_cfg), quick_gelu=quick_gelu)
         self._tokenizer = None
         if weights is not None:
-            state = _strip_tower_prefix(load_clip_state_dict(weights), "text", "transformer.resblocks.0.")
+            state = module_state(load_clip_state_dict(weights), _TEXT_PREFIXES, "transformer.resblocks.0.")
             own = set(self.text.state_dict())
             text_state = _subset(state, lambda k: k in own)
             _load_into(self.text, text_state, str(weights))

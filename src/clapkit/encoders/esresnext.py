@@ -37,7 +37,7 @@ from torchvision.models.resnet import Bottleneck
 
 from clapkit.encoders.base import AudioEncoder, EncoderOutput
 from clapkit.encoders.fbsp import FBSPSpectrogram
-from clapkit.interop.keymap import read_state_dict
+from clapkit.interop.keymap import module_state, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,7 @@ def load_audio_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     checkpoints and native ``model.safetensors`` (``towers.audio.encoder.*`` or ``encoder.*``).
     The reference's ``fbsp.*`` and ``window`` keys move under ``frontend.``.
     """
-    state = read_state_dict(path, "audio weights")
-    for prefix in _AUDIO_PREFIXES:
-        if any(k.startswith(prefix + "conv1.") for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            break
+    state = module_state(read_state_dict(path, "audio weights"), _AUDIO_PREFIXES, "conv1.")
     if "conv1.weight" not in state:
         raise ValueError(f"{path}: no ESResNeXt-FBSP audio weights found (no conv1.weight under "
                          f"{', '.join(repr(p) for p in _AUDIO_PREFIXES)} or at the top level)")

@@ -129,6 +129,20 @@ def read_state_dict(path: str | os.PathLike, what: str = "weights", torchscript:
         raise CheckpointError(f"{path}: {error}") from None
 
 
+def module_state(state: Mapping[str, torch.Tensor], prefixes: tuple[str, ...], marker: str) -> dict[str, torch.Tensor]:
+    """The entries of one module inside a larger state dict, with its prefix removed.
+
+    ``prefixes`` are tried in order (most specific first) and the first one under which
+    ``marker`` (a key prefix only that module has, such as ``conv1.``) occurs is stripped;
+    entries outside it are dropped. When none matches, ``state`` is returned as it is (the
+    file already holds the bare module).
+    """
+    for prefix in prefixes:
+        if any(k.startswith(prefix + marker) for k in state):
+            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return dict(state)
+
+
 @dataclass
 class KeyMap:
     """Translation of one official layout onto one clapkit module.
