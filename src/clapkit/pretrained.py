@@ -38,6 +38,7 @@ from clapkit.audio.crop import CropMode, PadMode
 
 if TYPE_CHECKING:
     from clapkit.inference import CLAPModel
+    from clapkit.separator import SeparationModel
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.yaml"
@@ -417,12 +418,13 @@ def load(
     precision: str = "32",
     batch_size: int = 16,
     trust_pickle: bool = False,
-) -> CLAPModel:
+) -> CLAPModel | SeparationModel:
     """Load a model for inference.
 
     Args:
-        path: a native model directory, or an official LAION-CLAP / MS-CLAP checkpoint file
-            (its layout is detected from its keys).
+        path: a native model directory, or an official LAION-CLAP / MS-CLAP / AudioCLIP
+            checkpoint file (its layout is detected from its keys). A directory holding a
+            separation model gives a :class:`~clapkit.separator.SeparationModel`.
         text_model: for official checkpoints, the local directory of the text tower's
             Hugging Face tokenizer and config (for example a saved ``roberta-base``).
         device: ``cpu``, ``cuda``, ``cuda:1`` or ``auto``.
@@ -432,13 +434,18 @@ def load(
             you trust; the default refuses such files).
 
     Returns:
-        a :class:`~clapkit.inference.CLAPModel` with ``embed_audio`` and ``embed_text``.
+        a :class:`~clapkit.inference.CLAPModel` with ``embed_audio`` and ``embed_text``, or a
+        :class:`~clapkit.separator.SeparationModel` with ``separate`` (``precision`` unused).
     """
     from clapkit.inference import CLAPModel
 
     path = Path(path)
     if path.is_dir():
         model, _, inference = load_native(path)
+        if hasattr(model, "separator") and hasattr(model, "query"):  # a SeparationTask
+            from clapkit.separator import SeparationModel
+
+            return SeparationModel(model, inference, device=device, batch_size=batch_size)
         fingerprint = file_fingerprint(path / CONFIG_NAME, path / WEIGHTS_NAME)
     elif path.is_file():
         converted = convert_checkpoint(path, text_model=text_model, trust_pickle=trust_pickle)

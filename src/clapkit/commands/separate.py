@@ -22,10 +22,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from clapkit.audio import AudioLoadError, load_audio, resample, save_audio
+from clapkit.audio import AudioLoadError, load_audio, save_audio
 from clapkit.audio.io import AUDIO_EXTENSIONS
 from clapkit.commands import CommandError
 from clapkit.commands._shared import check_headers, discover_audio, make_parser, progress_bar
@@ -53,90 +50,6 @@ def build_parser():
     return parser
 
 
-# --------------------------------------------------------------------------- chunking
-
-
-def chunk_windows(total: int, chunk: int, hop: int) -> list[tuple[int, np.ndarray]]:
-    """``(start, weight)`` per chunk; weights sum to 1 at every sample of ``[0, total)``.
-
-    Interior chunks use a periodic Hann window (which sums to 1 at 50 % overlap); the first
-    chunk is flat on its leading half and the last on its trailing half, so the signal edges
-    keep full weight. Without overlap the weights are rectangular.
-    """
-    if total <= chunk:
-        return [(0, np.ones(chunk, dtype=np.float64))]
-    starts = list(range(0, total - chunk, hop)) + [total - chunk]
-    starts = sorted(set(starts))
-    weights = []
-    for i, start in enumerate(starts):
-        if hop >= chunk:
-            w = np.ones(chunk)
-        else:
-            w = np.hanning(chunk + 1)[:-1] if chunk % 2 == 0 else np.hanning(chunk)
-            w = w.astype(np.float64)
-            if i == 0:
-                w[: chunk // 2] = 1.0
-            if i == len(starts) - 1:
-                w[chunk // 2 :] = 1.0
-        weights.append((start, w))
-    norm = np.zeros(total)
-    for start, w in weights:
-        norm[start : start + chunk] += w
-    return [(start, w / norm[start : start + chunk]) for start, w in weights]
-
-
-@torch.inference_mode()
-def separate_waveform(task, wave: np.ndarray, condition: torch.Tensor, chunk: int, *, overlap: float = 0.5,
-                      batch_size: int = 4) -> np.ndarray:
-    """Separate ``wave`` (``[C, T]`` at the model's rate) chunk by chunk; returns ``[C, T]``."""
-    channels, total = wave.shape
-    hop = max(1, int(round(chunk * (1.0 - overlap))))
-    plan = chunk_windows(total, chunk, hop)
-    padded = np.pad(wave, ((0, 0), (0, max(0, chunk - total))))
-    items = [(c, start, w) for c in range(channels) for start, w in plan]
-    out = np.zeros((channels, max(total, chunk)), dtype=np.float64)
-    device = next(task.parameters()).device
-    for i in range(0, len(items), batch_size):
-        group = items[i : i + batch_size]
-        batch = torch.from_numpy(np.stack([padded[c, s : s + chunk] for c, s, _ in group])).float().to(device)
-        est = task(batch, condition.to(device).expand(len(group), -1)).waveform.float().cpu().numpy()
-        for (c, s, w), row in zip(group, est):
-            out[c, s : s + chunk] += w * row
-    return out[:, :total].astype(np.float32)
-
-
-# --------------------------------------------------------------------------- queries
-
-
-def _embed_audio_files(task, files: Sequence[str]) -> torch.Tensor | None:
-    if not files:
-        return None
-    query = task.query
-    embeddings = []
-    for file in files:
-        try:
-            wave, _ = load_audio(file, sample_rate=query.sample_rate)
-        except AudioLoadError as exc:
-            raise CommandError(f"query audio {exc}") from None
-        embeddings.append(query.embed_audio(torch.from_numpy(wave)[None]))
-    return torch.cat(embeddings).mean(0, keepdim=True)
-
-
-def build_query(task, args) -> torch.Tensor:
-    """The ``[1, 2D]`` condition from the command-line queries."""
-    from clapkit.encoders.separation import build_condition, interpolate_queries
-
-    sides = []
-    for text, files in ((args.query, args.query_audio), (args.negative, args.negative_audio)):
-        text_emb = task.query.embed_text([text]) if text else None
-        audio_emb = _embed_audio_files(task, files)
-        sides.append(None if text_emb is None and audio_emb is None
-                     else interpolate_queries(audio_emb, text_emb, args.audio_weight))
-    if sides[0] is None and sides[1] is None:
-        raise CommandError("give a query: --query, --negative, --query-audio or --negative-audio")
-    return build_condition(*sides)
-
-
 # --------------------------------------------------------------------------- files
 
 
@@ -156,18 +69,18 @@ def output_paths(files: Sequence[Path], inputs: Sequence[str], output: str) -> l
     return paths
 
 
-def _load_task(path: str, device: str):
-    from clapkit.inference import resolve_device
+def _load_model(args):
     from clapkit.lightning_modules.separation import SeparationTask
     from clapkit.pretrained import PretrainedError, load_native
+    from clapkit.separator import SeparationModel
 
     try:
-        model, _, inference = load_native(path)
+        model, _, inference = load_native(args.model)
     except (PretrainedError, FileNotFoundError) as exc:
         raise CommandError(str(exc)) from None
     if not isinstance(model, SeparationTask):
-        raise CommandError(f"{path}: a {type(model).__name__}, not a separation model (SeparationTask)")
-    return model.to(resolve_device(device)).eval(), inference
+        raise CommandError(f"{args.model}: a {type(model).__name__}, not a separation model (SeparationTask)")
+    return SeparationModel(model, inference, device=args.device, batch_size=args.batch_size, overlap=args.overlap)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,10 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     existing = [str(p) for p in targets if p.exists()]
     if existing and not args.overwrite:
         raise CommandError(f"{existing[0]}: already exists (pass --overwrite to replace)")
-    task, inference = _load_task(args.model, args.device)
-    rate = task.separator.sample_rate
-    chunk = int(round(inference.clip_samples * rate / inference.sample_rate))
-    condition = build_query(task, args)
+    model = _load_model(args)
+    try:
+        condition = model.condition(args.query, args.negative, args.query_audio, args.negative_audio,
+                                    audio_weight=args.audio_weight)
+    except AudioLoadError as exc:
+        raise CommandError(f"query audio {exc}") from None
     # Decode everything first: a file whose header was fine but whose data is not must
     # stop the run before anything is written.
     decoded = []
@@ -197,14 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         except AudioLoadError as exc:
             raise CommandError(str(exc)) from None
     with progress_bar(len(files), "separating", args.quiet) as advance:
-        for (wave, orig_rate), target in zip(decoded, targets):
-            at_model = resample(wave, orig_rate, rate)
-            est = separate_waveform(task, np.atleast_2d(at_model), condition, chunk, overlap=args.overlap,
-                                    batch_size=args.batch_size)
-            est = resample(est, rate, orig_rate)
-            est = np.pad(est, ((0, 0), (0, max(0, wave.shape[-1] - est.shape[-1]))))[:, : wave.shape[-1]]
+        for (wave, rate), target in zip(decoded, targets):
+            estimate = model.separate(wave, rate, condition=condition)
             subtype = "FLOAT" if target.suffix.lower() == ".wav" else None
-            save_audio(target, est if est.shape[0] > 1 else est[0], orig_rate, subtype=subtype)
+            save_audio(target, estimate if estimate.shape[0] > 1 else estimate[0], rate, subtype=subtype)
             advance(1)
     if not args.quiet:
         print(f"wrote {len(targets)} file(s) under {os.path.commonpath([str(t.parent) for t in targets])}")
