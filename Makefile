@@ -20,7 +20,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint bench fit slurm sweep agent torchrun clean
+.PHONY: help install demo test test-all test-gpu lint bench fit slurm sweep agent torchrun clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ test: install ## Run the test suite (excludes slow and gpu tests)
 
 test-all: install ## Run every test, slow ones included
 	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
+
+test-gpu: install ## Run the GPU tests (on a machine with CUDA)
+	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
 
 lint: install ## Lint with ruff
 	$(PY) -m ruff check src tests benchmarks
