@@ -285,7 +285,15 @@ def _ramps(length: int, ramp: int) -> np.ndarray:
 
 
 class SyntheticSplit(Dataset):
-    """Map-style view of ``size`` clips of one split of a :class:`SyntheticSoundCorpus`."""
+    """Map-style view of ``size`` clips of one split of a :class:`SyntheticSoundCorpus`.
+
+    Args:
+        corpus: the corpus (rate, clip length, seed, held-out classes).
+        split: which split's clips: training classes (``train``), held-out retrieval clips
+            (``val_retrieval``, ``test_retrieval``) or held-out zero-shot clips
+            (``val_zeroshot``, ``test_zeroshot``).
+        size: number of clips (clip ``i`` is the same for a given corpus, split and index).
+    """
 
     def __init__(self, corpus: SyntheticSoundCorpus, split: Split, size: int):
         self.corpus, self.split, self.size = corpus, split, size

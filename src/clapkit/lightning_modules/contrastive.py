@@ -86,6 +86,11 @@ class WarmupCosine:
     """LR multiplier: linear warmup to 1 over ``warmup`` steps, then cosine to ``floor``.
 
     A dataclass rather than a lambda so the scheduler state stays picklable in checkpoints.
+
+    Attributes:
+        warmup: warmup steps.
+        total: total optimizer steps (the cosine ends there; 0 or less keeps 1 after warmup).
+        floor: final multiplier.
     """
 
     warmup: int
