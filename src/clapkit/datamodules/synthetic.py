@@ -289,9 +289,8 @@ class SyntheticSplit(Dataset):
 
     Args:
         corpus: the corpus (rate, clip length, seed, held-out classes).
-        split: which split's clips: training classes (``train``), held-out retrieval clips
-            (``val_retrieval``, ``test_retrieval``) or held-out zero-shot clips
-            (``val_zeroshot``, ``test_zeroshot``).
+        split: ``train``, a retrieval set (``val_retrieval``, ``test_retrieval``) or a
+            zero-shot set (``val_zeroshot``, ``test_zeroshot``); see :class:`SyntheticSoundCorpus`.
         size: number of clips (clip ``i`` is the same for a given corpus, split and index).
     """
 
