@@ -69,3 +69,20 @@ def test_contrastive_task_uses_fused_adamw_on_cuda():
     task.trainer = type("T", (), {"estimated_stepping_batches": 10})()
     optimizer = task.configure_optimizers()["optimizer"]
     assert optimizer.defaults.get("fused") is True
+
+
+def test_fsdp_overlay_wraps_the_text_tower_and_trains(tmp_path):
+    """Lightning's FSDP needs CUDA (CPU runs refuse it); one GPU checks the overlay's wrap policy."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    from clapkit.cli import lightning_main
+
+    cli = lightning_main([
+        "fit", "--config", str(ROOT / "configs/quickstart/clap.yaml"),
+        "--config", str(ROOT / "configs/overlays/fsdp.yaml"),
+        "--trainer.accelerator=gpu", "--trainer.devices=1", "--trainer.fast_dev_run=2",
+        f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
+    ])
+    wrapped = [m for m in cli.trainer.strategy.model.modules() if isinstance(m, FullyShardedDataParallel)]
+    assert len(wrapped) > 1  # the root plus one unit per BERT layer of the MiniLM tower
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
