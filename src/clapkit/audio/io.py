@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -12,6 +11,7 @@ from typing import BinaryIO
 import numpy as np
 import soundfile as sf
 
+from clapkit.atomic import atomic_path
 from clapkit.audio.resample import resample
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
@@ -103,18 +103,11 @@ def load_audio(
 def save_audio(path: str | os.PathLike, wave, sample_rate: int, subtype: str | None = None) -> Path:
     """Write ``wave`` (``[T]`` or ``[C, T]``, numpy or torch) atomically: temp file, then rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     array = wave.detach().cpu().float().numpy() if hasattr(wave, "detach") else np.asarray(wave)
     array = array.T if array.ndim == 2 else array
     fmt = path.suffix.lstrip(".").upper() or "WAV"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=path.suffix) as tmp:
         sf.write(tmp, array, sample_rate, format=fmt, subtype=subtype)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -19,7 +19,6 @@ and datamodule's hyperparameters. Only global rank zero writes.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,18 +29,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-
-def _atomic_write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+from clapkit.atomic import write_text
 
 
 def _plain(value: Any) -> Any:
@@ -109,7 +97,7 @@ class RunConfigSaver(Callback):
             return
         config = self.resolved_config(trainer, pl_module)
         directory, run_id = self.run_directory(trainer)
-        self.saved_path = _atomic_write(directory / self.filename, yaml.safe_dump(config, sort_keys=False))
+        self.saved_path = write_text(directory / self.filename, yaml.safe_dump(config, sort_keys=False))
         logger = trainer.logger
         if isinstance(logger, WandbLogger):
             run = logger.experiment

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clapkit.atomic import atomic_path, write_csv
 from clapkit.audio import AudioLoadError, audio_info
 from clapkit.commands import CommandError
 
@@ -155,21 +154,6 @@ def _prefetch(pool: ThreadPoolExecutor, fn, items, ahead: int):
 # --------------------------------------------------------------------------- writers
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def check_output(path: str | os.PathLike, suffixes: Sequence[str]) -> Path:
     """Validate an output path's extension and that its folder can be created."""
     path = Path(path)
@@ -180,14 +164,7 @@ def check_output(path: str | os.PathLike, suffixes: Sequence[str]) -> Path:
     return path
 
 
-def write_table(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Sequence]) -> Path:
-    """Write a CSV atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows(rows)
-    return Path(path)
+write_table = write_csv  # the commands' name for it
 
 
 def paths_sidecar(path: Path) -> Path:

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from clapkit.atomic import publish, write_csv, write_text
 from clapkit.commands import CommandError
 
 STATE_DIR = ".make_shards"
@@ -179,7 +180,7 @@ def write_shard(index: int, rows: list[Row], out_dir: str, sample_rate: int, bit
                               "json": json.dumps(meta, ensure_ascii=False).encode("utf-8")})
                 count += 1
         if count:
-            _publish(tmp, out / name)
+            publish(tmp, out / name)
         else:
             os.unlink(tmp)
     except BaseException:
@@ -190,19 +191,7 @@ def write_shard(index: int, rows: list[Row], out_dir: str, sample_rate: int, bit
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1, ensure_ascii=False)
-    _publish(tmp, path)
-
-
-def _publish(tmp: str, path: Path) -> None:
-    """Rename a finished temp file into place with normal permissions (mkstemp makes it 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=1, ensure_ascii=False))
 
 
 def _completed(out: Path, index: int) -> ShardResult | None:
@@ -282,12 +271,7 @@ def main(argv: list[str]) -> int:
 
 
 def _write_skipped(path: Path, skipped: list[tuple[str, str]]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["audio", "reason"])
-        writer.writerows(skipped)
-    _publish(tmp, path)
+    write_csv(path, ["audio", "reason"], skipped)
 
 
 class _progress:

@@ -34,6 +34,7 @@ import torchaudio.functional as AF
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from clapkit.atomic import write_csv
 from clapkit.audio import fit_length, load_audio, resample
 from clapkit.datamodules.mix_sources import MixSource, sample_caption, sample_group
 
@@ -218,17 +219,9 @@ def make_eval_specs(
 
 def write_specs_csv(specs: Sequence[MixtureSpec], path: str | os.PathLike) -> Path:
     """Write specs with the CLAPSep benchmark columns (+ ``snr_db``), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(CSV_COLUMNS)
-        for s in specs:
-            writer.writerow([s.source, s.positive_caption, _SEP.join(s.noise), s.negative_caption,
-                             _SEP.join(f"{x:g}" for x in s.snr_db)])
-    os.replace(tmp, path)
-    return path
+    rows = ([s.source, s.positive_caption, _SEP.join(s.noise), s.negative_caption,
+             _SEP.join(f"{x:g}" for x in s.snr_db)] for s in specs)
+    return write_csv(path, CSV_COLUMNS, rows)
 
 
 def read_specs_csv(path: str | os.PathLike) -> list[MixtureSpec]:

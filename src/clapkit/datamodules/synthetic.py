@@ -20,9 +20,7 @@ DataLoader workers, no files); :func:`write_corpus` also writes them as wav + CS
 
 from __future__ import annotations
 
-import csv
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from itertools import product
 from pathlib import Path
@@ -32,6 +30,7 @@ import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from clapkit.atomic import write_csv
 from clapkit.audio import save_audio
 from clapkit.datamodules.base import Sample, collate_samples
 
@@ -336,14 +335,7 @@ def write_corpus(
             [file_name, *meta["captions"], meta["class_name"], "" if sample.label is None else sample.label]
             + [meta[name] for name in SoundAttributes.__annotations__]
         )
-    target = root / "metadata.csv"
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".metadata-", suffix=".csv")
-    with os.fdopen(fd, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, target)
-    return target
+    return write_csv(root / "metadata.csv", header, rows)
 
 
 class SyntheticCLAPDataModule(LightningDataModule):
