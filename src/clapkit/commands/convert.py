@@ -3,11 +3,13 @@
 FORMAT is the checkpoint family: ``laion-clap`` (the 630k/music/speech ``.pt`` files),
 ``msclap`` (``CLAP_weights_2022.pth`` / ``CLAP_weights_2023.pth``), ``audioclip``
 (``AudioCLIP-*.pt``, ``ESRNXFBSP.pt``); ``auto`` detects it from the keys. The audio model,
-fusion and text tower are read from the checkpoint's keys and shapes. ``--text-model`` is the local directory holding the text tower's Hugging Face tokenizer and
-config (``roberta-base`` for LAION-CLAP, ``bert-base-uncased`` for MS-CLAP 2022, ``gpt2`` for
-MS-CLAP 2023; AudioCLIP needs none); its tokenizer and config are copied into the output, the
-weights come from the checkpoint. Every checkpoint weight must be used and every model weight filled, or the command
-fails listing both. Checkpoints are read with ``torch.load(weights_only=True)``.
+fusion and text tower are read from the checkpoint's keys and shapes. ``--text-model`` is
+the local directory holding the text tower's Hugging Face tokenizer and config
+(``roberta-base`` for LAION-CLAP, ``bert-base-uncased`` for MS-CLAP 2022, ``gpt2`` for
+MS-CLAP 2023; AudioCLIP needs none); its tokenizer and config are copied into the output,
+the weights come from the checkpoint. Every checkpoint weight must be used and every model
+weight filled, or the command fails listing both. Checkpoints are read with
+``torch.load(weights_only=True)``.
 
 ``clapsep`` converts the released CLAPSep separator (``best_model.ckpt``) instead: the model
 is built from ``--config`` (a LightningCLI config such as ``configs/clapsep/base.yaml`` whose
