@@ -442,9 +442,9 @@ def load(
     path = Path(path)
     if path.is_dir():
         model, _, inference = load_native(path)
-        if hasattr(model, "separator") and hasattr(model, "query"):  # a SeparationTask
-            from clapkit.separator import SeparationModel
+        from clapkit.separator import SeparationModel, is_separation_task
 
+        if is_separation_task(model):
             return SeparationModel(model, inference, device=device, batch_size=batch_size)
         fingerprint = file_fingerprint(path / CONFIG_NAME, path / WEIGHTS_NAME)
     elif path.is_file():
@@ -462,13 +462,25 @@ def load(
 # --------------------------------------------------------------------------- helpers
 
 
+def read_model_section(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``model:`` tree (``class_path``/``init_args``) of a LightningCLI config file.
+
+    Raises:
+        PretrainedError: the file cannot be read or parsed, or has no ``model`` mapping.
+    """
+    try:
+        document = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise PretrainedError(f"{path}: cannot read the config ({str(exc).splitlines()[0]})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("model"), dict):
+        raise PretrainedError(f"{path}: no 'model' section")
+    return _plain(document["model"])
+
+
 def model_config_of(model: nn.Module, model_config: Mapping[str, Any] | str | os.PathLike | None) -> dict[str, Any]:
     """The ``class_path``/``init_args`` tree of ``model`` (see :func:`save_pretrained`'s ``model_config``)."""
     if isinstance(model_config, (str, os.PathLike)):
-        document = yaml.safe_load(Path(model_config).read_text())
-        if not isinstance(document, dict) or "model" not in document:
-            raise PretrainedError(f"{model_config}: no 'model' section")
-        return _plain(document["model"])
+        return read_model_section(model_config)
     if model_config is not None:
         return _plain(model_config)
     hparams = dict(getattr(model, "hparams", {}) or {})

@@ -50,6 +50,13 @@ def chunk_windows(total: int, chunk: int, hop: int) -> list[tuple[int, np.ndarra
     return [(start, w / norm[start : start + chunk]) for start, w in weights]
 
 
+def is_separation_task(model: torch.nn.Module) -> bool:
+    """Whether a loaded native model is a :class:`~clapkit.lightning_modules.separation.SeparationTask`."""
+    from clapkit.lightning_modules.separation import SeparationTask
+
+    return isinstance(model, SeparationTask)
+
+
 class SeparationModel:
     """A loaded separation model for inference.
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clapkit.atomic import atomic_path, write_csv
+from clapkit.atomic import atomic_path
 from clapkit.audio import AudioLoadError, audio_info
 from clapkit.commands import CommandError
 
@@ -164,7 +164,6 @@ def check_output(path: str | os.PathLike, suffixes: Sequence[str]) -> Path:
     return path
 
 
-write_table = write_csv  # the commands' name for it
 
 
 def paths_sidecar(path: Path) -> Path:

@@ -71,22 +71,14 @@ def main(argv: list[str]) -> int:
 
 
 def _convert_clapsep(args) -> int:
-    import yaml
-
     from clapkit.interop.clapsep import load_clapsep
-    from clapkit.pretrained import PretrainedError, instantiate_model
+    from clapkit.pretrained import PretrainedError, instantiate_model, read_model_section
 
-    config_path = Path(args.config)
     try:
-        document = yaml.safe_load(config_path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise CommandError(f"{config_path}: cannot read the config ({str(exc).splitlines()[0]})") from None
-    if not isinstance(document, dict) or not isinstance(document.get("model"), dict):
-        raise CommandError(f"{config_path}: no 'model' section")
-    try:
-        task = instantiate_model(document["model"])
+        model_config = read_model_section(args.config)
+        task = instantiate_model(model_config)
         load_clapsep(args.checkpoint, task, trust_pickle=args.trust_checkpoint)
-        task.export(args.output, model_config=document["model"], overwrite=args.overwrite)
+        task.export(args.output, model_config=model_config, overwrite=args.overwrite)
     except (PretrainedError, FileNotFoundError, ValueError) as exc:
         raise CommandError(str(exc)) from None
     if not args.quiet:

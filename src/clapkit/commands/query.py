@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from clapkit.atomic import write_csv
 from clapkit.audio import AudioLoadError
 from clapkit.audio.io import AUDIO_EXTENSIONS
 from clapkit.commands import CommandError, _shared
@@ -156,6 +157,6 @@ def main(argv: list[str]) -> int:
     for rank, item, score in rows:
         print(f"{rank}\t{score}\t{item}")
     if output is not None:
-        _shared.write_table(output, ["rank", "item", "score"], rows)
+        write_csv(output, ["rank", "item", "score"], rows)
     return 0
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from clapkit.atomic import write_csv
 from clapkit.commands import CommandError, _shared
 
 
@@ -60,5 +61,5 @@ def main(argv: list[str]) -> int:
     for query, rank, path, score in rows:
         print(f"{query}\t{rank}\t{score}\t{path}")
     if output is not None:
-        _shared.write_table(output, ["query", "rank", "path", "score"], rows)
+        write_csv(output, ["query", "rank", "path", "score"], rows)
     return 0

@@ -70,15 +70,14 @@ def output_paths(files: Sequence[Path], inputs: Sequence[str], output: str) -> l
 
 
 def _load_model(args):
-    from clapkit.lightning_modules.separation import SeparationTask
     from clapkit.pretrained import PretrainedError, load_native
-    from clapkit.separator import SeparationModel
+    from clapkit.separator import SeparationModel, is_separation_task
 
     try:
         model, _, inference = load_native(args.model)
     except (PretrainedError, FileNotFoundError) as exc:
         raise CommandError(str(exc)) from None
-    if not isinstance(model, SeparationTask):
+    if not is_separation_task(model):
         raise CommandError(f"{args.model}: a {type(model).__name__}, not a separation model (SeparationTask)")
     return SeparationModel(model, inference, device=args.device, batch_size=args.batch_size, overlap=args.overlap)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from clapkit.atomic import write_csv
 from clapkit.commands import CommandError, _shared
 
 
@@ -77,7 +78,7 @@ def main(argv: list[str]) -> int:
     for i, path in enumerate(files):
         for rank, (p, j) in enumerate(zip(top.values[i].tolist(), top.indices[i].tolist()), start=1):
             rows.append([str(path), rank, labels[j], f"{p:.6f}", f"{float(similarity[i, j]):.6f}"])
-    _shared.write_table(output, ["path", "rank", "label", "probability", "similarity"], rows)
+    write_csv(output, ["path", "rank", "label", "probability", "similarity"], rows)
     if not args.quiet:
         _shared.eprint(f"tagged {len(files)} files with {len(labels)} labels -> {output}")
     return 0
