@@ -20,19 +20,31 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all test-gpu lint bench fit slurm sweep agent torchrun clean
+.PHONY: help install lock demo test test-all test-gpu lint bench fit slurm sweep agent torchrun clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+LOCK := requirements/lock.txt
+PARITY_LOCK := requirements/parity.txt
+UV_COMPILE = $(VENV)/bin/uv pip compile --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header
+
+# Install exactly the committed lock (hashes checked, no resolver: what the registry serves
+# today cannot change the environment), then clapkit itself without dependencies.
+$(STAMP): pyproject.toml $(LOCK) $(PARITY_LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev]'
-	# Reference packages for parity tests: their pins (numpy<2, wget) are unnecessary.
-	$(PIP) install -q --no-deps laion-clap==1.1.7 torchlibrosa==0.1.0 msclap
-	$(PIP) install -q braceexpand ftfy h5py scikit-learn
+	$(PIP) install -q --no-deps --require-hashes -r $(LOCK)
+	# Reference packages for parity tests, --no-deps: their pins (numpy<2, wget) are unnecessary.
+	$(PIP) install -q --no-deps --require-hashes -r $(PARITY_LOCK)
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PY) -m clapkit --version
 	touch $(STAMP)
+
+lock: ## Regenerate requirements/lock.txt and parity.txt from pyproject.toml (docs/INSTALL.md)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(VENV)/bin/uv || $(PIP) install -q uv==0.13.9
+	$(UV_COMPILE) pyproject.toml --extra dev -o $(LOCK)
+	$(UV_COMPILE) requirements/parity.in --no-deps -o $(PARITY_LOCK)
 
 install: $(STAMP) ## Create .venv and install clapkit with dev and parity extras
 

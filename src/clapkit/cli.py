@@ -14,6 +14,7 @@ import os
 import sys
 
 from clapkit.commands import CommandError
+from clapkit.deps import DependencyError
 
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -111,7 +112,7 @@ def _usage() -> str:
     lines += [f"  {name:<12} --config x.yaml" for name in TRAINER_COMMANDS]
     lines += ["", "inference and tools:"]
     lines += [f"  {name:<12} {text}" for name, (_, text) in INFERENCE_COMMANDS.items()]
-    lines += ["", "`clapkit <command> --help` documents each command."]
+    lines += ["", "`clapkit <command> --help` documents each command; `clapkit --version` the versions."]
     return "\n".join(lines)
 
 
@@ -122,12 +123,17 @@ def main(args: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
+    if argv[0] in ("-V", "--version"):
+        from clapkit.deps import versions
+
+        print(" ".join(f"{name} {version}" for name, version in versions().items()))
+        return 0
     command = argv[0]
     if command in INFERENCE_COMMANDS:
         module = importlib.import_module(f"clapkit.commands.{INFERENCE_COMMANDS[command][0]}")
         try:
             return int(module.main(argv[1:]) or 0)
-        except CommandError as exc:
+        except (CommandError, DependencyError) as exc:
             print(f"clapkit {command}: error: {exc}", file=sys.stderr)
             return 2
     # LightningCLI reads sys.argv itself when given None; passing it both warns.

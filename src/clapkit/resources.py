@@ -38,3 +38,23 @@ def resolve_model_path(location: str | Path) -> Path:
             f"{text}: no such file or directory (models are never downloaded; give a local path)"
         )
     return path
+
+
+def packaged_config(path: str | Path) -> Path:
+    """A YAML shipped inside the package (``configs/quickstart/clap.yaml``, or ``quickstart/clap``),
+    so ``clapkit demo`` works from an installed wheel without a checkout.
+
+    Raises:
+        FileNotFoundError: no such config ships with clapkit; the message lists those that do.
+    """
+    from importlib import resources
+
+    root = Path(str(resources.files("clapkit") / "configs"))
+    text = str(path).replace("\\", "/")
+    if text.startswith("configs/"):
+        text = text[len("configs/") :]
+    candidate = root / (text if text.endswith((".yaml", ".yml")) else f"{text}.yaml")
+    if candidate.is_file():
+        return candidate
+    shipped = sorted(str(p.relative_to(root.parent)) for p in root.glob("*/*.yaml"))
+    raise FileNotFoundError(f"{path}: config file not found (configs shipped with clapkit: {', '.join(shipped)})")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import soxr
 import torch
-import torchaudio.functional as AF
+
+from clapkit import deps
 
 
 def resample(wave, orig_sr: int, target_sr: int, quality: str = "HQ"):
@@ -17,7 +18,7 @@ def resample(wave, orig_sr: int, target_sr: int, quality: str = "HQ"):
     if orig_sr == target_sr:
         return wave
     if isinstance(wave, torch.Tensor):
-        return AF.resample(wave, orig_sr, target_sr)
+        return deps.torchaudio().functional.resample(wave, orig_sr, target_sr)
     wave = np.asarray(wave, dtype=np.float32)
     if wave.ndim == 1:
         return soxr.resample(wave, orig_sr, target_sr, quality=quality).astype(np.float32)

@@ -56,7 +56,13 @@ def main(argv: list[str]) -> int:
     args, overrides = _parser().parse_known_args(argv)
     config = Path(args.config)
     if not config.is_file():
-        raise CommandError(f"{config}: config file not found (run from the repository root or pass --config)")
+        # Outside a checkout (an installed wheel) the quick-start configs ship in the package.
+        from clapkit.resources import packaged_config
+
+        try:
+            config = packaged_config(args.config)
+        except FileNotFoundError as exc:
+            raise CommandError(str(exc)) from None
 
     from lightning.pytorch.utilities import rank_zero_only
     from rich.console import Console

@@ -30,10 +30,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torchaudio.functional as AF
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from clapkit import deps
 from clapkit.atomic import write_csv
 from clapkit.audio import fit_length, load_audio, resample
 from clapkit.datamodules.mix_sources import MixSource, sample_caption, sample_group
@@ -52,7 +52,7 @@ def signal_level(wave: np.ndarray, sample_rate: int, mode: LevelMode = "rms") ->
     LUFS needs at least 400 ms and a non-silent gate; it falls back to RMS otherwise.
     """
     if mode == "lufs" and wave.shape[-1] >= int(0.4 * sample_rate):
-        value = float(AF.loudness(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None], sample_rate))
+        value = float(deps.torchaudio().functional.loudness(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None], sample_rate))
         if np.isfinite(value):
             return value
     rms = float(np.sqrt(np.mean(np.square(wave, dtype=np.float64))))

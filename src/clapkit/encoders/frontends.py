@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torchaudio
 from torch import nn
+
+from clapkit import deps
 
 
 def fp32(fn):
@@ -74,7 +75,7 @@ class LogMel(nn.Module):
         self.amin = amin
         self.top_db = top_db
         self.power = power
-        self.mel = torchaudio.transforms.MelSpectrogram(
+        self.mel = deps.torchaudio().transforms.MelSpectrogram(
             sample_rate=sample_rate,
             n_fft=n_fft,
             win_length=win_length or n_fft,
@@ -150,7 +151,7 @@ class ConvLogMel(nn.Module):
             window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
             angle = -2.0 * torch.pi * torch.outer(torch.arange(bins, dtype=torch.float64),
                                                   torch.arange(n_fft, dtype=torch.float64)) / n_fft
-            fbank = torchaudio.functional.melscale_fbanks(
+            fbank = deps.torchaudio().functional.melscale_fbanks(
                 bins, f_min, f_max, n_mels, sample_rate, norm="slaney", mel_scale="slaney"
             )
         self.register_buffer("conv_real", (torch.cos(angle) * window).float().unsqueeze(1))

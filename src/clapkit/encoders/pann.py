@@ -12,9 +12,9 @@ from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-import torchaudio
 from torch import nn
 
+from clapkit import deps
 from clapkit.encoders.base import AudioEncoder, EncoderOutput
 from clapkit.encoders.frontends import LogMel
 from clapkit.encoders.fusion import AttentionalFeatureFusion, ClipBatcher, PadMode
@@ -138,12 +138,13 @@ class PANNEncoder(AudioEncoder):
         nn.init.zeros_(self.fc1.bias)
         nn.init.xavier_uniform_(self.fc_audioset.weight)
         nn.init.zeros_(self.fc_audioset.bias)
+        ta = deps.torchaudio() if spec_augment else None
         self.spec_augment = (
             nn.Sequential(
-                torchaudio.transforms.TimeMasking(64, iid_masks=True),
-                torchaudio.transforms.TimeMasking(64, iid_masks=True),
-                torchaudio.transforms.FrequencyMasking(8, iid_masks=True),
-                torchaudio.transforms.FrequencyMasking(8, iid_masks=True),
+                ta.transforms.TimeMasking(64, iid_masks=True),
+                ta.transforms.TimeMasking(64, iid_masks=True),
+                ta.transforms.FrequencyMasking(8, iid_masks=True),
+                ta.transforms.FrequencyMasking(8, iid_masks=True),
             )
             if spec_augment
             else None

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torchaudio
 from torch import nn
 
+from clapkit import deps
 from clapkit.audio.foa import encode_mono, energy_density, intensity_vector
 from clapkit.encoders.base import AudioEncoder, EncoderOutput, ImageEncoder
 from clapkit.encoders.frontends import fp32
@@ -63,7 +63,7 @@ class FOAFeatures(nn.Module):
         self.intensity = intensity
         self.amin = amin
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
-        fbanks = torchaudio.functional.melscale_fbanks(
+        fbanks = deps.torchaudio().functional.melscale_fbanks(
             n_freqs=n_fft // 2 + 1, f_min=f_min, f_max=f_max or sample_rate / 2, n_mels=n_mels,
             sample_rate=sample_rate, norm=None, mel_scale="htk",
         )
