@@ -47,7 +47,39 @@ def build_parser():
     parser.add_argument("--batch-size", type=int, default=4, help="chunks per forward pass")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--plot", default=None, metavar="PNG",
+                        help="draw mixture / estimate (/ --reference) spectrograms of the first input here")
+    parser.add_argument("--reference", default=None, metavar="FILE",
+                        help="the true source of the first input, drawn beside it with --plot")
     return parser
+
+
+def check_plot(args) -> None:
+    """Refuse an unusable ``--plot`` / ``--reference`` before any model work."""
+    if args.reference and not args.plot:
+        raise CommandError("--reference is only drawn with --plot PNG")
+    if args.plot:
+        from clapkit.plots import check_plot_path
+
+        try:
+            check_plot_path(args.plot)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+    if args.reference and not Path(args.reference).is_file():
+        raise CommandError(f"{args.reference}: no such reference file")
+
+
+def draw_plot(args, wave, rate: int, estimate) -> Path:
+    """Spectrograms of the first input, its estimate and the reference when given."""
+    from clapkit import plots
+
+    waves = {"mixture": wave, "estimate": estimate}
+    if args.reference:
+        try:
+            waves["reference"] = tuple(load_audio(args.reference, mono=True))
+        except AudioLoadError as exc:
+            raise CommandError(str(exc)) from None
+    return plots.spectrograms(waves, rate, args.plot, title=f"query: {args.query or args.negative or 'audio'}")
 
 
 # --------------------------------------------------------------------------- files
@@ -90,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         raise CommandError(f"--overlap must be in [0, 1), got {args.overlap}")
     if not (args.query or args.negative or args.query_audio or args.negative_audio):
         raise CommandError("give a query: --query, --negative, --query-audio or --negative-audio")
+    check_plot(args)
     files = discover_audio(args.inputs)
     check_headers(files)
     targets = output_paths(files, args.inputs, args.output)
@@ -110,12 +143,18 @@ def main(argv: list[str] | None = None) -> int:
             decoded.append(load_audio(file, mono=False))
         except AudioLoadError as exc:
             raise CommandError(str(exc)) from None
+    first = None
     with progress_bar(len(files), "separating", args.quiet) as advance:
         for (wave, rate), target in zip(decoded, targets):
             estimate = model.separate(wave, rate, condition=condition)
             subtype = "FLOAT" if target.suffix.lower() == ".wav" else None
             save_audio(target, estimate if estimate.shape[0] > 1 else estimate[0], rate, subtype=subtype)
+            first = first or (wave, rate, estimate)
             advance(1)
+    if args.plot:
+        picture = draw_plot(args, first[0], first[1], first[2])
+        if not args.quiet:
+            print(f"plot: {picture}")
     if not args.quiet:
         print(f"wrote {len(targets)} file(s) under {os.path.commonpath([str(t.parent) for t in targets])}")
     return 0

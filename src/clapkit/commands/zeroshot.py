@@ -32,6 +32,8 @@ def build_parser():
     parser.add_argument("--template", default="This is a sound of {}.", help="prompt; {} is replaced by the label")
     parser.add_argument("--top-k", type=int, default=5, help="labels kept per file")
     parser.add_argument("-o", "--output", required=True, help="CSV file to write")
+    parser.add_argument("--plot", default=None, metavar="PNG",
+                        help="bar chart of the top labels of each file (the first 12 files)")
     _shared.add_model_options(parser)
     return parser
 
@@ -64,6 +66,13 @@ def main(argv: list[str]) -> int:
     if "{}" not in args.template:
         raise CommandError(f"--template {args.template!r} has no {{}} placeholder for the label")
     output = _shared.check_output(args.output, (".csv",))
+    if args.plot:
+        from clapkit.plots import check_plot_path
+
+        try:
+            check_plot_path(args.plot)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
     labels = read_labels(args.labels, args.label)
     files = _shared.discover_audio(args.audio)
     _shared.check_headers(files)
@@ -79,6 +88,13 @@ def main(argv: list[str]) -> int:
         for rank, (p, j) in enumerate(zip(top.values[i].tolist(), top.indices[i].tolist()), start=1):
             rows.append([str(path), rank, labels[j], f"{p:.6f}", f"{float(similarity[i, j]):.6f}"])
     write_csv(output, ["path", "rank", "label", "probability", "similarity"], rows)
+    if args.plot:
+        from clapkit.plots import top_labels
+
+        top_labels([str(p) for p in files], [[labels[j] for j in row] for row in top.indices.tolist()],
+                   top.values.tolist(), args.plot)
+        if not args.quiet:
+            _shared.eprint(f"plot -> {args.plot}")
     if not args.quiet:
         _shared.eprint(f"tagged {len(files)} files with {len(labels)} labels -> {output}")
     return 0
