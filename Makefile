@@ -20,7 +20,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock demo test test-all test-gpu lint bench fit slurm sweep agent torchrun clean
+.PHONY: help install lock demo docs-images test test-all test-gpu lint bench fit slurm sweep agent torchrun clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -50,6 +50,10 @@ install: $(STAMP) ## Create .venv and install clapkit with dev and parity extras
 
 demo: install ## Train a small CLAP on the synthetic corpus (CPU, offline) and print the evaluation table
 	$(PY) -m clapkit demo --config configs/quickstart/clap.yaml
+
+docs-images: install ## Rerun the CLAP and CLAPSep demos and refresh the pictures under docs/images/
+	$(PY) -m clapkit demo clap --output-dir outputs/docs_images/clap --pictures docs/images/clap
+	$(PY) -m clapkit demo clapsep --output-dir outputs/docs_images/clapsep --pictures docs/images/clapsep
 
 test: install ## Run the test suite (excludes slow and gpu tests)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

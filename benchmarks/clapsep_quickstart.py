@@ -9,7 +9,7 @@ mixtures with positive and negative captions swapped (``swapped/si_sdri``: measu
 the target, it should be strongly negative; ``swapped/si_sdri_interferer``: measured against
 the interferer, it should be about as high as the normal figure).
 
-    .venv/bin/python benchmarks/clapsep_quickstart.py [--root outputs/clapsep_quickstart]
+    .venv/bin/python benchmarks/clapsep_quickstart.py [--root outputs/clapsep_quickstart] [LightningCLI overrides]
 """
 
 from __future__ import annotations
@@ -27,13 +27,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/quickstart/clapsep.yaml")
     parser.add_argument("--root", default="outputs/clapsep_quickstart")
-    args = parser.parse_args()
+    parser.add_argument("--overlay", action="append", default=[], help="extra YAML applied over --config")
+    args, overrides = parser.parse_known_args()  # the rest: LightningCLI overrides / --config overlays
 
     from clapkit.cli import lightning_main
 
     start = time.perf_counter()
     cli = lightning_main(
-        ["--config", args.config, "--trainer.default_root_dir", args.root, "--trainer.enable_progress_bar", "false"],
+        ["--config", args.config, *[f"--config={path}" for path in args.overlay], "--trainer.default_root_dir", args.root, "--trainer.enable_progress_bar", "false",
+         *overrides],
         run=False,
     )
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
