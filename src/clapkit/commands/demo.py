@@ -76,11 +76,10 @@ FAMILIES = {
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clapkit demo",
+        usage=f"clapkit demo [{'|'.join(FAMILIES)}] [options] [LightningCLI overrides]",
         description="Train a quick start on synthetic data (CPU, offline), evaluate on held-out data, "
         "print a results table and draw pictures. Unknown arguments are passed to LightningCLI.",
     )
-    parser.add_argument("family", nargs="?", default="clap", choices=sorted(FAMILIES),
-                        help="which quick start (default clap)")
     parser.add_argument("--config", default=None, help="LightningCLI YAML to train (default: the family's quick start)")
     parser.add_argument(
         "--output-dir", default=None, help="where logs, checkpoint and config go (default: the config's)"
@@ -126,9 +125,16 @@ def _resolve_config(path: str) -> Path:
 
 
 def main(argv: list[str]) -> int:
+    # The family is the first word only: a positional argparse argument would swallow the
+    # value of an override written as two words (`--trainer.enable_progress_bar false`).
+    family = "clap"
+    if argv and not argv[0].startswith("-"):
+        if argv[0] not in FAMILIES:
+            raise CommandError(f"unknown demo {argv[0]!r}; choose one of {', '.join(FAMILIES)}")
+        family, argv = argv[0], argv[1:]
     args, overrides = _parser().parse_known_args(argv)
-    family = None if args.config else args.family
-    config = _resolve_config(args.config or FAMILIES[args.family].config)
+    family = None if args.config else family
+    config = _resolve_config(args.config or FAMILIES[family].config)
 
     from lightning.pytorch.utilities import rank_zero_only
     from rich.console import Console
