@@ -18,8 +18,10 @@ from clapkit.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 QUICKSTART = CONFIGS / "quickstart" / "clap.yaml"
+# configs/quickstart is a symlink into the package, which rglob does not follow.
 ALL_CONFIGS = sorted(
-    p for p in CONFIGS.rglob("*.yaml") if "sweeps" not in p.relative_to(CONFIGS).parts
+    {p for p in CONFIGS.rglob("*.yaml") if "sweeps" not in p.relative_to(CONFIGS).parts}
+    | set((CONFIGS / "quickstart").glob("*.yaml"))
 )
 
 

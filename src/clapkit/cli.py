@@ -20,7 +20,7 @@ TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
 # name -> (module under clapkit.commands, one-line help)
 INFERENCE_COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("demo", "train + evaluate the quick-start CLAP and print a results table"),
+    "demo": ("demo", "train + evaluate a quick start (clap|audioclip|clapsep|avsa): results table + pictures"),
     "embed": ("embed", "embed audio files or folders to .npy / parquet"),
     "zeroshot": ("zeroshot", "zero-shot tag audio files with a list of labels, write CSV"),
     "retrieve": ("retrieve", "rank an embedded folder against a text query"),
