@@ -39,9 +39,9 @@ class Row:
 
 
 CLAP_ROWS = (
-    Row("zeroshot_top1", "zero-shot top-1 (held-out classes)", 0.85, ratio=False),
-    Row("t2a_R@1", "text -> audio R@1", 0.35, ratio=False),
-    Row("a2t_R@1", "audio -> text R@1", 0.35, ratio=False),
+    Row("zeroshot_top1", "zero-shot top-1 (held-out classes)", 3.0),
+    Row("t2a_R@1", "text -> audio R@1", 5.0),
+    Row("a2t_R@1", "audio -> text R@1", 5.0),
 )
 AUDIOCLIP_ROWS = (
     Row("zeroshot_top1", "zero-shot top-1 (audio vs class prompts)", 3.0),
