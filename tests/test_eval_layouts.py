@@ -1,0 +1,154 @@
+"""`clapkit validate` / `clapkit test` on replicas of each published dataset layout, with a native
+model directory: the clips, captions, classes and folds each split evaluates are exact.
+
+One tiny 44.1 kHz model directory serves every run; the eval configs say 48 kHz, so every run
+also exercises the rule that the model directory's preprocessing wins (and is reported).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from clapkit.cli import lightning_main
+from helpers import layouts
+from helpers.models import save_tiny_native
+
+EVAL = "configs/eval"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_native(tmp_path_factory.mktemp("model") / "clap-44k", sample_rate=44100)
+
+
+def run(command: str, config: str, model_dir, root, *extra: str):
+    args = [command, "--config", f"{EVAL}/{config}", "--model", str(model_dir),
+            f"--data.init_args.root={root}", "--data.init_args.num_workers=0", "--data.init_args.batch_size=4",
+            "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false", *extra]
+    cli = lightning_main(args)
+    stage = "val" if command == "validate" else "test"
+    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    return cli, stage, metrics
+
+
+def test_esc50_all_folds_and_one_fold_at_the_models_rate(model_dir, tmp_path, capsys):
+    truth = layouts.esc50(tmp_path / "ESC-50-master")
+    cli, stage, m = run("validate", "esc50_zeroshot.yaml", model_dir, truth.root)
+    # the config's 48 kHz / 10 s gave way to the model directory's 44.1 kHz / 1 s, and it said so
+    assert cli.datamodule.audio.sample_rate == 44100 and cli.datamodule.audio.clip_seconds == 1.0
+    err = capsys.readouterr().err
+    assert f"model directory {model_dir}: resamples to 44100 Hz" in err
+    assert "sample_rate 44100 (config: 48000)" in err and "clip_seconds 1 (config: 10)" in err
+    assert m["data/val_clips"] == 15 and m["data/val_skipped_total"] == 0
+    assert cli.model.eval_results["val"]["val/zeroshot_top1_chance"] == pytest.approx(1 / 3)
+    assert cli.datamodule.class_names == truth.class_names
+
+    cli, stage, m = run("test", "esc50_zeroshot.yaml", model_dir, truth.root, "--data.init_args.test_folds=[3]")
+    assert m["data/test_clips"] == 3
+    keys = {r.key for r in cli.datamodule.sets["test"].records}
+    assert keys == {k for k in truth.splits["all"] if truth.folds[k] == 3}
+    assert {r.meta["fold"] for r in cli.datamodule.sets["fit"].records} == {1, 2, 4, 5}
+
+
+def test_urbansound8k_every_sample_format(model_dir, tmp_path):
+    truth = layouts.urbansound8k(tmp_path / "UrbanSound8K")
+    cli, stage, m = run("validate", "us8k_zeroshot.yaml", model_dir, truth.root)
+    assert m["data/val_clips"] == 10 and m["data/val_skipped_total"] == 0  # U8, 24-bit, float, ADPCM, stereo
+    assert cli.model.eval_results["val"]["val/zeroshot_top1_chance"] == pytest.approx(1 / 10)
+    assert sorted({r.meta["fold"] for r in cli.datamodule.sets["validate"].records}) == list(range(1, 11))
+
+
+def test_fsd50k_val_and_eval_splits(model_dir, tmp_path):
+    truth = layouts.fsd50k(tmp_path / "FSD50K")
+    config = tmp_path / "fsd50k.yaml"
+    config.write_text(_fsd_config())
+    for command, split in (("validate", "val"), ("test", "eval")):
+        args = [command, "--config", str(config), "--model", str(model_dir), f"--data.init_args.root={truth.root}",
+                "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"]
+        cli = lightning_main(args)
+        stage = "val" if command == "validate" else "test"
+        m = cli.trainer.callback_metrics
+        assert float(m[f"data/{stage}_clips"]) == len(truth.splits[split])
+        assert f"{stage}/zeroshot_mAP" in m
+        records = cli.datamodule.sets["validate" if stage == "val" else "test"].records
+        assert {r.key: r.label for r in records} == {k: truth.labels[k] for k in truth.splits[split]}
+    assert len(cli.datamodule.class_names) == 6 and len(cli.datamodule.sets["fit"]) == 4
+
+
+def _fsd_config() -> str:
+    return """
+trainer: {logger: false, enable_checkpointing: false,
+          callbacks: [{class_path: clapkit.callbacks.data_health.DataHealth}]}
+data:
+  class_path: clapkit.datamodules.evalsets.FSD50KDataModule
+  init_args: {root: x, batch_size: 4, num_workers: 0, audio: {reject_silent: false}}
+"""
+
+
+AUDIOSET = {
+    "panns": ["--data.init_args.class_index=metadata/class_labels_indices.csv",
+              "--data.init_args.train_segments=metadata/unbalanced_train_segments.csv",
+              "--data.init_args.train_audio_dir=audios/unbalanced_train_segments",
+              "--data.init_args.val_segments=metadata/eval_segments.csv",
+              "--data.init_args.val_audio_dir=audios/eval_segments"],
+    "hf": ["--data.init_args.train_audio_dir=audio/bal_train", "--data.init_args.val_audio_dir=audio/eval",
+           "--data.init_args.audio_name={ytid}.flac"],
+}
+
+
+@pytest.mark.parametrize("layout", ["panns", "hf"])
+def test_audioset_layouts(model_dir, tmp_path, layout, caplog):
+    truth = layouts.audioset(tmp_path / "audioset", layout)
+    config = tmp_path / "audioset.yaml"
+    config.write_text(_fsd_config().replace("evalsets.FSD50KDataModule", "audioset.AudioSetDataModule"))
+    caplog.set_level(logging.WARNING, "clapkit.datamodules.audioset")
+    args = ["validate", "--config", str(config), "--model", str(model_dir), f"--data.init_args.root={truth.root}",
+            "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", *AUDIOSET[layout]]
+    cli = lightning_main(args)
+    m = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    assert m["data/val_clips"] == 3 and m["data/val_skipped_missing"] == truth.missing["eval"] == 1
+    assert "1 of 4 segments have no audio" in caplog.text  # the log and the metric agree
+    train = "unbalanced_train" if layout == "panns" else "balanced_train"
+    fit = cli.datamodule.sets["fit"]
+    assert {r.key: r.label for r in fit.records} == {k: truth.labels[k] for k in truth.splits[train]}
+    if layout == "panns":  # clips found in both part folders
+        assert {r.path.parent.name for r in fit.records} == {"unbalanced_train_segments_part00",
+                                                            "unbalanced_train_segments_part01"}
+    assert cli.datamodule.class_names[1] == "Male speech, man speaking"
+
+
+@pytest.mark.parametrize("naming", ["youtube_id", "audiocap_id"])
+def test_audiocaps_validate_reads_val_and_test_reads_test(model_dir, tmp_path, naming, caplog):
+    truth = layouts.audiocaps(tmp_path / "audiocaps", naming)
+    extra = ["--data.init_args.audio_name={audiocap_id}.wav"] if naming == "audiocap_id" else []
+    commands = ("validate", "test") if naming == "youtube_id" else ("test",)
+    for command in commands:
+        caplog.clear()
+        caplog.set_level(logging.WARNING, "clapkit.datamodules.captionsets")
+        cli, stage, m = run(command, "audiocaps_retrieval.yaml", model_dir, truth.root, *extra)
+        split = "val" if stage == "val" else "test"
+        assert m[f"data/{stage}_clips"] == len(truth.splits[split])
+        assert m[f"data/{stage}_captions"] == 5 * len(truth.splits[split])
+        assert f"{stage}/t2a_R@1" in m and f"{stage}/a2t_R@10" in m
+        # the clip of the unavailable video: in the log and in the metric, the same number
+        assert m[f"data/{stage}_skipped_missing"] == truth.missing[split] == 1
+        assert f"AudioCaps {split}: 1 of 3" in caplog.text or f"AudioCaps {split}: 1 of 4" in caplog.text
+        records = cli.datamodule.sets["validate" if stage == "val" else "test"].records
+        assert {r.key: r.texts for r in records} == {k: truth.captions[k] for k in truth.splits[split]}
+
+
+def test_clotho_v21_names_with_leading_spaces(model_dir, tmp_path):
+    truth = layouts.clotho(tmp_path / "clotho")
+    for command, split in (("validate", "validation"), ("test", "evaluation")):
+        cli, stage, m = run(command, "clotho_retrieval.yaml", model_dir, truth.root)
+        assert m[f"data/{stage}_clips"] == len(truth.splits[split])
+        assert m[f"data/{stage}_captions"] == 5 * len(truth.splits[split])
+        assert m[f"data/{stage}_skipped_missing"] == 0
+        records = cli.datamodule.sets["validate" if stage == "val" else "test"].records
+        assert {r.key: r.texts for r in records} == {k: truth.captions[k] for k in truth.splits[split]}
+    fit = {r.key: r for r in cli.datamodule.sets["fit"].records}
+    assert sorted(fit) == sorted(truth.splits["development"])  # " Ambience Birds" kept, leading space and all
+    assert fit["Café terrace"].meta["keywords"] == ["birds", "ambience", "café"]  # Latin-1 metadata
