@@ -3,6 +3,9 @@ model directory: the clips, captions, classes and folds each split evaluates are
 
 One tiny 44.1 kHz model directory serves every run; the eval configs say 48 kHz, so every run
 also exercises the rule that the model directory's preprocessing wins (and is reported).
+A LightningCLI run costs seconds (argument parsing dominates), so the default suite runs one
+layout per reader family and the others are marked slow; tests/datamodules/test_layouts.py
+reads every layout without the CLI in the default suite.
 """
 
 from __future__ import annotations
@@ -13,22 +16,36 @@ import pytest
 
 from clapkit.cli import lightning_main
 from helpers import layouts
-from helpers.models import save_tiny_native
 
 EVAL = "configs/eval"
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return save_tiny_native(tmp_path_factory.mktemp("model") / "clap-44k", sample_rate=44100)
+    """A tiny CLAP saved natively with a 44.1 kHz, 0.25 s window (the eval configs say 48 kHz, 10 s)."""
+    import torch
+
+    from clapkit.pretrained import InferenceConfig, instantiate_model, save_pretrained
+    from helpers.models import randomize_norm_stats, tiny_clap_config
+
+    config = tiny_clap_config(sample_rate=44100)
+    torch.manual_seed(0)
+    task = instantiate_model(config)
+    randomize_norm_stats(task)
+    inference = InferenceConfig(sample_rate=44100, clip_samples=11025, pad="repeatpad")
+    return save_pretrained(task, tmp_path_factory.mktemp("model") / "clap-44k", inference, config)
+
+
+def lightning(args: list[str], root_dir):
+    return lightning_main(args + [f"--trainer.default_root_dir={root_dir}", "--trainer.enable_model_summary=false",
+                                  "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu"])
 
 
 def run(command: str, config: str, model_dir, root, *extra: str):
     args = [command, "--config", f"{EVAL}/{config}", "--model", str(model_dir),
             f"--data.init_args.root={root}", "--data.init_args.num_workers=0", "--data.init_args.batch_size=4",
-            "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false", *extra]
-    cli = lightning_main(args)
+            *extra]
+    cli = lightning(args, root.parent / "run")
     stage = "val" if command == "validate" else "test"
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     return cli, stage, metrics
@@ -38,10 +55,12 @@ def test_esc50_all_folds_and_one_fold_at_the_models_rate(model_dir, tmp_path, ca
     truth = layouts.esc50(tmp_path / "ESC-50-master")
     cli, stage, m = run("validate", "esc50_zeroshot.yaml", model_dir, truth.root)
     # the config's 48 kHz / 10 s gave way to the model directory's 44.1 kHz / 1 s, and it said so
-    assert cli.datamodule.audio.sample_rate == 44100 and cli.datamodule.audio.clip_seconds == 1.0
+    assert cli.datamodule.audio.sample_rate == 44100 and cli.datamodule.audio.clip_seconds == 0.25
+    batch = next(iter(cli.datamodule.val_dataloader()))
+    assert batch["audio"].shape == (4, 11025)  # 0.25 s at 44.1 kHz
     err = capsys.readouterr().err
     assert f"model directory {model_dir}: resamples to 44100 Hz" in err
-    assert "sample_rate 44100 (config: 48000)" in err and "clip_seconds 1 (config: 10)" in err
+    assert "sample_rate 44100 (config: 48000)" in err and "clip_seconds 0.25 (config: 10)" in err
     assert m["data/val_clips"] == 15 and m["data/val_skipped_total"] == 0
     assert cli.model.eval_results["val"]["val/zeroshot_top1_chance"] == pytest.approx(1 / 3)
     assert cli.datamodule.class_names == truth.class_names
@@ -53,6 +72,7 @@ def test_esc50_all_folds_and_one_fold_at_the_models_rate(model_dir, tmp_path, ca
     assert {r.meta["fold"] for r in cli.datamodule.sets["fit"].records} == {1, 2, 4, 5}
 
 
+@pytest.mark.slow
 def test_urbansound8k_every_sample_format(model_dir, tmp_path):
     truth = layouts.urbansound8k(tmp_path / "UrbanSound8K")
     cli, stage, m = run("validate", "us8k_zeroshot.yaml", model_dir, truth.root)
@@ -61,14 +81,14 @@ def test_urbansound8k_every_sample_format(model_dir, tmp_path):
     assert sorted({r.meta["fold"] for r in cli.datamodule.sets["validate"].records}) == list(range(1, 11))
 
 
+@pytest.mark.slow
 def test_fsd50k_val_and_eval_splits(model_dir, tmp_path):
     truth = layouts.fsd50k(tmp_path / "FSD50K")
     config = tmp_path / "fsd50k.yaml"
     config.write_text(_fsd_config())
     for command, split in (("validate", "val"), ("test", "eval")):
-        args = [command, "--config", str(config), "--model", str(model_dir), f"--data.init_args.root={truth.root}",
-                "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"]
-        cli = lightning_main(args)
+        args = [command, "--config", str(config), "--model", str(model_dir), f"--data.init_args.root={truth.root}"]
+        cli = lightning(args, tmp_path / "run")
         stage = "val" if command == "validate" else "test"
         m = cli.trainer.callback_metrics
         assert float(m[f"data/{stage}_clips"]) == len(truth.splits[split])
@@ -99,15 +119,15 @@ AUDIOSET = {
 }
 
 
-@pytest.mark.parametrize("layout", ["panns", "hf"])
+@pytest.mark.parametrize("layout", ["panns", pytest.param("hf", marks=pytest.mark.slow)])
 def test_audioset_layouts(model_dir, tmp_path, layout, caplog):
     truth = layouts.audioset(tmp_path / "audioset", layout)
     config = tmp_path / "audioset.yaml"
     config.write_text(_fsd_config().replace("evalsets.FSD50KDataModule", "audioset.AudioSetDataModule"))
     caplog.set_level(logging.WARNING, "clapkit.datamodules.audioset")
     args = ["validate", "--config", str(config), "--model", str(model_dir), f"--data.init_args.root={truth.root}",
-            "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", *AUDIOSET[layout]]
-    cli = lightning_main(args)
+            *AUDIOSET[layout]]
+    cli = lightning(args, tmp_path / "run")
     m = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     assert m["data/val_clips"] == 3 and m["data/val_skipped_missing"] == truth.missing["eval"] == 1
     assert "1 of 4 segments have no audio" in caplog.text  # the log and the metric agree
@@ -120,7 +140,7 @@ def test_audioset_layouts(model_dir, tmp_path, layout, caplog):
     assert cli.datamodule.class_names[1] == "Male speech, man speaking"
 
 
-@pytest.mark.parametrize("naming", ["youtube_id", "audiocap_id"])
+@pytest.mark.parametrize("naming", ["youtube_id", pytest.param("audiocap_id", marks=pytest.mark.slow)])
 def test_audiocaps_validate_reads_val_and_test_reads_test(model_dir, tmp_path, naming, caplog):
     truth = layouts.audiocaps(tmp_path / "audiocaps", naming)
     extra = ["--data.init_args.audio_name={audiocap_id}.wav"] if naming == "audiocap_id" else []
@@ -140,15 +160,16 @@ def test_audiocaps_validate_reads_val_and_test_reads_test(model_dir, tmp_path, n
         assert {r.key: r.texts for r in records} == {k: truth.captions[k] for k in truth.splits[split]}
 
 
-def test_clotho_v21_names_with_leading_spaces(model_dir, tmp_path):
+@pytest.mark.parametrize("command", [pytest.param("validate", marks=pytest.mark.slow), "test"])
+def test_clotho_v21_names_with_leading_spaces(model_dir, tmp_path, command):
     truth = layouts.clotho(tmp_path / "clotho")
-    for command, split in (("validate", "validation"), ("test", "evaluation")):
-        cli, stage, m = run(command, "clotho_retrieval.yaml", model_dir, truth.root)
-        assert m[f"data/{stage}_clips"] == len(truth.splits[split])
-        assert m[f"data/{stage}_captions"] == 5 * len(truth.splits[split])
-        assert m[f"data/{stage}_skipped_missing"] == 0
-        records = cli.datamodule.sets["validate" if stage == "val" else "test"].records
-        assert {r.key: r.texts for r in records} == {k: truth.captions[k] for k in truth.splits[split]}
+    split = {"validate": "validation", "test": "evaluation"}[command]
+    cli, stage, m = run(command, "clotho_retrieval.yaml", model_dir, truth.root)
+    assert m[f"data/{stage}_clips"] == len(truth.splits[split])
+    assert m[f"data/{stage}_captions"] == 5 * len(truth.splits[split])
+    assert m[f"data/{stage}_skipped_missing"] == 0
+    records = cli.datamodule.sets["validate" if stage == "val" else "test"].records
+    assert {r.key: r.texts for r in records} == {k: truth.captions[k] for k in truth.splits[split]}
     fit = {r.key: r for r in cli.datamodule.sets["fit"].records}
     assert sorted(fit) == sorted(truth.splits["development"])  # " Ambience Birds" kept, leading space and all
     assert fit["Café terrace"].meta["keywords"] == ["birds", "ambience", "café"]  # Latin-1 metadata

@@ -92,8 +92,7 @@ def lightning_main(args: list[str] | None = None, run: bool = True):
             # A native model directory's own preprocessing beats the data config's audio values.
             from clapkit.model_preprocessing import apply_model_preprocessing
 
-            if self.subcommand:
-                apply_model_preprocessing(self.config[self.subcommand], given)
+            apply_model_preprocessing(self.config[self.subcommand] if self.subcommand else self.config, given)
 
     if args is not None:
         args = _native_model_args(list(args))
