@@ -84,28 +84,12 @@ def test_urbansound8k_every_sample_format(model_dir, tmp_path):
 @pytest.mark.slow
 def test_fsd50k_val_and_eval_splits(model_dir, tmp_path):
     truth = layouts.fsd50k(tmp_path / "FSD50K")
-    config = tmp_path / "fsd50k.yaml"
-    config.write_text(_fsd_config())
     for command, split in (("validate", "val"), ("test", "eval")):
-        args = [command, "--config", str(config), "--model", str(model_dir), f"--data.init_args.root={truth.root}"]
-        cli = lightning(args, tmp_path / "run")
-        stage = "val" if command == "validate" else "test"
-        m = cli.trainer.callback_metrics
-        assert float(m[f"data/{stage}_clips"]) == len(truth.splits[split])
-        assert f"{stage}/zeroshot_mAP" in m
+        cli, stage, m = run(command, "fsd50k_zeroshot.yaml", model_dir, truth.root)
+        assert m[f"data/{stage}_clips"] == len(truth.splits[split]) and f"{stage}/zeroshot_mAP" in m
         records = cli.datamodule.sets["validate" if stage == "val" else "test"].records
         assert {r.key: r.label for r in records} == {k: truth.labels[k] for k in truth.splits[split]}
     assert len(cli.datamodule.class_names) == 6 and len(cli.datamodule.sets["fit"]) == 4
-
-
-def _fsd_config() -> str:
-    return """
-trainer: {logger: false, enable_checkpointing: false,
-          callbacks: [{class_path: clapkit.callbacks.data_health.DataHealth}]}
-data:
-  class_path: clapkit.datamodules.evalsets.FSD50KDataModule
-  init_args: {root: x, batch_size: 4, num_workers: 0, audio: {reject_silent: false}}
-"""
 
 
 AUDIOSET = {
@@ -114,7 +98,8 @@ AUDIOSET = {
               "--data.init_args.train_audio_dir=audios/unbalanced_train_segments",
               "--data.init_args.val_segments=metadata/eval_segments.csv",
               "--data.init_args.val_audio_dir=audios/eval_segments"],
-    "hf": ["--data.init_args.train_audio_dir=audio/bal_train", "--data.init_args.val_audio_dir=audio/eval",
+    "hf": ["--data.init_args.train_segments=balanced_train_segments.csv",
+           "--data.init_args.train_audio_dir=audio/bal_train", "--data.init_args.val_audio_dir=audio/eval",
            "--data.init_args.audio_name={ytid}.flac"],
 }
 
@@ -122,14 +107,10 @@ AUDIOSET = {
 @pytest.mark.parametrize("layout", ["panns", pytest.param("hf", marks=pytest.mark.slow)])
 def test_audioset_layouts(model_dir, tmp_path, layout, caplog):
     truth = layouts.audioset(tmp_path / "audioset", layout)
-    config = tmp_path / "audioset.yaml"
-    config.write_text(_fsd_config().replace("evalsets.FSD50KDataModule", "audioset.AudioSetDataModule"))
     caplog.set_level(logging.WARNING, "clapkit.datamodules.audioset")
-    args = ["validate", "--config", str(config), "--model", str(model_dir), f"--data.init_args.root={truth.root}",
-            *AUDIOSET[layout]]
-    cli = lightning(args, tmp_path / "run")
-    m = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
-    assert m["data/val_clips"] == 3 and m["data/val_skipped_missing"] == truth.missing["eval"] == 1
+    cli, stage, m = run("test", "audioset_zeroshot.yaml", model_dir, truth.root, *AUDIOSET[layout])
+    assert m["data/test_clips"] == 3 and m["data/test_skipped_missing"] == truth.missing["eval"] == 1
+    assert "test/zeroshot_mAP" in m
     assert "1 of 4 segments have no audio" in caplog.text  # the log and the metric agree
     train = "unbalanced_train" if layout == "panns" else "balanced_train"
     fit = cli.datamodule.sets["fit"]
