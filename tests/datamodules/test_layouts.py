@@ -75,8 +75,9 @@ def test_audioset_unbalanced_part_folders(tmp_path, caplog):
 def test_audioset_split_without_any_clip_says_where_and_what(tmp_path):
     layouts.audioset(tmp_path, "hf")  # files are <ytid>.flac; the default name is Y<ytid>.wav
     dm = AudioSetDataModule(str(tmp_path), train_audio_dir="audio/bal_train", val_audio_dir="audio/eval")
+    dm.setup()  # a split nobody uses may be absent; the one a stage needs must not be
     with pytest.raises(LayoutError) as err:
-        dm.setup()
+        dm.train_dataloader()  # (was: "ClassBalancedSampler needs at least one labelled clip")
     message = str(err.value)
     assert "\n" not in message and "balanced_train_segments.csv: none of its 5 segments" in message
     assert str(tmp_path / "audio" / "bal_train") in message and "'Y-bal00x_Zq.wav'" in message
@@ -90,6 +91,8 @@ def test_audioset_split_without_any_clip_says_where_and_what(tmp_path):
 def test_captions_without_any_audio_say_where(tmp_path):
     layouts.clotho(tmp_path)
     (tmp_path / "evaluation").rename(tmp_path / "eval")
+    dm = ClothoDataModule(str(tmp_path), audio=POLICY, num_workers=0)
+    assert len(next(iter(dm.val_dataloader()))["key"]) == 2  # validation is unaffected
     with pytest.raises(LayoutError, match=r"Clotho evaluation: none of its 3 clips has an audio file; "
                                           r"looked for evaluation/<file_name> under .*evaluation"):
-        ClothoDataModule(str(tmp_path)).setup()
+        dm.test_dataloader()

@@ -141,19 +141,19 @@ def read_audioset(
     if unknown:
         log.warning("%s: %d MIDs not in the class index are ignored (e.g. %s)", segments, len(unknown),
                     sorted(unknown)[:3])
+    problem = None
     if rows and not records:
         found = "no such folder" if not audio_dir.is_dir() else f"{len(index)} files there" + (
             f", named like {next(iter(index))!r}" if index else "")
-        raise LayoutError(
-            f"{segments}: none of its {len(rows)} segments has an audio file under {audio_dir} "
-            f"(searched recursively; {found}); expected names like {', '.join(map(repr, expected))} "
-            f"(audio_name {audio_name!r})"
-        )
-    if missing:
+        problem = (f"{segments}: none of its {len(rows)} segments has an audio file under {audio_dir} "
+                   f"(searched recursively; {found}); expected names like {', '.join(map(repr, expected))} "
+                   f"(audio_name {audio_name!r})")
+        log.warning("%s", problem)
+    elif missing:
         log.warning("%s: %d of %d segments have no audio under %s and are left out", segments, missing,
                     len(rows), audio_dir)
     return ClipSet(records, captions.class_names, multi_label=True,
-                   left_out=Counter(missing=missing) if missing else Counter())
+                   left_out=Counter(missing=missing) if missing else Counter(), problem=problem)
 
 
 class AudioSetDataModule(ClipDataModule):

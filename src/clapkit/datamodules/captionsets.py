@@ -125,14 +125,15 @@ def _present(records: list[ClipRecord], drop_missing: bool, what: str, pattern: 
     """A caption set of ``records`` without the clips whose audio file is absent (counted)."""
     if not drop_missing:
         return ClipSet(records)
-    kept = [r for r in records if r.path.is_file()]
-    missing = [r for r in records if not r.path.is_file()]
+    present = [r.path.is_file() for r in records]
+    kept = [r for r, ok in zip(records, present) if ok]
+    missing = [r for r, ok in zip(records, present) if not ok]
     if records and not kept:
         folder = _common_folder([r.path for r in records])
-        raise LayoutError(
-            f"{what}: none of its {len(records)} clips has an audio file; looked for {pattern} under "
-            f"{folder}, e.g. {', '.join(repr(r.path.name) for r in records[:3])}"
-        )
+        problem = (f"{what}: none of its {len(records)} clips has an audio file; looked for {pattern} under "
+                   f"{folder}, e.g. {', '.join(repr(r.path.name) for r in records[:3])}")
+        log.warning("%s", problem)
+        return ClipSet([], left_out=Counter(missing=len(records)), problem=problem)
     if missing:
         log.warning("%s: %d of %d clips have no audio file and are left out (first: %s)",
                     what, len(missing), len(records), missing[0].path)

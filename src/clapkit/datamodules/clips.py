@@ -60,12 +60,16 @@ class ClipSet:
         left_out: clips of the metadata table left out when the set was built, by reason
             (``missing``: no audio file); logged with the loader's skip counts, so the
             ``data/<stage>_skipped_<reason>`` metrics agree with the setup warning.
+        problem: why the set is empty although its table lists clips (no audio file found);
+            raised as a :class:`LayoutError` when a stage uses the set, so a split that is not
+            needed (training clips not downloaded for an evaluation) does not stop the run.
     """
 
     records: list[ClipRecord]
     class_names: list[str] = field(default_factory=list)
     multi_label: bool = False
     left_out: Counter = field(default_factory=Counter)
+    problem: str | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -214,7 +218,10 @@ class ClipDataModule(LightningDataModule):
         self.setup()
         if name not in self.sets:
             raise LayoutError(f"{type(self).__name__} has no {name!r} split (configured: {sorted(self.sets)})")
-        return self.sets[name]
+        clip_set = self.sets[name]
+        if clip_set.problem and not clip_set.records:
+            raise LayoutError(clip_set.problem)
+        return clip_set
 
     def _loader(self, clip_set: ClipSet, stage: Stage, with_text: bool, shuffle: bool = False,
                 sampler: Sampler | None = None) -> DataLoader:
