@@ -132,9 +132,9 @@ def test_export_round_trip_loads_in_transformers(case, tmp_path):
     assert (settings["frequency_min"], settings["frequency_max"], settings["padding"]) == (50, 14000, "repeatpad")
 
 
-def test_export_native_model_not_from_hf(tmp_path):
-    """A clapkit-built CLAP (default LAION front end, not converted from transformers) exports
-    to a ClapModel whose embeddings equal clapkit's."""
+def test_export_native_model_not_from_hf(tmp_path, capsys):
+    """A clapkit-built CLAP with LAION-CLAP's conv-STFT front end (what ``convert laion-clap``
+    writes), not converted from transformers, exports to a ClapModel whose embeddings equal clapkit's."""
     from clapkit.pretrained import InferenceConfig, instantiate_model, save_pretrained
 
     text_dir = write_roberta_dir(tmp_path / "roberta")
@@ -142,7 +142,8 @@ def test_export_native_model_not_from_hf(tmp_path):
     config = {"class_path": "clapkit.lightning_modules.contrastive.ContrastiveTask", "init_args": {
         "towers": {
             "audio": {"class_path": "clapkit.encoders.tower.Tower", "init_args": {
-                "encoder": {"class_path": "clapkit.encoders.htsat.HTSAT", "init_args": {"variant": "test"}},
+                "encoder": {"class_path": "clapkit.encoders.htsat.HTSAT", "init_args": {
+                    "variant": "test", "frontend": {"class_path": "clapkit.encoders.frontends.ConvLogMel"}}},
                 "projection": head}},
             "text": {"class_path": "clapkit.encoders.tower.Tower", "init_args": {
                 "encoder": {"class_path": "clapkit.encoders.hf_text.HFTextEncoder",
@@ -157,7 +158,8 @@ def test_export_native_model_not_from_hf(tmp_path):
         with torch.no_grad():
             task.towers["audio"].encoder.bn0.running_mean.normal_(0, 0.5)
         native = save_pretrained(task, tmp_path / "native", InferenceConfig(), config, assets={"text_model": text_dir})
-        assert export_hf.main([str(native), "-o", str(tmp_path / "hf"), "-q"]) == 0
+        assert export_hf.main([str(native), "-o", str(tmp_path / "hf")]) == 0
+        assert "note: transformers crops clips longer than the window at random" in capsys.readouterr().err
         model = clapkit.load(native)
         # Long clips are cropped differently (transformers: random; clapkit: centre; pinned
         # equal by the reference helper), so all three lengths compare.
@@ -189,9 +191,18 @@ def test_refuses_what_transformers_cannot_run(built, tmp_path):
     (broken / "preprocessor_config.json").write_text(json.dumps(settings))
     with pytest.raises(CheckpointError, match="truncation 'fusion' with enable_fusion False"):
         read_hf_clap_dir(broken)
-    (broken / "model.safetensors").unlink()
     settings["truncation"] = "rand_trunc"
     (broken / "preprocessor_config.json").write_text(json.dumps(settings))
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(broken / "model.safetensors"))
+    del state["text_model.pooler.dense.weight"]
+    state["audio_model.extra.weight"] = torch.zeros(2)
+    save_file(state, str(broken / "model.safetensors"))
+    with pytest.raises(CommandError, match=r"1 official keys not consumed \(audio_model.extra.weight\); "
+                       r"1 clapkit keys not filled \(towers.text.encoder.model.pooler.dense.weight\)"):
+        convert.main(["hf-clap", str(broken), "-o", str(tmp_path / "out")])
+    (broken / "model.safetensors").unlink()
     with pytest.raises(CommandError, match="no model.safetensors"):
         convert.main(["hf-clap", str(broken), "-o", str(tmp_path / "out")])
 

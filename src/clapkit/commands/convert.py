@@ -95,12 +95,17 @@ def _convert_clapsep(args) -> int:
 
 
 def _convert_hf_clap(args) -> int:
-    from clapkit.interop.hf_clap import convert_hf_clap
+    import shutil
+
+    from clapkit.interop.hf_clap import TEXT_ASSET, convert_hf_clap
     from clapkit.pretrained import PretrainedError, save_converted
 
     try:
         converted = convert_hf_clap(args.checkpoint)
-        out = save_converted(converted, args.output, overwrite=args.overwrite)
+        try:
+            out = save_converted(converted, args.output, overwrite=args.overwrite)
+        finally:
+            shutil.rmtree(converted.assets[TEXT_ASSET], ignore_errors=True)  # copied into the output
     except (PretrainedError, FileNotFoundError) as exc:
         raise CommandError(str(exc)) from None
     if not args.quiet:

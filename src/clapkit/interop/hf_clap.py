@@ -41,6 +41,7 @@ Dropped on purpose: ``logit_scale_t`` (clapkit keeps one scale per pair; its
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -121,7 +122,7 @@ class HFClapDirectory:
     def fusion(self) -> bool:
         return bool(self.config.audio_config.enable_fusion)
 
-    @property
+    @functools.cached_property
     def text_max_length(self) -> int:
         from transformers import AutoTokenizer
 
@@ -398,7 +399,11 @@ def load_hf_clap(path: str | os.PathLike, **kwargs):
     from clapkit.pretrained import build_converted, file_fingerprint
 
     converted = convert_hf_clap(path)
-    clap = CLAPModel(build_converted(converted), converted.inference, **kwargs)
+    try:
+        model = build_converted(converted)
+    finally:
+        shutil.rmtree(converted.assets[TEXT_ASSET], ignore_errors=True)  # the tokenizer is in memory now
+    clap = CLAPModel(model, converted.inference, **kwargs)
     path = Path(path)
     weights = [path / n for n in WEIGHT_NAMES if (path / n).is_file()]
     clap.fingerprint = file_fingerprint(path / "config.json", *weights)
