@@ -48,7 +48,7 @@ def clap_config(geometry: str, fusion: bool, vocab_size: int, projection_dim: in
 def _randomise(model: torch.nn.Module, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, module in model.named_modules():
+        for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.5)
                 module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)

@@ -53,7 +53,7 @@ from typing import Any
 
 import torch
 
-from clapkit.interop.keymap import CheckpointError, KeyMap, read_state_dict, target_shapes
+from clapkit.interop.keymap import CheckpointError, KeyMap, build_from_config, read_state_dict, target_shapes
 from clapkit.pretrained import Converted, InferenceConfig
 
 TEXT_ASSET = "text_model"
@@ -370,10 +370,21 @@ def _stage_text_dir(directory: HFClapDirectory) -> Path:
     return staged
 
 
+def _target_model(config: dict[str, Any], text_dir: Path) -> torch.nn.Module:
+    """The clapkit model for ``config`` (on the meta device where possible: keys and shapes only)."""
+
+    def resolve(p: str) -> str:
+        return str(text_dir) if p == f"./{TEXT_ASSET}" else p
+
+    try:
+        with torch.device("meta"):
+            return build_from_config(config, resolve)
+    except Exception:  # some front ends (torchaudio's filterbank) cannot be built on meta
+        return build_from_config(config, resolve)
+
+
 def convert_hf_clap(path: str | os.PathLike) -> Converted:
     """Translate a ``ClapModel`` directory into a clapkit model (see the module docstring)."""
-    from clapkit.interop.laion_clap import _target_model
-
     directory = read_hf_clap_dir(path)
     state = fuse_qkv(read_weights(directory.path))
     text_dir = _stage_text_dir(directory)
@@ -386,6 +397,11 @@ def convert_hf_clap(path: str | os.PathLike) -> Converted:
         mapped = key_map(directory).apply(state, target_shapes(target))
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+    # The front end's buffers (window, filterbank) are computed, never read from the directory;
+    # build them on the CPU so a meta-device target can never leave them zero.
+    with torch.device("cpu"):
+        frontend = build_from_config(frontend_config(directory.features))
+    mapped.update({f"{AUDIO}.frontend.{k}": v for k, v in frontend.state_dict().items()})
     return Converted(config, mapped, inference_config(directory), assets={TEXT_ASSET: text_dir},
                      description=directory.description)
 

@@ -164,6 +164,26 @@ def _frontend_args(model_config: dict[str, Any]) -> dict[str, Any]:
         return {}
 
 
+def _publish_directory(tmp: Path, directory: Path) -> None:
+    """Rename a finished temporary directory onto ``directory``, so the path always holds
+    either the complete old directory or the complete new one."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)
+    if not directory.exists():
+        os.replace(tmp, directory)
+        return
+    trash = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.old-"))
+    os.replace(directory, trash / "old")
+    try:
+        os.replace(tmp, directory)
+    except BaseException:
+        os.replace(trash / "old", directory)
+        raise
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
 def export_hf_clap(source: str | os.PathLike, output: str | os.PathLike, *, overwrite: bool = False) -> HFExport:
     """Write the native CLAP model at ``source`` as a transformers ``ClapModel`` directory ``output``.
 
@@ -173,7 +193,7 @@ def export_hf_clap(source: str | os.PathLike, output: str | os.PathLike, *, over
     """
     from transformers import ClapFeatureExtractor, ClapModel, ClapProcessor
 
-    from clapkit.pretrained import PretrainedError, _replace_directory, load_native
+    from clapkit.pretrained import PretrainedError, load_native
 
     output = Path(output)
     if output.exists() and not overwrite and (not output.is_dir() or any(output.iterdir())):
@@ -235,7 +255,7 @@ def export_hf_clap(source: str | os.PathLike, output: str | os.PathLike, *, over
         hf_model.save_pretrained(tmp)
         ClapProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(tmp)
         features.save_pretrained(tmp)  # preprocessor_config.json: the Hub layout older transformers read
-        _replace_directory(tmp, output)
+        _publish_directory(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
