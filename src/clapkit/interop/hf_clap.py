@@ -319,8 +319,9 @@ def split_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def import_rules() -> list[tuple[str, str]]:
-    rules = [(BLOCK_HF + re.escape(hf) + r"(\..+)?", BLOCK + ck + r"\3") for hf, ck in BLOCK_NAMES]
-    rules += [(hf + r"\.(.+)", ck + r".\1" if "\\1" not in ck else ck + r".\2") for hf, ck in PREFIXES]
+    """transformers -> clapkit renames; ``rest`` is the parameter name after the module path."""
+    rules = [(BLOCK_HF + re.escape(hf) + r"(?P<rest>\..+)?", BLOCK + ck + r"\g<rest>") for hf, ck in BLOCK_NAMES]
+    rules += [(hf + r"(?P<rest>\..+)", ck + r"\g<rest>") for hf, ck in PREFIXES]
     rules.append((r"logit_scale_a", "logit_scales.audio__text"))
     return rules
 
