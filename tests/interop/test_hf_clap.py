@@ -76,7 +76,9 @@ def _build(root: Path, geometry: str, fusion: bool) -> Case:
         hf_dir = write_hf_clap_dir(root / "hf", geometry, fusion, seed=1)
         audio = reference_audio(hf_dir, clips())
         text = reference_text(hf_dir, TEXTS)
-        assert convert.main(["hf-clap", str(hf_dir), "-o", str(root / "native"), "-q"]) == 0
+        # ``auto`` must detect the directory too; one configuration checks it.
+        fmt = "auto" if fusion else "hf-clap"
+        assert convert.main([fmt, str(hf_dir), "-o", str(root / "native"), "-q"]) == 0
     return Case(hf_dir, root / "native", audio, text, fusion)
 
 
