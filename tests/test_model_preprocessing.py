@@ -8,6 +8,7 @@ from jsonargparse import Namespace
 from clapkit.cli import lightning_main
 from clapkit.model_preprocessing import apply_model_preprocessing, explicit_keys
 from clapkit.pretrained import InferenceConfig, instantiate_model, save_pretrained
+from helpers import layouts
 from helpers.models import tiny_clap_config
 
 
@@ -55,8 +56,10 @@ def test_fusion_and_agreeing_configs(tmp_path):
 
 
 def test_cli_44k_model_dir_with_48k_eval_config(tmp_path, capsys):
+    truth = layouts.audiocaps(tmp_path / "audiocaps")  # clips stored at 32 kHz, 0.05 s long
     weights = _model_dir(tmp_path / "model44k", sample_rate=44100, clip_samples=44100)
-    args = ["--config", "configs/eval/clotho_retrieval.yaml", "--model", str(weights),
+    args = ["--config", "configs/eval/audiocaps_retrieval.yaml", "--model", str(weights),
+            f"--data.init_args.root={truth.root}", "--data.init_args.num_workers=0",
             "--data.init_args.audio.clip_seconds=2.0"]
     cli = lightning_main(args, run=False)  # parsed and instantiated, not run
     assert cli.datamodule.audio.sample_rate == 44100 and cli.datamodule.audio.int16 is False
@@ -64,3 +67,7 @@ def test_cli_44k_model_dir_with_48k_eval_config(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"model directory {weights}: resamples to 44100 Hz" in err
     assert "--data.init_args.audio.clip_seconds 2 differs from model directory" in err
+    batch = next(iter(cli.datamodule.test_dataloader()))
+    # a 0.05 s clip resampled to 44.1 kHz has 2205 samples; repeatpad tiles it 40 times into the
+    # 88200-sample window (at 48 kHz it would be 36 x 2400 = 86400, unresampled 55 x 1600 = 88000)
+    assert batch["audio"].shape[-1] == 88200 and batch["lengths"].tolist() == [88200] * len(batch["key"])
