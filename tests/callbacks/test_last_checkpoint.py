@@ -3,10 +3,9 @@ checkpoint) never ran: the quick-start config validates every 4 epochs, this run
 
 from __future__ import annotations
 
-import torch
-
 import lightning.pytorch as pl
 import pytest
+import torch
 
 from clapkit.callbacks.last_checkpoint import LastCheckpoint
 from clapkit.cli import lightning_main
