@@ -199,7 +199,7 @@ def results_table(results: dict[str, float], rows: tuple[Row, ...], title: str):
     missed = []
     for row in rows:
         found = _find_metric(results, "test", row.key)
-        target_text = f">= {row.target:g}x chance" if row.ratio else f">= {row.target:g}"
+        target_text = f">= {row.target:g}x" if row.ratio else f">= {row.target:g}"
         if found is None:
             table.add_row(row.label, "n/a", "", "", target_text)
             missed.append(row.label)
