@@ -20,7 +20,7 @@ import numpy as np
 from clapkit.atomic import atomic_path
 from clapkit.deps import optional_import
 
-# Tab10 keeps classes apart for up to 10; past that matplotlib's tab20 then a cycle.
+# A grid of more bar charts than this helps nobody; zeroshot --plot draws the first ones.
 _MAX_BAR_FILES = 12
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -122,7 +121,3 @@ def separation_pictures(model, datamodule, trainer, out_dir: str | os.PathLike |
     written.append(plots.spectrograms(waves, rate, out / "separation.png"))
     return written
 
-
-def zeroshot_accuracy(audio: np.ndarray, labels: np.ndarray, text: np.ndarray) -> float:
-    """Top-1 accuracy of nearest-prompt classification (matches the logged zero-shot top-1)."""
-    return float(((audio @ text.T).argmax(axis=1) == labels).mean())
