@@ -7,7 +7,8 @@ Training
     log space, clamped). The loss of a pair is symmetric InfoNCE over the *global* batch
     (features gathered with gradients across ranks, see
     :mod:`clapkit.lightning_modules.losses`); pairs whose inputs are missing from a batch are
-    skipped, and the losses of present pairs are averaged (or summed, AudioCLIP).
+    skipped, and the losses of present pairs are reduced by ``pair_reduction`` (see
+    :data:`PAIR_REDUCTIONS`).
     ``frozen`` towers (or sub-modules, e.g. ``text.encoder``) are teachers: eval mode, no
     gradients, not in the optimiser.
 
@@ -106,6 +107,23 @@ class WarmupCosine:
         return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def _audioclip_reduction(pair_losses: torch.Tensor) -> torch.Tensor:
+    # The reference (AudioCLIP ``loss_fn``) adds ``ce(a->b) + ce(b->a)`` over the present pairs
+    # and divides by ``n!`` for ``n`` present pairs: the mean over the three pairs of their
+    # symmetric means when all three are present, their sum when two are.
+    return 2.0 * pair_losses.sum() / math.factorial(pair_losses.numel())
+
+
+#: How ``ContrastiveTask`` combines the symmetric losses (``(ce(a->b) + ce(b->a)) / 2``) of the
+#: pairs present in a batch: ``mean`` (CLAP), ``sum``, or ``audioclip`` (the AudioCLIP
+#: reference's rule, exactly).
+PAIR_REDUCTIONS = {
+    "mean": torch.mean,
+    "sum": torch.sum,
+    "audioclip": _audioclip_reduction,
+}
+
+
 def pair_key(a: str, b: str) -> str:
     """Name of a pair in ``logit_scales`` and in logs: ``"audio__text"``."""
     return f"{a}__{b}"
@@ -121,7 +139,9 @@ class ContrastiveTask(LightningModule):
             ``requires_grad=False``, left out of the optimiser.
         local_loss: with several processes, compute each rank's rows against all gathered
             columns instead of the full global matrix (same gradients, less memory).
-        pair_reduction: combine pair losses by ``mean`` (CLAP) or ``sum`` (AudioCLIP).
+        pair_reduction: combine pair losses by ``mean`` (CLAP), ``sum``, or ``audioclip``
+            (the AudioCLIP reference: summed two-way cross-entropies over ``n!`` for ``n``
+            present pairs, i.e. the mean of the three pairs' symmetric losses).
         logit_scale_init: initial inverse temperature of every pair (stored as its log).
         logit_scale_min: lower clamp of the inverse temperature.
         logit_scale_max: upper clamp of the inverse temperature.
@@ -150,7 +170,7 @@ class ContrastiveTask(LightningModule):
         pairs: Sequence[tuple[str, str]] = (("audio", "text"),),
         frozen: Sequence[str] = (),
         local_loss: bool = False,
-        pair_reduction: Literal["mean", "sum"] = "mean",
+        pair_reduction: Literal["mean", "sum", "audioclip"] = "mean",
         logit_scale_init: float = 1 / 0.07,
         logit_scale_min: float = 1.0,
         logit_scale_max: float = 100.0,
@@ -182,6 +202,8 @@ class ContrastiveTask(LightningModule):
                 f"need 0 < logit_scale_min <= logit_scale_init <= logit_scale_max, got "
                 f"{logit_scale_min}, {logit_scale_init}, {logit_scale_max}"
             )
+        if pair_reduction not in PAIR_REDUCTIONS:
+            raise ValueError(f"pair_reduction must be one of {', '.join(PAIR_REDUCTIONS)}, not {pair_reduction!r}")
         if not prompt_templates or any("{}" not in t for t in prompt_templates):
             raise ValueError("prompt_templates need a '{}' placeholder for the class name")
         self.towers = nn.ModuleDict(towers)
@@ -301,7 +323,7 @@ class ContrastiveTask(LightningModule):
             for a, b in present
         }
         stacked = torch.stack(list(pair_losses.values()))
-        loss = stacked.mean() if self.pair_reduction == "mean" else stacked.sum()
+        loss = PAIR_REDUCTIONS[self.pair_reduction](stacked)
         batch_size = next(iter(embeddings.values())).shape[0]
         return ContrastiveStepOutput(loss=loss, pair_losses=pair_losses, embeddings=embeddings, batch_size=batch_size)
 
