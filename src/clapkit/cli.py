@@ -25,6 +25,7 @@ INFERENCE_COMMANDS: dict[str, tuple[str, str]] = {
     "zeroshot": ("zeroshot", "zero-shot tag audio files with a list of labels, write CSV"),
     "retrieve": ("retrieve", "rank an embedded folder against a text query"),
     "convert": ("convert", "convert an official checkpoint to clapkit's native format"),
+    "export": ("export", "training checkpoint -> model directory; model -> ONNX or Hugging Face"),
     "make-shards": ("make_shards", "write webdataset shards from a manifest of audio + text"),
     "separate": ("separate", "extract the sound a query describes from mixtures"),
     "query": ("query", "cross-modal search (text, image or audio query) over a folder"),
