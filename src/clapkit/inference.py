@@ -83,14 +83,29 @@ class CLAPModel:
 
     @property
     def logit_scale(self) -> float:
-        """Learned temperature (exp of the log scale) between the audio and text towers."""
+        """Learned inverse temperature between the audio and text towers, clamped as in training
+        (see :attr:`logit_scales`)."""
+        return self.logit_scales.get(f"{self.audio_tower}__{self.text_tower}",
+                                     self.logit_scales.get(f"{self.text_tower}__{self.audio_tower}", 1.0))
+
+    @property
+    def logit_scales(self) -> dict[str, float]:
+        """Inverse temperature of every contrasted pair, keyed ``"a__b"`` (``audio__text``,
+        ``audio__image``, ``image__text`` for AudioCLIP): ``exp`` of the learned log scale clamped
+        to the model's bounds (the reference's: AudioCLIP ``[1, 100]``, LAION-CLAP ``[1, 100]``)."""
         scales = getattr(self.model, "logit_scales", None)
         if scales is None:
-            return 1.0
-        for key in (f"{self.audio_tower}__{self.text_tower}", f"{self.text_tower}__{self.audio_tower}"):
+            return {}
+        low, high = getattr(self.model, "log_scale_bounds", (float("-inf"), float("inf")))
+        return {key: float(value.detach().float().clamp(low, high).exp()) for key, value in scales.items()}
+
+    def pair_logit_scale(self, a: str, b: str) -> float:
+        """:attr:`logit_scales` of the pair ``(a, b)`` in either order (``KeyError`` if not contrasted)."""
+        scales = self.logit_scales
+        for key in (f"{a}__{b}", f"{b}__{a}"):
             if key in scales:
-                return float(scales[key].detach().float().exp())
-        return 1.0
+                return scales[key]
+        raise KeyError(f"the model does not contrast {a!r} with {b!r}; pairs: {', '.join(scales) or 'none'}")
 
     # ------------------------------------------------------------------ audio
 
@@ -203,6 +218,45 @@ class CLAPModel:
             return torch.zeros(0, self.embedding_dim)
         return torch.cat(outputs)
 
+    # ------------------------------------------------------------------ images
+
+    def embed_image(
+        self,
+        images,
+        *,
+        batch_size: int | None = None,
+        image_tower: str = "image",
+    ) -> torch.Tensor:
+        """L2-normalised image embeddings ``[N, D]`` (float32, CPU) from a model with an image tower.
+
+        Args:
+            images: an image path, a PIL image, a list of those, or a tensor ``[3, H, W]`` /
+                ``[B, 3, H, W]`` already resized and normalised. Files and PIL images are resized
+                (shorter side) and centre-cropped to the tower's ``image_size`` and normalised
+                with CLIP's statistics, as in evaluation.
+            batch_size: images per forward pass (default: the model's).
+            image_tower: name of the image tower.
+        """
+        if self._tower(image_tower) is None:
+            raise ValueError(f"the model has no {image_tower!r} tower (towers: "
+                             f"{', '.join(getattr(self.model, 'towers', {})) or 'none'})")
+        if isinstance(images, torch.Tensor):
+            pixels = images[None] if images.dim() == 3 else images
+            if pixels.dim() != 4 or pixels.shape[1] != 3:
+                raise ValueError(f"expected [3, H, W] or [B, 3, H, W] images, got shape {tuple(images.shape)}")
+            items = list(pixels)
+        else:
+            items = [images] if isinstance(images, (str, os.PathLike)) or hasattr(images, "convert") else list(images)
+        size = int(getattr(self._tower(image_tower).encoder, "image_size", 224))
+        batch_size = batch_size or self.batch_size
+        outputs = []
+        for start in range(0, len(items), batch_size):
+            chunk = [_image_pixels(item, size) for item in items[start:start + batch_size]]
+            outputs.append(self._embed(image_tower, torch.stack(chunk).to(self.device)))
+        if not outputs:
+            return torch.zeros(0, self.embedding_dim)
+        return torch.cat(outputs)
+
     # ------------------------------------------------------------------ scoring
 
     def similarity(self, audio_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
@@ -254,6 +308,25 @@ class CLAPModel:
                 return list(audio)
             raise ValueError(f"expected [T] or [B, T] waveforms, got shape {tuple(audio.shape)}")
         return list(audio)
+
+
+def _image_pixels(item, size: int) -> torch.Tensor:
+    """A path, PIL image or ready ``[3, H, W]`` tensor -> the tower's ``[3, size, size]`` input."""
+    if isinstance(item, torch.Tensor):
+        return item.float()
+    from clapkit.datamodules.audio_image_text import fit_image
+
+    if hasattr(item, "convert"):
+        return fit_image(item, size, train=False)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(item) as image:
+            return fit_image(image, size, train=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{item}: no such file") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{item}: not a readable image ({exc.__class__.__name__})") from None
 
 
 def _batches(items, size: int) -> Iterator[list]:

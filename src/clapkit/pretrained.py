@@ -39,6 +39,7 @@ from clapkit.audio.crop import CropMode, PadMode
 if TYPE_CHECKING:
     from clapkit.inference import CLAPModel
     from clapkit.separator import SeparationModel
+    from clapkit.tagger import TaggerModel
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.yaml"
@@ -418,7 +419,7 @@ def load(
     precision: str = "32",
     batch_size: int = 16,
     trust_pickle: bool = False,
-) -> CLAPModel | SeparationModel:
+) -> CLAPModel | SeparationModel | TaggerModel:
     """Load a model for inference.
 
     Args:
@@ -434,8 +435,9 @@ def load(
             you trust; the default refuses such files).
 
     Returns:
-        a :class:`~clapkit.inference.CLAPModel` with ``embed_audio`` and ``embed_text``, or a
-        :class:`~clapkit.separator.SeparationModel` with ``separate`` (``precision`` unused).
+        a :class:`~clapkit.inference.CLAPModel` with ``embed_audio`` and ``embed_text``, a
+        :class:`~clapkit.separator.SeparationModel` with ``separate`` (``precision`` unused), or
+        for a classifier (tagger) a :class:`~clapkit.tagger.TaggerModel` with ``classify``/``tag``.
     """
     from clapkit.inference import CLAPModel
 
@@ -454,6 +456,12 @@ def load(
         fingerprint = file_fingerprint(path)
     else:
         raise PretrainedError(f"{path}: no such model directory or checkpoint file")
+    from clapkit.tagger import TaggerModel, is_tagger
+
+    if is_tagger(model):
+        tagger = TaggerModel(model, inference, device=device, batch_size=batch_size)
+        tagger.fingerprint = fingerprint
+        return tagger
     clap = CLAPModel(model, inference, device=device, precision=precision, batch_size=batch_size)
     clap.fingerprint = fingerprint
     return clap

@@ -50,6 +50,8 @@ def main(argv: list[str]) -> int:
     files = _shared.discover_audio(args.inputs)
     _shared.check_headers(files)
     model = _load_onnx(args.model, args) if args.runtime == "onnx" else _shared.load_model(args.model, args)
+    if getattr(model, "refusal", None):  # a tagger: class scores, no embedding
+        raise CommandError(f"{args.model}: {model.refusal}")
     embeddings = _shared.embed_files(model, files, workers=args.workers, quiet=args.quiet)
     written = _shared.write_embeddings(output, [str(f) for f in files], embeddings,
                                        _shared.model_metadata(model, args.model))

@@ -67,6 +67,8 @@ class ClassificationTask(pl.LightningModule):
             optimizer with its ``init_args``). Default AdamW(lr 1e-4, weight decay 0.01).
         scheduler: optional callable ``optimizer -> LR scheduler``, stepped per epoch.
         scheduler_monitor: metric a ``ReduceLROnPlateau`` scheduler watches.
+        class_names: the ``num_classes`` class names, kept with the model (what
+            :meth:`~clapkit.tagger.TaggerModel.classify` reports).
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class ClassificationTask(pl.LightningModule):
         optimizer: OptimizerCallable = _default_optimizer,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_monitor: str = "val/loss",
+        class_names: list[str] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "head", "optimizer", "scheduler"])
@@ -101,6 +104,9 @@ class ClassificationTask(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_monitor = scheduler_monitor
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
+        self.class_names = list(class_names) if class_names is not None else None
         if head is not None:
             self.head: nn.Module = head
         elif use_head:
