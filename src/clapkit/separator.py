@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -57,6 +58,23 @@ def is_separation_task(model: torch.nn.Module) -> bool:
     return isinstance(model, SeparationTask)
 
 
+@dataclass
+class SeparationResult:
+    """One separated input, from :meth:`SeparationModel.separate_batch`.
+
+    Attributes:
+        waveform: float32 estimate with the input's rate, channels and length.
+        mask: with ``return_mask``, the separator's sigmoid magnitude masks
+            ``[channels * chunks, frames, bins]`` at the model rate (one per chunk of each
+            channel, in order), else ``None``.
+        chunk_starts: start sample (at the model rate) of each chunk of a channel.
+    """
+
+    waveform: np.ndarray
+    mask: np.ndarray | None = None
+    chunk_starts: list[int] | None = None
+
+
 class SeparationModel:
     """A loaded separation model for inference.
 
@@ -80,6 +98,7 @@ class SeparationModel:
         self.inference = inference
         self.batch_size = batch_size
         self.overlap = overlap
+        self._last_chunk_starts: list[int] = []  # chunk plan of the latest input (for masks)
 
     @property
     def sample_rate(self) -> int:
@@ -100,18 +119,27 @@ class SeparationModel:
         negative_audio: Sequence[AudioQuery] = (),
         audio_weight: float = 0.5,
         sample_rate: int | None = None,
+        query_embedding: torch.Tensor | None = None,
+        negative_embedding: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The ``[1, 2D]`` condition for a positive and/or negative query.
 
         Each side may have a text, example audio (files or arrays at ``sample_rate``; several
-        are averaged) or both (mixed with ``audio_weight``); a missing side is zeros.
+        are averaged) or both (mixed with ``audio_weight``); a missing side is zeros. A
+        precomputed query-CLAP audio embedding (``query_embedding`` / ``negative_embedding``,
+        ``[D]`` or ``[1, D]``) stands in for that side's example audio.
         """
         from clapkit.encoders.separation import build_condition, interpolate_queries
 
         sides = []
-        for text, examples in ((query, query_audio), (negative, negative_audio)):
+        for text, examples, given in ((query, query_audio, query_embedding),
+                                      (negative, negative_audio, negative_embedding)):
             text_emb = self.task.query.embed_text([text]) if text else None
             audio_emb = self._embed_examples(examples, sample_rate)
+            if given is not None:
+                if audio_emb is not None:
+                    raise ValueError("give example audio or a precomputed embedding for a side, not both")
+                audio_emb = torch.as_tensor(given, dtype=torch.float32).reshape(1, -1).to(self.device)
             sides.append(None if text_emb is None and audio_emb is None
                          else interpolate_queries(audio_emb, text_emb, audio_weight))
         if sides[0] is None and sides[1] is None:
@@ -119,7 +147,7 @@ class SeparationModel:
         return build_condition(*sides)
 
     def separate(self, audio: AudioQuery, sample_rate: int | None = None, condition: torch.Tensor | None = None,
-                 **query) -> np.ndarray:
+                 _masks: list | None = None, **query) -> np.ndarray:
         """Separate ``audio`` (a file, or ``[T]`` / ``[C, T]`` samples at ``sample_rate``).
 
         Pass a ``condition`` from :meth:`condition` (reuse it across files) or the query as
@@ -137,18 +165,73 @@ class SeparationModel:
         wave = np.atleast_2d(wave)
         if condition is None:
             condition = self.condition(**query)
-        estimate = self._separate_at_model_rate(resample(wave, sample_rate, self.sample_rate), condition)
+        estimate = self._separate_at_model_rate(resample(wave, sample_rate, self.sample_rate), condition, _masks)
         estimate = resample(estimate, self.sample_rate, sample_rate)
         length = wave.shape[-1]
         estimate = np.pad(estimate, ((0, 0), (0, max(0, length - estimate.shape[-1]))))[:, :length]
         return estimate[0] if mono else estimate
 
+    def condition_from_embeddings(self, positive: torch.Tensor | None = None,
+                                  negative: torch.Tensor | None = None) -> torch.Tensor:
+        """Conditions ``[B, 2D]`` from precomputed query-CLAP embeddings ``[B, D]`` (either side may be
+        ``None``: zeros), normalised as in training; one row per item of a batch."""
+        from clapkit.encoders.separation import build_condition
+
+        def rows(value):
+            return None if value is None else torch.as_tensor(value, dtype=torch.float32).reshape(
+                -1, torch.as_tensor(value).shape[-1]).to(self.device)
+
+        return build_condition(rows(positive), rows(negative))
+
+    def conditions(self, queries: Sequence[str | None], negatives: Sequence[str | None] | None = None) -> torch.Tensor:
+        """One condition row per batch item ``[B, 2D]`` from per-item text queries (``None``: no
+        positive / negative for that item)."""
+        negatives = list(negatives) if negatives is not None else [None] * len(queries)
+        if len(negatives) != len(queries):
+            raise ValueError(f"{len(queries)} queries but {len(negatives)} negatives")
+        return torch.cat([self.condition(query=q, negative=n) for q, n in zip(queries, negatives)])
+
+    def separate_batch(self, mixtures: Sequence[AudioQuery] | np.ndarray | torch.Tensor, sample_rate: int | None = None,
+                       conditions: torch.Tensor | None = None, *, queries: Sequence[str | None] | None = None,
+                       negatives: Sequence[str | None] | None = None,
+                       return_mask: bool = False) -> list[SeparationResult]:
+        """Separate several inputs, each with its own query.
+
+        Args:
+            mixtures: files, ``[T]`` / ``[C, T]`` arrays at ``sample_rate``, or a ``[B, T]`` batch.
+            sample_rate: rate of array inputs.
+            conditions: ``[B, 2D]`` (from :meth:`conditions`, :meth:`condition_from_embeddings`
+                or :meth:`condition`, one row per item; a single row is shared by all).
+            queries: per-item text queries instead of ``conditions``.
+            negatives: per-item negative texts (with ``queries``).
+            return_mask: also return each item's masks.
+        """
+        items = list(mixtures) if not isinstance(mixtures, (np.ndarray, torch.Tensor)) or mixtures.ndim == 2 else [mixtures]
+        if conditions is None:
+            if queries is None and negatives is None:
+                raise ValueError("give conditions, or queries / negatives (one per item)")
+            conditions = self.conditions(queries if queries is not None else [None] * len(items), negatives)
+        conditions = conditions.reshape(-1, conditions.shape[-1])
+        if conditions.shape[0] == 1:
+            conditions = conditions.expand(len(items), -1)
+        if conditions.shape[0] != len(items):
+            raise ValueError(f"{len(items)} inputs but {conditions.shape[0]} conditions")
+        results = []
+        for item, condition in zip(items, conditions):
+            masks: list[np.ndarray] | None = [] if return_mask else None
+            wave = self.separate(item, sample_rate, condition=condition[None], _masks=masks)
+            results.append(SeparationResult(waveform=wave, mask=np.concatenate(masks) if masks else None,
+                                            chunk_starts=list(self._last_chunk_starts) if return_mask else None))
+        return results
+
     @torch.inference_mode()
-    def _separate_at_model_rate(self, wave: np.ndarray, condition: torch.Tensor) -> np.ndarray:
+    def _separate_at_model_rate(self, wave: np.ndarray, condition: torch.Tensor,
+                                masks: list[np.ndarray] | None = None) -> np.ndarray:
         channels, total = wave.shape
         chunk = self.chunk
         hop = max(1, int(round(chunk * (1.0 - self.overlap))))
         plan = chunk_windows(total, chunk, hop)
+        self._last_chunk_starts = [start for start, _ in plan]
         padded = np.pad(wave, ((0, 0), (0, max(0, chunk - total))))
         items = [(c, start, w) for c in range(channels) for start, w in plan]
         out = np.zeros((channels, max(total, chunk)), dtype=np.float64)
@@ -156,7 +239,10 @@ class SeparationModel:
         for i in range(0, len(items), self.batch_size):
             group = items[i : i + self.batch_size]
             batch = torch.from_numpy(np.stack([padded[c, s : s + chunk] for c, s, _ in group])).float()
-            est = self.task(batch.to(self.device), condition.expand(len(group), -1)).waveform
+            out_batch = self.task(batch.to(self.device), condition.expand(len(group), -1))
+            est = out_batch.waveform
+            if masks is not None:
+                masks.append(out_batch.mask.float().cpu().numpy())
             for (c, s, w), row in zip(group, est.float().cpu().numpy()):
                 out[c, s : s + chunk] += w * row
         return out[:, :total].astype(np.float32)
