@@ -101,3 +101,11 @@ def test_export_hf_dispatches_or_says_it_is_absent(tmp_path, capsys, monkeypatch
     assert main(["export", "hf", str(tmp_path), "-o", str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "clapkit.commands.export_hf" in err[0]
+
+
+def test_export_hf_dispatches_to_the_hf_exporter(tmp_path, monkeypatch):
+    export_hf = pytest.importorskip("clapkit.commands.export_hf")
+    seen = []
+    monkeypatch.setattr(export_hf, "main", lambda argv: seen.append(argv) or 0)
+    assert main(["export", "hf", str(tmp_path / "model"), "-o", str(tmp_path / "hf")]) == 0
+    assert seen == [[str(tmp_path / "model"), "-o", str(tmp_path / "hf")]]
