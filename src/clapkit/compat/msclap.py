@@ -97,7 +97,9 @@ class CLAP:
         """``logit_scale * cosine`` ``[N_audio, N_text]`` (the model's learned scale, as the reference)."""
         audio = audio_embeddings / torch.norm(audio_embeddings, dim=-1, keepdim=True)
         text = text_embeddings / torch.norm(text_embeddings, dim=-1, keepdim=True)
-        return (self.clap.logit_scale * text @ audio.T).T
+        # msclap applies exp(logit_scale) unclamped; clapkit's public scale is clamped to [1, 100]
+        log_scale = self.clap.model.logit_scales[f"{self.clap.audio_tower}__{self.clap.text_tower}"]
+        return (log_scale.detach().float().exp() * text @ audio.T).T
 
     def get_audio_embeddings_per_batch(self, audio_files: Sequence[str | os.PathLike],
                                        batch_size: int) -> Iterator[torch.Tensor]:
