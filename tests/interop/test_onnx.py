@@ -93,3 +93,34 @@ def test_mel_graph_matches_pytorch(tmp_path):
     clips = torch.from_numpy(np.stack([model.prepare_audio(w, RATE) for w in _waves()]))
     mel = model.model.towers["audio"].encoder.frontend(clips)  # [B, n_mels, frames]
     assert (runtime.embed_mel(mel) - model.embed_audio(_waves(), RATE)).abs().max().item() <= TOL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fusion", [False, True], ids=["htsat", "htsat-fusion"])
+def test_htsat_graphs_match_pytorch(fusion, tmp_path):
+    from clapkit.interop.onnx import OnnxCLAPModel, export_onnx
+    from clapkit.pretrained import InferenceConfig, instantiate_model, save_pretrained
+    from helpers.models import tiny_clap_config
+
+    config = tiny_clap_config(sample_rate=48000)
+    config["init_args"]["towers"]["audio"]["init_args"]["encoder"] = {
+        "class_path": "clapkit.encoders.htsat.HTSAT",
+        "init_args": {"variant": "test", "clip_samples": 48000, "fusion": fusion}}
+    torch.manual_seed(0)
+    inference = InferenceConfig(sample_rate=48000, clip_samples=48000, fusion=fusion)
+    model = clapkit.load(save_pretrained(instantiate_model(config), tmp_path / "model", inference, config))
+    export_onnx(model, tmp_path / "onnx", audio_inputs=("waveform", "mel"), text=False)
+    runtime = OnnxCLAPModel(tmp_path / "onnx")
+    rng = np.random.default_rng(0)
+    waves = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (20000, 48000)]
+    expected = model.embed_audio(waves, 48000)
+    assert (runtime.embed_audio(waves, 48000) - expected).abs().max().item() <= TOL
+    clips = torch.from_numpy(np.stack([model.prepare_audio(w, 48000) for w in waves]))
+    mel = model.model.towers["audio"].encoder.frontend(clips)
+    assert (runtime.embed_mel(mel) - expected).abs().max().item() <= TOL
+    longer = (0.1 * rng.standard_normal(100000)).astype(np.float32)
+    if fusion:  # no long-clip fusion in the graph: refused, not embedded differently
+        with pytest.raises(ValueError, match="no long-clip fusion"):
+            runtime.embed_audio(longer, 48000)
+    else:  # centre-cropped like PyTorch
+        assert (runtime.embed_audio(longer, 48000) - model.embed_audio(longer, 48000)).abs().max().item() <= TOL

@@ -14,9 +14,9 @@ The batch axis (and the token axis of the text graph) is dynamic. Graphs are tra
 ``clapkit.load(dir).embed_*`` computes for inputs already fitted to the window: the audio
 graph takes clips of exactly ``clip_samples`` samples (:class:`OnnxCLAPModel` pads and crops
 them as the model's inference settings say). Long-clip feature fusion is not in the graph:
-a fusion model's ONNX export embeds window-length clips (the global view) and
-:class:`OnnxCLAPModel` refuses longer clips rather than embedding them differently from
-PyTorch.
+a fusion HTSAT's ONNX export embeds window-length clips (exactly as PyTorch does, since such
+a clip never takes the fusion branch) and :class:`OnnxCLAPModel` refuses longer clips rather
+than embedding them differently from PyTorch; a fusion PANN is refused at export.
 
 The mel graph starts at the encoder's front-end output (``frontend(waveform)``, the log-mel
 ``[batch, n_mels, frames]`` in dB) for pipelines that compute features elsewhere; it needs an
@@ -25,6 +25,7 @@ encoder with ``forward_mel`` (HTSAT, PANN).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -104,6 +105,25 @@ class _TextGraph(nn.Module):
         return F.normalize(out.embedding, dim=-1)
 
 
+def _window_only(tower: nn.Module) -> nn.Module:
+    """The audio tower as it runs on window-length clips, for tracing.
+
+    In eval mode a window-length clip never takes the fusion branch (its ``longer`` flag is
+    false), but whether it does is decided per clip at run time, which ONNX cannot express; a
+    copy of HTSAT with the branch switched off computes exactly the window-length result.
+    """
+    encoder = tower.encoder
+    if not getattr(encoder, "fusion", False):
+        return tower
+    patch = getattr(encoder, "patch_embed", None)
+    if not hasattr(patch, "fusion"):
+        raise PretrainedError(f"{type(encoder).__name__} with feature fusion does not export to ONNX (its fusion "
+                              "branch is chosen per clip at run time); export a model without fusion")
+    tower = copy.deepcopy(tower)
+    tower.encoder.patch_embed.fusion = False
+    return tower
+
+
 def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], dynamic: dict) -> None:
     module.eval()
     with torch.no_grad():
@@ -154,6 +174,7 @@ def export_onnx(
     if text and (text_tower is None or not hasattr(tokenizer, "save_pretrained")):
         raise PretrainedError("the text tower has no Hugging Face tokenizer to export with it; pass text=False "
                               "(CLI: --no-text)")
+    audio = _window_only(audio)
     if "mel" in audio_inputs and not hasattr(audio.encoder, "forward_mel"):
         raise PretrainedError(f"{type(audio.encoder).__name__} has no forward_mel: export the waveform graph only")
     model.model.cpu().eval()
