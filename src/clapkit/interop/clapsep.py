@@ -129,7 +129,7 @@ def load_clapsep(checkpoint: str | os.PathLike | Mapping[str, Any], task, *, tru
     """Load released CLAPSep weights into ``task`` (a :class:`SeparationTask` built with the
     CLAPSep configuration and the converted LAION-CLAP as query network). Returns ``task``."""
     if not isinstance(checkpoint, Mapping):
-        from clapkit.pretrained import read_checkpoint
+        from clapkit.checkpoint import read_checkpoint
 
         path = checkpoint
         checkpoint = read_checkpoint(path, trust_pickle=trust_pickle)

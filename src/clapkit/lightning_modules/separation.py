@@ -25,6 +25,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 
+from clapkit.checkpoint import compact_buffers
 from clapkit.encoders.separation.query import QueryNetwork, build_condition, interpolate_queries
 from clapkit.encoders.separation.separator import CLAPSep, SeparationOutput
 from clapkit.lightning_modules.optim import optimizers_from_factories
@@ -104,7 +105,7 @@ class SeparationTask(pl.LightningModule):
         self.monitor = monitor
         self.export_dir = export_dir
         self.export_chunk_seconds = export_chunk_seconds
-        _compact_buffers(self)
+        compact_buffers(self)
         names = [n for n in METRICS if compute_sdr or n != "sdr"]
         self.metrics = nn.ModuleDict(
             {
@@ -197,7 +198,8 @@ class SeparationTask(pl.LightningModule):
         """
         from pathlib import Path
 
-        from clapkit.pretrained import InferenceConfig, model_config_of, save_pretrained
+        from clapkit.audio.preprocess import InferenceConfig
+        from clapkit.native import model_config_of, save_pretrained
 
         if model_config is None:
             log_dir = getattr(self.trainer, "log_dir", None) if self._trainer is not None else None
@@ -221,14 +223,3 @@ class SeparationTask(pl.LightningModule):
         return optimizers_from_factories(self, self.optimizer_factory, self.scheduler_factory,
                                          monitor=self.monitor, interval="epoch")
 
-
-def _compact_buffers(module: nn.Module) -> None:
-    """Give every buffer that views a larger storage its own copy.
-
-    ``torch.hann_window(periodic=True)`` returns a slice of an ``N + 1`` storage (torchaudio's
-    front-end window is one); safetensors refuses to save such tensors.
-    """
-    for sub in module.modules():
-        for name, buf in list(sub._buffers.items()):
-            if buf is not None and buf.untyped_storage().nbytes() != buf.numel() * buf.element_size():
-                sub._buffers[name] = buf.clone()

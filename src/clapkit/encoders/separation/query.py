@@ -118,7 +118,7 @@ class PretrainedQueryNetwork(QueryNetwork):
     """
 
     def __init__(self, path: str, load_weights: bool = True, text_cache_size: int = 4096):
-        from clapkit.pretrained import load_native
+        from clapkit.native import load_native
 
         model, _, _ = load_native(path, load_weights=load_weights)
         towers = getattr(model, "towers", None)
