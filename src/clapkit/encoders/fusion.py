@@ -174,7 +174,12 @@ class ClipBatcher:
             longer = torch.zeros(batch, dtype=torch.bool, device=waveform.device)
             return ClipBatch(mel.expand(-1, 4, -1, -1) if self.fusion else mel, longer)
         if lengths is None:
-            lengths = torch.full((batch,), total, dtype=torch.long)
+            lengths = torch.full((batch,), total, dtype=torch.long, device=waveform.device)
+        if not self.fusion:
+            # The common case (every CLAP without fusion): one gather on the device, no
+            # per-row Python loop and no host sync on the lengths.
+            mel = frontend(self.fit_rows(waveform, lengths, training)).transpose(-1, -2).unsqueeze(1)
+            return ClipBatch(mel, torch.zeros(batch, dtype=torch.bool, device=waveform.device))
         lengths = [int(n) for n in lengths.tolist()]
         fixed, stacks = [], {}
         for i, n in enumerate(lengths):
@@ -199,6 +204,36 @@ class ClipBatcher:
             out[i] = stack
             longer[i] = is_longer
         return ClipBatch(out, longer)
+
+    def fit_rows(self, waveform: torch.Tensor, lengths: torch.Tensor, training: bool = False) -> torch.Tensor:
+        """``[B, T]`` zero-padded clips with ``lengths`` valid samples -> ``[B, clip_samples]``.
+
+        Row by row this is :func:`fill` for clips up to the window and a crop (random in
+        training, centred otherwise) for longer ones, computed as one gather.
+        """
+        batch, total = waveform.shape
+        window, device = self.clip_samples, waveform.device
+        n = lengths.to(device=device, dtype=torch.long).clamp(0, total)
+        j = torch.arange(window, device=device)[None]
+        longer = (n > window)[:, None]
+        slack = (n - window).clamp(min=0)
+        if training:
+            start = torch.minimum((torch.rand(batch, device=device) * (slack + 1)).long(), slack)
+        else:
+            start = slack // 2
+        safe = n.clamp(min=1)[:, None]
+        index = torch.where(longer, start[:, None] + j, j % safe)
+        if self.pad_mode == "repeatpad":
+            valid = j < (window // safe) * safe
+        elif self.pad_mode == "repeat":
+            valid = torch.ones_like(index, dtype=torch.bool)
+        elif self.pad_mode == "pad":
+            valid = j < n[:, None]
+        else:
+            raise ValueError(f"unknown pad mode {self.pad_mode!r}; expected repeatpad, pad or repeat")
+        valid = (valid | longer) & (n > 0)[:, None]
+        rows = torch.gather(waveform, 1, index.clamp(max=max(total - 1, 0)))
+        return torch.where(valid, rows, rows.new_zeros(()))
 
     def _fusion_stack(self, frontend: nn.Module, wave: torch.Tensor, starts: list[int] | None,
                       training: bool) -> tuple[torch.Tensor, bool]:
