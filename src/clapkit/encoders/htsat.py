@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
-from clapkit.encoders.base import AudioEncoder, EncoderOutput
+from clapkit.encoders.base import EncoderOutput, FeatureAudioEncoder
 from clapkit.encoders.frontends import LogMel
 from clapkit.encoders.fusion import AttentionalFeatureFusion, ClipBatcher, PadMode
 
@@ -293,7 +293,7 @@ def swin_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-class HTSAT(AudioEncoder):
+class HTSAT(FeatureAudioEncoder):
     """Hierarchical Token-Semantic Audio Transformer, LAION-CLAP's main audio tower.
 
     Args:
@@ -407,6 +407,9 @@ class HTSAT(AudioEncoder):
         """
         batch = self.batcher(self.frontend, waveform, lengths, crop_starts, self.training)
         return self.forward_mel(batch.mel, batch.longer)
+
+    def align_frames_by_padding(self) -> None:
+        self.frame_align = "pad"
 
     def forward_mel(self, mel: torch.Tensor, longer: torch.Tensor | None = None) -> EncoderOutput:
         """Run on a log-mel ``[B, C, frames, n_mels]`` (C = 4 views with fusion) from the front end."""

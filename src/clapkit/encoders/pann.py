@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clapkit import deps
-from clapkit.encoders.base import AudioEncoder, EncoderOutput
+from clapkit.encoders.base import EncoderOutput, FeatureAudioEncoder
 from clapkit.encoders.frontends import LogMel
 from clapkit.encoders.fusion import AttentionalFeatureFusion, ClipBatcher, PadMode
 
@@ -61,7 +61,7 @@ class PANNSpec:
     pools: tuple[int, ...]
 
 
-class PANNEncoder(AudioEncoder):
+class PANNEncoder(FeatureAudioEncoder):
     """Shared implementation of the PANN CNNs; use :class:`Cnn14`, :class:`Cnn10` or :class:`Cnn6`.
 
     Args:
@@ -223,8 +223,13 @@ class PANNEncoder(AudioEncoder):
         if self.batcher is None:
             return self.forward_spectrogram(self.spectrogram(waveform))
         batch = self.batcher(self.frontend, waveform, lengths, crop_starts, self.training)
-        x = self.bn0(batch.mel.transpose(1, 3)).transpose(1, 3)
-        return self.forward_spectrogram(x, batch.longer)
+        return self.forward_mel(batch.mel, batch.longer)
+
+    def forward_mel(self, mel: torch.Tensor, longer: torch.Tensor | None = None) -> EncoderOutput:
+        """Run on a log-mel ``[B, C, frames, n_mels]`` from the front end (batch norm over mel
+        bins, then the CNN), as HTSAT's method of the same name."""
+        x = self.bn0(mel.transpose(1, 3)).transpose(1, 3)
+        return self.forward_spectrogram(x, longer)
 
 
 class Cnn14(PANNEncoder):
