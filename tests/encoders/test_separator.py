@@ -91,12 +91,9 @@ def test_lora_only_on_attention_projections_with_scale_one_sixteenth():
 def test_htsat_and_pann_declare_the_separation_encoder_contract():
     # CLAPSep relies on the declared FeatureAudioEncoder steps, not on duck typing; the same
     # method names run the same steps in both families.
-    import torch
-
     from clapkit.encoders.base import FeatureAudioEncoder
     from clapkit.encoders.htsat import HTSAT
     from clapkit.encoders.pann import Cnn6
-
     from helpers.separation import tiny_htsat
 
     samples = 9600
