@@ -174,18 +174,13 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
     if missing or unexpected or mismatched:
         parts = []
         if missing:
-            parts.append(f"missing {len(missing)} keys ({_short(missing)})")
+            parts.append(f"missing {len(missing)} keys ({preview(missing)})")
         if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys ({_short(unexpected)})")
+            parts.append(f"unexpected {len(unexpected)} keys ({preview(unexpected)})")
         if mismatched:
-            parts.append(f"shape mismatch ({_short(mismatched)})")
+            parts.append(f"shape mismatch ({preview(mismatched)})")
         raise PretrainedError(f"{what} does not fit the model: " + "; ".join(parts))
     model.load_state_dict(dict(state_dict), strict=True)
-
-
-def _short(items: list[str], limit: int = 8) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f", ... (+{len(items) - limit})" if len(items) > limit else "")
 
 
 def fill_aliases(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

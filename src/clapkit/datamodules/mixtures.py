@@ -174,27 +174,16 @@ def negative_caption(captions: Sequence[str]) -> str:
     return " and ".join(dict.fromkeys(c for c in captions if c))
 
 
-def make_eval_specs(
-    keys: Sequence[str],
-    captions: Sequence[str],
-    *,
-    seed: int = 0,
-    per_target: int = 5,
-    num_interferers: int = 1,
-    snr_db: float | tuple[float, float] = 0.0,
-    max_targets: int | None = None,
-    groups: Sequence[str] | None = None,
-) -> list[MixtureSpec]:
+def make_eval_specs(keys: Sequence[str], captions: Sequence[str], **options: Any) -> list[MixtureSpec]:
     """Deterministic evaluation mixtures (the standard protocol by default).
 
     Every target (the first ``max_targets`` of a seeded permutation) gets ``per_target``
     mixtures, each with ``num_interferers`` clips of another group (class; the caption when no
     ``groups`` are given), no interferer repeated within a target. A fixed ``snr_db`` or a ``(low, high)`` range
-    drawn per interferer. :func:`eval_spec_table` gives the same mixtures without building them
-    all.
+    drawn per interferer. ``options`` are those of :func:`eval_spec_table`, which gives the same
+    mixtures without building them all.
     """
-    return list(eval_spec_table(keys, captions, seed=seed, per_target=per_target, num_interferers=num_interferers,
-                                snr_db=snr_db, max_targets=max_targets, groups=groups))
+    return list(eval_spec_table(keys, captions, **options))
 
 
 class SpecTable(Sequence):

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PadMode = Literal["repeatpad", "pad", "repeat"]
+from clapkit.audio.crop import PadMode, fit_length
 
 
 class AttentionalFeatureFusion(nn.Module):
@@ -100,19 +100,14 @@ def fusion_crop_starts(total_frames: int, chunk_frames: int, mode: Literal["midd
 
 
 def fill(wave: torch.Tensor, length: int, mode: PadMode) -> torch.Tensor:
-    """Fill a 1-D clip shorter than ``length`` the way LAION-CLAP does (``data_filling``)."""
+    """Fill a 1-D clip shorter than ``length`` the way LAION-CLAP does (``data_filling``): the
+    pad policies of :func:`clapkit.audio.crop.fit_length`, with an empty clip giving zeros."""
     n = wave.shape[-1]
     if n >= length:
         return wave
     if n == 0:
         return wave.new_zeros(length)
-    if mode == "repeatpad":
-        wave = wave.repeat(length // n)
-    elif mode == "repeat":
-        return wave.repeat(length // n + 1)[:length]
-    elif mode != "pad":
-        raise ValueError(f"unknown pad mode {mode!r}; expected repeatpad, pad or repeat")
-    return F.pad(wave, (0, length - wave.shape[-1]))
+    return fit_length(wave, length, pad=mode)
 
 
 @dataclass

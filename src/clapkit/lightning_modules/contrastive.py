@@ -49,7 +49,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from clapkit.datamodules.base import is_empty_batch
+from clapkit.datamodules.base import class_names_for, is_empty_batch
 from clapkit.encoders.base import AudioEncoder, TextEncoder, module_device
 from clapkit.encoders.tower import Tower
 from clapkit.lightning_modules.evaluation import ConsolidatedSet, EvalSet
@@ -434,12 +434,7 @@ class ContrastiveTask(LightningModule):
         return getattr(datamodule, name, None)
 
     def _class_names_for(self, dataloader_idx: int) -> list[str] | None:
-        names = self._datamodule_attr("class_names")
-        if isinstance(names, dict):
-            names = names.get(dataloader_idx)
-        elif names and isinstance(names[0], (list, tuple)):
-            names = names[dataloader_idx] if dataloader_idx < len(names) else None
-        return list(names) if names else None
+        return class_names_for(self._datamodule_attr("class_names"), dataloader_idx)
 
     def _finish_eval(self, stage: str) -> None:
         sets = {idx: store.consolidate() for idx, store in sorted(self._eval_sets.items())}

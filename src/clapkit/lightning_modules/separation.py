@@ -152,15 +152,8 @@ class SeparationTask(pl.LightningModule):
         return values
 
     def _metric_values(self, estimate, mixture, target) -> dict[str, torch.Tensor]:
-        if self.compute_sdr:
-            return separation_metrics(estimate, mixture, target)
-        out = {}
-        for name, metric in METRICS.items():
-            if name == "sdr":
-                continue
-            value = metric(estimate, target)
-            out[name], out[f"{name}i"] = value, value - metric(mixture, target)
-        return out
+        names = [n for n in METRICS if self.compute_sdr or n != "sdr"]
+        return separation_metrics(estimate, mixture, target, names=names)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
