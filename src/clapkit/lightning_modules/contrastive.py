@@ -46,6 +46,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
@@ -142,6 +143,11 @@ class ContrastiveTask(LightningModule):
             lists the tower or its ``encoder``) for up to this many distinct strings; ``0``
             turns it off. Exact, since a frozen encoder in eval mode is deterministic, and a
             large saving when captions repeat (templated labels, small corpora, prompts).
+        optimizer: ``params -> Optimizer`` (in YAML: ``class_path: torch.optim.SGD`` with its
+            ``init_args``), given the two parameter groups of :meth:`parameter_groups` (each
+            with its weight decay). ``None``: AdamW with ``lr``, ``betas``, ``eps``.
+        scheduler: ``optimizer -> LR scheduler``, stepped every optimiser step. ``None``: linear
+            warmup over ``warmup_steps`` then cosine to ``lr * min_lr_ratio``.
     """
 
     def __init__(
@@ -165,12 +171,16 @@ class ContrastiveTask(LightningModule):
         eval_towers: tuple[str, str] = ("audio", "text"),
         text_batch_size: int = 256,
         text_cache_size: int = 0,
+        optimizer: OptimizerCallable | None = None,
+        scheduler: LRSchedulerCallable | None = None,
     ):
         super().__init__()
         # Under LightningCLI the towers arrive as their config (class_path dicts), which lets
         # `load_from_checkpoint` rebuild the model; built in Python they are modules, whose
         # weights the checkpoint stores anyway.
-        self.save_hyperparameters(ignore=[] if _built_from_config() else ["towers"])
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"] + ([] if _built_from_config() else ["towers"]))
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         if not pairs:
             raise ValueError("ContrastiveTask needs at least one pair of towers to contrast")
         for a, b in pairs:
@@ -349,8 +359,14 @@ class ContrastiveTask(LightningModule):
 
     def configure_optimizers(self):
         # One fused kernel per step on CUDA; elsewhere the default (foreach) keeps CPU runs as they were.
-        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.lr, betas=self.betas, eps=self.eps,
-                                      fused=self.device.type == "cuda" or None)
+        if self.optimizer_factory is not None:
+            optimizer = self.optimizer_factory(self.parameter_groups())
+        else:
+            optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.lr, betas=self.betas, eps=self.eps,
+                                          fused=self.device.type == "cuda" or None)
+        if self.scheduler_factory is not None:
+            return {"optimizer": optimizer,
+                    "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
         total = self.trainer.estimated_stepping_batches
         total = int(total) if math.isfinite(total) else 0
         warmup = self.warmup_steps
