@@ -52,6 +52,7 @@ from torch import nn
 
 from clapkit.datamodules.base import class_names_for, is_empty_batch
 from clapkit.encoders.base import AudioEncoder, TextEncoder, module_device
+from clapkit.encoders.text_cache import TextCache
 from clapkit.encoders.tower import Tower
 from clapkit.lightning_modules.evaluation import ConsolidatedSet, EvalSet
 from clapkit.lightning_modules.losses import contrastive_loss
@@ -216,8 +217,8 @@ class ContrastiveTask(LightningModule):
         self.eval_towers = tuple(eval_towers)
         self.text_batch_size = text_batch_size
         self.text_cache_size = text_cache_size
-        self._text_cache: dict[str, dict[str, torch.Tensor]] = {
-            name: {}
+        self._text_cache: dict[str, TextCache] = {
+            name: TextCache(text_cache_size)
             for name, tower in self.towers.items()
             if isinstance(tower.encoder, TextEncoder) and (name in self.frozen or f"{name}.encoder" in self.frozen)
         }
@@ -267,19 +268,9 @@ class ContrastiveTask(LightningModule):
 
     @torch.no_grad()
     def _cached_text_features(self, name: str, texts: list[str]) -> torch.Tensor:
-        cache = self._text_cache[name]
         encoder = self.towers[name].encoder
-        device = module_device(encoder)
-        if cache and next(iter(cache.values())).device != device:
-            cache.clear()  # the module moved; cached tensors live on the old device
-        missing = list(dict.fromkeys(t for t in texts if t not in cache))
-        if len(cache) + len(missing) > self.text_cache_size:
-            cache.clear()
-            missing = list(dict.fromkeys(texts))
-        for start in range(0, len(missing), self.text_batch_size):
-            chunk = missing[start : start + self.text_batch_size]
-            cache.update(zip(chunk, encoder(chunk).embedding.detach()))
-        return torch.stack([cache[t] for t in texts])
+        return self._text_cache[name](texts, lambda chunk: encoder(chunk).embedding,
+                                      batch_size=self.text_batch_size, device=module_device(encoder))
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Normalised embeddings of every tower whose input is in ``batch``."""
