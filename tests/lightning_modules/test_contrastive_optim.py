@@ -33,3 +33,22 @@ def test_default_is_adamw_with_warmup_cosine(monkeypatch):
     assert isinstance(config["optimizer"], torch.optim.AdamW)
     assert config["optimizer"].param_groups[0]["lr"] == 2e-3 * (1 / 3)  # warmup step 0 of 2
     assert isinstance(config["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.LambdaLR)
+
+
+def test_every_task_shares_the_base_and_its_monitor_convention():
+    from clapkit.lightning_modules.base import BaseTask
+    from clapkit.lightning_modules.classification import ClassificationTask
+    from clapkit.lightning_modules.separation import SeparationTask
+    from clapkit.lightning_modules.spatial import SpatialAlignmentTask
+
+    for task in (ContrastiveTask, ClassificationTask, SeparationTask, SpatialAlignmentTask):
+        assert issubclass(task, BaseTask)
+    from helpers.separation import tiny_task
+
+    sep = tiny_task()
+    config = sep.configure_optimizers()
+    assert sep.monitor == "val/si_sdri"
+    assert config["lr_scheduler"]["monitor"] == "val/si_sdri" and config["lr_scheduler"]["interval"] == "epoch"
+    assert isinstance(config["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau)
+    trainable = {id(p) for g in config["optimizer"].param_groups for p in g["params"]}
+    assert trainable == {id(p) for p in sep.parameters() if p.requires_grad} and trainable

@@ -45,7 +45,6 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
@@ -54,6 +53,7 @@ from clapkit.datamodules.base import class_names_for, is_empty_batch
 from clapkit.encoders.base import AudioEncoder, TextEncoder, module_device
 from clapkit.encoders.text_cache import TextCache
 from clapkit.encoders.tower import Tower
+from clapkit.lightning_modules.base import BaseTask
 from clapkit.lightning_modules.evaluation import ConsolidatedSet, EvalSet
 from clapkit.lightning_modules.losses import contrastive_loss
 from clapkit.lightning_modules.metrics import (
@@ -113,7 +113,7 @@ def pair_key(a: str, b: str) -> str:
     return f"{a}__{b}"
 
 
-class ContrastiveTask(LightningModule):
+class ContrastiveTask(BaseTask):
     """Contrastive training of named towers, with retrieval and zero-shot evaluation built in.
 
     Args:
@@ -180,8 +180,7 @@ class ContrastiveTask(LightningModule):
         # `load_from_checkpoint` rebuild the model; built in Python they are modules, whose
         # weights the checkpoint stores anyway.
         self.save_hyperparameters(ignore=["optimizer", "scheduler"] + ([] if _built_from_config() else ["towers"]))
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        self.set_optimization(optimizer, scheduler, interval="step")
         if not pairs:
             raise ValueError("ContrastiveTask needs at least one pair of towers to contrast")
         for a, b in pairs:
@@ -348,16 +347,18 @@ class ContrastiveTask(LightningModule):
             {"params": no_decay, "weight_decay": 0.0},
         ]
 
+    def optimizer_parameters(self) -> list[dict[str, Any]]:
+        return self.parameter_groups()
+
     def configure_optimizers(self):
         # One fused kernel per step on CUDA; elsewhere the default (foreach) keeps CPU runs as they were.
+        if self.optimizer_factory is not None and self.scheduler_factory is not None:
+            return super().configure_optimizers()
         if self.optimizer_factory is not None:
-            optimizer = self.optimizer_factory(self.parameter_groups())
+            optimizer = self.optimizer_factory(self.optimizer_parameters())
         else:
             optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.lr, betas=self.betas, eps=self.eps,
                                           fused=self.device.type == "cuda" or None)
-        if self.scheduler_factory is not None:
-            return {"optimizer": optimizer,
-                    "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
         total = self.trainer.estimated_stepping_batches
         total = int(total) if math.isfinite(total) else 0
         warmup = self.warmup_steps

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
-import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
@@ -28,7 +27,7 @@ from torchmetrics import MeanMetric
 from clapkit.checkpoint import compact_buffers
 from clapkit.encoders.separation.query import QueryNetwork, build_condition, interpolate_queries
 from clapkit.encoders.separation.separator import CLAPSep, SeparationOutput
-from clapkit.lightning_modules.optim import optimizers_from_factories
+from clapkit.lightning_modules.base import BaseTask
 from clapkit.lightning_modules.sep_metrics import METRICS, separation_loss, separation_metrics
 
 QuerySides = Literal["both", "positive", "negative"]
@@ -43,7 +42,7 @@ def _default_scheduler(optimizer: torch.optim.Optimizer):
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.3, patience=5, min_lr=5e-6)
 
 
-class SeparationTask(pl.LightningModule):
+class SeparationTask(BaseTask):
     """Query-conditioned target sound extraction.
 
     Args:
@@ -100,9 +99,7 @@ class SeparationTask(pl.LightningModule):
         self.interpolate_audio = interpolate_audio
         self.eval_query = eval_query
         self.compute_sdr = compute_sdr
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.monitor = monitor
+        self.set_optimization(optimizer, scheduler, monitor=monitor, interval="epoch")
         self.export_dir = export_dir
         self.export_chunk_seconds = export_chunk_seconds
         compact_buffers(self)
@@ -211,8 +208,4 @@ class SeparationTask(pl.LightningModule):
             tree["init_args"]["query"].setdefault("init_args", {})["load_weights"] = False
         save_pretrained(self, directory, inference, tree, assets=assets, overwrite=overwrite)
 
-    # --- optimisation ------------------------------------------------------------------------
-    def configure_optimizers(self):
-        return optimizers_from_factories(self, self.optimizer_factory, self.scheduler_factory,
-                                         monitor=self.monitor, interval="epoch")
 
