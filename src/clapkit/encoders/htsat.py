@@ -46,6 +46,7 @@ from torch import nn
 
 from clapkit.encoders.base import EncoderOutput, FeatureAudioEncoder
 from clapkit.encoders.frontends import LogMel
+from clapkit.encoders.frontends import spec_augment as apply_spec_augment
 from clapkit.encoders.fusion import AttentionalFeatureFusion, ClipBatcher, PadMode
 
 Variant = Literal["tiny", "base", "large", "test"]
@@ -416,7 +417,7 @@ class HTSAT(FeatureAudioEncoder):
         x = self._pad_frames(mel) if self.frame_align == "pad" else mel
         x = self.bn0(x.transpose(1, 3)).transpose(1, 3)
         if self.training and self.spec_augment:
-            x = _drop_stripes(_drop_stripes(x, dim=2, width=64, stripes=2), dim=3, width=8, stripes=2)
+            x = apply_spec_augment(x)
         if longer is None:
             longer = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         if self.fusion and self.training and not bool(longer.any()):
@@ -493,18 +494,3 @@ def _to_map(tokens: torch.Tensor) -> torch.Tensor:
     b, n, c = tokens.shape
     side = math.isqrt(n)
     return tokens.transpose(1, 2).reshape(b, c, side, side)
-
-
-def _drop_stripes(x: torch.Tensor, dim: int, width: int, stripes: int) -> torch.Tensor:
-    """Zero ``stripes`` random bands (each < ``width`` wide) along ``dim`` of ``[B, C, T, F]``, per clip."""
-    size = x.shape[dim]
-    b = x.shape[0]
-    pos = torch.arange(size, device=x.device)
-    keep = torch.ones(b, size, dtype=torch.bool, device=x.device)
-    for _ in range(stripes):
-        widths = torch.randint(0, width, (b, 1), device=x.device)
-        starts = (torch.rand(b, 1, device=x.device) * (size - widths).clamp(min=1)).long()
-        keep &= ~((pos >= starts) & (pos < starts + widths))
-    shape = [b, 1, 1, 1]
-    shape[dim] = size
-    return x * keep.view(shape).to(x.dtype)

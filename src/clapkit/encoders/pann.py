@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clapkit import deps
 from clapkit.encoders.base import EncoderOutput, FeatureAudioEncoder
 from clapkit.encoders.frontends import LogMel
+from clapkit.encoders.frontends import spec_augment as apply_spec_augment
 from clapkit.encoders.fusion import AttentionalFeatureFusion, ClipBatcher, PadMode
 
 
@@ -138,17 +138,7 @@ class PANNEncoder(FeatureAudioEncoder):
         nn.init.zeros_(self.fc1.bias)
         nn.init.xavier_uniform_(self.fc_audioset.weight)
         nn.init.zeros_(self.fc_audioset.bias)
-        ta = deps.torchaudio() if spec_augment else None
-        self.spec_augment = (
-            nn.Sequential(
-                ta.transforms.TimeMasking(64, iid_masks=True),
-                ta.transforms.TimeMasking(64, iid_masks=True),
-                ta.transforms.FrequencyMasking(8, iid_masks=True),
-                ta.transforms.FrequencyMasking(8, iid_masks=True),
-            )
-            if spec_augment
-            else None
-        )
+        self.spec_augment = spec_augment
 
     @property
     def output_dim(self) -> int:
@@ -167,9 +157,8 @@ class PANNEncoder(FeatureAudioEncoder):
 
     def forward_spectrogram(self, x: torch.Tensor, longer: torch.Tensor | None = None) -> EncoderOutput:
         """Run the CNN on a normalised log-mel ``[B, C, frames, mels]`` (C = 4 views with fusion)."""
-        if self.training and self.spec_augment is not None:
-            # torchaudio masks the last axis for time and the one before for frequency.
-            x = self.spec_augment(x.transpose(-1, -2)).transpose(-1, -2)
+        if self.training and self.spec_augment:
+            x = apply_spec_augment(x)
         features = []
         for index, pool in enumerate(self.pools, start=1):
             if index == 1 and self.fusion:
