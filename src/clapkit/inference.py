@@ -215,7 +215,10 @@ class CLAPModel:
         with self._autocast():
             out = self.model.towers[tower](inputs, **kwargs)
         out = getattr(out, "embedding", out)
-        # Normalise again in fp32: under autocast the tower's own normalisation ran in low precision.
+        tower_normalised = getattr(self.model.towers[tower], "normalize", False)
+        if tower_normalised and PRECISIONS[self.precision] is None:
+            return out.float().cpu()
+        # Normalise (again) in fp32: under autocast the tower's own normalisation ran in low precision.
         return F.normalize(out.float(), dim=-1).cpu()
 
     @staticmethod

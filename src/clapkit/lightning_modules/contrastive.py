@@ -263,6 +263,8 @@ class ContrastiveTask(BaseTask):
             embedding = tower.projection(self._cached_text_features(name, list(inputs)))
         else:
             embedding = tower(inputs, **kwargs).embedding
+            if getattr(tower, "normalize", False):
+                return embedding  # the tower normalised it already
         return F.normalize(embedding, dim=-1)
 
     @torch.no_grad()
