@@ -71,9 +71,12 @@ if TYPE_CHECKING:
     from clapkit.inference import CLAPModel
     from clapkit.separator import SeparationModel
 
+from clapkit.checkpoint import preview  # noqa: E402
+from clapkit.native import _copy_asset, _replace_directory  # noqa: E402,F401
+
 # Old private names, kept for code that imported them from here.
 _plain, _map_paths, _portable, _asset_resolver = plain, map_paths, portable, asset_resolver
-_unique_tensors, _fill_aliases = unique_tensors, fill_aliases
+_unique_tensors, _fill_aliases, _preview = unique_tensors, fill_aliases, preview
 
 __all__ = [
     "ALLOWED_CLASS_PATHS", "CHECKPOINT_FORMATS", "CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "WEIGHT_FILES",

@@ -29,6 +29,7 @@ from clapkit.checkpoint import (  # noqa: F401  (re-exported: keymap is where in
     WRAPPER_KEYS,
     CheckpointError,
     PretrainedError,
+    _is_state_dict,  # noqa: F401
     module_state,
     read_state_dict,
     unwrap_state_dict,
