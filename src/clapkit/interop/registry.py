@@ -70,9 +70,10 @@ class CheckpointFormat(ABC):
             return False
         return self.matches_state(state)
 
-    @abstractmethod
     def matches_state(self, state: Mapping[str, torch.Tensor]) -> bool:
-        """Whether the unwrapped ``{key: tensor}`` dict has this layout."""
+        """Whether the unwrapped ``{key: tensor}`` dict has this layout (a format implements this,
+        or overrides :meth:`matches` itself when its files are not state dicts)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither matches_state nor matches")
 
     @abstractmethod
     def convert(self, checkpoint: Mapping[str, Any], *, text_model: str | os.PathLike | None = None) -> Converted:
