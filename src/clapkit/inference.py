@@ -2,9 +2,12 @@
 
 ``clapkit.load(path)`` returns one. Audio of any rate and length is resampled (soxr), optionally
 int16-quantised, then padded, cropped (deterministically) or handed whole to a fusion tower, as
-the checkpoint's :class:`~clapkit.pretrained.InferenceConfig` says; inputs are batched; every
-embedding comes back L2-normalised, float32, on the CPU. The model is in eval mode, so the same
-input always gives the same embedding.
+the checkpoint's :class:`~clapkit.audio.preprocess.InferenceConfig` says; inputs are batched;
+every embedding comes back L2-normalised, float32, on the CPU. The model is in eval mode, so the
+same input always gives the same embedding.
+
+:class:`CLAPModel` holds plain modules only (the towers and their logit scales, as a
+:class:`~clapkit.encoders.tower.TowerSet`): inference imports neither Lightning nor torchmetrics.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clapkit.audio import fit_length, int16_roundtrip, load_audio, resample
-from clapkit.pretrained import InferenceConfig
+from clapkit.audio.preprocess import AudioInput, InferenceConfig
+from clapkit.audio.preprocess import prepare_audio as _prepare_audio
+from clapkit.encoders.tower import TowerSet
 
-AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
+__all__ = ["AudioInput", "CLAPModel", "InferenceConfig", "audio_files", "resolve_device"]
 PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 
 
@@ -37,7 +41,9 @@ class CLAPModel:
     """A contrastive model wrapped for inference (what :func:`clapkit.load` returns).
 
     Args:
-        model: a module with ``embed(name, inputs)`` (``ContrastiveTask``) or a ``towers`` dict.
+        model: a module with a ``towers`` dict (and optionally ``logit_scales``): a
+            :class:`~clapkit.encoders.tower.TowerSet`, or a ``ContrastiveTask`` whose towers are
+            taken out of it (the task itself is not kept).
         inference: preprocessing settings of the checkpoint.
         device: where the model runs (``cpu``, ``cuda``, ``auto``...).
         precision: ``32``, ``bf16`` or ``16``: autocast dtype of the forward pass.
@@ -62,7 +68,8 @@ class CLAPModel:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
+        #: The towers and logit scales (a plain module).
+        self.model = TowerSet.of(model).to(self.device).eval()
         self.inference = inference
         self.precision = precision
         self.batch_size = batch_size
@@ -115,31 +122,7 @@ class CLAPModel:
         The result has exactly ``clip_samples`` samples, except with fusion, where clips longer
         than the window stay whole.
         """
-        if isinstance(audio, (str, os.PathLike)):
-            wave, rate = load_audio(audio, mono=True)
-        else:
-            wave = audio.detach().float().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
-            if sample_rate is None:
-                raise ValueError("sample_rate is required for waveform inputs")
-            rate = int(sample_rate)
-            label = name or "waveform"
-            if wave.ndim == 2:
-                wave = wave.mean(axis=0)
-            if wave.ndim != 1:
-                raise ValueError(f"{label}: expected [T] or [C, T] samples, got shape {tuple(wave.shape)}")
-            if wave.size == 0:
-                raise ValueError(f"{label}: empty (no samples)")
-            wave = wave.astype(np.float32, copy=False)
-            if not np.isfinite(wave).all():
-                raise ValueError(f"{label}: contains NaN or Inf samples")
-        cfg = self.inference
-        wave = resample(wave, rate, cfg.sample_rate)
-        if cfg.int16_roundtrip:
-            wave = int16_roundtrip(wave)
-        if cfg.fusion and wave.shape[-1] > cfg.clip_samples:
-            return np.ascontiguousarray(wave, dtype=np.float32)
-        wave = fit_length(wave, cfg.clip_samples, pad=cfg.pad, crop=cfg.crop, seed=0)
-        return np.ascontiguousarray(wave, dtype=np.float32)
+        return _prepare_audio(audio, self.inference, sample_rate, name=name)
 
     def embed_audio(
         self,
@@ -275,10 +258,7 @@ class CLAPModel:
     # ------------------------------------------------------------------ internals
 
     def _tower(self, name: str):
-        towers = getattr(self.model, "towers", None)
-        if towers is not None and name in towers:
-            return towers[name]
-        return None
+        return self.model.towers[name] if name in self.model.towers else None
 
     def _autocast(self):
         dtype = PRECISIONS[self.precision]
@@ -289,12 +269,12 @@ class CLAPModel:
     @torch.no_grad()
     def _embed(self, tower: str, inputs, **kwargs) -> torch.Tensor:
         with self._autocast():
-            if hasattr(self.model, "embed"):
-                out = self.model.embed(tower, inputs, **kwargs)
-            else:
-                out = self.model.towers[tower](inputs, **kwargs)
+            out = self.model.towers[tower](inputs, **kwargs)
         out = getattr(out, "embedding", out)
-        # Normalise again in fp32: under autocast the tower's own normalisation ran in low precision.
+        tower_normalised = getattr(self.model.towers[tower], "normalize", False)
+        if tower_normalised and PRECISIONS[self.precision] is None:
+            return out.float().cpu()
+        # Normalise (again) in fp32: under autocast the tower's own normalisation ran in low precision.
         return F.normalize(out.float(), dim=-1).cpu()
 
     @staticmethod

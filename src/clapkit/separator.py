@@ -2,7 +2,8 @@
 
 ``clapkit.load(dir)`` returns one for a native directory holding a
 :class:`~clapkit.lightning_modules.separation.SeparationTask` (``clapkit convert clapsep`` or a
-training run's ``export_dir``). Input of any length, sample rate and channel count: each
+training run's ``export_dir``); it keeps the task's plain modules only (the separator and the
+query network, see :class:`SeparationNetwork`), so this module imports no Lightning. Input of any length, sample rate and channel count: each
 channel is resampled to the model's rate, cut into model-length chunks with 50 % overlap,
 separated, overlap-added with complementary Hann windows, and returned at the input's rate,
 channel count and length. ``clapkit separate`` is this class over files.
@@ -16,12 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
-from clapkit.audio import load_audio, resample
+from clapkit.audio import resample
+from clapkit.audio.preprocess import AudioInput, InferenceConfig, load_waveform
+from clapkit.encoders.separation import CLAPSep, QueryNetwork, SeparationOutput
 from clapkit.inference import resolve_device
-from clapkit.pretrained import InferenceConfig
 
-AudioQuery = str | os.PathLike | np.ndarray | torch.Tensor
+AudioQuery = AudioInput
 
 
 def chunk_windows(total: int, chunk: int, hop: int) -> list[tuple[int, np.ndarray]]:
@@ -52,10 +55,38 @@ def chunk_windows(total: int, chunk: int, hop: int) -> list[tuple[int, np.ndarra
 
 
 def is_separation_task(model: torch.nn.Module) -> bool:
-    """Whether a loaded native model is a :class:`~clapkit.lightning_modules.separation.SeparationTask`."""
-    from clapkit.lightning_modules.separation import SeparationTask
+    """Whether a loaded native model is a separation model: a
+    :class:`~clapkit.lightning_modules.separation.SeparationTask` or a :class:`SeparationNetwork`
+    (anything holding a :class:`~clapkit.encoders.separation.CLAPSep` ``separator`` and a
+    ``query`` network)."""
+    return isinstance(getattr(model, "separator", None), CLAPSep) and isinstance(getattr(model, "query", None),
+                                                                                 QueryNetwork)
 
-    return isinstance(model, SeparationTask)
+
+class SeparationNetwork(nn.Module):
+    """The plain modules a separation model runs: the separator and its frozen query network.
+
+    Args:
+        separator: the separation network (:class:`~clapkit.encoders.separation.CLAPSep`).
+        query: the query network that embeds text and example audio.
+    """
+
+    def __init__(self, separator: CLAPSep, query: QueryNetwork):
+        super().__init__()
+        self.query = query
+        self.separator = separator
+
+    @classmethod
+    def of(cls, model: nn.Module) -> SeparationNetwork:
+        """``model`` itself, or the separator and query network of a ``SeparationTask``."""
+        if isinstance(model, SeparationNetwork):
+            return model
+        if not is_separation_task(model):
+            raise TypeError(f"{type(model).__name__} is not a separation model (no CLAPSep separator and query)")
+        return cls(model.separator, model.query)
+
+    def forward(self, mixture: torch.Tensor, condition: torch.Tensor) -> SeparationOutput:
+        return self.separator(mixture, condition)
 
 
 @dataclass
@@ -79,7 +110,9 @@ class SeparationModel:
     """A loaded separation model for inference.
 
     Args:
-        task: the :class:`~clapkit.lightning_modules.separation.SeparationTask`.
+        task: a :class:`SeparationNetwork`, or a
+            :class:`~clapkit.lightning_modules.separation.SeparationTask` whose separator and
+            query network are taken out of it (the task itself is not kept).
         inference: the directory's preprocessing settings (its ``clip_samples`` at
             ``sample_rate`` is the chunk length).
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
@@ -94,16 +127,22 @@ class SeparationModel:
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         self.device = resolve_device(device)
-        self.task = task.to(self.device).eval()
+        #: The separator and query network (a plain module).
+        self.network = SeparationNetwork.of(task).to(self.device).eval()
         self.inference = inference
         self.batch_size = batch_size
         self.overlap = overlap
         self._last_chunk_starts: list[int] = []  # chunk plan of the latest input (for masks)
 
     @property
+    def task(self) -> SeparationNetwork:
+        """The wrapped modules (the name this attribute had when it held the LightningModule)."""
+        return self.network
+
+    @property
     def sample_rate(self) -> int:
         """The rate the separator runs at (CLAPSep: 32 kHz)."""
-        return self.task.separator.sample_rate
+        return self.network.separator.sample_rate
 
     @property
     def chunk(self) -> int:
@@ -134,7 +173,7 @@ class SeparationModel:
         sides = []
         for text, examples, given in ((query, query_audio, query_embedding),
                                       (negative, negative_audio, negative_embedding)):
-            text_emb = self.task.query.embed_text([text]) if text else None
+            text_emb = self.network.query.embed_text([text]) if text else None
             audio_emb = self._embed_examples(examples, sample_rate)
             if given is not None:
                 if audio_emb is not None:
@@ -154,15 +193,8 @@ class SeparationModel:
         keyword arguments (``query="dog barking", negative="speech"``). Returns float32 samples
         with the input's rate, channels and length.
         """
-        if isinstance(audio, (str, os.PathLike)):
-            wave, sample_rate = load_audio(audio, mono=False)
-        else:
-            if sample_rate is None:
-                raise ValueError("sample_rate is needed with raw samples")
-            wave = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
-        wave = np.asarray(wave, dtype=np.float32)
-        mono = wave.ndim == 1
-        wave = np.atleast_2d(wave)
+        mono = not isinstance(audio, (str, os.PathLike)) and np.ndim(audio) == 1
+        wave, sample_rate = load_waveform(audio, sample_rate, mono=False)
         if condition is None:
             condition = self.condition(**query)
         estimate = self._separate_at_model_rate(resample(wave, sample_rate, self.sample_rate), condition, _masks)
@@ -239,7 +271,7 @@ class SeparationModel:
         for i in range(0, len(items), self.batch_size):
             group = items[i : i + self.batch_size]
             batch = torch.from_numpy(np.stack([padded[c, s : s + chunk] for c, s, _ in group])).float()
-            out_batch = self.task(batch.to(self.device), condition.expand(len(group), -1))
+            out_batch = self.network(batch.to(self.device), condition.expand(len(group), -1))
             est = out_batch.waveform
             if masks is not None:
                 masks.append(out_batch.mask.float().cpu().numpy())
@@ -250,16 +282,10 @@ class SeparationModel:
     def _embed_examples(self, examples: Sequence[AudioQuery], sample_rate: int | None) -> torch.Tensor | None:
         if not examples:
             return None
-        query = self.task.query
+        query = self.network.query
         embeddings = []
-        for example in examples:
-            if isinstance(example, (str, os.PathLike)):
-                wave, _ = load_audio(example, sample_rate=query.sample_rate)
-            else:
-                if sample_rate is None:
-                    raise ValueError("sample_rate is needed with raw example audio")
-                wave = np.asarray(example.detach().cpu() if isinstance(example, torch.Tensor) else example,
-                                  dtype=np.float32)
-                wave = resample(wave.mean(0) if wave.ndim == 2 else wave, sample_rate, query.sample_rate)
+        for i, example in enumerate(examples):
+            wave, rate = load_waveform(example, sample_rate, mono=True, name=f"example audio {i}")
+            wave = resample(wave, rate, query.sample_rate)
             embeddings.append(query.embed_audio(torch.as_tensor(wave, dtype=torch.float32)[None].to(self.device)))
         return torch.cat(embeddings).mean(0, keepdim=True)

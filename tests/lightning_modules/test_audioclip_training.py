@@ -98,6 +98,16 @@ def _run(config: dict, tmp_path: Path):
     return lightning_main(["fit", "--config", str(path)])
 
 
+def _assert_trained(cli) -> None:
+    """One training step and one validation pass ran, with finite logged values and moved weights."""
+    import torch
+
+    assert cli.trainer.state.finished and cli.trainer.global_step == 1
+    metrics = cli.trainer.callback_metrics
+    assert any(k.startswith("train/") for k in metrics), sorted(metrics)
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in metrics.values()), dict(metrics)
+
+
 @pytest.mark.parametrize("stage", ["b_audio_vs_frozen_clip", "c_all_towers"])
 def test_tri_modal_stages_run_on_av_shards(stage, tmp_path):
     from helpers.audioclip import write_av_shards
@@ -110,7 +120,7 @@ def test_tri_modal_stages_run_on_av_shards(stage, tmp_path):
                 batch_size=2, num_workers=0, shuffle_buffer=2)
     data["audio"].update(sample_rate=8000, clip_seconds=0.25)
     data["augment"]["length"] = 2000
-    _run(config, tmp_path)
+    _assert_trained(_run(config, tmp_path))
 
 
 def test_stage_a_tagger_runs_on_audioset_fixture(tmp_path):
@@ -125,7 +135,7 @@ def test_stage_a_tagger_runs_on_audioset_fixture(tmp_path):
     data.update(root=str(tmp_path / "audioset"), batch_size=2, num_workers=0)
     data["audio"].update(sample_rate=8000, clip_seconds=0.25)
     data["augment"]["length"] = 2000
-    _run(config, tmp_path)
+    _assert_trained(_run(config, tmp_path))
 
 
 @pytest.mark.parametrize("stage", ["d_esc50_finetune", "d_us8k_finetune"])

@@ -46,13 +46,15 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from clapkit.datamodules.base import is_empty_batch
+from clapkit.datamodules.base import class_names_for, is_empty_batch
 from clapkit.encoders.base import AudioEncoder, TextEncoder, module_device
+from clapkit.encoders.text_cache import TextCache
 from clapkit.encoders.tower import Tower
+from clapkit.lightning_modules.base import BaseTask
 from clapkit.lightning_modules.evaluation import ConsolidatedSet, EvalSet
 from clapkit.lightning_modules.losses import contrastive_loss
 from clapkit.lightning_modules.metrics import (
@@ -129,7 +131,7 @@ def pair_key(a: str, b: str) -> str:
     return f"{a}__{b}"
 
 
-class ContrastiveTask(LightningModule):
+class ContrastiveTask(BaseTask):
     """Contrastive training of named towers, with retrieval and zero-shot evaluation built in.
 
     Args:
@@ -162,6 +164,11 @@ class ContrastiveTask(LightningModule):
             lists the tower or its ``encoder``) for up to this many distinct strings; ``0``
             turns it off. Exact, since a frozen encoder in eval mode is deterministic, and a
             large saving when captions repeat (templated labels, small corpora, prompts).
+        optimizer: ``params -> Optimizer`` (in YAML: ``class_path: torch.optim.SGD`` with its
+            ``init_args``), given the two parameter groups of :meth:`parameter_groups` (each
+            with its weight decay). ``None``: AdamW with ``lr``, ``betas``, ``eps``.
+        scheduler: ``optimizer -> LR scheduler``, stepped every optimiser step. ``None``: linear
+            warmup over ``warmup_steps`` then cosine to ``lr * min_lr_ratio``.
     """
 
     def __init__(
@@ -185,12 +192,15 @@ class ContrastiveTask(LightningModule):
         eval_towers: tuple[str, str] = ("audio", "text"),
         text_batch_size: int = 256,
         text_cache_size: int = 0,
+        optimizer: OptimizerCallable | None = None,
+        scheduler: LRSchedulerCallable | None = None,
     ):
         super().__init__()
         # Under LightningCLI the towers arrive as their config (class_path dicts), which lets
         # `load_from_checkpoint` rebuild the model; built in Python they are modules, whose
         # weights the checkpoint stores anyway.
-        self.save_hyperparameters(ignore=[] if _built_from_config() else ["towers"])
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"] + ([] if _built_from_config() else ["towers"]))
+        self.set_optimization(optimizer, scheduler, interval="step")
         if not pairs:
             raise ValueError("ContrastiveTask needs at least one pair of towers to contrast")
         for a, b in pairs:
@@ -228,8 +238,8 @@ class ContrastiveTask(LightningModule):
         self.eval_towers = tuple(eval_towers)
         self.text_batch_size = text_batch_size
         self.text_cache_size = text_cache_size
-        self._text_cache: dict[str, dict[str, torch.Tensor]] = {
-            name: {}
+        self._text_cache: dict[str, TextCache] = {
+            name: TextCache(text_cache_size)
             for name, tower in self.towers.items()
             if isinstance(tower.encoder, TextEncoder) and (name in self.frozen or f"{name}.encoder" in self.frozen)
         }
@@ -275,23 +285,15 @@ class ContrastiveTask(LightningModule):
             embedding = tower.projection(self._cached_text_features(name, list(inputs)))
         else:
             embedding = tower(inputs, **kwargs).embedding
+            if getattr(tower, "normalize", False):
+                return embedding  # the tower normalised it already
         return F.normalize(embedding, dim=-1)
 
     @torch.no_grad()
     def _cached_text_features(self, name: str, texts: list[str]) -> torch.Tensor:
-        cache = self._text_cache[name]
         encoder = self.towers[name].encoder
-        device = module_device(encoder)
-        if cache and next(iter(cache.values())).device != device:
-            cache.clear()  # the module moved; cached tensors live on the old device
-        missing = list(dict.fromkeys(t for t in texts if t not in cache))
-        if len(cache) + len(missing) > self.text_cache_size:
-            cache.clear()
-            missing = list(dict.fromkeys(texts))
-        for start in range(0, len(missing), self.text_batch_size):
-            chunk = missing[start : start + self.text_batch_size]
-            cache.update(zip(chunk, encoder(chunk).embedding.detach()))
-        return torch.stack([cache[t] for t in texts])
+        return self._text_cache[name](texts, lambda chunk: encoder(chunk).embedding,
+                                      batch_size=self.text_batch_size, device=module_device(encoder))
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Normalised embeddings of every tower whose input is in ``batch``."""
@@ -369,10 +371,18 @@ class ContrastiveTask(LightningModule):
             {"params": no_decay, "weight_decay": 0.0},
         ]
 
+    def optimizer_parameters(self) -> list[dict[str, Any]]:
+        return self.parameter_groups()
+
     def configure_optimizers(self):
         # One fused kernel per step on CUDA; elsewhere the default (foreach) keeps CPU runs as they were.
-        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.lr, betas=self.betas, eps=self.eps,
-                                      fused=self.device.type == "cuda" or None)
+        if self.optimizer_factory is not None and self.scheduler_factory is not None:
+            return super().configure_optimizers()
+        if self.optimizer_factory is not None:
+            optimizer = self.optimizer_factory(self.optimizer_parameters())
+        else:
+            optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.lr, betas=self.betas, eps=self.eps,
+                                          fused=self.device.type == "cuda" or None)
         total = self.trainer.estimated_stepping_batches
         total = int(total) if math.isfinite(total) else 0
         warmup = self.warmup_steps
@@ -456,12 +466,7 @@ class ContrastiveTask(LightningModule):
         return getattr(datamodule, name, None)
 
     def _class_names_for(self, dataloader_idx: int) -> list[str] | None:
-        names = self._datamodule_attr("class_names")
-        if isinstance(names, dict):
-            names = names.get(dataloader_idx)
-        elif names and isinstance(names[0], (list, tuple)):
-            names = names[dataloader_idx] if dataloader_idx < len(names) else None
-        return list(names) if names else None
+        return class_names_for(self._datamodule_attr("class_names"), dataloader_idx)
 
     def _finish_eval(self, stage: str) -> None:
         sets = {idx: store.consolidate() for idx, store in sorted(self._eval_sets.items())}
