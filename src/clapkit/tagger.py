@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from clapkit.inference import AudioInput, CLAPModel, _batches, resolve_device
-from clapkit.pretrained import InferenceConfig
+from clapkit.audio.preprocess import InferenceConfig
 
 
 class NotAnEmbeddingModel(ValueError):
