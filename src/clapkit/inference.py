@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clapkit.audio import fit_length, int16_roundtrip, load_audio, resample
+from clapkit.finite import NonFiniteError, require_finite
 from clapkit.pretrained import InferenceConfig
 
 AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
@@ -145,7 +146,11 @@ class CLAPModel:
         """
         items = self._as_items(audio)
         clips = (self.prepare_audio(item, sample_rate, name=f"audio[{i}]") for i, item in enumerate(items))
-        return self.embed_prepared(clips, batch_size=batch_size, progress=progress)
+        try:
+            return self.embed_prepared(clips, batch_size=batch_size, progress=progress)
+        except NonFiniteError as exc:
+            item = items[exc.index]
+            raise exc.named(str(item) if isinstance(item, (str, os.PathLike)) else f"audio[{exc.index}]") from None
 
     def embed_prepared(
         self,
@@ -154,11 +159,19 @@ class CLAPModel:
         batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> torch.Tensor:
-        """Embed clips already passed through :meth:`prepare_audio` (any iterable, consumed lazily)."""
+        """Embed clips already passed through :meth:`prepare_audio` (any iterable, consumed lazily).
+
+        Raises:
+            NonFiniteError: a clip's embedding is NaN or Inf (its ``index`` is the clip's position).
+        """
         batch_size = batch_size or self.batch_size
         outputs = []
+        done = 0
         for batch in _batches(clips, batch_size):
-            outputs.append(self._embed_audio_batch(batch))
+            embedding = self._embed_audio_batch(batch)
+            require_finite(embedding, "audio embedding", offset=done, inputs=batch)
+            outputs.append(embedding)
+            done += len(batch)
             if progress is not None:
                 progress(len(batch))
         if not outputs:
@@ -196,7 +209,12 @@ class CLAPModel:
         outputs = []
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]
-            outputs.append(self._embed(self.text_tower, chunk))
+            embedding = self._embed(self.text_tower, chunk)
+            try:
+                require_finite(embedding, "text embedding", offset=start)
+            except NonFiniteError as exc:
+                raise exc.named(f"text {texts[exc.index]!r}") from None
+            outputs.append(embedding)
             if progress is not None:
                 progress(len(chunk))
         if not outputs:

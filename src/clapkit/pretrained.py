@@ -34,6 +34,7 @@ import torch
 import yaml
 from torch import nn
 
+from clapkit.atomic import normal_permissions
 from clapkit.audio.crop import CropMode, PadMode
 
 if TYPE_CHECKING:
@@ -317,6 +318,7 @@ def save_pretrained(
 
         save_file(_unique_tensors(model.state_dict()), str(tmp / WEIGHTS_NAME),
                   metadata={"format": "pt", "clapkit_format": str(FORMAT_VERSION)})
+        normal_permissions(tmp)
         _replace_directory(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

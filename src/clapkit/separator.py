@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from clapkit.audio import load_audio, resample
+from clapkit.finite import NonFiniteError, require_finite
 from clapkit.inference import resolve_device
 from clapkit.pretrained import InferenceConfig
 
@@ -88,8 +89,16 @@ class SeparationModel:
 
     @property
     def chunk(self) -> int:
-        """Chunk length in samples at :attr:`sample_rate`."""
-        return int(round(self.inference.clip_samples * self.sample_rate / self.inference.sample_rate))
+        """Chunk length in samples at :attr:`sample_rate`.
+
+        At most the separation encoder's window: directories exported before the chunk
+        followed the window (a 10 s chunk for a model trained on 1 s) still separate.
+        """
+        chunk = int(round(self.inference.clip_samples * self.sample_rate / self.inference.sample_rate))
+        window = getattr(self.task.separator, "window_seconds", None)
+        if window is not None:
+            chunk = min(chunk, int(window * self.sample_rate))
+        return chunk
 
     @torch.inference_mode()
     def condition(
@@ -116,7 +125,9 @@ class SeparationModel:
                          else interpolate_queries(audio_emb, text_emb, audio_weight))
         if sides[0] is None and sides[1] is None:
             raise ValueError("give a query: a positive or negative text or example audio")
-        return build_condition(*sides)
+        condition = build_condition(*sides)
+        require_finite(condition, "query embedding")
+        return condition
 
     def separate(self, audio: AudioQuery, sample_rate: int | None = None, condition: torch.Tensor | None = None,
                  **query) -> np.ndarray:
@@ -125,6 +136,10 @@ class SeparationModel:
         Pass a ``condition`` from :meth:`condition` (reuse it across files) or the query as
         keyword arguments (``query="dog barking", negative="speech"``). Returns float32 samples
         with the input's rate, channels and length.
+
+        Raises:
+            NonFiniteError: the separated signal holds NaN or Inf (huge input samples overflow
+                the model); nothing is returned.
         """
         if isinstance(audio, (str, os.PathLike)):
             wave, sample_rate = load_audio(audio, mono=False)
@@ -138,6 +153,10 @@ class SeparationModel:
         if condition is None:
             condition = self.condition(**query)
         estimate = self._separate_at_model_rate(resample(wave, sample_rate, self.sample_rate), condition)
+        try:
+            require_finite(estimate.reshape(1, -1), "separated audio", inputs=wave.reshape(1, -1))
+        except NonFiniteError as exc:
+            raise (exc.named(str(audio)) if isinstance(audio, (str, os.PathLike)) else exc) from None
         estimate = resample(estimate, self.sample_rate, sample_rate)
         length = wave.shape[-1]
         estimate = np.pad(estimate, ((0, 0), (0, max(0, length - estimate.shape[-1]))))[:, :length]

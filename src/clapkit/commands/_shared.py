@@ -116,8 +116,10 @@ def embed_files(model, files: Sequence[Path], *, workers: int = 1, quiet: bool =
                 description: str = "embedding") -> torch.Tensor:
     """Embed audio files with ``model`` (a CLAPModel), decoding ahead in threads.
 
-    A file that cannot be decoded stops everything with a :class:`CommandError` naming it.
+    A file that cannot be decoded, or whose embedding is not finite (huge samples that
+    overflow the model), stops everything with a :class:`CommandError` naming it.
     """
+    from clapkit.finite import NonFiniteError
 
     def prepare(path: Path) -> np.ndarray:
         try:
@@ -128,12 +130,15 @@ def embed_files(model, files: Sequence[Path], *, workers: int = 1, quiet: bool =
             raise CommandError(f"{path}: {exc}") from None
 
     with progress_bar(len(files), description, quiet) as advance:
-        if workers <= 1:
-            return model.embed_prepared((prepare(p) for p in files), progress=advance)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            # Bounded look-ahead: at most a few batches of decoded audio in memory.
-            ahead = max(workers, 2 * model.batch_size)
-            return model.embed_prepared(_prefetch(pool, prepare, files, ahead), progress=advance)
+        try:
+            if workers <= 1:
+                return model.embed_prepared((prepare(p) for p in files), progress=advance)
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                # Bounded look-ahead: at most a few batches of decoded audio in memory.
+                ahead = max(workers, 2 * model.batch_size)
+                return model.embed_prepared(_prefetch(pool, prepare, files, ahead), progress=advance)
+        except NonFiniteError as exc:
+            raise CommandError(str(exc.named(str(files[exc.index])))) from None
 
 
 def _prefetch(pool: ThreadPoolExecutor, fn, items, ahead: int):

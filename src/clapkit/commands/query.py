@@ -26,6 +26,7 @@ from clapkit.atomic import write_csv
 from clapkit.audio import AudioLoadError
 from clapkit.audio.io import AUDIO_EXTENSIONS
 from clapkit.commands import CommandError, _shared
+from clapkit.finite import NonFiniteError, nonfinite_rows
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -113,13 +114,18 @@ class _Embedder:
         if modality == "audio":
             try:
                 return self.model.embed_audio(items)
-            except AudioLoadError as exc:
+            except (AudioLoadError, NonFiniteError) as exc:
                 raise CommandError(str(exc)) from None
         size = int(getattr(self.model.model.towers["image"].encoder, "image_size", 224))
         chunks = []
         for start in range(0, len(items), self.batch_size):
-            pixels = torch.stack([_load_image(p, size) for p in items[start : start + self.batch_size]])
-            chunks.append(self.model._embed("image", pixels.to(self.model.device)))
+            group = items[start : start + self.batch_size]
+            pixels = torch.stack([_load_image(p, size) for p in group])
+            embedding = self.model._embed("image", pixels.to(self.model.device))
+            bad = nonfinite_rows(embedding)
+            if bad:
+                raise CommandError(f"{group[bad[0]]}: non-finite image embedding (NaN or Inf)")
+            chunks.append(embedding)
         return torch.cat(chunks)
 
 

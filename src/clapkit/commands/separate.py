@@ -25,6 +25,7 @@ from pathlib import Path
 from clapkit.audio import AudioLoadError, load_audio, save_audio
 from clapkit.audio.io import AUDIO_EXTENSIONS
 from clapkit.commands import CommandError
+from clapkit.finite import NonFiniteError
 from clapkit.commands._shared import check_headers, discover_audio, make_parser, progress_bar
 
 
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                                     audio_weight=args.audio_weight)
     except AudioLoadError as exc:
         raise CommandError(f"query audio {exc}") from None
+    except NonFiniteError as exc:
+        raise CommandError(f"query: {exc.reason}") from None
     # Decode everything first: a file whose header was fine but whose data is not must
     # stop the run before anything is written.
     decoded = []
@@ -110,12 +113,19 @@ def main(argv: list[str] | None = None) -> int:
             decoded.append(load_audio(file, mono=False))
         except AudioLoadError as exc:
             raise CommandError(str(exc)) from None
+    # Separate everything before writing: an input whose result is not finite (huge samples
+    # overflow the model) stops the run naming it, with nothing written.
+    estimates = []
     with progress_bar(len(files), "separating", args.quiet) as advance:
-        for (wave, rate), target in zip(decoded, targets):
-            estimate = model.separate(wave, rate, condition=condition)
-            subtype = "FLOAT" if target.suffix.lower() == ".wav" else None
-            save_audio(target, estimate if estimate.shape[0] > 1 else estimate[0], rate, subtype=subtype)
+        for file, (wave, rate) in zip(files, decoded):
+            try:
+                estimates.append(model.separate(wave, rate, condition=condition))
+            except NonFiniteError as exc:
+                raise CommandError(str(exc.named(str(file)))) from None
             advance(1)
+    for estimate, (_, rate), target in zip(estimates, decoded, targets):
+        subtype = "FLOAT" if target.suffix.lower() == ".wav" else None
+        save_audio(target, estimate if estimate.shape[0] > 1 else estimate[0], rate, subtype=subtype)
     if not args.quiet:
         print(f"wrote {len(targets)} file(s) under {os.path.commonpath([str(t.parent) for t in targets])}")
     return 0
