@@ -53,15 +53,50 @@ def load_model(path: str | os.PathLike, args: argparse.Namespace):
 
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_device(args.device)
+    check_model_path(path)
     try:
-        return load(path, text_model=args.text_model, device=args.device, precision=args.precision,
-                    batch_size=args.batch_size, trust_pickle=args.trust_checkpoint)
+        model = load(path, text_model=args.text_model, device=args.device, precision=args.precision,
+                     batch_size=args.batch_size, trust_pickle=args.trust_checkpoint)
     except (PretrainedError, FileNotFoundError) as exc:
         raise CommandError(str(exc)) from None
     except (RuntimeError, ValueError) as exc:
         if "CUDA" in str(exc) or "device" in str(exc).lower():
             raise CommandError(f"--device {args.device}: {str(exc).splitlines()[0]}") from None
         raise
+    except (IndexError, KeyError, TypeError, AttributeError) as exc:
+        # A file torch.load reads but that holds no model layout clapkit knows.
+        raise CommandError(f"{path}: not a model clapkit can load ({type(exc).__name__}: {exc})") from None
+    if not hasattr(model, "embed_prepared"):
+        raise CommandError(f"{path}: a separation model; use it with clapkit separate --model {path}")
+    return model
+
+
+def check_device(device: str) -> None:
+    """Refuse ``--device cuda`` without a GPU (and a malformed device) in one line, before any work."""
+    try:
+        resolved = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                ("cpu" if device == "auto" else device))
+    except (RuntimeError, ValueError) as exc:
+        raise CommandError(f"--device {device}: {str(exc).splitlines()[0]}") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CommandError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise CommandError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif resolved.type not in ("cpu", "mps", "xpu"):
+        raise CommandError(f"--device {device}: unsupported device type {resolved.type!r}")
+
+
+def check_model_path(path: str | os.PathLike) -> None:
+    """Refuse a model argument that is plainly not a model (missing, or an audio file)."""
+    from clapkit.audio.io import AUDIO_EXTENSIONS
+
+    path = Path(path)
+    if not path.exists():
+        raise CommandError(f"{path}: no such model directory or checkpoint file")
+    if path.is_file() and path.suffix.lower() in AUDIO_EXTENSIONS:
+        raise CommandError(f"{path}: an audio file, not a model (pass the model directory or checkpoint first)")
 
 
 def discover_audio(inputs: Sequence[str]) -> list[Path]:
@@ -166,7 +201,35 @@ def check_output(path: str | os.PathLike, suffixes: Sequence[str]) -> Path:
         raise CommandError(f"{path}: output must end in {' or '.join(suffixes)}")
     if path.is_dir():
         raise CommandError(f"{path}: is a directory, expected a file name")
+    check_writable_folder(path.parent)
     return path
+
+
+def refuse_overwriting_inputs(outputs: Sequence[str | os.PathLike], inputs: Sequence[str | os.PathLike | None]) -> None:
+    """Refuse an output that is one of the command's own input files (it would be destroyed)."""
+    def same(a: Path, b: Path) -> bool:
+        try:
+            return a.exists() and b.exists() and os.path.samefile(a, b)
+        except OSError:
+            return False
+
+    for output in outputs:
+        for source in inputs:
+            if source is not None and (same(Path(output), Path(source)) or
+                                       Path(output).resolve() == Path(source).resolve()):
+                raise CommandError(f"{output}: is also an input of this command; choose another output")
+
+
+def check_writable_folder(folder: str | os.PathLike) -> None:
+    """Refuse an output folder that cannot be created or written (checked before any work)."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CommandError(f"{existing}: is a file, so {folder} cannot be a folder for the output")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CommandError(f"{existing}: not writable (permission denied)")
 
 
 

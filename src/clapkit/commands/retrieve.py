@@ -39,6 +39,8 @@ def main(argv: list[str]) -> int:
     queries = [q for q in args.query if q.strip()]
     if not queries:
         raise CommandError("--query is empty")
+    if output is not None:
+        _shared.refuse_overwriting_inputs([output], [args.index])
     paths, index, metadata = _shared.read_embeddings(args.index)
     if not paths:
         raise CommandError(f"{args.index}: the index is empty")

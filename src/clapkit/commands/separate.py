@@ -26,7 +26,14 @@ from clapkit.audio import AudioLoadError, load_audio, save_audio
 from clapkit.audio.io import AUDIO_EXTENSIONS
 from clapkit.commands import CommandError
 from clapkit.finite import NonFiniteError
-from clapkit.commands._shared import check_headers, discover_audio, make_parser, progress_bar
+from clapkit.commands._shared import (
+    check_headers,
+    check_writable_folder,
+    discover_audio,
+    make_parser,
+    progress_bar,
+    refuse_overwriting_inputs,
+)
 
 
 def build_parser():
@@ -71,9 +78,12 @@ def output_paths(files: Sequence[Path], inputs: Sequence[str], output: str) -> l
 
 
 def _load_model(args):
+    from clapkit.commands._shared import check_device, check_model_path
     from clapkit.pretrained import PretrainedError, load_native
     from clapkit.separator import SeparationModel, is_separation_task
 
+    check_device(args.device)
+    check_model_path(args.model)
     try:
         model, _, inference = load_native(args.model)
     except (PretrainedError, FileNotFoundError) as exc:
@@ -94,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     files = discover_audio(args.inputs)
     check_headers(files)
     targets = output_paths(files, args.inputs, args.output)
+    refuse_overwriting_inputs(targets, [*files, *args.query_audio, *args.negative_audio])
+    for folder in sorted({t.parent for t in targets}):
+        check_writable_folder(folder)
     existing = [str(p) for p in targets if p.exists()]
     if existing and not args.overwrite:
         raise CommandError(f"{existing[0]}: already exists (pass --overwrite to replace)")

@@ -66,6 +66,7 @@ def main(argv: list[str]) -> int:
     output = _shared.check_output(args.output, (".csv",))
     labels = read_labels(args.labels, args.label)
     files = _shared.discover_audio(args.audio)
+    _shared.refuse_overwriting_inputs([output], [args.labels, *files])
     _shared.check_headers(files)
     model = _shared.load_model(args.model, args)
     text = model.embed_text([args.template.replace("{}", label) for label in labels])
