@@ -94,10 +94,8 @@ def test_retrieve_never_ranks_a_nan(clap_dir, tmp_path, capsys):
 
 
 def test_export_chunk_follows_the_encoder_window():
-    from helpers.separation import CLIP_SECONDS, tiny_separator
-
     from clapkit.lightning_modules.separation import SeparationTask
-    from helpers.separation import tiny_query_network
+    from helpers.separation import CLIP_SECONDS, tiny_query_network, tiny_separator
 
     task = SeparationTask(separator=tiny_separator(), query=tiny_query_network())
     assert task.export_chunk_seconds == pytest.approx(CLIP_SECONDS)

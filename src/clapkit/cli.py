@@ -95,7 +95,15 @@ def lightning_main(args: list[str] | None = None, run: bool = True):
                 load_weights_into(self.model, weights)
             _check_task_matches_data(self.model, self.datamodule, weights)
 
-        before_fit = before_validate = before_test = before_predict = _load_weights
+        def before_fit(self) -> None:
+            self._load_weights()
+            from clapkit.callbacks.resume import ExactResume
+
+            # Exact resume after a kill is the default: RNGs seeded per step, data position kept.
+            if not any(isinstance(c, ExactResume) for c in self.trainer.callbacks):
+                self.trainer.callbacks.append(ExactResume())
+
+        before_validate = before_test = before_predict = _load_weights
 
     if args is not None:
         args = _native_model_args(list(args))
