@@ -12,7 +12,8 @@ stable. ``sizes.json`` lists the samples per shard, as LAION-CLAP's loader expec
 
 Shards are written by --workers processes, each to a temporary file renamed into place when
 complete; re-running the same command skips complete shards (resume after a kill). Files
-that cannot be used (missing, corrupt, empty, silent, NaN) are skipped and listed in
+that cannot be used (missing, corrupt, empty, silent, NaN, samples far outside [-1, 1]) and
+manifest rows that are not UTF-8 or lack a caption are skipped and listed in
 ``skipped.csv`` and in the summary.
 
 example:
@@ -44,6 +45,8 @@ from clapkit.commands import CommandError
 
 STATE_DIR = ".make_shards"
 SUBTYPES = {16: "PCM_16", 24: "PCM_24"}
+# Peaks above this (40 dB over full scale) are broken data: skipped, not clipped to a square wave.
+MAX_PEAK = 100.0
 
 
 @dataclass
@@ -227,6 +230,11 @@ def write_shard(index: int, rows: list[Row], out_dir: str, sample_rate: int, bit
                     wave, _ = load_audio(row.path, sample_rate, mono=True, reject_silent=True)
                 except (AudioLoadError, OSError) as exc:
                     skipped.append((row.source, _missing_reason(row.path) or getattr(exc, "reason", str(exc))))
+                    continue
+                peak = float(np.abs(wave).max())
+                if peak > MAX_PEAK:
+                    # FLAC would clip it to a square wave: broken data, not a level to keep.
+                    skipped.append((row.source, f"samples far outside [-1, 1] (peak {peak:.3g})"))
                     continue
                 if max_seconds is not None:
                     wave = wave[: int(max_seconds * sample_rate)]

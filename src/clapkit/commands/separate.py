@@ -25,7 +25,6 @@ from pathlib import Path
 from clapkit.audio import AudioLoadError, load_audio, save_audio
 from clapkit.audio.io import AUDIO_EXTENSIONS
 from clapkit.commands import CommandError
-from clapkit.finite import NonFiniteError
 from clapkit.commands._shared import (
     check_headers,
     check_writable_folder,
@@ -34,6 +33,7 @@ from clapkit.commands._shared import (
     progress_bar,
     refuse_overwriting_inputs,
 )
+from clapkit.finite import NonFiniteError
 
 
 def build_parser():
@@ -110,6 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     existing = [str(p) for p in targets if p.exists()]
     if existing and not args.overwrite:
         raise CommandError(f"{existing[0]}: already exists (pass --overwrite to replace)")
+    # Decode everything first (before loading the model): a file whose header was fine but
+    # whose data is not stops the run before anything is written.
+    decoded = []
+    for file in files:
+        try:
+            decoded.append(load_audio(file, mono=False))
+        except AudioLoadError as exc:
+            raise CommandError(str(exc)) from None
     model = _load_model(args)
     try:
         condition = model.condition(args.query, args.negative, args.query_audio, args.negative_audio,
@@ -118,14 +126,6 @@ def main(argv: list[str] | None = None) -> int:
         raise CommandError(f"query audio {exc}") from None
     except NonFiniteError as exc:
         raise CommandError(f"query: {exc.reason}") from None
-    # Decode everything first: a file whose header was fine but whose data is not must
-    # stop the run before anything is written.
-    decoded = []
-    for file in files:
-        try:
-            decoded.append(load_audio(file, mono=False))
-        except AudioLoadError as exc:
-            raise CommandError(str(exc)) from None
     # Separate everything before writing: an input whose result is not finite (huge samples
     # overflow the model) stops the run naming it, with nothing written.
     estimates = []
