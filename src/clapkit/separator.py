@@ -18,7 +18,7 @@ import torch
 
 from clapkit.audio import load_audio, resample
 from clapkit.finite import NonFiniteError, require_finite
-from clapkit.inference import resolve_device
+from clapkit.inference import PRECISIONS, resolve_device
 from clapkit.pretrained import InferenceConfig
 
 AudioQuery = str | os.PathLike | np.ndarray | torch.Tensor
@@ -68,14 +68,19 @@ class SeparationModel:
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         batch_size: chunks per forward pass.
         overlap: chunk overlap fraction in ``[0, 1)``.
+        precision: ``32``, ``bf16`` or ``16``: autocast dtype of the forward pass (the STFT and
+            the overlap-add stay fp32).
     """
 
     def __init__(self, task, inference: InferenceConfig, device: str | torch.device = "cpu", batch_size: int = 4,
-                 overlap: float = 0.5):
+                 overlap: float = 0.5, precision: str = "32"):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        self.precision = precision
         self.device = resolve_device(device)
         self.task = task.to(self.device).eval()
         self.inference = inference
@@ -175,7 +180,9 @@ class SeparationModel:
         for i in range(0, len(items), self.batch_size):
             group = items[i : i + self.batch_size]
             batch = torch.from_numpy(np.stack([padded[c, s : s + chunk] for c, s, _ in group])).float()
-            est = self.task(batch.to(self.device), condition.expand(len(group), -1)).waveform
+            dtype = PRECISIONS[self.precision]
+            with torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                est = self.task(batch.to(self.device), condition.expand(len(group), -1)).waveform
             for (c, s, w), row in zip(group, est.float().cpu().numpy()):
                 out[c, s : s + chunk] += w * row
         return out[:, :total].astype(np.float32)

@@ -35,8 +35,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     """``--device``, ``--precision``, ``--batch-size``, ``--text-model``, ``--trust-checkpoint``."""
     group = parser.add_argument_group("model")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
-    group.add_argument("--precision", default="32", choices=["32", "bf16", "16"],
-                       help="autocast precision of the forward pass (front ends stay fp32)")
+    add_precision_option(group)
     group.add_argument("--batch-size", type=int, default=16, help="clips or texts per forward pass")
     group.add_argument("--text-model", default=None,
                        help="official checkpoints only: local directory of the text tower's tokenizer + config")
@@ -45,6 +44,19 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                        help="threads decoding and resampling audio ahead of the model")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def add_precision_option(group) -> None:
+    """``--precision``: the same flag, choices and help on every model command."""
+    group.add_argument("--precision", default="32", choices=["32", "bf16", "16"],
+                       help="autocast precision of the forward pass (front ends stay fp32)")
+
+
+def add_model_and_inputs(parser: argparse.ArgumentParser, inputs_help: str = "audio files and/or folders") -> None:
+    """The one command surface for model commands: ``--model MODEL`` and positional INPUTS."""
+    parser.add_argument("--model", default=None,
+                        help="native model directory, or an official LAION-CLAP / MS-CLAP / AudioCLIP checkpoint")
+    parser.add_argument("inputs", nargs="*", metavar="INPUTS", help=inputs_help)
 
 
 def load_model(path: str | os.PathLike, args: argparse.Namespace):

@@ -18,7 +18,7 @@ full key coverage, and the result is a self-contained directory for ``clapkit se
 
 example:
   clapkit convert laion-clap 630k-audioset-best.pt --text-model hf/roberta-base -o models/clap
-  clapkit convert laion-clap music_audioset_epoch_15_esc_90.14.pt --text-model hf/roberta-base \
+  clapkit convert laion-clap music_audioset_epoch_15_esc_90.14.pt --text-model hf/roberta-base \\
       -o checkpoints/clap_htsat_base
   clapkit convert clapsep best_model.ckpt --config configs/clapsep/base.yaml -o models/clapsep
 """

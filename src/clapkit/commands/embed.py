@@ -1,7 +1,8 @@
 """Embed audio files with a CLAP model and write the embeddings with their file paths.
 
 INPUTS are audio files and/or folders (searched recursively for .wav .flac .ogg .mp3 .opus
-.aiff). Every file is resampled to the model's rate and padded, cropped (deterministically)
+.aiff); the model is ``--model`` (``clapkit embed MODEL INPUTS...``, the model as the first
+positional argument, is accepted too). Every file is resampled to the model's rate and padded, cropped (deterministically)
 or fused as the model requires; embeddings are L2-normalised.
 
 Output: ``.parquet`` (columns ``path`` and ``embedding``; usable as ``clapkit retrieve
@@ -10,18 +11,17 @@ row and ``<stem>.meta.json``). Outputs are written atomically; a corrupt or empt
 stops the command before anything is written.
 
 example:
-  clapkit embed models/clap recordings/ extra.wav -o embeddings.parquet --device cuda --precision bf16
+  clapkit embed --model models/clap recordings/ extra.wav -o embeddings.parquet --device cuda --precision bf16
 """
 
 from __future__ import annotations
 
-from clapkit.commands import _shared
+from clapkit.commands import CommandError, _shared
 
 
 def build_parser():
     parser = _shared.make_parser("embed", __doc__)
-    parser.add_argument("model", help="native model directory, or an official LAION-CLAP / MS-CLAP checkpoint")
-    parser.add_argument("inputs", nargs="+", help="audio files and/or folders")
+    _shared.add_model_and_inputs(parser, "audio files and/or folders (without --model, the first one is the model)")
     parser.add_argument("-o", "--output", required=True, help="embeddings file: .parquet or .npy")
     _shared.add_model_options(parser)
     return parser
@@ -29,6 +29,12 @@ def build_parser():
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.model is None:  # the older spelling: clapkit embed MODEL INPUTS...
+        if len(args.inputs) < 2:
+            raise CommandError("give the model and the audio: clapkit embed --model MODEL INPUTS... -o OUT")
+        args.model, args.inputs = args.inputs[0], args.inputs[1:]
+    elif not args.inputs:
+        raise CommandError("no audio INPUTS given")
     output = _shared.check_output(args.output, _shared.EMBEDDING_SUFFIXES)
     files = _shared.discover_audio(args.inputs)
     _shared.check_headers(files)

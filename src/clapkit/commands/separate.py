@@ -26,6 +26,7 @@ from clapkit.audio import AudioLoadError, load_audio, save_audio
 from clapkit.audio.io import AUDIO_EXTENSIONS
 from clapkit.commands import CommandError
 from clapkit.commands._shared import (
+    add_precision_option,
     check_headers,
     check_writable_folder,
     discover_audio,
@@ -50,8 +51,10 @@ def build_parser():
                         help="example recordings of the sound to remove")
     parser.add_argument("--audio-weight", type=float, default=0.5,
                         help="weight of the audio query when a side has text and audio (0..1)")
-    parser.add_argument("--overlap", type=float, default=0.5, help="chunk overlap fraction (0 or 0.5)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--overlap", type=float, default=0.5,
+                        help="chunk overlap fraction in [0, 1) (0: no overlap; 0.5: Hann windows that sum to 1)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
+    add_precision_option(parser)
     parser.add_argument("--batch-size", type=int, default=4, help="chunks per forward pass")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -90,7 +93,8 @@ def _load_model(args):
         raise CommandError(str(exc)) from None
     if not is_separation_task(model):
         raise CommandError(f"{args.model}: a {type(model).__name__}, not a separation model (SeparationTask)")
-    return SeparationModel(model, inference, device=args.device, batch_size=args.batch_size, overlap=args.overlap)
+    return SeparationModel(model, inference, device=args.device, batch_size=args.batch_size, overlap=args.overlap,
+                           precision=args.precision)
 
 
 def main(argv: list[str] | None = None) -> int:
