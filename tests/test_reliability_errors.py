@@ -197,3 +197,12 @@ def test_rerun_removes_temporary_shards_of_a_killed_run(tmp_path):
     assert main(["make-shards", str(manifest), "-o", str(out), "--sample-rate", "16000", "--workers", "1", "-q"]) == 0
     assert not [p for p in leftovers if p.exists()]
     assert sorted(p.name for p in out.iterdir()) == [".make_shards", "000000.tar", "sizes.json", "skipped.csv"]
+
+
+@pytest.mark.parametrize("argv", [["embed", "--model", "m"], ["zeroshot", "--top-k", "x"], ["make-shards"],
+                                  ["separate", "--overlap", "half"]])
+def test_usage_errors_are_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and err[0].startswith(f"clapkit {argv[0]}: error: ")

@@ -26,9 +26,17 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Show defaults and keep the description's line breaks."""
 
 
+class Parser(argparse.ArgumentParser):
+    """``argparse`` whose usage errors are one line (``clapkit CMD: error: ...``, exit 2), not a
+    usage dump; ``--help`` still prints the full help."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def make_parser(command: str, doc: str | None) -> argparse.ArgumentParser:
     """An ``argparse`` parser for ``clapkit <command>`` whose description is the module docstring."""
-    return argparse.ArgumentParser(prog=f"clapkit {command}", description=doc, formatter_class=HelpFormatter)
+    return Parser(prog=f"clapkit {command}", description=doc, formatter_class=HelpFormatter)
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:

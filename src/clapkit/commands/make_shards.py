@@ -66,7 +66,9 @@ class ShardResult:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from clapkit.commands._shared import Parser
+
+    parser = Parser(
         prog="clapkit make-shards", description=__doc__,
         formatter_class=type("F", (argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter), {}),
     )
