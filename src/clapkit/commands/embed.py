@@ -10,8 +10,13 @@ Output: ``.parquet`` (columns ``path`` and ``embedding``; usable as ``clapkit re
 row and ``<stem>.meta.json``). Outputs are written atomically; a corrupt or empty audio file
 stops the command before anything is written.
 
+``--runtime onnx`` runs an ONNX export (``clapkit export onnx MODEL -o DIR``; MODEL is then DIR)
+with onnxruntime on the CPU instead of PyTorch: same preprocessing, same embeddings to float
+rounding; clips longer than the window of a fusion model are refused there.
+
 example:
   clapkit embed --model models/clap recordings/ extra.wav -o embeddings.parquet --device cuda --precision bf16
+  clapkit embed --runtime onnx --model models/clap-onnx recordings/ -o embeddings.npy
 """
 
 from __future__ import annotations
@@ -24,7 +29,19 @@ def build_parser():
     _shared.add_model_and_inputs(parser, "audio files and/or folders (without --model, the first one is the model)")
     parser.add_argument("-o", "--output", required=True, help="embeddings file: .parquet or .npy")
     _shared.add_model_options(parser)
+    parser.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                        help="onnx: MODEL is a `clapkit export onnx` directory, run with onnxruntime")
     return parser
+
+
+def _load_onnx(path, args):
+    from clapkit.interop.onnx import OnnxCLAPModel
+    from clapkit.pretrained import PretrainedError
+
+    try:
+        return OnnxCLAPModel(path, batch_size=args.batch_size)
+    except (PretrainedError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
 
 
 def main(argv: list[str]) -> int:
@@ -38,7 +55,9 @@ def main(argv: list[str]) -> int:
     output = _shared.check_output(args.output, _shared.EMBEDDING_SUFFIXES)
     files = _shared.discover_audio(args.inputs)
     _shared.check_headers(files)
-    model = _shared.load_model(args.model, args)
+    model = _load_onnx(args.model, args) if args.runtime == "onnx" else _shared.load_model(args.model, args)
+    if getattr(model, "refusal", None):  # a tagger: class scores, no embedding
+        raise CommandError(f"{args.model}: {model.refusal}")
     embeddings = _shared.embed_files(model, files, workers=args.workers, quiet=args.quiet)
     written = _shared.write_embeddings(output, [str(f) for f in files], embeddings,
                                        _shared.model_metadata(model, args.model))
