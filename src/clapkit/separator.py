@@ -158,7 +158,7 @@ class SeparationModel:
         followed the window (a 10 s chunk for a model trained on 1 s) still separate.
         """
         chunk = int(round(self.inference.clip_samples * self.sample_rate / self.inference.sample_rate))
-        window = getattr(self.task.separator, "window_seconds", None)
+        window = getattr(self.network.separator, "window_seconds", None)
         if window is not None:
             chunk = min(chunk, int(window * self.sample_rate))
         return chunk
