@@ -17,6 +17,7 @@ import torch
 
 from clapkit.atomic import write_csv
 from clapkit.commands import CommandError, _shared
+from clapkit.finite import NonFiniteError, nonfinite_rows
 
 
 def build_parser():
@@ -38,6 +39,8 @@ def main(argv: list[str]) -> int:
     queries = [q for q in args.query if q.strip()]
     if not queries:
         raise CommandError("--query is empty")
+    if output is not None:
+        _shared.refuse_overwriting_inputs([output], [args.index])
     paths, index, metadata = _shared.read_embeddings(args.index)
     if not paths:
         raise CommandError(f"{args.index}: the index is empty")
@@ -49,9 +52,19 @@ def main(argv: list[str]) -> int:
     if made_by and getattr(model, "fingerprint", "") and made_by != model.fingerprint:
         raise CommandError(f"{args.index}: was embedded with a different model ({metadata.get('model', '?')}); "
                            "re-embed the folder with this model")
+    bad = nonfinite_rows(index)
+    if bad:
+        # A NaN score would rank first (topk puts NaN above every number): refuse the index.
+        names = ", ".join(paths[i] for i in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise CommandError(f"{args.index}: {len(bad)} non-finite embedding(s) (NaN or Inf) for {names}; "
+                           "re-embed those files")
     norms = np.linalg.norm(index, axis=1, keepdims=True)
     index = torch.from_numpy(index / np.maximum(norms, 1e-12))
-    scores = model.embed_text(queries) @ index.T
+    try:
+        text = model.embed_text(queries)
+    except NonFiniteError as exc:
+        raise CommandError(f"--query {exc}") from None
+    scores = text @ index.T
     k = min(args.top_k, len(paths))
     top = torch.topk(scores, k, dim=-1)
     rows = []

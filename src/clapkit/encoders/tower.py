@@ -92,3 +92,10 @@ class TowerSet(nn.Module):
         if towers is None:
             raise TypeError(f"{type(model).__name__} has no towers: not a contrastive model")
         return cls(towers, getattr(model, "logit_scales", None), getattr(model, "log_scale_bounds", None))
+
+    def embed(self, name: str, inputs, **kwargs) -> torch.Tensor:
+        """L2-normalised embeddings of ``inputs`` from tower ``name``, with gradients when enabled
+        (what ``ContrastiveTask.embed`` gives, without its training-time text cache)."""
+        tower = self.towers[name]
+        embedding = tower(inputs, **kwargs).embedding
+        return embedding if getattr(tower, "normalize", False) else F.normalize(embedding, dim=-1)
