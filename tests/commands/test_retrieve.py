@@ -31,7 +31,7 @@ def test_ranks_like_the_python_api(setup, tmp_path, capsys):
     assert len(printed) == 4 and printed[0].startswith("a dog barking\t1\t")
     rows = list(csv.DictReader(open(out, newline="")))
     assert list(rows[0]) == ["query", "rank", "path", "score"] and len(rows) == 4
-    model = clapkit.load(model_dir)
+    model = clapkit.load(model_dir, precision="auto")  # the commands' default precision
     scores = model.embed_text(["a dog barking"]) @ model.embed_audio(clips).T
     assert rows[0]["path"] == str(clips[int(torch.argmax(scores))])
     assert float(rows[0]["score"]) == pytest.approx(float(scores.max()), abs=1e-5)

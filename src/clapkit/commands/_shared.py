@@ -35,8 +35,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     """``--device``, ``--precision``, ``--batch-size``, ``--text-model``, ``--trust-checkpoint``."""
     group = parser.add_argument_group("model")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
-    group.add_argument("--precision", default="32", choices=["32", "bf16", "16"],
-                       help="autocast precision of the forward pass (front ends stay fp32)")
+    group.add_argument("--precision", default="auto", choices=["auto", "32", "bf16", "16", "bf16-true"],
+                       help="bf16/16: autocast; bf16-true: audio trunk stored in bf16; auto: bf16-true on CPUs "
+                            "with bf16 matrix units (AMX, AVX512-BF16), else 32 (front ends stay fp32)")
     group.add_argument("--batch-size", type=int, default=16, help="clips or texts per forward pass")
     group.add_argument("--text-model", default=None,
                        help="official checkpoints only: local directory of the text tower's tokenizer + config")
