@@ -44,3 +44,12 @@ def test_index_from_another_model_is_refused(setup, tmp_path, capsys):
     assert "different model" in capsys.readouterr().err
     assert main(["retrieve", "--model", str(other), "--index", str(tmp_path / "none.parquet"), "--query", "x"]) == 2
     assert "no such embeddings file" in capsys.readouterr().err
+
+
+def test_ann_search_ranks_like_exact(setup, capsys):
+    model_dir, _, index = setup
+    common = ["retrieve", "--model", str(model_dir), "--index", str(index), "--query", "a dog barking", "-q"]
+    assert main([*common, "--search", "exact"]) == 0
+    exact = capsys.readouterr().out
+    assert main([*common, "--search", "ann"]) == 0
+    assert capsys.readouterr().out == exact and len(exact.strip().splitlines()) == 3

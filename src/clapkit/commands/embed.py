@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
     with _shared.progress_bar(len(files), "embedding", args.quiet) as advance:
         try:
             run = embed_corpus(model, files, output, part_size=args.part_size, workers=args.workers, ranks=ranks,
-                               resume=not args.no_resume, progress=advance)
+                               resume=not args.no_resume, lengths=_lengths(model, files), progress=advance)
         except EmbeddingInputError as exc:
             raise CommandError(str(exc)) from None
     if run.embeddings is None:
@@ -66,3 +66,12 @@ def main(argv: list[str]) -> int:
         resumed = f" ({run.parts_skipped} of {run.num_parts} parts resumed)" if run.parts_skipped else ""
         _shared.eprint(f"wrote {len(files)} embeddings of dim {run.embeddings.shape[1]} to {written[0]}{resumed}")
     return 0
+
+
+def _lengths(model, files):
+    """Durations from the headers when the model takes clips whole (fusion), for length buckets."""
+    if not getattr(model.inference, "fusion", False):
+        return None
+    from clapkit.audio import audio_info
+
+    return [audio_info(f).duration for f in files]
