@@ -8,6 +8,7 @@ nor ``data`` is an overlay (bf16, ddp, wandb, ...) and is parsed on top of the q
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,12 @@ from clapkit.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 QUICKSTART = CONFIGS / "quickstart" / "clap.yaml"
+# configs/quickstart is a link to the copy that ships inside the package; walk links too.
 ALL_CONFIGS = sorted(
-    p for p in CONFIGS.rglob("*.yaml") if "sweeps" not in p.relative_to(CONFIGS).parts
+    Path(folder) / name
+    for folder, _, names in os.walk(CONFIGS, followlinks=True)
+    for name in names
+    if name.endswith(".yaml") and "sweeps" not in (Path(folder) / name).relative_to(CONFIGS).parts
 )
 
 

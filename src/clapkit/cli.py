@@ -67,6 +67,8 @@ def lightning_main(args: list[str] | None = None, run: bool = True):
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 
+    from clapkit.callbacks.last_checkpoint import LastCheckpoint
+
     class ClapkitCLI(LightningCLI):
         """LightningCLI plus ``--weights``: a native model directory (or ``.safetensors`` file)
         whose weights are loaded into the configured model before the subcommand runs."""
@@ -86,10 +88,17 @@ def lightning_main(args: list[str] | None = None, run: bool = True):
 
         before_fit = before_validate = before_test = before_predict = _load_weights
 
+        def before_instantiate_classes(self) -> None:
+            # A native model directory's own preprocessing beats the data config's audio values.
+            from clapkit.model_preprocessing import apply_model_preprocessing
+
+            apply_model_preprocessing(self.config[self.subcommand] if self.subcommand else self.config, given)
+
     if args is not None:
         args = _native_model_args(list(args))
     elif any(a == "--model" or a.startswith("--model=") for a in sys.argv[1:]):
         args = _native_model_args(sys.argv[1:])
+    given = list(sys.argv[1:] if args is None else args)  # what the user set explicitly
     # Explicit args replace the command line; LightningCLI warns when sys.argv also holds
     # arguments (always true under `clapkit demo ...`), so it sees the program name only.
     from unittest import mock
@@ -101,6 +110,7 @@ def lightning_main(args: list[str] | None = None, run: bool = True):
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
+            trainer_defaults={"callbacks": [LastCheckpoint()]},  # every fit ends with last.ckpt
             args=args,
             run=run,
             auto_configure_optimizers=False,

@@ -427,8 +427,9 @@ def load(
     """Load a model for inference.
 
     Args:
-        path: a native model directory, or an official LAION-CLAP / MS-CLAP / AudioCLIP
-            checkpoint file (its layout is detected from its keys). A directory holding a
+        path: a native model directory, a Hugging Face transformers ``ClapModel`` directory
+            (``config.json`` with ``model_type: clap``), or an official LAION-CLAP / MS-CLAP /
+            AudioCLIP checkpoint file (its layout is detected from its keys). A directory holding a
             separation model gives a :class:`~clapkit.separator.SeparationModel`.
         text_model: for official checkpoints, the local directory of the text tower's
             Hugging Face tokenizer and config (for example a saved ``roberta-base``).
@@ -446,6 +447,11 @@ def load(
     from clapkit.inference import CLAPModel
 
     path = Path(path)
+    if path.is_dir() and not is_native(path):
+        from clapkit.interop.hf_clap import is_hf_clap_dir, load_hf_clap
+
+        if is_hf_clap_dir(path):
+            return load_hf_clap(path, device=device, precision=precision, batch_size=batch_size)
     if path.is_dir():
         model, _, inference = load_native(path)
         from clapkit.separator import SeparationModel, is_separation_task

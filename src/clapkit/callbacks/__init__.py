@@ -6,6 +6,7 @@ Each is enabled from YAML (see ``configs/overlays/``), never hard-wired into a m
 from clapkit.callbacks.compile import ChannelsLast, TorchCompile
 from clapkit.callbacks.config_saver import RunConfigSaver
 from clapkit.callbacks.data_health import DataHealth
+from clapkit.callbacks.last_checkpoint import LastCheckpoint
 from clapkit.callbacks.sync_batchnorm import GlobalBatchNorm, PortableSyncBatchNorm
 from clapkit.callbacks.throughput import Throughput
 from clapkit.callbacks.wandb_media import WandbMedia
@@ -14,6 +15,7 @@ __all__ = [
     "ChannelsLast",
     "DataHealth",
     "GlobalBatchNorm",
+    "LastCheckpoint",
     "PortableSyncBatchNorm",
     "RunConfigSaver",
     "Throughput",

@@ -11,6 +11,11 @@ the weights come from the checkpoint. Every checkpoint weight must be used and e
 weight filled, or the command fails listing both. Checkpoints are read with
 ``torch.load(weights_only=True)``.
 
+``hf-clap`` converts a Hugging Face transformers ``ClapModel`` directory (``laion/clap-htsat-*``,
+``laion/larger_clap_*``: ``config.json``, ``model.safetensors``, tokenizer,
+``preprocessor_config.json``) given as CHECKPOINT; its tokenizer comes with it and its
+feature extractor settings become the model's preprocessing (``auto`` detects it too).
+
 ``clapsep`` converts the released CLAPSep separator (``best_model.ckpt``) instead: the model
 is built from ``--config`` (a LightningCLI config such as ``configs/clapsep/base.yaml`` whose
 query network names a converted LAION-CLAP directory), the checkpoint is loaded into it with
@@ -20,6 +25,7 @@ example:
   clapkit convert laion-clap 630k-audioset-best.pt --text-model hf/roberta-base -o models/clap
   clapkit convert laion-clap music_audioset_epoch_15_esc_90.14.pt --text-model hf/roberta-base \
       -o checkpoints/clap_htsat_base
+  clapkit convert hf-clap hf/clap-htsat-fused -o models/clap-htsat-fused
   clapkit convert clapsep best_model.ckpt --config configs/clapsep/base.yaml -o models/clapsep
 """
 
@@ -34,8 +40,8 @@ def build_parser():
     from clapkit.pretrained import CHECKPOINT_FORMATS
 
     parser = _shared.make_parser("convert", __doc__)
-    parser.add_argument("format", choices=[*CHECKPOINT_FORMATS, "clapsep", "auto"], help="checkpoint family")
-    parser.add_argument("checkpoint", help="official checkpoint file")
+    parser.add_argument("format", choices=[*CHECKPOINT_FORMATS, "hf-clap", "clapsep", "auto"], help="checkpoint family")
+    parser.add_argument("checkpoint", help="official checkpoint file (hf-clap: the ClapModel directory)")
     parser.add_argument("--text-model", help="local directory with the text tower's tokenizer and config "
                         "(LAION-CLAP and MS-CLAP; AudioCLIP's CLIP tokenizer ships with open_clip)")
     parser.add_argument("--config", help="clapsep: LightningCLI config whose model section builds the separator")
@@ -59,6 +65,8 @@ def main(argv: list[str]) -> int:
         if args.config is None:
             parser.error("clapsep needs --config (the separator's LightningCLI config)")
         return _convert_clapsep(args)
+    if args.format == "hf-clap" or (args.format == "auto" and Path(args.checkpoint).is_dir()):
+        return _convert_hf_clap(args)
     try:
         converted = convert_checkpoint(args.checkpoint, format=None if args.format == "auto" else args.format,
                                        text_model=args.text_model, trust_pickle=args.trust_checkpoint)
@@ -83,4 +91,23 @@ def _convert_clapsep(args) -> int:
         raise CommandError(str(exc)) from None
     if not args.quiet:
         _shared.eprint(f"{args.checkpoint}: CLAPSep separator -> {args.output}")
+    return 0
+
+
+def _convert_hf_clap(args) -> int:
+    import shutil
+
+    from clapkit.interop.hf_clap import TEXT_ASSET, convert_hf_clap
+    from clapkit.pretrained import PretrainedError, save_converted
+
+    try:
+        converted = convert_hf_clap(args.checkpoint)
+        try:
+            out = save_converted(converted, args.output, overwrite=args.overwrite)
+        finally:
+            shutil.rmtree(converted.assets[TEXT_ASSET], ignore_errors=True)  # copied into the output
+    except (PretrainedError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from None
+    if not args.quiet:
+        _shared.eprint(f"{args.checkpoint}: {converted.description} -> {out}")
     return 0

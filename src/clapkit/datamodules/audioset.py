@@ -9,10 +9,14 @@ Files (as published by Google):
 - ``class_labels_indices.csv``: ``index,mid,display_name`` (527 classes);
 - optionally ``ontology.json`` (list of ``{"id": MID, "name": ...}``) for class names.
 
-The audio itself is not distributed; clips are found as ``<root>/<audio_dir>/<audio_name>``
-with ``audio_name`` a template over ``ytid``, ``start`` and ``end`` (default
-``Y{ytid}.wav``, the name the PANN download scripts use). Segments without a file are left
-out at setup and reported. Targets are multi-hot; captions are "The sound of A, B and C"
+The audio itself is not distributed; clips are found by ``audio_name``, a template over
+``ytid``, ``start`` and ``end`` (default ``Y{ytid}.wav``, the name the PANN download scripts
+use), anywhere under ``<root>/<audio_dir>``: PANNs keep the unbalanced set in
+``audios/unbalanced_train_segments/unbalanced_train_segments_partNN/``, the Hugging Face copy
+(agkphysics/AudioSet) in ``audio/{bal_train,eval,unbal_train}/<ytid>.flac`` (``audio_name:
+"{ytid}.flac"``). Segments without a file are left out at setup, reported in the log and
+counted in ``data/<stage>_skipped_missing``; a split with no file at all is an error that says
+where it looked and which names it expected. Targets are multi-hot; captions are "The sound of A, B and C"
 or, when a keyword-to-caption table is given, its captions for those labels.
 """
 
@@ -21,6 +25,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +34,7 @@ from torch.utils.data import Sampler
 
 from clapkit.datamodules.augment import WaveformAugment
 from clapkit.datamodules.captions import CaptionMaker, CaptionTemplate, load_keyword_captions
-from clapkit.datamodules.clips import ClipDataModule, ClipRecord, ClipSet, LayoutError, read_csv
+from clapkit.datamodules.clips import ClipDataModule, ClipRecord, ClipSet, LayoutError, decode_table, read_csv
 from clapkit.datamodules.pipeline import AudioPolicy
 from clapkit.datamodules.sampling import ClassBalancedSampler, WeightedLabelSampler
 
@@ -41,7 +47,7 @@ def read_class_index(path: str | Path, ontology: str | Path | None = None) -> tu
     """``(mids, names)`` by class index from ``class_labels_indices.csv`` (+ ontology names)."""
     path = Path(path)
     rows = read_csv(path, ("index", "mid", "display_name"))
-    by_index = {int(r["index"]): (r["mid"], r["display_name"]) for r in rows}
+    by_index = {int(r["index"]): (r["mid"].strip(), r["display_name"].strip()) for r in rows}
     if sorted(by_index) != list(range(len(by_index))):
         raise LayoutError(f"{path}: indices are not 0..{len(by_index) - 1}")
     mids = [by_index[i][0] for i in range(len(by_index))]
@@ -62,8 +68,7 @@ def read_segments(path: str | Path) -> list[dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise LayoutError(f"{path}: file not found (expected an AudioSet segment list)")
-    with open(path, newline="", encoding="utf-8") as handle:
-        lines = list(handle)
+    lines = decode_table(path).splitlines(keepends=True)
     header = [line for line in lines if line.startswith("#")]
     if not header or [c.strip() for c in header[-1].lstrip("#").split(",")] != list(SEGMENT_COLUMNS):
         raise LayoutError(
@@ -78,6 +83,16 @@ def read_segments(path: str | Path) -> list[dict[str, str]]:
     return rows
 
 
+def index_audio_folder(audio_dir: Path) -> dict[str, Path]:
+    """File name -> path of every file under ``audio_dir``, walked once, recursively (PANNs
+    store the unbalanced set in ``unbalanced_train_segments_partNN/`` subfolders)."""
+    index: dict[str, Path] = {}
+    for folder, _, names in os.walk(audio_dir, followlinks=True):
+        for name in names:
+            index.setdefault(name, Path(folder) / name)
+    return index
+
+
 def read_audioset(
     segments: str | Path,
     audio_dir: str | Path,
@@ -86,12 +101,18 @@ def read_audioset(
     audio_name: str = "Y{ytid}.wav",
     drop_missing: bool = True,
 ) -> ClipSet:
-    """Records of one segment list with multi-hot labels and caption options."""
+    """Records of one segment list with multi-hot labels and caption options.
+
+    Clips are found anywhere under ``audio_dir`` (the folder is indexed once); an
+    ``audio_name`` with a ``/`` is a path relative to ``audio_dir``.
+    """
     mid_to_id = {mid: i for i, mid in enumerate(mids)}
     audio_dir = Path(audio_dir)
-    present = {p.name for p in audio_dir.iterdir()} if drop_missing and audio_dir.is_dir() else None
-    records, unknown, missing = [], set(), 0
-    for row in read_segments(segments):
+    rows = read_segments(segments)
+    nested = "/" in audio_name
+    index = index_audio_folder(audio_dir) if audio_dir.is_dir() and not nested else {}
+    records, unknown, missing, expected = [], set(), 0, []
+    for row in rows:
         ids = []
         for mid in row["positive_labels"].split(","):
             if mid.strip() in mid_to_id:
@@ -99,12 +120,19 @@ def read_audioset(
             elif mid.strip():
                 unknown.add(mid.strip())
         ids = sorted(set(ids))
-        name = audio_name.format(ytid=row["YTID"], start=row["start_seconds"], end=row["end_seconds"])
-        if drop_missing and (present is None or name not in present):
+        try:
+            name = audio_name.format(ytid=row["YTID"], start=row["start_seconds"], end=row["end_seconds"])
+        except (KeyError, IndexError) as exc:
+            raise LayoutError(f"{segments}: audio_name {audio_name!r} uses the field {exc}, which does not "
+                              "exist; fields: ytid, start, end") from None
+        path = audio_dir / name if nested else index.get(name, audio_dir / name)
+        if drop_missing and not (path.is_file() if nested else name in index):
             missing += 1
+            if len(expected) < 3:
+                expected.append(name)
             continue
         records.append(ClipRecord(
-            path=audio_dir / name,
+            path=path,
             texts=captions.captions(ids),
             label=ids,
             key=f"{row['YTID']}_{float(row['start_seconds']):g}",
@@ -113,9 +141,19 @@ def read_audioset(
     if unknown:
         log.warning("%s: %d MIDs not in the class index are ignored (e.g. %s)", segments, len(unknown),
                     sorted(unknown)[:3])
-    if missing:
-        log.warning("%s: %d segments have no audio under %s and are left out", segments, missing, audio_dir)
-    return ClipSet(records, captions.class_names, multi_label=True)
+    problem = None
+    if rows and not records:
+        found = "no such folder" if not audio_dir.is_dir() else f"{len(index)} files there" + (
+            f", named like {next(iter(index))!r}" if index else "")
+        problem = (f"{segments}: none of its {len(rows)} segments has an audio file under {audio_dir} "
+                   f"(searched recursively; {found}); expected names like {', '.join(map(repr, expected))} "
+                   f"(audio_name {audio_name!r})")
+        log.warning("%s", problem)
+    elif missing:
+        log.warning("%s: %d of %d segments have no audio under %s and are left out", segments, missing,
+                    len(rows), audio_dir)
+    return ClipSet(records, captions.class_names, multi_label=True,
+                   left_out=Counter(missing=missing) if missing else Counter(), problem=problem)
 
 
 class AudioSetDataModule(ClipDataModule):
@@ -132,7 +170,9 @@ class AudioSetDataModule(ClipDataModule):
         keyword_captions: optional keyword-to-caption CSV (``keyword,caption``) whose captions
             are offered alongside the template one.
         template: caption template for the label names.
-        audio_name: clip file name template over ``ytid``, ``start``, ``end``.
+        audio_name: clip file name template over ``ytid``, ``start``, ``end``, looked up
+            anywhere under the audio folder (``Y{ytid}.wav``: PANNs; ``{ytid}.flac``: the
+            Hugging Face copy).
         sampler: ``balanced`` (PANN/LAION class round-robin), ``weighted`` (inverse label
             frequency) or ``none`` (plain shuffle).
         samples_per_epoch: draws per epoch for the rebalancing samplers (default: set size).

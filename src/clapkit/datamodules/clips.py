@@ -12,6 +12,7 @@ say which records belong to which stage.
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -56,11 +57,19 @@ class ClipSet:
         records: the clips.
         class_names: display names, index = label id (empty for caption-only sets).
         multi_label: labels are lists of indices (multi-hot targets).
+        left_out: clips of the metadata table left out when the set was built, by reason
+            (``missing``: no audio file); logged with the loader's skip counts, so the
+            ``data/<stage>_skipped_<reason>`` metrics agree with the setup warning.
+        problem: why the set is empty although its table lists clips (no audio file found);
+            raised as a :class:`LayoutError` when a stage uses the set, so a split that is not
+            needed (training clips not downloaded for an evaluation) does not stop the run.
     """
 
     records: list[ClipRecord]
     class_names: list[str] = field(default_factory=list)
     multi_label: bool = False
+    left_out: Counter = field(default_factory=Counter)
+    problem: str | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -191,6 +200,15 @@ class ClipDataModule(LightningDataModule):
         name = "predict" if "predict" in self.sets else "test"
         return self._loader(self._set(name), "eval", with_text=False)
 
+    def left_out(self, stage: str) -> dict[str, int]:
+        """Clips of ``stage``'s table left out at setup, by reason (``stage``: ``train``,
+        ``val``, ``test``, or a set name); :class:`~clapkit.callbacks.data_health.DataHealth`
+        adds them to the epoch's skip counts."""
+        self.setup()
+        name = {"train": "fit", "val": "validate"}.get(stage, stage)
+        clip_set = self.sets.get(name)
+        return dict(clip_set.left_out) if clip_set is not None else {}
+
     # -- helpers ------------------------------------------------------------------------
     def _eval_text(self, name: str) -> bool:
         clip_set = self._set(name)
@@ -200,7 +218,10 @@ class ClipDataModule(LightningDataModule):
         self.setup()
         if name not in self.sets:
             raise LayoutError(f"{type(self).__name__} has no {name!r} split (configured: {sorted(self.sets)})")
-        return self.sets[name]
+        clip_set = self.sets[name]
+        if clip_set.problem and not clip_set.records:
+            raise LayoutError(clip_set.problem)
+        return clip_set
 
     def _loader(self, clip_set: ClipSet, stage: Stage, with_text: bool, shuffle: bool = False,
                 sampler: Sampler | None = None) -> DataLoader:
@@ -225,16 +246,32 @@ class ClipDataModule(LightningDataModule):
 
 
 def read_csv(path: Path, required: tuple[str, ...], *, skip_comments: bool = False) -> list[dict[str, str]]:
-    """Read a CSV with a header, checking that ``required`` columns exist (clear error if not)."""
+    """Read a CSV with a header, checking that ``required`` columns exist (clear error if not).
+
+    Values are kept byte for byte (Clotho has file names that begin with a space); only the
+    header names are stripped. The table is decoded as UTF-8 (a BOM is dropped) and, when it is
+    not valid UTF-8, as Latin-1, the encoding some published metadata files use.
+    """
     if not path.is_file():
         raise LayoutError(f"{path}: file not found (expected the official metadata table)")
-    with open(path, newline="", encoding="utf-8") as handle:
-        lines = (line for line in handle if not (skip_comments and line.startswith("#")))
-        reader = csv.DictReader(lines, skipinitialspace=True)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            raise LayoutError(f"{path}: missing column(s) {missing}; found {reader.fieldnames}")
-        return list(reader)
+    text = decode_table(path)
+    lines = (line for line in text.splitlines(keepends=True) if not (skip_comments and line.startswith("#")))
+    reader = csv.DictReader(lines)
+    if reader.fieldnames is not None:
+        reader.fieldnames = [name.strip() for name in reader.fieldnames]
+    missing = [c for c in required if c not in (reader.fieldnames or [])]
+    if missing:
+        raise LayoutError(f"{path}: missing column(s) {missing}; found {reader.fieldnames}")
+    return list(reader)
+
+
+def decode_table(path: Path) -> str:
+    """Text of a metadata file: UTF-8 (BOM dropped), else Latin-1 (which decodes any byte)."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def select_folds(records: list[ClipRecord], folds: list[int] | None, exclude: list[int] | None = None):

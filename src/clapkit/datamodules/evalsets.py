@@ -28,6 +28,7 @@ from clapkit.datamodules.clips import (
     ClipRecord,
     ClipSet,
     LayoutError,
+    decode_table,
     read_csv,
     select_folds,
 )
@@ -98,7 +99,7 @@ def read_fsd50k(root: str | Path, split: str, template: CaptionTemplate | None =
     if not vocab_path.is_file():
         raise LayoutError(f"{vocab_path}: file not found (expected index,label,mid rows, no header)")
     raw, mid_to_id = {}, {}
-    for line_no, line in enumerate(vocab_path.read_text(encoding="utf-8").splitlines(), 1):
+    for line_no, line in enumerate(decode_table(vocab_path).splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split(",")

@@ -141,11 +141,15 @@ class ClipBatcher:
         clip_samples: window length in samples (480000 = 10 s at 48 kHz).
         pad_mode: how clips shorter than the window are filled.
         fusion: build the 4-view fusion stack instead of cropping long clips.
+        antialias: resize the global fusion view with antialiasing (LAION-CLAP's
+            ``torchvision`` ``Resize``); ``False`` is plain bilinear, as transformers'
+            ``ClapFeatureExtractor`` computes it.
     """
 
     clip_samples: int = 480000
     pad_mode: PadMode = "repeatpad"
     fusion: bool = False
+    antialias: bool = True
 
     def chunk_frames(self, frontend: nn.Module) -> int:
         """Frames of one window."""
@@ -211,6 +215,6 @@ class ClipBatcher:
         if any(s < 0 or s + chunk > total for s in starts):
             raise ValueError(f"fusion crop starts {starts} fall outside a mel of {total} frames")
         shrunk = F.interpolate(mel[None, None], size=(chunk, mel.shape[1]), mode="bilinear",
-                               align_corners=False, antialias=True)[0, 0]
+                               align_corners=False, antialias=self.antialias)[0, 0]
         crops = [mel[s:s + chunk] for s in starts]
         return torch.stack([shrunk, *crops]), True

@@ -360,6 +360,8 @@ class HTSAT(AudioEncoder):
         depths: override the preset's blocks per stage.
         num_heads: override the preset's heads per stage.
         window_size: override the preset's window side.
+        fusion_antialias: resize the global fusion view with antialiasing (LAION-CLAP);
+            ``False`` for Hugging Face ``ClapModel`` directories (plain bilinear).
     """
 
     def __init__(
@@ -381,6 +383,7 @@ class HTSAT(AudioEncoder):
         depths: tuple[int, ...] | None = None,
         num_heads: tuple[int, ...] | None = None,
         window_size: int | None = None,
+        fusion_antialias: bool = True,
     ):
         super().__init__()
         if variant not in PRESETS:
@@ -395,7 +398,7 @@ class HTSAT(AudioEncoder):
             frontend = LogMel(mel_scale="htk", norm=None) if fusion else LogMel()
         self.fusion = fusion
         self.frontend = frontend
-        self.batcher = ClipBatcher(clip_samples, pad_mode, fusion)
+        self.batcher = ClipBatcher(clip_samples, pad_mode, fusion, antialias=fusion_antialias)
         self.frame_align = frame_align
         self.spec_size, self.patch_size = spec_size, patch_size
         n_mels = frontend.n_mels
