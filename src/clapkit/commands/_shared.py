@@ -44,7 +44,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--trust-checkpoint", action="store_true",
                        help="official checkpoints only: allow unpickling code (only for files you trust)")
     group.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                       help="threads decoding and resampling audio ahead of the model")
+                       help="decoders ahead of the model (processes for embed, threads elsewhere)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
