@@ -73,3 +73,51 @@ def test_missing_query_or_rate_is_a_clear_error(model):
         model.condition()
     with pytest.raises(ValueError, match="sample_rate"):
         model.separate(_noise(1000), query="x")
+
+
+def _conditioned(model_dir):
+    """A loaded model whose FiLM layers are not the identity, so the condition changes the output."""
+    from clapkit.encoders.separation.film import FiLM
+
+    model = clapkit.load(model_dir)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for module in model.task.modules():
+            if isinstance(module, FiLM):
+                for p in module.parameters():
+                    p.add_(0.5 * torch.randn_like(p))
+    return model
+
+
+def test_precomputed_embeddings_give_the_same_condition_as_example_audio(model):
+    example = _noise(48000, seed=2)
+    embedding = model.condition(query_audio=[example], sample_rate=48000)  # audio only: normalised [e, 0]
+    clap_embedding = model._embed_examples([example], 48000)
+    from_embedding = model.condition(query_embedding=clap_embedding[0])
+    torch.testing.assert_close(from_embedding, embedding, atol=1e-6, rtol=0)
+    rows = model.condition_from_embeddings(positive=torch.cat([clap_embedding, -clap_embedding]))
+    assert rows.shape == (2, embedding.shape[1])
+    torch.testing.assert_close(rows[:1], embedding, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="not both"):
+        model.condition(query_audio=[example], sample_rate=48000, query_embedding=clap_embedding[0])
+
+
+def test_separate_batch_uses_each_items_query_and_can_return_masks(model_dir):
+    model = _conditioned(model_dir)
+    mixtures = np.stack([_noise(32000, seed=3), _noise(32000, seed=4)])
+    queries = ["a dog barking", "church bells"]
+    results = model.separate_batch(mixtures, 32000, queries=queries, negatives=[None, "rain"], return_mask=True)
+    assert len(results) == 2
+    for mixture, query, negative, result in zip(mixtures, queries, [None, "rain"], results):
+        alone = model.separate(mixture, 32000, query=query, negative=negative)
+        np.testing.assert_allclose(result.waveform, alone, atol=1e-6)
+        chunks = len(result.chunk_starts)
+        assert result.mask.ndim == 3 and result.mask.shape[0] == chunks
+        assert ((result.mask >= 0) & (result.mask <= 1)).all()
+    # the per-item query matters: the first mixture with the second item's query differs
+    swapped = model.separate_batch(mixtures[:1], 32000, conditions=model.conditions(["church bells"], ["rain"]))
+    assert not np.allclose(swapped[0].waveform, results[0].waveform)
+    without = model.separate_batch(mixtures, 32000, queries=queries)
+    assert without[0].mask is None and without[0].chunk_starts is None
+    with pytest.raises(ValueError, match="2 inputs but 3 conditions"):
+        model.separate_batch(mixtures, 32000, conditions=model.conditions(["a", "b", "c"]))

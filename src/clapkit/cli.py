@@ -25,10 +25,51 @@ INFERENCE_COMMANDS: dict[str, tuple[str, str]] = {
     "zeroshot": ("zeroshot", "zero-shot tag audio files with a list of labels, write CSV"),
     "retrieve": ("retrieve", "rank an embedded folder against a text query"),
     "convert": ("convert", "convert an official checkpoint to clapkit's native format"),
+    "export": ("export", "training checkpoint -> model directory; model -> ONNX or Hugging Face"),
     "make-shards": ("make_shards", "write webdataset shards from a manifest of audio + text"),
     "separate": ("separate", "extract the sound a query describes from mixtures"),
     "query": ("query", "cross-modal search (text, image or audio query) over a folder"),
 }
+
+
+#: Modules whose LightningModules / LightningDataModules (and the encoders they use) the CLI
+#: registers before parsing, so ``--model.help ContrastiveTask`` and short ``class_path`` names
+#: (``class_path: ContrastiveTask``) resolve: jsonargparse finds short names only among classes
+#: already imported.
+REGISTERED_MODULES: tuple[str, ...] = (
+    "clapkit.lightning_modules.contrastive",
+    "clapkit.lightning_modules.audioclip",
+    "clapkit.lightning_modules.classification",
+    "clapkit.lightning_modules.separation",
+    "clapkit.lightning_modules.spatial",
+    "clapkit.datamodules.synthetic",
+    "clapkit.datamodules.webdataset",
+    "clapkit.datamodules.audio_image_text",
+    "clapkit.datamodules.clips",
+    "clapkit.datamodules.evalsets",
+    "clapkit.datamodules.captionsets",
+    "clapkit.datamodules.audioset",
+    "clapkit.datamodules.mixtures",
+    "clapkit.datamodules.foa",
+    "clapkit.encoders.tower",
+    "clapkit.encoders.projection",
+    "clapkit.encoders.htsat",
+    "clapkit.encoders.pann",
+    "clapkit.encoders.hf_text",
+    "clapkit.encoders.separation",
+)
+
+
+def register_classes() -> list[str]:
+    """Import :data:`REGISTERED_MODULES`; returns those that could not be imported (an optional
+    dependency missing), which then only lose their short names."""
+    missing = []
+    for name in REGISTERED_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
 
 
 def _offline_defaults() -> None:
@@ -94,6 +135,7 @@ def lightning_main(args: list[str] | None = None, run: bool = True):
 
             apply_model_preprocessing(self.config[self.subcommand] if self.subcommand else self.config, given)
 
+    register_classes()
     if args is not None:
         args = _native_model_args(list(args))
     elif any(a == "--model" or a.startswith("--model=") for a in sys.argv[1:]):
@@ -146,6 +188,9 @@ def main(args: list[str] | None = None) -> int:
         except (CommandError, DependencyError) as exc:
             print(f"clapkit {command}: error: {exc}", file=sys.stderr)
             return 2
+    if command not in TRAINER_COMMANDS and not command.startswith("-"):
+        print(f"clapkit: error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
     # LightningCLI reads sys.argv itself when given None; passing it both warns.
     lightning_main(None if args is None else argv)
     return 0

@@ -2,9 +2,12 @@
 
 ``clapkit.load(path)`` returns one. Audio of any rate and length is resampled (soxr), optionally
 int16-quantised, then padded, cropped (deterministically) or handed whole to a fusion tower, as
-the checkpoint's :class:`~clapkit.pretrained.InferenceConfig` says; inputs are batched; every
-embedding comes back L2-normalised, float32, on the CPU. The model is in eval mode, so the same
-input always gives the same embedding.
+the checkpoint's :class:`~clapkit.audio.preprocess.InferenceConfig` says; inputs are batched;
+every embedding comes back L2-normalised, float32, on the CPU. The model is in eval mode, so the
+same input always gives the same embedding.
+
+:class:`CLAPModel` holds plain modules only (the towers and their logit scales, as a
+:class:`~clapkit.encoders.tower.TowerSet`): inference imports neither Lightning nor torchmetrics.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clapkit.audio import fit_length, int16_roundtrip, load_audio, resample
+from clapkit.audio.preprocess import AudioInput, InferenceConfig
+from clapkit.audio.preprocess import prepare_audio as _prepare_audio
+from clapkit.encoders.tower import TowerSet
 from clapkit.precision import AUTOCAST, PRECISIONS, resolve_precision, store_in_dtype
-from clapkit.pretrained import InferenceConfig
 
-AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
+__all__ = ["AudioInput", "CLAPModel", "InferenceConfig", "audio_files", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -37,7 +41,9 @@ class CLAPModel:
     """A contrastive model wrapped for inference (what :func:`clapkit.load` returns).
 
     Args:
-        model: a module with ``embed(name, inputs)`` (``ContrastiveTask``) or a ``towers`` dict.
+        model: a module with a ``towers`` dict (and optionally ``logit_scales``): a
+            :class:`~clapkit.encoders.tower.TowerSet`, or a ``ContrastiveTask`` whose towers are
+            taken out of it (the task itself is not kept).
         inference: preprocessing settings of the checkpoint.
         device: where the model runs (``cpu``, ``cuda``, ``auto``...).
         precision: ``32``; ``bf16`` or ``16`` (autocast of the forward pass); ``bf16-true``
@@ -63,7 +69,8 @@ class CLAPModel:
             raise ValueError("batch_size must be at least 1")
         self.device = resolve_device(device)
         precision = resolve_precision(precision, self.device)
-        self.model = model.to(self.device).eval()
+        #: The towers and logit scales (a plain module).
+        self.model = TowerSet.of(model).to(self.device).eval()
         self.inference = inference
         #: The resolved precision (``auto`` says which one it chose).
         self.precision = precision
@@ -87,14 +94,29 @@ class CLAPModel:
 
     @property
     def logit_scale(self) -> float:
-        """Learned temperature (exp of the log scale) between the audio and text towers."""
+        """Learned inverse temperature between the audio and text towers, clamped as in training
+        (see :attr:`logit_scales`)."""
+        return self.logit_scales.get(f"{self.audio_tower}__{self.text_tower}",
+                                     self.logit_scales.get(f"{self.text_tower}__{self.audio_tower}", 1.0))
+
+    @property
+    def logit_scales(self) -> dict[str, float]:
+        """Inverse temperature of every contrasted pair, keyed ``"a__b"`` (``audio__text``,
+        ``audio__image``, ``image__text`` for AudioCLIP): ``exp`` of the learned log scale clamped
+        to the model's bounds (the reference's: AudioCLIP ``[1, 100]``, LAION-CLAP ``[1, 100]``)."""
         scales = getattr(self.model, "logit_scales", None)
         if scales is None:
-            return 1.0
-        for key in (f"{self.audio_tower}__{self.text_tower}", f"{self.text_tower}__{self.audio_tower}"):
+            return {}
+        low, high = getattr(self.model, "log_scale_bounds", (float("-inf"), float("inf")))
+        return {key: float(value.detach().float().clamp(low, high).exp()) for key, value in scales.items()}
+
+    def pair_logit_scale(self, a: str, b: str) -> float:
+        """:attr:`logit_scales` of the pair ``(a, b)`` in either order (``KeyError`` if not contrasted)."""
+        scales = self.logit_scales
+        for key in (f"{a}__{b}", f"{b}__{a}"):
             if key in scales:
-                return float(scales[key].detach().float().exp())
-        return 1.0
+                return scales[key]
+        raise KeyError(f"the model does not contrast {a!r} with {b!r}; pairs: {', '.join(scales) or 'none'}")
 
     # ------------------------------------------------------------------ audio
 
@@ -104,31 +126,7 @@ class CLAPModel:
         The result has exactly ``clip_samples`` samples, except with fusion, where clips longer
         than the window stay whole.
         """
-        if isinstance(audio, (str, os.PathLike)):
-            wave, rate = load_audio(audio, mono=True)
-        else:
-            wave = audio.detach().float().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
-            if sample_rate is None:
-                raise ValueError("sample_rate is required for waveform inputs")
-            rate = int(sample_rate)
-            label = name or "waveform"
-            if wave.ndim == 2:
-                wave = wave.mean(axis=0)
-            if wave.ndim != 1:
-                raise ValueError(f"{label}: expected [T] or [C, T] samples, got shape {tuple(wave.shape)}")
-            if wave.size == 0:
-                raise ValueError(f"{label}: empty (no samples)")
-            wave = wave.astype(np.float32, copy=False)
-            if not np.isfinite(wave).all():
-                raise ValueError(f"{label}: contains NaN or Inf samples")
-        cfg = self.inference
-        wave = resample(wave, rate, cfg.sample_rate)
-        if cfg.int16_roundtrip:
-            wave = int16_roundtrip(wave)
-        if cfg.fusion and wave.shape[-1] > cfg.clip_samples:
-            return np.ascontiguousarray(wave, dtype=np.float32)
-        wave = fit_length(wave, cfg.clip_samples, pad=cfg.pad, crop=cfg.crop, seed=0)
-        return np.ascontiguousarray(wave, dtype=np.float32)
+        return _prepare_audio(audio, self.inference, sample_rate, name=name)
 
     def embed_audio(
         self,
@@ -207,6 +205,45 @@ class CLAPModel:
             return torch.zeros(0, self.embedding_dim)
         return torch.cat(outputs)
 
+    # ------------------------------------------------------------------ images
+
+    def embed_image(
+        self,
+        images,
+        *,
+        batch_size: int | None = None,
+        image_tower: str = "image",
+    ) -> torch.Tensor:
+        """L2-normalised image embeddings ``[N, D]`` (float32, CPU) from a model with an image tower.
+
+        Args:
+            images: an image path, a PIL image, a list of those, or a tensor ``[3, H, W]`` /
+                ``[B, 3, H, W]`` already resized and normalised. Files and PIL images are resized
+                (shorter side) and centre-cropped to the tower's ``image_size`` and normalised
+                with CLIP's statistics, as in evaluation.
+            batch_size: images per forward pass (default: the model's).
+            image_tower: name of the image tower.
+        """
+        if self._tower(image_tower) is None:
+            raise ValueError(f"the model has no {image_tower!r} tower (towers: "
+                             f"{', '.join(getattr(self.model, 'towers', {})) or 'none'})")
+        if isinstance(images, torch.Tensor):
+            pixels = images[None] if images.dim() == 3 else images
+            if pixels.dim() != 4 or pixels.shape[1] != 3:
+                raise ValueError(f"expected [3, H, W] or [B, 3, H, W] images, got shape {tuple(images.shape)}")
+            items = list(pixels)
+        else:
+            items = [images] if isinstance(images, (str, os.PathLike)) or hasattr(images, "convert") else list(images)
+        size = int(getattr(self._tower(image_tower).encoder, "image_size", 224))
+        batch_size = batch_size or self.batch_size
+        outputs = []
+        for start in range(0, len(items), batch_size):
+            chunk = [_image_pixels(item, size) for item in items[start:start + batch_size]]
+            outputs.append(self._embed(image_tower, torch.stack(chunk).to(self.device)))
+        if not outputs:
+            return torch.zeros(0, self.embedding_dim)
+        return torch.cat(outputs)
+
     # ------------------------------------------------------------------ scoring
 
     def similarity(self, audio_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
@@ -225,10 +262,7 @@ class CLAPModel:
     # ------------------------------------------------------------------ internals
 
     def _tower(self, name: str):
-        towers = getattr(self.model, "towers", None)
-        if towers is not None and name in towers:
-            return towers[name]
-        return None
+        return self.model.towers[name] if name in self.model.towers else None
 
     def _autocast(self):
         dtype = PRECISIONS[self.precision]
@@ -239,12 +273,12 @@ class CLAPModel:
     @torch.no_grad()
     def _embed(self, tower: str, inputs, **kwargs) -> torch.Tensor:
         with self._autocast():
-            if hasattr(self.model, "embed"):
-                out = self.model.embed(tower, inputs, **kwargs)
-            else:
-                out = self.model.towers[tower](inputs, **kwargs)
+            out = self.model.towers[tower](inputs, **kwargs)
         out = getattr(out, "embedding", out)
-        # Normalise again in fp32: under autocast the tower's own normalisation ran in low precision.
+        tower_normalised = getattr(self.model.towers[tower], "normalize", False)
+        if tower_normalised and PRECISIONS[self.precision] is None:
+            return out.float().cpu()
+        # Normalise (again) in fp32: under autocast the tower's own normalisation ran in low precision.
         return F.normalize(out.float(), dim=-1).cpu()
 
     @staticmethod
@@ -258,6 +292,25 @@ class CLAPModel:
                 return list(audio)
             raise ValueError(f"expected [T] or [B, T] waveforms, got shape {tuple(audio.shape)}")
         return list(audio)
+
+
+def _image_pixels(item, size: int) -> torch.Tensor:
+    """A path, PIL image or ready ``[3, H, W]`` tensor -> the tower's ``[3, size, size]`` input."""
+    if isinstance(item, torch.Tensor):
+        return item.float()
+    from clapkit.datamodules.audio_image_text import fit_image
+
+    if hasattr(item, "convert"):
+        return fit_image(item, size, train=False)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(item) as image:
+            return fit_image(image, size, train=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{item}: no such file") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{item}: not a readable image ({exc.__class__.__name__})") from None
 
 
 def _batches(items, size: int) -> Iterator[list]:

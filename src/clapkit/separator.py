@@ -2,7 +2,8 @@
 
 ``clapkit.load(dir)`` returns one for a native directory holding a
 :class:`~clapkit.lightning_modules.separation.SeparationTask` (``clapkit convert clapsep`` or a
-training run's ``export_dir``). Input of any length, sample rate and channel count: each
+training run's ``export_dir``); it keeps the task's plain modules only (the separator and the
+query network, see :class:`SeparationNetwork`), so this module imports no Lightning. Input of any length, sample rate and channel count: each
 channel is resampled to the model's rate, cut into model-length chunks with 50 % overlap,
 separated, overlap-added with complementary Hann windows, and returned at the input's rate,
 channel count and length. ``clapkit separate`` is this class over files.
@@ -12,15 +13,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
-from clapkit.audio import load_audio, resample
+from clapkit.audio import resample
+from clapkit.audio.preprocess import AudioInput, InferenceConfig, load_waveform
+from clapkit.encoders.separation import CLAPSep, QueryNetwork, SeparationOutput
 from clapkit.inference import resolve_device
-from clapkit.pretrained import InferenceConfig
 
-AudioQuery = str | os.PathLike | np.ndarray | torch.Tensor
+AudioQuery = AudioInput
 
 
 def chunk_windows(total: int, chunk: int, hop: int) -> list[tuple[int, np.ndarray]]:
@@ -51,17 +55,64 @@ def chunk_windows(total: int, chunk: int, hop: int) -> list[tuple[int, np.ndarra
 
 
 def is_separation_task(model: torch.nn.Module) -> bool:
-    """Whether a loaded native model is a :class:`~clapkit.lightning_modules.separation.SeparationTask`."""
-    from clapkit.lightning_modules.separation import SeparationTask
+    """Whether a loaded native model is a separation model: a
+    :class:`~clapkit.lightning_modules.separation.SeparationTask` or a :class:`SeparationNetwork`
+    (anything holding a :class:`~clapkit.encoders.separation.CLAPSep` ``separator`` and a
+    ``query`` network)."""
+    return isinstance(getattr(model, "separator", None), CLAPSep) and isinstance(getattr(model, "query", None),
+                                                                                 QueryNetwork)
 
-    return isinstance(model, SeparationTask)
+
+class SeparationNetwork(nn.Module):
+    """The plain modules a separation model runs: the separator and its frozen query network.
+
+    Args:
+        separator: the separation network (:class:`~clapkit.encoders.separation.CLAPSep`).
+        query: the query network that embeds text and example audio.
+    """
+
+    def __init__(self, separator: CLAPSep, query: QueryNetwork):
+        super().__init__()
+        self.query = query
+        self.separator = separator
+
+    @classmethod
+    def of(cls, model: nn.Module) -> SeparationNetwork:
+        """``model`` itself, or the separator and query network of a ``SeparationTask``."""
+        if isinstance(model, SeparationNetwork):
+            return model
+        if not is_separation_task(model):
+            raise TypeError(f"{type(model).__name__} is not a separation model (no CLAPSep separator and query)")
+        return cls(model.separator, model.query)
+
+    def forward(self, mixture: torch.Tensor, condition: torch.Tensor) -> SeparationOutput:
+        return self.separator(mixture, condition)
+
+
+@dataclass
+class SeparationResult:
+    """One separated input, from :meth:`SeparationModel.separate_batch`.
+
+    Attributes:
+        waveform: float32 estimate with the input's rate, channels and length.
+        mask: with ``return_mask``, the separator's sigmoid magnitude masks
+            ``[channels * chunks, frames, bins]`` at the model rate (one per chunk of each
+            channel, in order), else ``None``.
+        chunk_starts: start sample (at the model rate) of each chunk of a channel.
+    """
+
+    waveform: np.ndarray
+    mask: np.ndarray | None = None
+    chunk_starts: list[int] | None = None
 
 
 class SeparationModel:
     """A loaded separation model for inference.
 
     Args:
-        task: the :class:`~clapkit.lightning_modules.separation.SeparationTask`.
+        task: a :class:`SeparationNetwork`, or a
+            :class:`~clapkit.lightning_modules.separation.SeparationTask` whose separator and
+            query network are taken out of it (the task itself is not kept).
         inference: the directory's preprocessing settings (its ``clip_samples`` at
             ``sample_rate`` is the chunk length).
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
@@ -76,15 +127,22 @@ class SeparationModel:
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         self.device = resolve_device(device)
-        self.task = task.to(self.device).eval()
+        #: The separator and query network (a plain module).
+        self.network = SeparationNetwork.of(task).to(self.device).eval()
         self.inference = inference
         self.batch_size = batch_size
         self.overlap = overlap
+        self._last_chunk_starts: list[int] = []  # chunk plan of the latest input (for masks)
+
+    @property
+    def task(self) -> SeparationNetwork:
+        """The wrapped modules (the name this attribute had when it held the LightningModule)."""
+        return self.network
 
     @property
     def sample_rate(self) -> int:
         """The rate the separator runs at (CLAPSep: 32 kHz)."""
-        return self.task.separator.sample_rate
+        return self.network.separator.sample_rate
 
     @property
     def chunk(self) -> int:
@@ -100,18 +158,27 @@ class SeparationModel:
         negative_audio: Sequence[AudioQuery] = (),
         audio_weight: float = 0.5,
         sample_rate: int | None = None,
+        query_embedding: torch.Tensor | None = None,
+        negative_embedding: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The ``[1, 2D]`` condition for a positive and/or negative query.
 
         Each side may have a text, example audio (files or arrays at ``sample_rate``; several
-        are averaged) or both (mixed with ``audio_weight``); a missing side is zeros.
+        are averaged) or both (mixed with ``audio_weight``); a missing side is zeros. A
+        precomputed query-CLAP audio embedding (``query_embedding`` / ``negative_embedding``,
+        ``[D]`` or ``[1, D]``) stands in for that side's example audio.
         """
         from clapkit.encoders.separation import build_condition, interpolate_queries
 
         sides = []
-        for text, examples in ((query, query_audio), (negative, negative_audio)):
-            text_emb = self.task.query.embed_text([text]) if text else None
+        for text, examples, given in ((query, query_audio, query_embedding),
+                                      (negative, negative_audio, negative_embedding)):
+            text_emb = self.network.query.embed_text([text]) if text else None
             audio_emb = self._embed_examples(examples, sample_rate)
+            if given is not None:
+                if audio_emb is not None:
+                    raise ValueError("give example audio or a precomputed embedding for a side, not both")
+                audio_emb = torch.as_tensor(given, dtype=torch.float32).reshape(1, -1).to(self.device)
             sides.append(None if text_emb is None and audio_emb is None
                          else interpolate_queries(audio_emb, text_emb, audio_weight))
         if sides[0] is None and sides[1] is None:
@@ -119,36 +186,84 @@ class SeparationModel:
         return build_condition(*sides)
 
     def separate(self, audio: AudioQuery, sample_rate: int | None = None, condition: torch.Tensor | None = None,
-                 **query) -> np.ndarray:
+                 _masks: list | None = None, **query) -> np.ndarray:
         """Separate ``audio`` (a file, or ``[T]`` / ``[C, T]`` samples at ``sample_rate``).
 
         Pass a ``condition`` from :meth:`condition` (reuse it across files) or the query as
         keyword arguments (``query="dog barking", negative="speech"``). Returns float32 samples
         with the input's rate, channels and length.
         """
-        if isinstance(audio, (str, os.PathLike)):
-            wave, sample_rate = load_audio(audio, mono=False)
-        else:
-            if sample_rate is None:
-                raise ValueError("sample_rate is needed with raw samples")
-            wave = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
-        wave = np.asarray(wave, dtype=np.float32)
-        mono = wave.ndim == 1
-        wave = np.atleast_2d(wave)
+        mono = not isinstance(audio, (str, os.PathLike)) and np.ndim(audio) == 1
+        wave, sample_rate = load_waveform(audio, sample_rate, mono=False)
         if condition is None:
             condition = self.condition(**query)
-        estimate = self._separate_at_model_rate(resample(wave, sample_rate, self.sample_rate), condition)
+        estimate = self._separate_at_model_rate(resample(wave, sample_rate, self.sample_rate), condition, _masks)
         estimate = resample(estimate, self.sample_rate, sample_rate)
         length = wave.shape[-1]
         estimate = np.pad(estimate, ((0, 0), (0, max(0, length - estimate.shape[-1]))))[:, :length]
         return estimate[0] if mono else estimate
 
+    def condition_from_embeddings(self, positive: torch.Tensor | None = None,
+                                  negative: torch.Tensor | None = None) -> torch.Tensor:
+        """Conditions ``[B, 2D]`` from precomputed query-CLAP embeddings ``[B, D]`` (either side may be
+        ``None``: zeros), normalised as in training; one row per item of a batch."""
+        from clapkit.encoders.separation import build_condition
+
+        def rows(value):
+            return None if value is None else torch.as_tensor(value, dtype=torch.float32).reshape(
+                -1, torch.as_tensor(value).shape[-1]).to(self.device)
+
+        return build_condition(rows(positive), rows(negative))
+
+    def conditions(self, queries: Sequence[str | None], negatives: Sequence[str | None] | None = None) -> torch.Tensor:
+        """One condition row per batch item ``[B, 2D]`` from per-item text queries (``None``: no
+        positive / negative for that item)."""
+        negatives = list(negatives) if negatives is not None else [None] * len(queries)
+        if len(negatives) != len(queries):
+            raise ValueError(f"{len(queries)} queries but {len(negatives)} negatives")
+        return torch.cat([self.condition(query=q, negative=n) for q, n in zip(queries, negatives)])
+
+    def separate_batch(self, mixtures: Sequence[AudioQuery] | np.ndarray | torch.Tensor, sample_rate: int | None = None,
+                       conditions: torch.Tensor | None = None, *, queries: Sequence[str | None] | None = None,
+                       negatives: Sequence[str | None] | None = None,
+                       return_mask: bool = False) -> list[SeparationResult]:
+        """Separate several inputs, each with its own query.
+
+        Args:
+            mixtures: files, ``[T]`` / ``[C, T]`` arrays at ``sample_rate``, or a ``[B, T]`` batch.
+            sample_rate: rate of array inputs.
+            conditions: ``[B, 2D]`` (from :meth:`conditions`, :meth:`condition_from_embeddings`
+                or :meth:`condition`, one row per item; a single row is shared by all).
+            queries: per-item text queries instead of ``conditions``.
+            negatives: per-item negative texts (with ``queries``).
+            return_mask: also return each item's masks.
+        """
+        items = list(mixtures) if not isinstance(mixtures, (np.ndarray, torch.Tensor)) or mixtures.ndim == 2 else [mixtures]
+        if conditions is None:
+            if queries is None and negatives is None:
+                raise ValueError("give conditions, or queries / negatives (one per item)")
+            conditions = self.conditions(queries if queries is not None else [None] * len(items), negatives)
+        conditions = conditions.reshape(-1, conditions.shape[-1])
+        if conditions.shape[0] == 1:
+            conditions = conditions.expand(len(items), -1)
+        if conditions.shape[0] != len(items):
+            raise ValueError(f"{len(items)} inputs but {conditions.shape[0]} conditions")
+        results = []
+        for item, condition in zip(items, conditions):
+            masks: list[np.ndarray] | None = [] if return_mask else None
+            wave = self.separate(item, sample_rate, condition=condition[None], _masks=masks)
+            results.append(SeparationResult(waveform=wave, mask=np.concatenate(masks) if masks else None,
+                                            chunk_starts=list(self._last_chunk_starts) if return_mask else None))
+        return results
+
     @torch.inference_mode()
-    def _separate_at_model_rate(self, wave: np.ndarray, condition: torch.Tensor) -> np.ndarray:
+    def _separate_at_model_rate(self, wave: np.ndarray, condition: torch.Tensor,
+                                masks: list[np.ndarray] | None = None) -> np.ndarray:
         channels, total = wave.shape
         chunk = self.chunk
         hop = max(1, int(round(chunk * (1.0 - self.overlap))))
         plan = chunk_windows(total, chunk, hop)
+        self._last_chunk_starts = [start for start, _ in plan]
         padded = np.pad(wave, ((0, 0), (0, max(0, chunk - total))))
         items = [(c, start, w) for c in range(channels) for start, w in plan]
         out = np.zeros((channels, max(total, chunk)), dtype=np.float64)
@@ -156,7 +271,10 @@ class SeparationModel:
         for i in range(0, len(items), self.batch_size):
             group = items[i : i + self.batch_size]
             batch = torch.from_numpy(np.stack([padded[c, s : s + chunk] for c, s, _ in group])).float()
-            est = self.task(batch.to(self.device), condition.expand(len(group), -1)).waveform
+            out_batch = self.network(batch.to(self.device), condition.expand(len(group), -1))
+            est = out_batch.waveform
+            if masks is not None:
+                masks.append(out_batch.mask.float().cpu().numpy())
             for (c, s, w), row in zip(group, est.float().cpu().numpy()):
                 out[c, s : s + chunk] += w * row
         return out[:, :total].astype(np.float32)
@@ -164,16 +282,10 @@ class SeparationModel:
     def _embed_examples(self, examples: Sequence[AudioQuery], sample_rate: int | None) -> torch.Tensor | None:
         if not examples:
             return None
-        query = self.task.query
+        query = self.network.query
         embeddings = []
-        for example in examples:
-            if isinstance(example, (str, os.PathLike)):
-                wave, _ = load_audio(example, sample_rate=query.sample_rate)
-            else:
-                if sample_rate is None:
-                    raise ValueError("sample_rate is needed with raw example audio")
-                wave = np.asarray(example.detach().cpu() if isinstance(example, torch.Tensor) else example,
-                                  dtype=np.float32)
-                wave = resample(wave.mean(0) if wave.ndim == 2 else wave, sample_rate, query.sample_rate)
+        for i, example in enumerate(examples):
+            wave, rate = load_waveform(example, sample_rate, mono=True, name=f"example audio {i}")
+            wave = resample(wave, rate, query.sample_rate)
             embeddings.append(query.embed_audio(torch.as_tensor(wave, dtype=torch.float32)[None].to(self.device)))
         return torch.cat(embeddings).mean(0, keepdim=True)

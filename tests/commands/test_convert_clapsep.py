@@ -76,3 +76,44 @@ def test_clapsep_needs_a_config_and_a_wrong_file_is_named(released, tmp_path, ca
     err = capsys.readouterr().err
     assert "clap.ckpt" in err and "no 'decoder_model.' keys" in err
     assert not (tmp_path / "b").exists()
+
+
+def _query_path_config(released, tmp_path, path: str):
+    document = yaml.safe_load(released["config"].read_text())
+    document["model"]["init_args"]["query"]["init_args"]["path"] = path
+    config = tmp_path / "elsewhere.yaml"
+    config.write_text(yaml.safe_dump(document))
+    return config
+
+
+def test_clap_argument_replaces_the_configs_query_path(released, tmp_path, capsys):
+    config = _query_path_config(released, tmp_path, str(tmp_path / "not-there"))
+    out = tmp_path / "sep"
+    assert main(["convert", "clapsep", str(released["checkpoint"]), "--config", str(config),
+                 "--clap", str(released["clap"]), "-o", str(out)]) == 0
+    model, _, _ = load_native(out)
+    batch = tiny_batch()
+    assert torch.allclose(_separate(model, batch), _separate(released["task"].eval(), batch), atol=1e-6)
+    assert "CLAPSep separator ->" in capsys.readouterr().err
+
+
+def test_missing_tuned_bias_is_refused_unless_allow_partial(released, tmp_path, capsys):
+    state = torch.load(released["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    # a tuned-only file (as published) that also lost one tuned attention bias
+    tuned = {k: v for k, v in state.items()
+             if "lora" in k or k.endswith(("attn.qkv.bias", "attn.proj.bias")) or k.startswith("decoder_model.")}
+    dropped = sorted(k for k in tuned if k.startswith("audio_branch") and k.endswith("attn.qkv.bias"))[0]
+    del tuned[dropped]
+    partial = tmp_path / "partial.ckpt"
+    torch.save({"state_dict": tuned}, partial)
+    args = ["convert", "clapsep", str(partial), "--config", str(released["config"])]
+    assert main([*args, "-o", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lacks 1 tuned keys" in err[0] and "attn.qkv.base_layer.bias" in err[0]
+    assert not (tmp_path / "refused").exists()
+    assert main([*args, "--allow-partial", "-o", str(tmp_path / "accepted")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 1 tuned keys" in err
+    # every key filled from the CLAP is listed: the untuned encoder weights plus the dropped bias
+    listed = next(line for line in err.splitlines() if "copied from the CLAP" in line)
+    assert "attn.qkv.base_layer.weight" in listed and int(listed.split()[0]) > 10

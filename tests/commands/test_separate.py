@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -62,3 +64,28 @@ def test_corrupt_input_is_a_clear_error_and_writes_nothing(tmp_path, model_dir, 
     with pytest.raises(CommandError, match="query"):
         main(["--model", str(model_dir), str(tone_wav), "-o", str(tmp_path / "o.wav"), "-q"])
     assert not (tmp_path / "o.wav").exists()
+
+
+def test_inputs_stream_one_at_a_time_and_a_late_bad_file_writes_nothing(tmp_path, model_dir, monkeypatch):
+    from clapkit.audio import AudioLoadError
+    from clapkit.commands import separate
+
+    folder = tmp_path / "in"
+    rng = np.random.default_rng(1)
+    for name in ("a.wav", "b.wav", "c.wav"):
+        save_audio(folder / name, 0.1 * rng.standard_normal(8000).astype(np.float32), 16000)
+    real_load, order = separate.load_audio, []
+
+    def load(path, *args, **kwargs):
+        order.append((Path(path).name, len(list(tmp_path.glob(".clapkit-separate-*/*")))))
+        if Path(path).name == "c.wav":
+            raise AudioLoadError(str(path), "truncated data")
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(separate, "load_audio", load)
+    out = tmp_path / "out"
+    with pytest.raises(CommandError, match="c.wav"):
+        main([str(folder), "--model", str(model_dir), "--query", "x", "-o", str(out), "-q"])
+    # a, b were separated (and staged) before c was read; nothing reached -o, no staging is left
+    assert order == [("a.wav", 0), ("b.wav", 1), ("c.wav", 2)]
+    assert not out.exists() and not list(tmp_path.glob(".clapkit-separate-*"))

@@ -25,3 +25,19 @@ def test_ten_seconds_gives_1001_frames_and_stays_fp32_under_autocast():
         out = frontend(x)
     assert out.shape == (2, 64, 1001) and out.dtype == torch.float32
     assert frontend.num_frames(480000) == 1001
+
+
+def test_spec_augment_drops_narrow_stripes_and_keeps_the_rest():
+    from clapkit.encoders.frontends import spec_augment
+
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, 200, 64) + 1.0  # no zeros of its own
+    out = spec_augment(x)
+    zero = out == 0
+    for clip in range(8):
+        frames = zero[clip, 0].all(dim=1).sum()  # whole frames dropped
+        bins = zero[clip, 0].all(dim=0).sum()  # whole mel bins dropped
+        assert frames <= 2 * 63 and bins <= 2 * 7
+        kept = ~zero[clip]
+        torch.testing.assert_close(out[clip][kept], x[clip][kept])
+    assert zero.any()  # something was dropped

@@ -9,9 +9,23 @@ from clapkit.encoders.tower import Tower
 
 @pytest.mark.parametrize("pooling", ["pooler", "cls", "mean", "eot"])
 def test_tiny_poolings(pooling):
-    enc = HFTextEncoder(variant="tiny", pooling=pooling)
-    out = enc(["a dog barks", "a long high chirp that repeats"])
+    enc = HFTextEncoder(variant="tiny", pooling=pooling).eval()
+    texts = ["a dog barks", "a long high chirp that repeats"]
+    with torch.no_grad():
+        out = enc(texts)
+        tokens = enc.tokenize(texts)
+        hidden = enc.model(**tokens)
     assert out.embedding.shape == (2, 32)
+    states, mask = hidden.last_hidden_state, tokens["attention_mask"]
+    n = mask.sum(1)
+    expected = {
+        "pooler": hidden.pooler_output,
+        "cls": states[:, 0],
+        "mean": torch.stack([states[i, : n[i]].mean(0) for i in range(2)]),
+        "eot": torch.stack([states[i, n[i] - 1] for i in range(2)]),
+    }[pooling]
+    assert n[0] < n[1]  # the first row is padded: the poolings differ in what they skip
+    torch.testing.assert_close(out.embedding, expected, atol=1e-6, rtol=1e-6)
 
 
 def test_mean_pooling_ignores_padding():

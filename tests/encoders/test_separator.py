@@ -86,3 +86,28 @@ def test_lora_only_on_attention_projections_with_scale_one_sixteenth():
     trainable = [n for n, p in sep.encoder.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or n.endswith("base_layer.bias") for n in trainable)
     assert sep.encoder.frame_align == "pad"
+
+
+def test_htsat_and_pann_declare_the_separation_encoder_contract():
+    # CLAPSep relies on the declared FeatureAudioEncoder steps, not on duck typing; the same
+    # method names run the same steps in both families.
+    from clapkit.encoders.base import FeatureAudioEncoder
+    from clapkit.encoders.htsat import HTSAT
+    from clapkit.encoders.pann import Cnn6
+    from helpers.separation import tiny_htsat
+
+    samples = 9600
+    for encoder in (tiny_htsat(), Cnn6(variant="tiny", clip_samples=samples)):
+        assert isinstance(encoder, FeatureAudioEncoder)
+        encoder.eval()
+        wave = 0.1 * torch.randn(2, encoder.batcher.clip_samples)
+        with torch.no_grad():
+            whole = encoder.forward_mel(encoder.mel(wave))
+            direct = encoder(wave)
+        assert whole.features is not None or isinstance(encoder, Cnn6)
+        torch.testing.assert_close(whole.embedding, direct.embedding)
+    htsat = tiny_htsat()
+    assert htsat.frame_align == "interpolate"
+    htsat.align_frames_by_padding()
+    assert htsat.frame_align == "pad"
+    assert isinstance(HTSAT, type)

@@ -98,6 +98,16 @@ def _run(config: dict, tmp_path: Path):
     return lightning_main(["fit", "--config", str(path)])
 
 
+def _assert_trained(cli) -> None:
+    """One training step and one validation pass ran, with finite logged values and moved weights."""
+    import torch
+
+    assert cli.trainer.state.finished and cli.trainer.global_step == 1
+    metrics = cli.trainer.callback_metrics
+    assert any(k.startswith("train/") for k in metrics), sorted(metrics)
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in metrics.values()), dict(metrics)
+
+
 @pytest.mark.parametrize("stage", ["b_audio_vs_frozen_clip", "c_all_towers"])
 def test_tri_modal_stages_run_on_av_shards(stage, tmp_path):
     from helpers.audioclip import write_av_shards
@@ -110,7 +120,7 @@ def test_tri_modal_stages_run_on_av_shards(stage, tmp_path):
                 batch_size=2, num_workers=0, shuffle_buffer=2)
     data["audio"].update(sample_rate=8000, clip_seconds=0.25)
     data["augment"]["length"] = 2000
-    _run(config, tmp_path)
+    _assert_trained(_run(config, tmp_path))
 
 
 def test_stage_a_tagger_runs_on_audioset_fixture(tmp_path):
@@ -125,7 +135,7 @@ def test_stage_a_tagger_runs_on_audioset_fixture(tmp_path):
     data.update(root=str(tmp_path / "audioset"), batch_size=2, num_workers=0)
     data["audio"].update(sample_rate=8000, clip_seconds=0.25)
     data["augment"]["length"] = 2000
-    _run(config, tmp_path)
+    _assert_trained(_run(config, tmp_path))
 
 
 @pytest.mark.parametrize("stage", ["d_esc50_finetune", "d_us8k_finetune"])
@@ -181,3 +191,53 @@ def test_tiny_tri_modal_model_learns_cross_modal_querying(tmp_path):
         value, chance = results[f"val/query_{pair}_R@1"], results[f"val/query_{pair}_R@1_chance"]
         assert value > 5 * chance, (pair, value, chance)
         assert results[f"val/query_{pair}_P@1"] > 5 * results[f"val/query_{pair}_P@1_chance"]
+
+
+def _reference_audioclip_loss(task, batch):
+    """The AudioCLIP reference's ``forward`` + ``loss_fn``, written out: per present pair
+    ``ce(logits) + ce(logits.T)`` with scales clamped to [1, 100], summed, divided by ``n!``
+    (``scale = scale * (idx + 1)`` over the present pairs), plus the FBSP regulariser."""
+    import math
+
+    feats = {}
+    aux = torch.zeros(())
+    for name in ("audio", "image", "text"):
+        out = task.towers[name](batch[name])
+        feats[name] = out.embedding / out.embedding.norm(dim=-1, keepdim=True)
+        if out.encoder.extras and "aux_loss" in out.encoder.extras:
+            aux = out.encoder.extras["aux_loss"]
+    reference = torch.arange(len(batch["text"]))
+    loss, present = torch.zeros(()), 0
+    for key, (a, b) in {"audio__image": ("audio", "image"), "audio__text": ("audio", "text"),
+                        "image__text": ("image", "text")}.items():
+        scale = torch.clamp(task.logit_scales[key].exp(), min=1.0, max=100.0)
+        logits = scale * feats[a] @ feats[b].T
+        loss = loss + F.cross_entropy(logits, reference) + F.cross_entropy(logits.transpose(-1, -2), reference)
+        present += 1
+    return loss / math.factorial(present) + aux
+
+
+def test_audioclip_loss_matches_the_reference_reduction():
+    task = _tiny_task()  # the AudioCLIPTask defaults: the reference's three pairs and reduction
+    with torch.no_grad():
+        task.towers["audio"].encoder.frontend.fbsp.fb.mul_(1.5)  # regulariser > 0
+        for key, value in zip(sorted(task.logit_scales), (2.0, 3.0, 4.0)):
+            task.logit_scales[key].fill_(value)
+    task.eval()  # dropout/BatchNorm identical in both computations
+    torch.manual_seed(0)
+    batch = {"audio": torch.randn(4, 4000) * 0.1, "image": torch.randn(4, 3, 64, 64),
+             "text": ["a dog", "rain", "a bell", "speech"]}
+    ours = task.compute_loss(batch, gather=False)  # with gradients: the regulariser counts then
+    reference = _reference_audioclip_loss(task, batch)
+    pair_mean = torch.stack(list(ours.pair_losses.values())).mean()
+    assert task.pair_reduction == "audioclip"
+    assert ours.loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    # three pairs: the reference's value is the mean of the symmetric losses, not their sum
+    assert ours.loss.item() - task._last_aux.item() == pytest.approx(pair_mean.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("config", [p for p in CONFIGS if "pairs:" in p.read_text()], ids=lambda p: p.stem)
+def test_audioclip_configs_use_the_reference_reduction(config):
+    model = yaml.safe_load(config.read_text())["model"]
+    assert model["init_args"]["pair_reduction"] == "audioclip"
+    assert len(model["init_args"]["pairs"]) == 3

@@ -241,12 +241,9 @@ class WandbMedia(Callback):
     @staticmethod
     def _class_names(trainer: pl.Trainer, dataloader_idx: int) -> list[str] | None:
         """The datamodule's ``class_names`` for a dataloader (shared list, list of lists or dict)."""
-        names = getattr(getattr(trainer, "datamodule", None), "class_names", None)
-        if isinstance(names, dict):
-            names = names.get(dataloader_idx)
-        elif names and isinstance(names[0], (list, tuple)):
-            names = names[dataloader_idx] if dataloader_idx < len(names) else None
-        return list(names) if names else None
+        from clapkit.datamodules.base import class_names_for
+
+        return class_names_for(getattr(getattr(trainer, "datamodule", None), "class_names", None), dataloader_idx)
 
     def _accumulate_zeroshot(self, trainer, pl_module, batch: dict[str, Any], dataloader_idx: int) -> None:
         name, _ = self._audio_setup(pl_module)

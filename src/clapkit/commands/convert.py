@@ -17,16 +17,21 @@ weight filled, or the command fails listing both. Checkpoints are read with
 feature extractor settings become the model's preprocessing (``auto`` detects it too).
 
 ``clapsep`` converts the released CLAPSep separator (``best_model.ckpt``) instead: the model
-is built from ``--config`` (a LightningCLI config such as ``configs/clapsep/base.yaml`` whose
-query network names a converted LAION-CLAP directory), the checkpoint is loaded into it with
+is built from ``--config`` (a LightningCLI config such as ``configs/clapsep/base.yaml``), its
+query network being ``--clap`` (a converted LAION-CLAP directory, or the official ``.pt`` with
+``--text-model``; default: the path the config names), the checkpoint is loaded into it with
 full key coverage, and the result is a self-contained directory for ``clapkit separate``.
+Weights the file does not hold are copied from the CLAP's audio encoder and listed; a file
+missing a weight CLAPSep tunes (a LoRA'd layer's ``attn.qkv`` / ``attn.proj`` bias) is
+refused unless ``--allow-partial``.
 
 example:
   clapkit convert laion-clap 630k-audioset-best.pt --text-model hf/roberta-base -o models/clap
   clapkit convert laion-clap music_audioset_epoch_15_esc_90.14.pt --text-model hf/roberta-base \
       -o checkpoints/clap_htsat_base
   clapkit convert hf-clap hf/clap-htsat-fused -o models/clap-htsat-fused
-  clapkit convert clapsep best_model.ckpt --config configs/clapsep/base.yaml -o models/clapsep
+  clapkit convert clapsep best_model.ckpt --config configs/clapsep/base.yaml --clap models/clap_htsat_base \
+      -o models/clapsep
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ def build_parser():
     parser.add_argument("--text-model", help="local directory with the text tower's tokenizer and config "
                         "(LAION-CLAP and MS-CLAP; AudioCLIP's CLIP tokenizer ships with open_clip)")
     parser.add_argument("--config", help="clapsep: LightningCLI config whose model section builds the separator")
+    parser.add_argument("--clap", help="clapsep: the query CLAP (converted directory, or official .pt with "
+                        "--text-model); default: the config's query path")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="clapsep: accept a checkpoint missing tuned weights (filled from the CLAP, untuned)")
     parser.add_argument("-o", "--output", required=True, help="model directory to create")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     parser.add_argument("--trust-checkpoint", action="store_true",
@@ -79,19 +88,45 @@ def main(argv: list[str]) -> int:
 
 
 def _convert_clapsep(args) -> int:
-    from clapkit.interop.clapsep import load_clapsep
+    import tempfile
+
+    from clapkit.interop.clapsep import load_clapsep_report
     from clapkit.pretrained import PretrainedError, instantiate_model, read_model_section
 
-    try:
-        model_config = read_model_section(args.config)
-        task = instantiate_model(model_config)
-        load_clapsep(args.checkpoint, task, trust_pickle=args.trust_checkpoint)
-        task.export(args.output, model_config=model_config, overwrite=args.overwrite)
-    except (PretrainedError, FileNotFoundError, ValueError) as exc:
-        raise CommandError(str(exc)) from None
+    with tempfile.TemporaryDirectory(prefix="clapkit-clap-") as scratch:
+        try:
+            model_config = read_model_section(args.config)
+            if args.clap is not None:
+                query = model_config.setdefault("init_args", {}).setdefault("query", {})
+                query.setdefault("init_args", {})["path"] = _clap_directory(args, Path(scratch) / "clap")
+            task = instantiate_model(model_config)
+            report = load_clapsep_report(args.checkpoint, task, trust_pickle=args.trust_checkpoint,
+                                         allow_partial=args.allow_partial)
+            task.export(args.output, model_config=model_config, overwrite=args.overwrite)
+        except (PretrainedError, FileNotFoundError, ValueError) as exc:
+            raise CommandError(str(exc)) from None
+    if report.tuned_from_clap:
+        _shared.eprint(f"warning: {len(report.tuned_from_clap)} tuned keys missing from {args.checkpoint} were "
+                       f"filled with the CLAP's untuned values (--allow-partial): {', '.join(report.tuned_from_clap)}")
     if not args.quiet:
+        if report.filled_from_clap:
+            _shared.eprint(f"{len(report.filled_from_clap)} separator-encoder keys not in the file were copied from "
+                           f"the CLAP: {', '.join(report.filled_from_clap)}")
         _shared.eprint(f"{args.checkpoint}: CLAPSep separator -> {args.output}")
     return 0
+
+
+def _clap_directory(args, scratch: Path) -> str:
+    """``--clap`` as a native directory: converted on the fly when it is an official checkpoint."""
+    from clapkit.pretrained import convert_checkpoint, is_native, save_converted
+
+    clap = Path(args.clap)
+    if is_native(clap):
+        return str(clap.resolve())
+    if not clap.is_file():
+        raise CommandError(f"{clap}: --clap is neither a clapkit model directory nor a checkpoint file")
+    converted = convert_checkpoint(clap, text_model=args.text_model, trust_pickle=args.trust_checkpoint)
+    return str(save_converted(converted, scratch))
 
 
 def _convert_hf_clap(args) -> int:

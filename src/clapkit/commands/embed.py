@@ -15,8 +15,13 @@ the parts already done. Under ``torchrun`` / ``srun`` / a SLURM array each proce
 share of the parts (rank and world size from the environment) and the last one to finish
 merges them into the output.
 
+``--runtime onnx`` runs an ONNX export (``clapkit export onnx MODEL -o DIR``; MODEL is then DIR)
+with onnxruntime on the CPU instead of PyTorch: same preprocessing, same embeddings to float
+rounding; clips longer than the window of a fusion model are refused there.
+
 example:
   clapkit embed models/clap recordings/ extra.wav -o embeddings.parquet --device cuda --precision bf16
+  clapkit embed --runtime onnx models/clap-onnx recordings/ -o embeddings.npy
   sbatch --array=0-7 --wrap "clapkit embed models/clap corpus/ -o corpus.parquet --device cuda"
 """
 
@@ -35,7 +40,19 @@ def build_parser():
                         help="files per streamed part (the unit of resuming and of data-parallel slices)")
     parser.add_argument("--no-resume", action="store_true", help="redo parts a killed run left behind")
     _shared.add_model_options(parser)
+    parser.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                        help="onnx: MODEL is a `clapkit export onnx` directory, run with onnxruntime")
     return parser
+
+
+def _load_onnx(path, args):
+    from clapkit.interop.onnx import OnnxCLAPModel
+    from clapkit.pretrained import PretrainedError
+
+    try:
+        return OnnxCLAPModel(path, batch_size=args.batch_size)
+    except (PretrainedError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
 
 
 def main(argv: list[str]) -> int:
@@ -47,7 +64,9 @@ def main(argv: list[str]) -> int:
     _shared.check_headers(files)
     ranks = rank_from_env()
     args.device = device_for_rank(args.device)
-    model = _shared.load_model(args.model, args)
+    model = _load_onnx(args.model, args) if args.runtime == "onnx" else _shared.load_model(args.model, args)
+    if getattr(model, "refusal", None):  # a tagger: class scores, no embedding
+        raise CommandError(f"{args.model}: {model.refusal}")
     with _shared.progress_bar(len(files), "embedding", args.quiet) as advance:
         try:
             run = embed_corpus(model, files, output, part_size=args.part_size, workers=args.workers, ranks=ranks,

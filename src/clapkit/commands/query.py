@@ -16,7 +16,6 @@ example:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -79,20 +78,6 @@ def _items(args) -> tuple[str, list[str]]:
     return target, [str(p) for p in found[target]]
 
 
-def _load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
-
-    from clapkit.datamodules.audio_image_text import fit_image
-
-    try:
-        with Image.open(path) as image:
-            return fit_image(image, size, train=False)
-    except FileNotFoundError:
-        raise CommandError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise CommandError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
-
-
 class _Embedder:
     """Embeds any modality with a loaded model (a :class:`~clapkit.inference.CLAPModel`)."""
 
@@ -115,12 +100,10 @@ class _Embedder:
                 return self.model.embed_audio(items)
             except AudioLoadError as exc:
                 raise CommandError(str(exc)) from None
-        size = int(getattr(self.model.model.towers["image"].encoder, "image_size", 224))
-        chunks = []
-        for start in range(0, len(items), self.batch_size):
-            pixels = torch.stack([_load_image(p, size) for p in items[start : start + self.batch_size]])
-            chunks.append(self.model._embed("image", pixels.to(self.model.device)))
-        return torch.cat(chunks)
+        try:
+            return self.model.embed_image(items, batch_size=self.batch_size)
+        except (FileNotFoundError, ValueError) as exc:
+            raise CommandError(str(exc)) from None
 
 
 def main(argv: list[str]) -> int:

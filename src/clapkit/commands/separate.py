@@ -12,13 +12,17 @@ Inputs of any length, sample rate and channel count: each channel is resampled t
 model's rate, cut into model-length chunks (10 s for CLAPSep) with 50 % overlap, separated,
 overlap-added with complementary Hann windows, resampled back and written with the input's
 rate, channels and length. A folder is processed recursively into ``-o`` (a folder), keeping
-relative paths; outputs are written atomically, and every input header is checked before any
-model work, so a corrupt file stops the run with nothing written.
+relative paths. Inputs are read one at a time; every input header is checked before any model
+work, and outputs are staged and moved into place at the end, so a corrupt file stops the run
+with nothing written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,6 +73,31 @@ def output_paths(files: Sequence[Path], inputs: Sequence[str], output: str) -> l
     return paths
 
 
+@contextlib.contextmanager
+def staged_outputs(targets: Sequence[Path]):
+    """Yield ``stage(target) -> temporary path``; on success every staged file is moved onto its
+    target (directories created then), on any error the staging directory is removed and no
+    target is touched."""
+    anchor = Path(os.path.commonpath([str(t.resolve().parent) for t in targets]))
+    while not anchor.exists():
+        anchor = anchor.parent
+    staging = Path(tempfile.mkdtemp(dir=anchor, prefix=".clapkit-separate-"))
+    staged: list[tuple[Path, Path]] = []
+
+    def stage(target: Path) -> Path:
+        path = staging / f"{len(staged)}{target.suffix}"
+        staged.append((path, target))
+        return path
+
+    try:
+        yield stage
+        for path, target in staged:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _load_model(args):
     from clapkit.pretrained import PretrainedError, load_native
     from clapkit.separator import SeparationModel, is_separation_task
@@ -102,19 +131,18 @@ def main(argv: list[str] | None = None) -> int:
                                     audio_weight=args.audio_weight)
     except AudioLoadError as exc:
         raise CommandError(f"query audio {exc}") from None
-    # Decode everything first: a file whose header was fine but whose data is not must
-    # stop the run before anything is written.
-    decoded = []
-    for file in files:
-        try:
-            decoded.append(load_audio(file, mono=False))
-        except AudioLoadError as exc:
-            raise CommandError(str(exc)) from None
-    with progress_bar(len(files), "separating", args.quiet) as advance:
-        for (wave, rate), target in zip(decoded, targets):
+    # One file at a time (a folder of long recordings never sits in memory at once); outputs
+    # are staged and moved into place at the end, so a file whose header was fine but whose
+    # data is not still stops the run with nothing written.
+    with staged_outputs(targets) as stage, progress_bar(len(files), "separating", args.quiet) as advance:
+        for file, target in zip(files, targets):
+            try:
+                wave, rate = load_audio(file, mono=False)
+            except AudioLoadError as exc:
+                raise CommandError(str(exc)) from None
             estimate = model.separate(wave, rate, condition=condition)
             subtype = "FLOAT" if target.suffix.lower() == ".wav" else None
-            save_audio(target, estimate if estimate.shape[0] > 1 else estimate[0], rate, subtype=subtype)
+            save_audio(stage(target), estimate if estimate.shape[0] > 1 else estimate[0], rate, subtype=subtype)
             advance(1)
     if not args.quiet:
         print(f"wrote {len(targets)} file(s) under {os.path.commonpath([str(t.parent) for t in targets])}")

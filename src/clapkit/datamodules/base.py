@@ -96,3 +96,13 @@ def is_empty_batch(batch: Any) -> bool:
     """
     audio = batch.get("audio") if isinstance(batch, dict) else None
     return isinstance(audio, torch.Tensor) and audio.shape[0] == 0
+
+
+def class_names_for(names: Any, dataloader_idx: int) -> list[str] | None:
+    """The class names of one eval dataloader from a datamodule's ``class_names``: a list shared
+    by every labelled loader, a list of such lists, or a dict, indexed by dataloader index."""
+    if isinstance(names, dict):
+        names = names.get(dataloader_idx)
+    elif names and isinstance(names[0], (list, tuple)):
+        names = names[dataloader_idx] if dataloader_idx < len(names) else None
+    return list(names) if names else None

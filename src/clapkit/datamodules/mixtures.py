@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from clapkit import deps
 from clapkit.atomic import write_csv
 from clapkit.audio import fit_length, load_audio, resample
-from clapkit.datamodules.mix_sources import MixSource, sample_caption, sample_group
+from clapkit.datamodules.mix_sources import MixSource, source_metadata
 
 LevelMode = Literal["rms", "lufs"]
 CSV_COLUMNS = ("source_file", "positive_caption", "noise_file", "negative_caption", "snr_db")
@@ -174,7 +174,57 @@ def negative_caption(captions: Sequence[str]) -> str:
     return " and ".join(dict.fromkeys(c for c in captions if c))
 
 
-def make_eval_specs(
+def make_eval_specs(keys: Sequence[str], captions: Sequence[str], **options: Any) -> list[MixtureSpec]:
+    """Deterministic evaluation mixtures (the standard protocol by default).
+
+    Every target (the first ``max_targets`` of a seeded permutation) gets ``per_target``
+    mixtures, each with ``num_interferers`` clips of another group (class; the caption when no
+    ``groups`` are given), no interferer repeated within a target. A fixed ``snr_db`` or a ``(low, high)`` range
+    drawn per interferer. ``options`` are those of :func:`eval_spec_table`, which gives the same
+    mixtures without building them all.
+    """
+    return list(eval_spec_table(keys, captions, **options))
+
+
+class SpecTable(Sequence):
+    """Evaluation mixtures held as index arrays; each :class:`MixtureSpec` is built on access.
+
+    A corpus of 100,000 targets gives 500,000 standard-protocol mixtures: as arrays they take a
+    few MB and no time to build. Compares equal to any sequence of the same specs.
+
+    Args:
+        keys: key of every clip.
+        captions: caption of every clip.
+        targets: ``[R]`` target clip of each mixture.
+        noise: ``[R, k]`` interferer clips of each mixture.
+        snr_db: ``[R, k]`` SNR of each interferer.
+    """
+
+    def __init__(self, keys: Sequence[str], captions: Sequence[str], targets: np.ndarray, noise: np.ndarray,
+                 snr_db: np.ndarray):
+        self.keys, self.captions = keys, captions
+        self.targets, self.noise, self.snr_db = targets, noise, snr_db
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        t, group = int(self.targets[index]), [int(i) for i in self.noise[index]]
+        return MixtureSpec(self.keys[t], self.captions[t], tuple(self.keys[i] for i in group),
+                           negative_caption([self.captions[i] for i in group]),
+                           tuple(float(x) for x in self.snr_db[index]))
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Sequence) or len(other) != len(self):
+            return NotImplemented if not isinstance(other, Sequence) else False
+        return all(a == b for a, b in zip(self, other))
+
+    __hash__ = None
+
+
+def eval_spec_table(
     keys: Sequence[str],
     captions: Sequence[str],
     *,
@@ -184,14 +234,8 @@ def make_eval_specs(
     snr_db: float | tuple[float, float] = 0.0,
     max_targets: int | None = None,
     groups: Sequence[str] | None = None,
-) -> list[MixtureSpec]:
-    """Deterministic evaluation mixtures (the standard protocol by default).
-
-    Every target (the first ``max_targets`` of a seeded permutation) gets ``per_target``
-    mixtures, each with ``num_interferers`` clips of another group (class; the caption when no
-    ``groups`` are given), no interferer repeated within a target. A fixed ``snr_db`` or a ``(low, high)`` range
-    drawn per interferer.
-    """
+) -> SpecTable:
+    """The mixtures of :func:`make_eval_specs` as a :class:`SpecTable` (same draws, same order)."""
     if len(keys) != len(captions):
         raise ValueError("keys and captions must have the same length")
     groups = list(groups) if groups is not None else list(captions)
@@ -199,22 +243,62 @@ def make_eval_specs(
     order = rng.permutation(len(keys))
     if max_targets is not None:
         order = order[:max_targets]
-    specs = []
-    for t in order:
-        candidates = np.array([i for i in range(len(keys)) if groups[i] != groups[t]])
-        need = per_target * num_interferers
-        if len(candidates) == 0:
+    index = GroupIndex(groups)
+    need = per_target * num_interferers
+    positions = np.zeros((len(order), need), dtype=np.int64)
+    snrs = np.full((len(order), per_target, num_interferers), float(snr_db) if np.isscalar(snr_db) else 0.0)
+    for row, t in enumerate(order):
+        count = index.others(int(t))
+        if count == 0:
             raise ValueError(f"no interferer with a caption different from {captions[t]!r}")
-        picks = rng.choice(candidates, size=need, replace=len(candidates) < need)
-        for j in range(per_target):
-            group = [int(i) for i in picks[j * num_interferers : (j + 1) * num_interferers]]
-            if isinstance(snr_db, (int, float)):
-                snrs = tuple(float(snr_db) for _ in group)
-            else:
-                snrs = tuple(float(x) for x in rng.uniform(snr_db[0], snr_db[1], size=len(group)))
-            specs.append(MixtureSpec(keys[t], captions[t], tuple(keys[i] for i in group),
-                                     negative_caption([captions[i] for i in group]), snrs))
-    return specs
+        # One draw per target, in the order make_eval_specs always drew: the mixtures of a seed
+        # stay what they were.
+        positions[row] = rng.choice(count, size=need, replace=count < need)
+        if not np.isscalar(snr_db):
+            for j in range(per_target):
+                snrs[row, j] = rng.uniform(snr_db[0], snr_db[1], size=num_interferers)
+    noise = index.other_rows(order, positions)
+    return SpecTable(keys, captions, np.repeat(order, per_target),
+                     noise.reshape(len(order) * per_target, num_interferers),
+                     snrs.reshape(len(order) * per_target, num_interferers))
+
+
+class GroupIndex:
+    """The clips outside a clip's group, without listing them: O(log n) per draw.
+
+    ``other(t, positions)`` maps positions ``0 .. others(t) - 1`` onto the indices, in
+    ascending order, of the clips whose group differs from clip ``t``'s: the same clips a
+    list ``[i for i in range(n) if groups[i] != groups[t]]`` would give at those positions,
+    so draws are what they were with the list, at a cost independent of the corpus size.
+    """
+
+    def __init__(self, groups: Sequence[str]):
+        codes: dict[str, int] = {}
+        self.group_of = np.array([codes.setdefault(g, len(codes)) for g in groups], dtype=np.int64)
+        self.size = len(self.group_of)
+        order = np.argsort(self.group_of, kind="stable")  # members of each group, ascending
+        bounds = np.searchsorted(self.group_of[order], np.arange(len(codes) + 1))
+        # members[k] - k for the k-th member: the count of non-members below it.
+        self._shifted = [order[bounds[g]:bounds[g + 1]] - np.arange(bounds[g + 1] - bounds[g])
+                         for g in range(len(codes))]
+
+    def others(self, t: int) -> int:
+        """How many clips are of another group than clip ``t``."""
+        return self.size - len(self._shifted[self.group_of[t]])
+
+    def other(self, t: int, positions) -> np.ndarray:
+        """Indices of the clips at ``positions`` among those of another group than clip ``t``."""
+        positions = np.asarray(positions, dtype=np.int64)
+        return positions + np.searchsorted(self._shifted[self.group_of[t]], positions, side="right")
+
+    def other_rows(self, targets: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """:meth:`other` for many targets at once: row ``r`` of ``positions`` for ``targets[r]``."""
+        out = np.empty_like(positions)
+        codes = self.group_of[np.asarray(targets, dtype=np.int64)]
+        for code in np.unique(codes):
+            rows = codes == code
+            out[rows] = positions[rows] + np.searchsorted(self._shifted[code], positions[rows], side="right")
+        return out
 
 
 def write_specs_csv(specs: Sequence[MixtureSpec], path: str | os.PathLike) -> Path:
@@ -311,7 +395,7 @@ class MixtureDataset(Dataset):
         self.source = source
         self.clip = clip
         self.mixer = mixer
-        self.specs = list(specs) if specs is not None else None
+        self.specs = specs if isinstance(specs, SpecTable) or specs is None else list(specs)
         self.length = length or len(source)
         self.num_interferers = num_interferers
         self.snr_range = snr_range
@@ -322,6 +406,7 @@ class MixtureDataset(Dataset):
         self._key_index: dict[str, int] | None = None
         self._captions: list[str] | None = None
         self._groups: list[str] | None = None
+        self._group_index: GroupIndex | None = None
         self._draws = 0
 
     def __len__(self) -> int:
@@ -329,7 +414,7 @@ class MixtureDataset(Dataset):
 
     # -- clip access ----------------------------------------------------------------------------
     def captions(self) -> list[str]:
-        """Caption of every source clip (decodes each clip once; cached)."""
+        """Caption of every source clip (from the source's metadata; cached)."""
         self._scan()
         return self._captions
 
@@ -338,15 +423,23 @@ class MixtureDataset(Dataset):
         self._scan()
         return self._groups
 
+    def keys(self) -> list[str]:
+        """Key of every source clip."""
+        self._scan()
+        return self._keys
+
     def _scan(self) -> None:
+        # Metadata only: a source that holds its captions (a file list, a clip set) is indexed
+        # without decoding audio; each worker process repeats only this cheap pass.
         if self._captions is None:
-            samples = [self.source[i] for i in range(len(self.source))]
-            self._captions = [sample_caption(s) for s in samples]
-            self._groups = [sample_group(s) for s in samples]
+            metas = source_metadata(self.source)
+            self._keys = [m.key for m in metas]
+            self._captions = [m.caption for m in metas]
+            self._groups = [m.group for m in metas]
 
     def _index_of(self, key: str) -> int | None:
         if self._key_index is None:
-            self._key_index = {self.source[i].key: i for i in range(len(self.source))}
+            self._key_index = {k: i for i, k in enumerate(self.keys())}
         return self._key_index.get(key)
 
     def _load(self, ref: str | int, train: bool, rng: np.random.Generator) -> tuple[np.ndarray, str]:
@@ -369,16 +462,18 @@ class MixtureDataset(Dataset):
     def _random(self, index: int) -> dict[str, Any]:
         self._draws += 1
         rng = np.random.default_rng([torch.initial_seed() & 0xFFFFFFFF, index, self._draws])
-        captions, groups = self.captions(), self.groups()
+        captions = self.captions()
+        if self._group_index is None:
+            self._group_index = GroupIndex(self.groups())
         t = int(rng.integers(len(self.source)))
-        candidates = [i for i in range(len(self.source)) if groups[i] != groups[t]]
-        if not candidates:
+        count = self._group_index.others(t)
+        if not count:
             raise ValueError("every clip of the source is of one class; nothing to mix against")
         lo, hi = (self.num_interferers, self.num_interferers) if isinstance(self.num_interferers, int) \
             else self.num_interferers
         n = int(rng.integers(lo, hi + 1))
-        picks = rng.choice(len(candidates), size=n, replace=len(candidates) < n)
-        noise_idx = [candidates[int(i)] for i in picks]
+        picks = rng.choice(count, size=n, replace=count < n)
+        noise_idx = [int(i) for i in self._group_index.other(t, picks)]
         snrs = rng.uniform(self.snr_range[0], self.snr_range[1], size=n)
         target, key = self._load(t, True, rng)
         noises = [self._load(i, True, rng)[0] for i in noise_idx]
@@ -510,7 +605,7 @@ class MixtureDataModule(LightningDataModule):
             audio_root=self.audio_root,
         )
 
-    def eval_specs(self, stage: Literal["validate", "test"] = "test") -> list[MixtureSpec]:
+    def eval_specs(self, stage: Literal["validate", "test"] = "test") -> Sequence[MixtureSpec]:
         """The evaluation mixtures of ``stage`` (from its CSV or generated from ``eval_seed``)."""
         csv_path = self.val_csv if stage == "validate" else self.test_csv
         if csv_path:
@@ -519,9 +614,8 @@ class MixtureDataModule(LightningDataModule):
         if source is None:
             raise ValueError(f"MixtureDataModule has no {stage} source or CSV")
         probe = self._dataset(source)
-        keys = [source[i].key for i in range(len(source))]
-        return make_eval_specs(
-            keys, probe.captions(), groups=probe.groups(), seed=self.eval_seed, per_target=self.eval_per_target,
+        return eval_spec_table(
+            probe.keys(), probe.captions(), groups=probe.groups(), seed=self.eval_seed, per_target=self.eval_per_target,
             num_interferers=self.eval_num_interferers, snr_db=self.eval_snr_db, max_targets=self.eval_max_targets,
         )
 

@@ -1,5 +1,6 @@
 """Encoders: plain ``nn.Module`` towers behind small ABCs (see :mod:`clapkit.encoders.base`)."""
 
-from clapkit.encoders.base import AudioEncoder, EncoderOutput, ImageEncoder, TextEncoder
+from clapkit.encoders.base import AudioEncoder, EncoderOutput, FeatureAudioEncoder, ImageEncoder, TextEncoder
 
-__all__ = ["AudioEncoder", "EncoderOutput", "ImageEncoder", "TextEncoder"]
+__all__ = ["AudioEncoder", "EncoderOutput",
+    "FeatureAudioEncoder", "ImageEncoder", "TextEncoder"]

@@ -58,6 +58,35 @@ class AudioEncoder(Encoder):
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput: ...
 
 
+class FeatureAudioEncoder(AudioEncoder):
+    """An audio encoder a separator can build on (CLAPSep), with its steps exposed one by one.
+
+    The contract CLAPSep relies on, instead of probing attributes:
+
+    - ``frontend``: the log-mel front end module (``waveform [B, T] -> [B, n_mels, frames]``);
+    - :meth:`mel`: the whole waveform's log-mel ``[B, 1, frames, n_mels]``, no window fitting;
+    - :meth:`forward_mel`: the encoder from a log-mel on, returning multi-level ``features``
+      (shallow to deep) in its :class:`EncoderOutput`;
+    - :meth:`align_frames_by_padding`: from now on pad the frames up to the encoder's input
+      (never stretch them), so decoder frames line up with the mixture's STFT frames.
+
+    ``forward(waveform)`` is ``forward_mel`` of the window-fitted log-mel.
+    """
+
+    frontend: nn.Module
+
+    def mel(self, waveform: torch.Tensor) -> torch.Tensor:
+        """``[B, T]`` waveforms at :attr:`sample_rate` -> log-mel ``[B, 1, frames, n_mels]``."""
+        return self.frontend(waveform).transpose(-1, -2).unsqueeze(1)
+
+    @abstractmethod
+    def forward_mel(self, mel: torch.Tensor, longer: torch.Tensor | None = None) -> EncoderOutput:
+        """Run on a log-mel ``[B, C, frames, n_mels]`` (``C`` = 4 views with fusion)."""
+
+    def align_frames_by_padding(self) -> None:
+        """Pad rather than resize the frame axis (no-op for encoders that never resize)."""
+
+
 class TextEncoder(Encoder):
     """A text tower: a list of strings (or tokens from :meth:`tokenize`) in, embedding out."""
 

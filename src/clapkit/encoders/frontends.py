@@ -174,3 +174,27 @@ class ConvLogMel(nn.Module):
         mel = torch.matmul(power, self.melW)  # same contraction order as torchlibrosa
         db = 10.0 * torch.log10(torch.clamp(mel, min=self.amin))
         return db.transpose(1, 2).reshape(*lead, self.n_mels, -1)
+
+
+def drop_stripes(x: torch.Tensor, dim: int, width: int, stripes: int) -> torch.Tensor:
+    """Zero ``stripes`` random bands (each < ``width`` wide) along ``dim`` of ``[B, C, T, F]``, per clip."""
+    size = x.shape[dim]
+    b = x.shape[0]
+    pos = torch.arange(size, device=x.device)
+    keep = torch.ones(b, size, dtype=torch.bool, device=x.device)
+    for _ in range(stripes):
+        widths = torch.randint(0, width, (b, 1), device=x.device)
+        starts = (torch.rand(b, 1, device=x.device) * (size - widths).clamp(min=1)).long()
+        keep &= ~((pos >= starts) & (pos < starts + widths))
+    shape = [b, 1, 1, 1]
+    shape[dim] = size
+    return x * keep.view(shape).to(x.dtype)
+
+
+def spec_augment(x: torch.Tensor, time_width: int = 64, time_stripes: int = 2, freq_width: int = 8,
+                 freq_stripes: int = 2) -> torch.Tensor:
+    """SpecAugment as LAION-CLAP trains HTSAT and PANN (torchlibrosa's ``SpecAugmentation``):
+    drop ``time_stripes`` bands along frames and ``freq_stripes`` along mel bins of
+    ``[B, C, frames, mels]``, per clip."""
+    x = drop_stripes(x, dim=2, width=time_width, stripes=time_stripes)
+    return drop_stripes(x, dim=3, width=freq_width, stripes=freq_stripes)

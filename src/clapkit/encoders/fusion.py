@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PadMode = Literal["repeatpad", "pad", "repeat"]
+from clapkit.audio.crop import PadMode, fit_length
 
 
 class AttentionalFeatureFusion(nn.Module):
@@ -100,19 +100,14 @@ def fusion_crop_starts(total_frames: int, chunk_frames: int, mode: Literal["midd
 
 
 def fill(wave: torch.Tensor, length: int, mode: PadMode) -> torch.Tensor:
-    """Fill a 1-D clip shorter than ``length`` the way LAION-CLAP does (``data_filling``)."""
+    """Fill a 1-D clip shorter than ``length`` the way LAION-CLAP does (``data_filling``): the
+    pad policies of :func:`clapkit.audio.crop.fit_length`, with an empty clip giving zeros."""
     n = wave.shape[-1]
     if n >= length:
         return wave
     if n == 0:
         return wave.new_zeros(length)
-    if mode == "repeatpad":
-        wave = wave.repeat(length // n)
-    elif mode == "repeat":
-        return wave.repeat(length // n + 1)[:length]
-    elif mode != "pad":
-        raise ValueError(f"unknown pad mode {mode!r}; expected repeatpad, pad or repeat")
-    return F.pad(wave, (0, length - wave.shape[-1]))
+    return fit_length(wave, length, pad=mode)
 
 
 @dataclass
@@ -178,7 +173,12 @@ class ClipBatcher:
             longer = torch.zeros(batch, dtype=torch.bool, device=waveform.device)
             return ClipBatch(mel.expand(-1, 4, -1, -1) if self.fusion else mel, longer)
         if lengths is None:
-            lengths = torch.full((batch,), total, dtype=torch.long)
+            lengths = torch.full((batch,), total, dtype=torch.long, device=waveform.device)
+        if not self.fusion:
+            # The common case (every CLAP without fusion): one gather on the device, no
+            # per-row Python loop and no host sync on the lengths.
+            mel = frontend(self.fit_rows(waveform, lengths, training)).transpose(-1, -2).unsqueeze(1)
+            return ClipBatch(mel, torch.zeros(batch, dtype=torch.bool, device=waveform.device))
         lengths = [int(n) for n in lengths.tolist()]
         fixed, stacks = [], {}
         for i, n in enumerate(lengths):
@@ -203,6 +203,36 @@ class ClipBatcher:
             out[i] = stack
             longer[i] = is_longer
         return ClipBatch(out, longer)
+
+    def fit_rows(self, waveform: torch.Tensor, lengths: torch.Tensor, training: bool = False) -> torch.Tensor:
+        """``[B, T]`` zero-padded clips with ``lengths`` valid samples -> ``[B, clip_samples]``.
+
+        Row by row this is :func:`fill` for clips up to the window and a crop (random in
+        training, centred otherwise) for longer ones, computed as one gather.
+        """
+        batch, total = waveform.shape
+        window, device = self.clip_samples, waveform.device
+        n = lengths.to(device=device, dtype=torch.long).clamp(0, total)
+        j = torch.arange(window, device=device)[None]
+        longer = (n > window)[:, None]
+        slack = (n - window).clamp(min=0)
+        if training:
+            start = torch.minimum((torch.rand(batch, device=device) * (slack + 1)).long(), slack)
+        else:
+            start = slack // 2
+        safe = n.clamp(min=1)[:, None]
+        index = torch.where(longer, start[:, None] + j, j % safe)
+        if self.pad_mode == "repeatpad":
+            valid = j < (window // safe) * safe
+        elif self.pad_mode == "repeat":
+            valid = torch.ones_like(index, dtype=torch.bool)
+        elif self.pad_mode == "pad":
+            valid = j < n[:, None]
+        else:
+            raise ValueError(f"unknown pad mode {self.pad_mode!r}; expected repeatpad, pad or repeat")
+        valid = (valid | longer) & (n > 0)[:, None]
+        rows = torch.gather(waveform, 1, index.clamp(max=max(total - 1, 0)))
+        return torch.where(valid, rows, rows.new_zeros(()))
 
     def _fusion_stack(self, frontend: nn.Module, wave: torch.Tensor, starts: list[int] | None,
                       training: bool) -> tuple[torch.Tensor, bool]:

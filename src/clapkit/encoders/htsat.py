@@ -44,8 +44,9 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
-from clapkit.encoders.base import AudioEncoder, EncoderOutput
+from clapkit.encoders.base import EncoderOutput, FeatureAudioEncoder
 from clapkit.encoders.frontends import LogMel
+from clapkit.encoders.frontends import spec_augment as apply_spec_augment
 from clapkit.encoders.fusion import AttentionalFeatureFusion, ClipBatcher, PadMode
 
 Variant = Literal["tiny", "base", "large", "test"]
@@ -333,7 +334,7 @@ def swin_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-class HTSAT(AudioEncoder):
+class HTSAT(FeatureAudioEncoder):
     """Hierarchical Token-Semantic Audio Transformer, LAION-CLAP's main audio tower.
 
     Args:
@@ -451,12 +452,15 @@ class HTSAT(AudioEncoder):
         batch = self.batcher(self.frontend, waveform, lengths, crop_starts, self.training)
         return self.forward_mel(batch.mel, batch.longer)
 
+    def align_frames_by_padding(self) -> None:
+        self.frame_align = "pad"
+
     def forward_mel(self, mel: torch.Tensor, longer: torch.Tensor | None = None) -> EncoderOutput:
         """Run on a log-mel ``[B, C, frames, n_mels]`` (C = 4 views with fusion) from the front end."""
         x = self._pad_frames(mel) if self.frame_align == "pad" else mel
         x = self.bn0(x.transpose(1, 3)).transpose(1, 3)
         if self.training and self.spec_augment:
-            x = _drop_stripes(_drop_stripes(x, dim=2, width=64, stripes=2), dim=3, width=8, stripes=2)
+            x = apply_spec_augment(x)
         if longer is None:
             longer = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         if self.fusion and self.training and not bool(longer.any()):
@@ -533,18 +537,3 @@ def _to_map(tokens: torch.Tensor) -> torch.Tensor:
     b, n, c = tokens.shape
     side = math.isqrt(n)
     return tokens.transpose(1, 2).reshape(b, c, side, side)
-
-
-def _drop_stripes(x: torch.Tensor, dim: int, width: int, stripes: int) -> torch.Tensor:
-    """Zero ``stripes`` random bands (each < ``width`` wide) along ``dim`` of ``[B, C, T, F]``, per clip."""
-    size = x.shape[dim]
-    b = x.shape[0]
-    pos = torch.arange(size, device=x.device)
-    keep = torch.ones(b, size, dtype=torch.bool, device=x.device)
-    for _ in range(stripes):
-        widths = torch.randint(0, width, (b, 1), device=x.device)
-        starts = (torch.rand(b, 1, device=x.device) * (size - widths).clamp(min=1)).long()
-        keep &= ~((pos >= starts) & (pos < starts + widths))
-    shape = [b, 1, 1, 1]
-    shape[dim] = size
-    return x * keep.view(shape).to(x.dtype)

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clapkit import deps
-from clapkit.encoders.base import AudioEncoder, EncoderOutput
+from clapkit.encoders.base import EncoderOutput, FeatureAudioEncoder
 from clapkit.encoders.frontends import LogMel
+from clapkit.encoders.frontends import spec_augment as apply_spec_augment
 from clapkit.encoders.fusion import AttentionalFeatureFusion, ClipBatcher, PadMode
 
 
@@ -61,7 +61,7 @@ class PANNSpec:
     pools: tuple[int, ...]
 
 
-class PANNEncoder(AudioEncoder):
+class PANNEncoder(FeatureAudioEncoder):
     """Shared implementation of the PANN CNNs; use :class:`Cnn14`, :class:`Cnn10` or :class:`Cnn6`.
 
     Args:
@@ -138,17 +138,7 @@ class PANNEncoder(AudioEncoder):
         nn.init.zeros_(self.fc1.bias)
         nn.init.xavier_uniform_(self.fc_audioset.weight)
         nn.init.zeros_(self.fc_audioset.bias)
-        ta = deps.torchaudio() if spec_augment else None
-        self.spec_augment = (
-            nn.Sequential(
-                ta.transforms.TimeMasking(64, iid_masks=True),
-                ta.transforms.TimeMasking(64, iid_masks=True),
-                ta.transforms.FrequencyMasking(8, iid_masks=True),
-                ta.transforms.FrequencyMasking(8, iid_masks=True),
-            )
-            if spec_augment
-            else None
-        )
+        self.spec_augment = spec_augment
 
     @property
     def output_dim(self) -> int:
@@ -167,9 +157,8 @@ class PANNEncoder(AudioEncoder):
 
     def forward_spectrogram(self, x: torch.Tensor, longer: torch.Tensor | None = None) -> EncoderOutput:
         """Run the CNN on a normalised log-mel ``[B, C, frames, mels]`` (C = 4 views with fusion)."""
-        if self.training and self.spec_augment is not None:
-            # torchaudio masks the last axis for time and the one before for frequency.
-            x = self.spec_augment(x.transpose(-1, -2)).transpose(-1, -2)
+        if self.training and self.spec_augment:
+            x = apply_spec_augment(x)
         features = []
         for index, pool in enumerate(self.pools, start=1):
             if index == 1 and self.fusion:
@@ -211,6 +200,10 @@ class PANNEncoder(AudioEncoder):
             out = out.index_put((index,), self.fusion_model(out[index], local))
         return out
 
+    def forward_mel(self, mel: torch.Tensor, longer: torch.Tensor | None = None) -> EncoderOutput:
+        """Run on a front-end log-mel ``[B, C, frames, n_mels]`` (C = 4 views with fusion), as HTSAT's."""
+        return self.forward_spectrogram(self.bn0(mel.transpose(1, 3)).transpose(1, 3), longer)
+
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None,
                 crop_starts: torch.Tensor | None = None) -> EncoderOutput:
         """Embed waveforms ``[B, T]`` (or ``[B, C, T]``); see ``clip_samples`` and ``fusion``.
@@ -223,8 +216,13 @@ class PANNEncoder(AudioEncoder):
         if self.batcher is None:
             return self.forward_spectrogram(self.spectrogram(waveform))
         batch = self.batcher(self.frontend, waveform, lengths, crop_starts, self.training)
-        x = self.bn0(batch.mel.transpose(1, 3)).transpose(1, 3)
-        return self.forward_spectrogram(x, batch.longer)
+        return self.forward_mel(batch.mel, batch.longer)
+
+    def forward_mel(self, mel: torch.Tensor, longer: torch.Tensor | None = None) -> EncoderOutput:
+        """Run on a log-mel ``[B, C, frames, n_mels]`` from the front end (batch norm over mel
+        bins, then the CNN), as HTSAT's method of the same name."""
+        x = self.bn0(mel.transpose(1, 3)).transpose(1, 3)
+        return self.forward_spectrogram(x, longer)
 
 
 class Cnn14(PANNEncoder):

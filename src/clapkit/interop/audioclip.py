@@ -32,8 +32,10 @@ from typing import Any
 
 import torch
 
+from clapkit.audio.preprocess import InferenceConfig
 from clapkit.interop.keymap import CheckpointError, KeyMap, target_shapes, unwrap_state_dict
-from clapkit.pretrained import CheckpointFormat, Converted, InferenceConfig, instantiate_model
+from clapkit.interop.registry import CheckpointFormat, Converted
+from clapkit.native import instantiate_model
 
 SAMPLE_RATE = 44100
 CLIP_SECONDS = 5.0
@@ -156,11 +158,7 @@ class AudioCLIPFormat(CheckpointFormat):
 
     name = "audioclip"
 
-    def matches(self, checkpoint: Mapping[str, Any]) -> bool:
-        try:
-            state = unwrap_state_dict(checkpoint)
-        except CheckpointError:
-            return False
+    def matches_state(self, state: Mapping[str, torch.Tensor]) -> bool:
         return is_audioclip(state) or is_esrnxfbsp(state)
 
     def convert(self, checkpoint: Mapping[str, Any], *, text_model: str | os.PathLike | None = None) -> Converted:

@@ -20,12 +20,18 @@ that same frozen model and are not read.
 
 Every official key is consumed (renamed onto the task or dropped for a stated reason) and
 every task key is filled, or :class:`~clapkit.interop.keymap.CheckpointError` lists both.
+The keys filled from the CLAP are reported (:class:`ClapsepLoad`); CLAPSep tunes the LoRA
+adapters and the biases of the adapted ``attn.qkv`` / ``attn.proj`` layers, so a file that
+lacks one of those tuned biases is refused (the CLAP's untuned value would be used silently)
+unless ``allow_partial``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -98,8 +104,34 @@ def _encoder_from_clap(task) -> dict[str, torch.Tensor]:
     return out
 
 
-def clapsep_state_dict(checkpoint: Mapping[str, Any], task) -> dict[str, torch.Tensor]:
+#: Encoder keys CLAPSep trains (``mark_only_lora_as_trainable(bias="lora_only")``): the
+#: adapters and the biases of the adapted layers. Filling one from the CLAP is not a faithful load.
+TUNED_ENCODER_KEY = re.compile(r"(\.lora_[AB]\.|\.attn\.(qkv|proj)\.base_layer\.bias$)")
+
+
+@dataclass
+class ClapsepLoad:
+    """What :func:`load_clapsep_report` loaded.
+
+    Attributes:
+        task: the task, weights loaded, eval mode.
+        filled_from_clap: separator-encoder keys absent from the file, copied from the CLAP's
+            audio encoder (all untuned weights for a tuned-only file).
+        tuned_from_clap: the subset of ``filled_from_clap`` that CLAPSep tunes (non-empty only
+            with ``allow_partial``).
+    """
+
+    task: Any
+    filled_from_clap: list[str] = field(default_factory=list)
+    tuned_from_clap: list[str] = field(default_factory=list)
+
+
+def clapsep_state_dict(checkpoint: Mapping[str, Any], task, *, allow_partial: bool = False) -> dict[str, torch.Tensor]:
     """Translate a released-layout checkpoint into ``task``'s state dict (full coverage checked)."""
+    return _clapsep_fill(checkpoint, task, allow_partial)[0]
+
+
+def _clapsep_fill(checkpoint: Mapping[str, Any], task, allow_partial: bool) -> tuple[dict[str, torch.Tensor], list[str]]:
     state = unwrap_state_dict(checkpoint, prefixes=("module.", "model."))
     if not any(k.startswith("decoder_model.") for k in state):
         top = sorted({k.split(".")[0] for k in state})[:6]
@@ -110,11 +142,19 @@ def clapsep_state_dict(checkpoint: Mapping[str, Any], task) -> dict[str, torch.T
     if not any(".lora_" in k for k in mapped) and task.separator.lora_rank > 0:
         raise CheckpointError("CLAPSep checkpoint has no LoRA tensors but the task's encoder has LoRA adapters")
     filled = dict(task.query.state_dict(prefix="query."))
-    for key, value in _encoder_from_clap(task).items():
+    from_clap = _encoder_from_clap(task)
+    for key, value in from_clap.items():
         filled.setdefault(key, value)
     # apply() may also return optional keys it did not find in the file; keep only what the file gave.
     sourced = {key_map.rename(k) for k in state if not key_map.is_ignored(k)}
     filled.update({k: v for k, v in mapped.items() if k in sourced})
+    filled_from_clap = sorted(k for k in from_clap if k not in sourced)
+    tuned = [k for k in filled_from_clap if TUNED_ENCODER_KEY.search(k)]
+    if tuned and not allow_partial:
+        raise CheckpointError(
+            f"CLAPSep checkpoint lacks {len(tuned)} tuned keys that would be filled with the CLAP's untuned "
+            f"values: {', '.join(tuned)}; pass allow_partial=True (CLI: --allow-partial) to accept that"
+        )
     derived = [k for k in target if k.endswith("num_batches_tracked")]
     missing = sorted(k for k in target if k not in filled and k not in derived)
     if missing:
@@ -122,25 +162,36 @@ def clapsep_state_dict(checkpoint: Mapping[str, Any], task) -> dict[str, torch.T
         raise CheckpointError(f"CLAPSep checkpoint: {len(missing)} task keys not filled ({preview})")
     for key in derived:
         filled.setdefault(key, target[key])
-    return filled
+    return filled, filled_from_clap
 
 
-def load_clapsep(checkpoint: str | os.PathLike | Mapping[str, Any], task, *, trust_pickle: bool = False):
+def load_clapsep(checkpoint: str | os.PathLike | Mapping[str, Any], task, *, trust_pickle: bool = False,
+                 allow_partial: bool = False):
     """Load released CLAPSep weights into ``task`` (a :class:`SeparationTask` built with the
     CLAPSep configuration and the converted LAION-CLAP as query network). Returns ``task``."""
+    return load_clapsep_report(checkpoint, task, trust_pickle=trust_pickle, allow_partial=allow_partial).task
+
+
+def load_clapsep_report(checkpoint: str | os.PathLike | Mapping[str, Any], task, *, trust_pickle: bool = False,
+                        allow_partial: bool = False) -> ClapsepLoad:
+    """:func:`load_clapsep`, also saying which keys came from the CLAP instead of the file.
+
+    Raises:
+        CheckpointError: a key is not covered, or (unless ``allow_partial``) a tuned key is missing.
+    """
+    path = None
     if not isinstance(checkpoint, Mapping):
-        from clapkit.pretrained import read_checkpoint
+        from clapkit.checkpoint import read_checkpoint
 
         path = checkpoint
         checkpoint = read_checkpoint(path, trust_pickle=trust_pickle)
-        try:
-            state = clapsep_state_dict(checkpoint, task)
-        except CheckpointError as exc:
-            raise CheckpointError(f"{path}: {exc}") from None
-    else:
-        state = clapsep_state_dict(checkpoint, task)
+    try:
+        state, from_clap = _clapsep_fill(checkpoint, task, allow_partial)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}" if path is not None else str(exc)) from None
     task.load_state_dict(state, strict=True)
-    return task.eval()
+    tuned = [k for k in from_clap if TUNED_ENCODER_KEY.search(k)]
+    return ClapsepLoad(task=task.eval(), filled_from_clap=from_clap, tuned_from_clap=tuned)
 
 
 def released_layout(task) -> dict[str, torch.Tensor]:

@@ -53,8 +53,9 @@ from typing import Any
 
 import torch
 
+from clapkit.audio.preprocess import InferenceConfig
 from clapkit.interop.keymap import CheckpointError, KeyMap, build_from_config, read_state_dict, target_shapes
-from clapkit.pretrained import Converted, InferenceConfig
+from clapkit.interop.registry import Converted
 
 TEXT_ASSET = "text_model"
 AUDIO = "towers.audio.encoder"
@@ -413,7 +414,8 @@ def load_hf_clap(path: str | os.PathLike, **kwargs):
     Keyword arguments (``device``, ``precision``, ``batch_size``) go to ``CLAPModel``.
     """
     from clapkit.inference import CLAPModel
-    from clapkit.pretrained import build_converted, file_fingerprint
+    from clapkit.interop.registry import build_converted
+    from clapkit.native import file_fingerprint
 
     converted = convert_hf_clap(path)
     try:

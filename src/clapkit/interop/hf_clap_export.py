@@ -193,7 +193,8 @@ def export_hf_clap(source: str | os.PathLike, output: str | os.PathLike, *, over
     """
     from transformers import ClapFeatureExtractor, ClapModel, ClapProcessor
 
-    from clapkit.pretrained import PretrainedError, load_native
+    from clapkit.checkpoint import PretrainedError
+    from clapkit.native import load_native
 
     output = Path(output)
     if output.exists() and not overwrite and (not output.is_dir() or any(output.iterdir())):

@@ -7,8 +7,9 @@ then guarantees that **every official key is consumed** (renamed to an existing 
 dropped on purpose) and **every clapkit key is filled** (or optional), with matching shapes, or
 raises one :class:`CheckpointError` whose single line lists all problems on both sides.
 
-:func:`unwrap_state_dict` finds the tensors inside the usual wrappers: ``{"state_dict": ...}``
-(LAION-CLAP, Lightning), ``{"model": ...}``, DDP's ``module.`` prefix on every key.
+:func:`unwrap_state_dict` (from :mod:`clapkit.checkpoint`, re-exported here) finds the tensors
+inside the usual wrappers: ``{"state_dict": ...}`` (LAION-CLAP, Lightning), ``{"model": ...}``,
+DDP's ``module.`` prefix on every key.
 """
 
 from __future__ import annotations
@@ -16,17 +17,24 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import os
 import re
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from clapkit.pretrained import PretrainedError, read_checkpoint
+from clapkit.checkpoint import (  # noqa: F401  (re-exported: keymap is where interop code looks)
+    WRAPPER_KEYS,
+    CheckpointError,
+    PretrainedError,
+    _is_state_dict,  # noqa: F401
+    module_state,
+    read_state_dict,
+    unwrap_state_dict,
+)
+from clapkit.checkpoint import preview as _preview
 
 #: Keys no clapkit module stores and no official file needs: buffers transformers and the
 #: Swin/HTSAT code recompute from the configuration.
@@ -39,109 +47,6 @@ COMMON_IGNORED: dict[str, str] = {
 COMMON_OPTIONAL: dict[str, str] = {
     r"(^|\.)num_batches_tracked$": "BatchNorm step counter, unused at inference",
 }
-
-WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
-
-
-class CheckpointError(PretrainedError):
-    """An official checkpoint cannot be converted; the one-line message names file and problem."""
-
-
-def _preview(items: list[str], limit: int = 8) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-
-
-def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    )
-
-
-def unwrap_state_dict(checkpoint: Any, prefixes: tuple[str, ...] = ("module.",)) -> dict[str, torch.Tensor]:
-    """The ``{key: tensor}`` dict inside a loaded checkpoint, wrapper prefixes removed.
-
-    Looks through ``state_dict`` / ``model`` / ``model_state_dict`` / ``module`` entries (nested
-    wrappers too) and drops any of ``prefixes`` shared by every key (repeatedly, so
-    ``module.module.`` from nested DDP also goes). Non-tensor entries next to the tensors
-    (Lightning metadata) are ignored.
-
-    Raises:
-        CheckpointError: no tensor dictionary found.
-    """
-    obj = checkpoint
-    for _ in range(4):
-        if _is_state_dict(obj):
-            break
-        if not isinstance(obj, Mapping):
-            break
-        inner = next((obj[k] for k in WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
-        if inner is None:
-            tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-            obj = tensors if tensors else obj
-            break
-        obj = inner
-    if not _is_state_dict(obj):
-        kind = f"a dict with keys {_preview([str(k) for k in obj][:8])}" if isinstance(obj, Mapping) else type(obj).__name__
-        raise CheckpointError(f"no weights found: expected a state dict (or one under 'state_dict'), found {kind}")
-    state = dict(obj)
-    changed = True
-    while changed:
-        changed = False
-        for prefix in prefixes:
-            if state and all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix):]: v for k, v in state.items()}
-                changed = True
-    return state
-
-
-def read_state_dict(path: str | os.PathLike, what: str = "weights", torchscript: bool = False) -> dict[str, torch.Tensor]:
-    """The flat state dict in a local weights file, whatever wraps it.
-
-    Reads ``.safetensors`` or a ``torch.save`` file (``weights_only=True``, via
-    :func:`clapkit.pretrained.read_checkpoint`), then :func:`unwrap_state_dict` (Lightning
-    ``state_dict``, ``model``, ``module.`` prefixes). With ``torchscript``, a TorchScript archive
-    (OpenAI's released CLIP ``.pt`` files) is read through ``torch.jit.load`` as a fallback.
-
-    Raises:
-        FileNotFoundError: no file at ``path`` (the message says which ``what``).
-        PretrainedError: the file is truncated, not a checkpoint, or holds no tensors.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} file not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        checkpoint = read_checkpoint(path)
-    except PretrainedError as error:
-        if not torchscript:
-            raise
-        try:
-            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-        except Exception:
-            raise PretrainedError(f"{error} (nor a TorchScript archive)") from None
-    try:
-        return unwrap_state_dict(checkpoint)
-    except CheckpointError as error:
-        raise CheckpointError(f"{path}: {error}") from None
-
-
-def module_state(state: Mapping[str, torch.Tensor], prefixes: tuple[str, ...], marker: str) -> dict[str, torch.Tensor]:
-    """The entries of one module inside a larger state dict, with its prefix removed.
-
-    ``prefixes`` are tried in order (most specific first) and the first one under which
-    ``marker`` (a key prefix only that module has, such as ``conv1.``) occurs is stripped;
-    entries outside it are dropped. When none matches, ``state`` is returned as it is (the
-    file already holds the bare module).
-    """
-    for prefix in prefixes:
-        if any(k.startswith(prefix + marker) for k in state):
-            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    return dict(state)
-
 
 @dataclass
 class KeyMap:

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from clapkit.audio.preprocess import InferenceConfig
 from clapkit.interop.keymap import (
     CheckpointError,
     KeyMap,
@@ -46,7 +47,7 @@ from clapkit.interop.keymap import (
     target_shapes,
     unwrap_state_dict,
 )
-from clapkit.pretrained import CheckpointFormat, Converted, InferenceConfig
+from clapkit.interop.registry import CheckpointFormat, Converted
 
 SAMPLE_RATE = 48000
 CLIP_SAMPLES = 480000
@@ -349,11 +350,7 @@ class LaionClapFormat(CheckpointFormat):
 
     name = "laion-clap"
 
-    def matches(self, checkpoint: Mapping[str, Any]) -> bool:
-        try:
-            state = unwrap_state_dict(checkpoint)
-        except CheckpointError:
-            return False
+    def matches_state(self, state: Mapping[str, torch.Tensor]) -> bool:
         return any(k.startswith("audio_branch.") for k in state) and any(
             k.startswith(("text_branch.", "audio_projection.")) for k in state
         )
@@ -414,7 +411,7 @@ def convert_laion_clap(
         enable_fusion: if given, require the file to be (or not be) a fusion model.
         trust_pickle: allow a checkpoint whose pickle needs code (never needed for official files).
     """
-    from clapkit.pretrained import read_checkpoint
+    from clapkit.checkpoint import read_checkpoint
 
     checkpoint = read_checkpoint(path, trust_pickle=trust_pickle)
     try:
@@ -439,7 +436,7 @@ def load_laion_clap(path: str | os.PathLike, text_model: str | os.PathLike | Non
     Keyword arguments go to :func:`convert_laion_clap`. (``clapkit.load`` gives the same model
     wrapped for inference; this builds it directly, without config validation, which is faster.)
     """
-    from clapkit.pretrained import load_state_dict_strict
+    from clapkit.checkpoint import load_state_dict_strict
 
     converted = convert_laion_clap(path, text_model, **kwargs)
     model = _target_model(converted.model_config, converted.assets[TEXT_ASSET], device="cpu")

@@ -38,8 +38,10 @@ from typing import Any
 
 import torch
 
+from clapkit.audio.preprocess import InferenceConfig
+from clapkit.checkpoint import PretrainedError
 from clapkit.interop.keymap import KeyMap, build_from_config, target_shapes
-from clapkit.pretrained import CheckpointFormat, Converted, InferenceConfig, PretrainedError
+from clapkit.interop.registry import CheckpointFormat, Converted
 
 SAMPLE_RATE = 44100
 PROJECTION_DIM = 1024
@@ -182,9 +184,8 @@ class MSCLAPFormat(CheckpointFormat):
 
     name = "msclap"
 
-    def matches(self, checkpoint: Mapping[str, Any]) -> bool:
-        state = checkpoint.get("model")
-        return isinstance(state, Mapping) and "caption_encoder.projection.linear1.weight" in state and any(
+    def matches_state(self, state: Mapping[str, torch.Tensor]) -> bool:
+        return "caption_encoder.projection.linear1.weight" in state and any(
             v.marker in state for v in VERSIONS.values()
         )
 

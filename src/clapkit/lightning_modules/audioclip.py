@@ -13,8 +13,10 @@ what AudioCLIP needs beyond CLAP:
   class-based when the batches have ``"label"``, pairing-based otherwise.
 
 AudioCLIP's defaults: pairs (audio, text), (audio, image), (image, text); logit scales start
-at 100 and are clamped to [1, 100]; pair losses are summed; zero-shot prompts are the bare
-class names.
+at 100 and are clamped to [1, 100]; pair losses are reduced as the reference's ``loss_fn``
+does (``pair_reduction="audioclip"``: the mean of the three pairs' symmetric cross-entropies,
+the sum of two pairs'), plus the FBSP regulariser with weight 1; zero-shot prompts are the
+bare class names.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class AudioCLIPTask(ContrastiveTask):
         towers: named towers (``audio``, ``image``, ``text``); each reads ``batch[name]``.
         pairs: tower pairs to contrast, each with its own logit scale.
         frozen: towers or sub-modules kept frozen (teachers), e.g. ``["image", "text"]``.
-        pair_reduction: ``sum`` (AudioCLIP) or ``mean``.
+        pair_reduction: ``audioclip`` (the reference's rule), ``mean`` or ``sum``.
         logit_scale_init: initial inverse temperature (AudioCLIP: 100).
         logit_scale_min: lower clamp (AudioCLIP: 1).
         logit_scale_max: upper clamp (AudioCLIP: 100).
@@ -56,7 +58,7 @@ class AudioCLIPTask(ContrastiveTask):
         towers: dict[str, Tower],
         pairs: Sequence[tuple[str, str]] = (("audio", "text"), ("audio", "image"), ("image", "text")),
         frozen: Sequence[str] = (),
-        pair_reduction: Literal["mean", "sum"] = "sum",
+        pair_reduction: Literal["mean", "sum", "audioclip"] = "audioclip",
         logit_scale_init: float = 100.0,
         logit_scale_min: float = 1.0,
         logit_scale_max: float = 100.0,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -31,14 +30,14 @@ from torchmetrics.classification import (
 )
 
 from clapkit.datamodules.base import is_empty_batch
-from clapkit.lightning_modules.optim import optimizers_from_factories
+from clapkit.lightning_modules.base import BaseTask
 
 
 def _default_optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
 
 
-class ClassificationTask(pl.LightningModule):
+class ClassificationTask(BaseTask):
     """Train a linear head (and optionally the encoder) to predict labels from an embedding.
 
     Args:
@@ -67,6 +66,8 @@ class ClassificationTask(pl.LightningModule):
             optimizer with its ``init_args``). Default AdamW(lr 1e-4, weight decay 0.01).
         scheduler: optional callable ``optimizer -> LR scheduler``, stepped per epoch.
         scheduler_monitor: metric a ``ReduceLROnPlateau`` scheduler watches.
+        class_names: the ``num_classes`` class names, kept with the model (what
+            :meth:`~clapkit.tagger.TaggerModel.classify` reports).
     """
 
     def __init__(
@@ -86,6 +87,7 @@ class ClassificationTask(pl.LightningModule):
         optimizer: OptimizerCallable = _default_optimizer,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_monitor: str = "val/loss",
+        class_names: list[str] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "head", "optimizer", "scheduler"])
@@ -98,9 +100,11 @@ class ClassificationTask(pl.LightningModule):
         self.pass_lengths = pass_lengths
         self.aux_loss_weight = aux_loss_weight
         self.label_smoothing = label_smoothing
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.scheduler_monitor = scheduler_monitor
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
+        self.class_names = list(class_names) if class_names is not None else None
+        self.set_optimization(optimizer, scheduler, monitor=scheduler_monitor, interval="epoch")
         if head is not None:
             self.head: nn.Module = head
         elif use_head:
@@ -224,6 +228,3 @@ class ClassificationTask(pl.LightningModule):
         probs = torch.sigmoid(logits) if self.multi_label else logits.softmax(-1)
         return {"key": batch.get("key"), "probs": probs}
 
-    def configure_optimizers(self):
-        return optimizers_from_factories(self, self.optimizer_factory, self.scheduler_factory,
-                                         monitor=self.scheduler_monitor)

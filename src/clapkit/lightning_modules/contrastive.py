@@ -7,7 +7,8 @@ Training
     log space, clamped). The loss of a pair is symmetric InfoNCE over the *global* batch
     (features gathered with gradients across ranks, see
     :mod:`clapkit.lightning_modules.losses`); pairs whose inputs are missing from a batch are
-    skipped, and the losses of present pairs are averaged (or summed, AudioCLIP).
+    skipped, and the losses of present pairs are reduced by ``pair_reduction`` (see
+    :data:`PAIR_REDUCTIONS`).
     ``frozen`` towers (or sub-modules, e.g. ``text.encoder``) are teachers: eval mode, no
     gradients, not in the optimiser.
 
@@ -45,13 +46,15 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from clapkit.datamodules.base import is_empty_batch
+from clapkit.datamodules.base import class_names_for, is_empty_batch
 from clapkit.encoders.base import AudioEncoder, TextEncoder, module_device
+from clapkit.encoders.text_cache import TextCache
 from clapkit.encoders.tower import Tower
+from clapkit.lightning_modules.base import BaseTask
 from clapkit.lightning_modules.evaluation import ConsolidatedSet, EvalSet
 from clapkit.lightning_modules.losses import contrastive_loss
 from clapkit.lightning_modules.metrics import (
@@ -106,12 +109,29 @@ class WarmupCosine:
         return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def _audioclip_reduction(pair_losses: torch.Tensor) -> torch.Tensor:
+    # The reference (AudioCLIP ``loss_fn``) adds ``ce(a->b) + ce(b->a)`` over the present pairs
+    # and divides by ``n!`` for ``n`` present pairs: the mean over the three pairs of their
+    # symmetric means when all three are present, their sum when two are.
+    return 2.0 * pair_losses.sum() / math.factorial(pair_losses.numel())
+
+
+#: How ``ContrastiveTask`` combines the symmetric losses (``(ce(a->b) + ce(b->a)) / 2``) of the
+#: pairs present in a batch: ``mean`` (CLAP), ``sum``, or ``audioclip`` (the AudioCLIP
+#: reference's rule, exactly).
+PAIR_REDUCTIONS = {
+    "mean": torch.mean,
+    "sum": torch.sum,
+    "audioclip": _audioclip_reduction,
+}
+
+
 def pair_key(a: str, b: str) -> str:
     """Name of a pair in ``logit_scales`` and in logs: ``"audio__text"``."""
     return f"{a}__{b}"
 
 
-class ContrastiveTask(LightningModule):
+class ContrastiveTask(BaseTask):
     """Contrastive training of named towers, with retrieval and zero-shot evaluation built in.
 
     Args:
@@ -121,7 +141,9 @@ class ContrastiveTask(LightningModule):
             ``requires_grad=False``, left out of the optimiser.
         local_loss: with several processes, compute each rank's rows against all gathered
             columns instead of the full global matrix (same gradients, less memory).
-        pair_reduction: combine pair losses by ``mean`` (CLAP) or ``sum`` (AudioCLIP).
+        pair_reduction: combine pair losses by ``mean`` (CLAP), ``sum``, or ``audioclip``
+            (the AudioCLIP reference: summed two-way cross-entropies over ``n!`` for ``n``
+            present pairs, i.e. the mean of the three pairs' symmetric losses).
         logit_scale_init: initial inverse temperature of every pair (stored as its log).
         logit_scale_min: lower clamp of the inverse temperature.
         logit_scale_max: upper clamp of the inverse temperature.
@@ -142,6 +164,11 @@ class ContrastiveTask(LightningModule):
             lists the tower or its ``encoder``) for up to this many distinct strings; ``0``
             turns it off. Exact, since a frozen encoder in eval mode is deterministic, and a
             large saving when captions repeat (templated labels, small corpora, prompts).
+        optimizer: ``params -> Optimizer`` (in YAML: ``class_path: torch.optim.SGD`` with its
+            ``init_args``), given the two parameter groups of :meth:`parameter_groups` (each
+            with its weight decay). ``None``: AdamW with ``lr``, ``betas``, ``eps``.
+        scheduler: ``optimizer -> LR scheduler``, stepped every optimiser step. ``None``: linear
+            warmup over ``warmup_steps`` then cosine to ``lr * min_lr_ratio``.
     """
 
     def __init__(
@@ -150,7 +177,7 @@ class ContrastiveTask(LightningModule):
         pairs: Sequence[tuple[str, str]] = (("audio", "text"),),
         frozen: Sequence[str] = (),
         local_loss: bool = False,
-        pair_reduction: Literal["mean", "sum"] = "mean",
+        pair_reduction: Literal["mean", "sum", "audioclip"] = "mean",
         logit_scale_init: float = 1 / 0.07,
         logit_scale_min: float = 1.0,
         logit_scale_max: float = 100.0,
@@ -165,12 +192,15 @@ class ContrastiveTask(LightningModule):
         eval_towers: tuple[str, str] = ("audio", "text"),
         text_batch_size: int = 256,
         text_cache_size: int = 0,
+        optimizer: OptimizerCallable | None = None,
+        scheduler: LRSchedulerCallable | None = None,
     ):
         super().__init__()
         # Under LightningCLI the towers arrive as their config (class_path dicts), which lets
         # `load_from_checkpoint` rebuild the model; built in Python they are modules, whose
         # weights the checkpoint stores anyway.
-        self.save_hyperparameters(ignore=[] if _built_from_config() else ["towers"])
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"] + ([] if _built_from_config() else ["towers"]))
+        self.set_optimization(optimizer, scheduler, interval="step")
         if not pairs:
             raise ValueError("ContrastiveTask needs at least one pair of towers to contrast")
         for a, b in pairs:
@@ -182,6 +212,8 @@ class ContrastiveTask(LightningModule):
                 f"need 0 < logit_scale_min <= logit_scale_init <= logit_scale_max, got "
                 f"{logit_scale_min}, {logit_scale_init}, {logit_scale_max}"
             )
+        if pair_reduction not in PAIR_REDUCTIONS:
+            raise ValueError(f"pair_reduction must be one of {', '.join(PAIR_REDUCTIONS)}, not {pair_reduction!r}")
         if not prompt_templates or any("{}" not in t for t in prompt_templates):
             raise ValueError("prompt_templates need a '{}' placeholder for the class name")
         self.towers = nn.ModuleDict(towers)
@@ -206,8 +238,8 @@ class ContrastiveTask(LightningModule):
         self.eval_towers = tuple(eval_towers)
         self.text_batch_size = text_batch_size
         self.text_cache_size = text_cache_size
-        self._text_cache: dict[str, dict[str, torch.Tensor]] = {
-            name: {}
+        self._text_cache: dict[str, TextCache] = {
+            name: TextCache(text_cache_size)
             for name, tower in self.towers.items()
             if isinstance(tower.encoder, TextEncoder) and (name in self.frozen or f"{name}.encoder" in self.frozen)
         }
@@ -253,23 +285,15 @@ class ContrastiveTask(LightningModule):
             embedding = tower.projection(self._cached_text_features(name, list(inputs)))
         else:
             embedding = tower(inputs, **kwargs).embedding
+            if getattr(tower, "normalize", False):
+                return embedding  # the tower normalised it already
         return F.normalize(embedding, dim=-1)
 
     @torch.no_grad()
     def _cached_text_features(self, name: str, texts: list[str]) -> torch.Tensor:
-        cache = self._text_cache[name]
         encoder = self.towers[name].encoder
-        device = module_device(encoder)
-        if cache and next(iter(cache.values())).device != device:
-            cache.clear()  # the module moved; cached tensors live on the old device
-        missing = list(dict.fromkeys(t for t in texts if t not in cache))
-        if len(cache) + len(missing) > self.text_cache_size:
-            cache.clear()
-            missing = list(dict.fromkeys(texts))
-        for start in range(0, len(missing), self.text_batch_size):
-            chunk = missing[start : start + self.text_batch_size]
-            cache.update(zip(chunk, encoder(chunk).embedding.detach()))
-        return torch.stack([cache[t] for t in texts])
+        return self._text_cache[name](texts, lambda chunk: encoder(chunk).embedding,
+                                      batch_size=self.text_batch_size, device=module_device(encoder))
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Normalised embeddings of every tower whose input is in ``batch``."""
@@ -301,7 +325,7 @@ class ContrastiveTask(LightningModule):
             for a, b in present
         }
         stacked = torch.stack(list(pair_losses.values()))
-        loss = stacked.mean() if self.pair_reduction == "mean" else stacked.sum()
+        loss = PAIR_REDUCTIONS[self.pair_reduction](stacked)
         batch_size = next(iter(embeddings.values())).shape[0]
         return ContrastiveStepOutput(loss=loss, pair_losses=pair_losses, embeddings=embeddings, batch_size=batch_size)
 
@@ -347,10 +371,18 @@ class ContrastiveTask(LightningModule):
             {"params": no_decay, "weight_decay": 0.0},
         ]
 
+    def optimizer_parameters(self) -> list[dict[str, Any]]:
+        return self.parameter_groups()
+
     def configure_optimizers(self):
         # One fused kernel per step on CUDA; elsewhere the default (foreach) keeps CPU runs as they were.
-        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.lr, betas=self.betas, eps=self.eps,
-                                      fused=self.device.type == "cuda" or None)
+        if self.optimizer_factory is not None and self.scheduler_factory is not None:
+            return super().configure_optimizers()
+        if self.optimizer_factory is not None:
+            optimizer = self.optimizer_factory(self.optimizer_parameters())
+        else:
+            optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.lr, betas=self.betas, eps=self.eps,
+                                          fused=self.device.type == "cuda" or None)
         total = self.trainer.estimated_stepping_batches
         total = int(total) if math.isfinite(total) else 0
         warmup = self.warmup_steps
@@ -434,12 +466,7 @@ class ContrastiveTask(LightningModule):
         return getattr(datamodule, name, None)
 
     def _class_names_for(self, dataloader_idx: int) -> list[str] | None:
-        names = self._datamodule_attr("class_names")
-        if isinstance(names, dict):
-            names = names.get(dataloader_idx)
-        elif names and isinstance(names[0], (list, tuple)):
-            names = names[dataloader_idx] if dataloader_idx < len(names) else None
-        return list(names) if names else None
+        return class_names_for(self._datamodule_attr("class_names"), dataloader_idx)
 
     def _finish_eval(self, stage: str) -> None:
         sets = {idx: store.consolidate() for idx, store in sorted(self._eval_sets.items())}

@@ -19,6 +19,7 @@ def optimizers_from_factories(
     module: nn.Module,
     optimizer_factory: Callable[..., torch.optim.Optimizer],
     scheduler_factory: Callable[[torch.optim.Optimizer], Any] | None,
+    parameters: Any = None,
     **scheduler_config: Any,
 ) -> torch.optim.Optimizer | dict[str, Any]:
     """``configure_optimizers`` output for ``module``.
@@ -27,9 +28,13 @@ def optimizers_from_factories(
         module: the LightningModule (its trainable parameters are optimised).
         optimizer_factory: builds the optimiser from the parameters.
         scheduler_factory: builds the LR scheduler from the optimiser; ``None`` for none.
+        parameters: what the optimiser gets (parameters or groups); default: the module's
+            trainable parameters.
         **scheduler_config: Lightning's scheduler keys (``monitor``, ``interval``, ...).
     """
-    optimizer = optimizer_factory([p for p in module.parameters() if p.requires_grad])
+    if parameters is None:
+        parameters = [p for p in module.parameters() if p.requires_grad]
+    optimizer = optimizer_factory(parameters)
     if scheduler_factory is None:
         return optimizer
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler_factory(optimizer), **scheduler_config}}

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torchmetrics.functional.audio import (
@@ -59,10 +59,13 @@ def improvement(metric: Metric, estimate: torch.Tensor, mixture: torch.Tensor, t
     return metric(estimate, target) - metric(mixture, target)
 
 
-def separation_metrics(estimate: torch.Tensor, mixture: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every reported metric per row: absolute ``sdr``, ``si_sdr``, ``snr`` and their ``*i``."""
+def separation_metrics(estimate: torch.Tensor, mixture: torch.Tensor, target: torch.Tensor,
+                       names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """Reported metrics per row: absolute ``sdr``, ``si_sdr``, ``snr`` and their ``*i``
+    (``names`` picks some of :data:`METRICS`; default all)."""
     out = {}
-    for name, metric in METRICS.items():
+    for name in names if names is not None else METRICS:
+        metric = METRICS[name]
         value = metric(estimate, target)
         out[name] = value
         out[f"{name}i"] = value - metric(mixture, target)

@@ -19,15 +19,15 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
-import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 
+from clapkit.checkpoint import compact_buffers
 from clapkit.encoders.separation.query import QueryNetwork, build_condition, interpolate_queries
 from clapkit.encoders.separation.separator import CLAPSep, SeparationOutput
-from clapkit.lightning_modules.optim import optimizers_from_factories
+from clapkit.lightning_modules.base import BaseTask
 from clapkit.lightning_modules.sep_metrics import METRICS, separation_loss, separation_metrics
 
 QuerySides = Literal["both", "positive", "negative"]
@@ -42,7 +42,7 @@ def _default_scheduler(optimizer: torch.optim.Optimizer):
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.3, patience=5, min_lr=5e-6)
 
 
-class SeparationTask(pl.LightningModule):
+class SeparationTask(BaseTask):
     """Query-conditioned target sound extraction.
 
     Args:
@@ -99,12 +99,10 @@ class SeparationTask(pl.LightningModule):
         self.interpolate_audio = interpolate_audio
         self.eval_query = eval_query
         self.compute_sdr = compute_sdr
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.monitor = monitor
+        self.set_optimization(optimizer, scheduler, monitor=monitor, interval="epoch")
         self.export_dir = export_dir
         self.export_chunk_seconds = export_chunk_seconds
-        _compact_buffers(self)
+        compact_buffers(self)
         names = [n for n in METRICS if compute_sdr or n != "sdr"]
         self.metrics = nn.ModuleDict(
             {
@@ -151,15 +149,8 @@ class SeparationTask(pl.LightningModule):
         return values
 
     def _metric_values(self, estimate, mixture, target) -> dict[str, torch.Tensor]:
-        if self.compute_sdr:
-            return separation_metrics(estimate, mixture, target)
-        out = {}
-        for name, metric in METRICS.items():
-            if name == "sdr":
-                continue
-            value = metric(estimate, target)
-            out[name], out[f"{name}i"] = value, value - metric(mixture, target)
-        return out
+        names = [n for n in METRICS if self.compute_sdr or n != "sdr"]
+        return separation_metrics(estimate, mixture, target, names=names)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -197,7 +188,8 @@ class SeparationTask(pl.LightningModule):
         """
         from pathlib import Path
 
-        from clapkit.pretrained import InferenceConfig, model_config_of, save_pretrained
+        from clapkit.audio.preprocess import InferenceConfig
+        from clapkit.native import model_config_of, save_pretrained
 
         if model_config is None:
             log_dir = getattr(self.trainer, "log_dir", None) if self._trainer is not None else None
@@ -216,19 +208,4 @@ class SeparationTask(pl.LightningModule):
             tree["init_args"]["query"].setdefault("init_args", {})["load_weights"] = False
         save_pretrained(self, directory, inference, tree, assets=assets, overwrite=overwrite)
 
-    # --- optimisation ------------------------------------------------------------------------
-    def configure_optimizers(self):
-        return optimizers_from_factories(self, self.optimizer_factory, self.scheduler_factory,
-                                         monitor=self.monitor, interval="epoch")
 
-
-def _compact_buffers(module: nn.Module) -> None:
-    """Give every buffer that views a larger storage its own copy.
-
-    ``torch.hann_window(periodic=True)`` returns a slice of an ``N + 1`` storage (torchaudio's
-    front-end window is one); safetensors refuses to save such tensors.
-    """
-    for sub in module.modules():
-        for name, buf in list(sub._buffers.items()):
-            if buf is not None and buf.untyped_storage().nbytes() != buf.numel() * buf.element_size():
-                sub._buffers[name] = buf.clone()

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -33,7 +32,7 @@ from torch import nn
 from clapkit.audio.foa import rotate_to_front
 from clapkit.audio.sphere import gnomonic_crop
 from clapkit.encoders.projection import MLPProjection
-from clapkit.lightning_modules.optim import optimizers_from_factories
+from clapkit.lightning_modules.base import BaseTask
 
 
 def _default_optimizer(params) -> torch.optim.Optimizer:
@@ -129,7 +128,7 @@ class SpatialOutput:
     video_clip: torch.Tensor
 
 
-class SpatialAlignmentTask(pl.LightningModule):
+class SpatialAlignmentTask(BaseTask):
     """Self-supervised AVC + AVSA training on FOA audio and 360 frames.
 
     Args:
@@ -189,8 +188,7 @@ class SpatialAlignmentTask(pl.LightningModule):
         self.avc_epochs = avc_epochs
         self.avc_steps = avc_steps
         self.symmetric_avsa = symmetric_avsa
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        self.set_optimization(optimizer, scheduler, interval="epoch")
 
     # --- forward -------------------------------------------------------------------------------
     def views(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,6 +265,3 @@ class SpatialAlignmentTask(pl.LightningModule):
         """Clip-level AVC embeddings of the FOA audio as it was recorded (no rotation)."""
         audio = self.audio_encoder(batch["audio"]).embedding
         return {"key": batch.get("key"), "audio": F.normalize(self.heads["avc_audio"](audio), dim=-1)}
-
-    def configure_optimizers(self):
-        return optimizers_from_factories(self, self.optimizer_factory, self.scheduler_factory)

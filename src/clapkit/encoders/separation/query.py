@@ -7,13 +7,12 @@ is zeros. The CLAP never trains: it stays in eval mode and runs without gradient
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from clapkit.encoders.base import module_device
+from clapkit.encoders.text_cache import TextCache
 
 
 def build_condition(positive: torch.Tensor | None, negative: torch.Tensor | None) -> torch.Tensor:
@@ -59,7 +58,7 @@ class QueryNetwork(nn.Module):
         self.audio = audio
         self.text = text
         self.text_cache_size = text_cache_size
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._cache = TextCache(text_cache_size)
         self.requires_grad_(False)
         self.eval()
 
@@ -91,15 +90,7 @@ class QueryNetwork(nn.Module):
     @torch.no_grad()
     def embed_text(self, texts: list[str]) -> torch.Tensor:
         """Strings -> ``[B, D]`` L2-normalised embeddings."""
-        if not self.text_cache_size or len(set(texts)) > self.text_cache_size:
-            return self._embed_text(list(texts))
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        if missing:
-            for text, emb in zip(missing, self._embed_text(missing)):
-                self._cache[text] = emb
-            while len(self._cache) > self.text_cache_size:
-                self._cache.popitem(last=False)
-        return torch.stack([self._cache[t] for t in texts])
+        return self._cache(texts, self._embed_text)
 
     def _embed_text(self, texts: list[str]) -> torch.Tensor:
         return F.normalize(self.text(texts).embedding.float(), dim=-1)
@@ -118,7 +109,7 @@ class PretrainedQueryNetwork(QueryNetwork):
     """
 
     def __init__(self, path: str, load_weights: bool = True, text_cache_size: int = 4096):
-        from clapkit.pretrained import load_native
+        from clapkit.native import load_native
 
         model, _, _ = load_native(path, load_weights=load_weights)
         towers = getattr(model, "towers", None)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clapkit.audio import resample
+from clapkit.encoders.base import FeatureAudioEncoder
 from clapkit.encoders.separation.decoder import SeparationDecoder
 from clapkit.encoders.separation.lora import DEFAULT_TARGETS, apply_lora
 from clapkit.encoders.separation.masknet import MaskNet
@@ -84,9 +85,9 @@ class CLAPSep(nn.Module):
     def attach_encoder(self, encoder: nn.Module) -> None:
         """Install ``encoder``: freeze it and add LoRA adapters (when ``lora_rank > 0``)."""
         encoder.requires_grad_(False)
-        if hasattr(encoder, "frame_align"):
+        if isinstance(encoder, FeatureAudioEncoder):
             # Decoder frames must line up with STFT frames: pad the spectrogram, never stretch it.
-            encoder.frame_align = "pad"
+            encoder.align_frames_by_padding()
         if self.lora_rank > 0:
             encoder = apply_lora(encoder, self.lora_rank, self.lora_alpha, self.lora_targets,
                                  train_bias=self.train_lora_bias)
@@ -111,10 +112,9 @@ class CLAPSep(nn.Module):
             raise RuntimeError("CLAPSep has no encoder; pass one or attach the query network's copy")
         with torch.autocast(device_type=mixture.device.type, enabled=False):
             wave = resample(mixture.float(), self.sample_rate, self.encoder_rate)
-        if hasattr(self.encoder, "forward_mel") and hasattr(self.encoder, "frontend"):
+        if isinstance(self.encoder, FeatureAudioEncoder):
             # Whole mixture, no window fitting: its frames are padded up to the encoder's image.
-            mel = self.encoder.frontend(wave).transpose(-1, -2).unsqueeze(1)
-            out = self.encoder.forward_mel(mel)
+            out = self.encoder.forward_mel(self.encoder.mel(wave))
         else:
             out = self.encoder(wave)
         if not out.features:

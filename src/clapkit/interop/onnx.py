@@ -1,0 +1,363 @@
+"""ONNX export of a CLAP model's towers, and an onnxruntime model with :class:`~clapkit.inference.CLAPModel`'s API.
+
+:func:`export_onnx` writes a directory::
+
+    audio.onnx        waveform [batch, clip_samples] float32 -> normalized_embedding [batch, D]
+    audio_mel.onnx    (optional) log-mel [batch, n_mels, frames] -> normalized_embedding
+    text.onnx         input_ids, attention_mask [batch, tokens] int64 -> normalized_embedding
+    tokenizer/        the text tower's tokenizer (Hugging Face format)
+    onnx.json         the model's preprocessing (clapkit's InferenceConfig), tokeniser settings,
+                      input names and the source model's fingerprint
+
+The batch axis (and the token axis of the text graph) is dynamic. Graphs are traced with
+``torch.onnx.export(dynamo=True)`` from the model in eval mode, so they compute what
+``clapkit.load(dir).embed_*`` computes for inputs already fitted to the window: the audio
+graph takes clips of exactly ``clip_samples`` samples (:class:`OnnxCLAPModel` pads and crops
+them as the model's inference settings say). Long-clip feature fusion is not in the graph:
+a fusion HTSAT's ONNX export embeds window-length clips (exactly as PyTorch does, since such
+a clip never takes the fusion branch) and :class:`OnnxCLAPModel` refuses longer clips rather
+than embedding them differently from PyTorch; a fusion PANN is refused at export.
+
+The mel graph starts at the encoder's front-end output (``frontend(waveform)``, the log-mel
+``[batch, n_mels, frames]`` in dB) for pipelines that compute features elsewhere; it needs an
+encoder with ``forward_mel`` (HTSAT, PANN).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clapkit.pretrained import InferenceConfig, PretrainedError
+
+AUDIO_FILE = "audio.onnx"
+AUDIO_MEL_FILE = "audio_mel.onnx"
+TEXT_FILE = "text.onnx"
+META_FILE = "onnx.json"
+TOKENIZER_DIR = "tokenizer"
+OPSET = 18
+#: Output of every graph (plain "embedding" collides with node names inside HF text models).
+OUTPUT_NAME = "normalized_embedding"
+
+
+@dataclass
+class OnnxExport:
+    """What :func:`export_onnx` wrote.
+
+    Attributes:
+        directory: the export directory.
+        files: graph name (``audio``, ``audio_mel``, ``text``) -> ``.onnx`` path.
+        embedding_dim: width of every graph's output.
+    """
+
+    directory: Path
+    files: dict[str, Path]
+    embedding_dim: int
+
+
+class _AudioGraph(nn.Module):
+    """Waveform -> normalised embedding (the audio tower in eval mode)."""
+
+    def __init__(self, tower: nn.Module):
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.tower(waveform).embedding, dim=-1)
+
+
+class _MelGraph(nn.Module):
+    """Front-end output ``[B, n_mels, frames]`` -> normalised embedding."""
+
+    def __init__(self, tower: nn.Module, views: int):
+        super().__init__()
+        self.tower = tower
+        self.views = views
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        # The encoders take the ClipBatch layout [B, views, frames, n_mels]; a window-length
+        # clip's fusion views are all the global one (what ClipBatcher builds).
+        x = mel.transpose(-1, -2).unsqueeze(1).expand(-1, self.views, -1, -1)
+        encoder_out = self.tower.encoder.forward_mel(x)
+        return F.normalize(self.tower.projection(encoder_out.embedding), dim=-1)
+
+
+class _TextGraph(nn.Module):
+    """Token ids + mask -> normalised embedding."""
+
+    def __init__(self, tower: nn.Module):
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.tower({"input_ids": input_ids, "attention_mask": attention_mask})
+        return F.normalize(out.embedding, dim=-1)
+
+
+def _window_only(tower: nn.Module) -> nn.Module:
+    """The audio tower as it runs on window-length clips, for tracing.
+
+    In eval mode a window-length clip never takes the fusion branch (its ``longer`` flag is
+    false), but whether it does is decided per clip at run time, which ONNX cannot express; a
+    copy of HTSAT with the branch switched off computes exactly the window-length result.
+    """
+    encoder = tower.encoder
+    if not getattr(encoder, "fusion", False):
+        return tower
+    patch = getattr(encoder, "patch_embed", None)
+    if not hasattr(patch, "fusion"):
+        raise PretrainedError(f"{type(encoder).__name__} with feature fusion does not export to ONNX (its fusion "
+                              "branch is chosen per clip at run time); export a model without fusion")
+    tower = copy.deepcopy(tower)
+    tower.encoder.patch_embed.fusion = False
+    return tower
+
+
+def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], dynamic: dict) -> None:
+    module.eval()
+    with torch.no_grad():
+        program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dynamic, opset_version=OPSET,
+                                    input_names=input_names, output_names=[OUTPUT_NAME], verbose=False)
+    program.save(str(path))
+
+
+def export_onnx(
+    model,
+    directory: str | os.PathLike,
+    *,
+    audio_inputs: Sequence[str] = ("waveform",),
+    text: bool = True,
+    overwrite: bool = False,
+) -> OnnxExport:
+    """Export a CLAP model's audio and text towers to ONNX (see the module docstring).
+
+    Args:
+        model: a :class:`~clapkit.inference.CLAPModel` or the path of a model directory /
+            checkpoint :func:`clapkit.load` accepts.
+        directory: the export directory to create (written atomically).
+        audio_inputs: which audio graphs to write: ``waveform`` (``audio.onnx``) and/or ``mel``
+            (``audio_mel.onnx``).
+        text: also export the text tower (it needs a Hugging Face tokenizer).
+        overwrite: replace an existing directory.
+    """
+    from clapkit.inference import CLAPModel
+
+    if not isinstance(model, CLAPModel):
+        from clapkit.pretrained import load
+
+        model = load(model)
+        if not isinstance(model, CLAPModel):
+            raise PretrainedError(f"{type(model).__name__}: only contrastive (CLAP) models export to ONNX")
+    unknown = sorted(set(audio_inputs) - {"waveform", "mel"})
+    if unknown:
+        raise ValueError(f"audio_inputs must be waveform and/or mel, not {unknown}")
+    directory = Path(directory)
+    if directory.exists() and not overwrite and (not directory.is_dir() or any(directory.iterdir())):
+        raise PretrainedError(f"{directory}: already exists (pass overwrite=True / --overwrite to replace it)")
+    towers = getattr(model.model, "towers", {})
+    audio = towers[model.audio_tower] if model.audio_tower in towers else None
+    if audio is None:
+        raise PretrainedError(f"the model has no {model.audio_tower!r} tower to export")
+    text_tower = towers[model.text_tower] if text and model.text_tower in towers else None
+    tokenizer = getattr(getattr(text_tower, "encoder", None), "tokenizer", None)
+    if text and (text_tower is None or not hasattr(tokenizer, "save_pretrained")):
+        raise PretrainedError("the text tower has no Hugging Face tokenizer to export with it; pass text=False "
+                              "(CLI: --no-text)")
+    audio = _window_only(audio)
+    if "mel" in audio_inputs and not hasattr(audio.encoder, "forward_mel"):
+        raise PretrainedError(f"{type(audio.encoder).__name__} has no forward_mel: export the waveform graph only")
+    model.model.cpu().eval()
+    cfg = model.inference
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    generator = torch.Generator().manual_seed(0)
+    example = 0.1 * torch.randn(2, cfg.clip_samples, generator=generator)
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    files: dict[str, Path] = {}
+    meta: dict = {"clapkit_onnx": 1, "inference": cfg.to_dict(), "embedding_dim": model.embedding_dim,
+                  "fingerprint": getattr(model, "fingerprint", ""), "opset": OPSET, "graphs": {}}
+    try:
+        if "waveform" in audio_inputs:
+            _export(_AudioGraph(audio), (example,), tmp / AUDIO_FILE, ["waveform"], {"waveform": {0: batch}})
+            files["audio"] = directory / AUDIO_FILE
+            meta["graphs"]["audio"] = {"file": AUDIO_FILE, "inputs": ["waveform"]}
+        if "mel" in audio_inputs:
+            frontend = audio.encoder.frontend
+            mel = frontend(example)
+            views = 4 if getattr(audio.encoder, "fusion", False) else 1
+            _export(_MelGraph(audio, views), (mel,), tmp / AUDIO_MEL_FILE, ["mel"], {"mel": {0: batch}})
+            files["audio_mel"] = directory / AUDIO_MEL_FILE
+            meta["graphs"]["audio_mel"] = {"file": AUDIO_MEL_FILE, "inputs": ["mel"],
+                                          "n_mels": int(mel.shape[1]), "frames": int(mel.shape[2])}
+        if text_tower is not None:
+            encoder = text_tower.encoder
+            tokens = encoder.tokenize(["a short example text", "another one"])
+            ids, mask = tokens["input_ids"], tokens.get("attention_mask", torch.ones_like(tokens["input_ids"]))
+            length = torch.export.Dim("tokens", min=1, max=int(getattr(encoder, "max_length", 512) or 512))
+            _export(_TextGraph(text_tower), (ids, mask), tmp / TEXT_FILE, ["input_ids", "attention_mask"],
+                    {"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}})
+            tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
+            files["text"] = directory / TEXT_FILE
+            meta["graphs"]["text"] = {"file": TEXT_FILE, "inputs": ["input_ids", "attention_mask"]}
+            meta["tokenizer"] = {"directory": TOKENIZER_DIR, "padding": getattr(encoder, "padding", "longest"),
+                                 "max_length": getattr(encoder, "max_length", None),
+                                 "text_suffix": getattr(encoder, "text_suffix", "")}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return OnnxExport(directory=directory, files=files, embedding_dim=model.embedding_dim)
+
+
+def is_onnx_export(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a directory :func:`export_onnx` wrote."""
+    return (Path(path) / META_FILE).is_file()
+
+
+class OnnxCLAPModel:
+    """An ONNX export run with onnxruntime, with :class:`~clapkit.inference.CLAPModel`'s embedding API.
+
+    Audio is prepared exactly as the PyTorch model prepares it (resampling, int16 round trip,
+    padding, deterministic crop), so embeddings agree with ``clapkit.load(model_dir)`` to
+    float rounding.
+
+    Args:
+        directory: a directory written by :func:`export_onnx`.
+        batch_size: clips or texts per run.
+        providers: onnxruntime execution providers (default: CPU).
+        threads: intra-op threads (``None``: onnxruntime's default).
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, batch_size: int = 16,
+                 providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None):
+        from clapkit.deps import optional_import
+
+        ort = optional_import("onnxruntime", "onnx", "the ONNX runtime")
+        self.directory = Path(directory)
+        if not is_onnx_export(self.directory):
+            raise PretrainedError(f"{self.directory}: not an ONNX export (no {META_FILE}; see clapkit export onnx)")
+        try:
+            self.meta = json.loads((self.directory / META_FILE).read_text())
+            self.inference = InferenceConfig.from_dict(self.meta["inference"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PretrainedError(f"{self.directory / META_FILE}: unreadable ({exc})") from None
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.batch_size = batch_size
+        self.fingerprint = str(self.meta.get("fingerprint", ""))
+        self.device = torch.device("cpu")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self._sessions = {
+            name: ort.InferenceSession(str(self.directory / graph["file"]), options, providers=list(providers))
+            for name, graph in self.meta["graphs"].items()
+        }
+        self._tokenizer = None
+
+    @property
+    def sample_rate(self) -> int:
+        """Rate the audio graph runs at; inputs at other rates are resampled."""
+        return self.inference.sample_rate
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.meta["embedding_dim"])
+
+    def prepare_audio(self, audio, sample_rate: int | None = None, *, name: str | None = None) -> np.ndarray:
+        """One clip -> the float32 window the audio graph takes (as :meth:`CLAPModel.prepare_audio`)."""
+        from clapkit.inference import CLAPModel
+
+        # The same preprocessing code as the PyTorch model (it reads only ``self.inference``).
+        wave = CLAPModel.prepare_audio(self, audio, sample_rate, name=name)
+        if wave.shape[-1] != self.inference.clip_samples:
+            # a path is named by the caller (clapkit embed prefixes it to every error)
+            raise ValueError(f"{name + ': ' if name else ''}longer than the {self.inference.clip_samples}-sample window; the ONNX "
+                             "audio graph has no long-clip fusion (use the PyTorch runtime)")
+        return wave
+
+    def embed_audio(self, audio, sample_rate: int | None = None, *, batch_size: int | None = None,
+                    progress: Callable[[int], None] | None = None) -> torch.Tensor:
+        """L2-normalised audio embeddings ``[N, D]`` (float32); inputs as :meth:`CLAPModel.embed_audio`."""
+        from clapkit.inference import CLAPModel
+
+        items = CLAPModel._as_items(audio)
+        clips = (self.prepare_audio(item, sample_rate, name=f"audio[{i}]") for i, item in enumerate(items))
+        return self.embed_prepared(clips, batch_size=batch_size, progress=progress)
+
+    def embed_prepared(self, clips, *, batch_size: int | None = None,
+                       progress: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Embed clips from :meth:`prepare_audio` (any iterable, consumed lazily)."""
+        from clapkit.inference import _batches
+
+        session = self._session("audio")
+        outputs = []
+        for batch in _batches(clips, batch_size or self.batch_size):
+            (embedding,) = session.run(None, {"waveform": np.stack(batch).astype(np.float32, copy=False)})
+            outputs.append(torch.from_numpy(embedding))
+            if progress is not None:
+                progress(len(batch))
+        if not outputs:
+            return torch.zeros(0, self.embedding_dim)
+        return F.normalize(torch.cat(outputs).float(), dim=-1)
+
+    def embed_mel(self, mel: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Embeddings of front-end outputs ``[B, n_mels, frames]`` through ``audio_mel.onnx``."""
+        array = mel.detach().cpu().numpy() if isinstance(mel, torch.Tensor) else np.asarray(mel)
+        (embedding,) = self._session("audio_mel").run(None, {"mel": array.astype(np.float32, copy=False)})
+        return F.normalize(torch.from_numpy(embedding).float(), dim=-1)
+
+    def embed_text(self, texts: str | Sequence[str], *, batch_size: int | None = None,
+                   progress: Callable[[int], None] | None = None) -> torch.Tensor:
+        """L2-normalised text embeddings ``[N, D]`` through ``text.onnx``."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        session = self._session("text")
+        settings = self.meta["tokenizer"]
+        tokenizer = self._load_tokenizer()
+        size = batch_size or self.batch_size
+        outputs = []
+        for start in range(0, len(texts), size):
+            chunk = texts[start:start + size]
+            encoded = tokenizer([t + settings.get("text_suffix", "") for t in chunk], padding=settings["padding"],
+                                truncation=True, max_length=settings["max_length"], return_tensors="np")
+            feeds = {"input_ids": encoded["input_ids"].astype(np.int64),
+                     "attention_mask": encoded["attention_mask"].astype(np.int64)}
+            (embedding,) = session.run(None, feeds)
+            outputs.append(torch.from_numpy(embedding))
+            if progress is not None:
+                progress(len(chunk))
+        if not outputs:
+            return torch.zeros(0, self.embedding_dim)
+        return F.normalize(torch.cat(outputs).float(), dim=-1)
+
+    def similarity(self, audio_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """Cosine similarities ``[N_audio, N_text]``."""
+        return audio_embeddings.float() @ text_embeddings.float().T
+
+    def _session(self, name: str):
+        if name not in self._sessions:
+            raise PretrainedError(f"{self.directory}: the export has no {name} graph "
+                                  f"(it holds {', '.join(self._sessions) or 'none'})")
+        return self._sessions[name]
+
+    def _load_tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.directory / self.meta["tokenizer"]["directory"]))
+        return self._tokenizer

@@ -1,0 +1,59 @@
+"""``BaseTask``: what every clapkit LightningModule shares (in the spirit of torchgeo's BaseTask).
+
+- Optimisation comes from LightningCLI factories: ``optimizer`` (``OptimizerCallable``,
+  ``params -> Optimizer``) and ``scheduler`` (``LRSchedulerCallable``, ``optimizer ->
+  scheduler`` or ``None``), chosen in YAML by ``class_path``. A task hands them to
+  :meth:`BaseTask.set_optimization` in its ``__init__``.
+- One monitor convention: :attr:`BaseTask.monitor` names the metric a plateau scheduler (and
+  a checkpoint callback configured from the task) watches, as logged (``val/si_sdri``,
+  ``val/loss``); ``scheduler_interval`` says whether the scheduler steps per ``epoch`` or
+  per ``step``.
+- Only parameters that require gradients reach the optimiser (:meth:`optimizer_parameters`,
+  which a task overrides to return parameter groups).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+
+from clapkit.lightning_modules.optim import optimizers_from_factories
+
+
+class BaseTask(LightningModule):
+    """Base of clapkit's tasks: optimiser/scheduler factories and the monitored metric."""
+
+    optimizer_factory: Callable[..., torch.optim.Optimizer] | None = None
+    scheduler_factory: Callable[[torch.optim.Optimizer], Any] | None = None
+    monitor: str | None = None
+    scheduler_interval: Literal["epoch", "step"] = "epoch"
+
+    def set_optimization(
+        self,
+        optimizer: Callable[..., torch.optim.Optimizer] | None,
+        scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+        *,
+        monitor: str | None = None,
+        interval: Literal["epoch", "step"] = "epoch",
+    ) -> None:
+        """Record the factories, the monitored metric and the scheduler's interval."""
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.monitor = monitor
+        self.scheduler_interval = interval
+
+    def optimizer_parameters(self):
+        """What the optimiser factory is given: every parameter that requires gradients."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise ValueError(f"{type(self).__name__} has no optimizer")
+        config: dict[str, Any] = {"interval": self.scheduler_interval}
+        if self.monitor is not None:
+            config["monitor"] = self.monitor
+        return optimizers_from_factories(self, self.optimizer_factory, self.scheduler_factory,
+                                         parameters=self.optimizer_parameters(), **config)

@@ -1,0 +1,373 @@
+"""clapkit's native model format: save, read, and instantiate a model directory.
+
+A native model is a directory::
+
+    config.yaml          model:      class_path/init_args tree (LightningCLI's ``model:`` section)
+                         inference:  how raw audio becomes the model's input (see InferenceConfig)
+    model.safetensors    the weights (shared tensors stored once)
+    <assets>/            optional files the model config points at with ``./<name>`` paths
+                         (for example a text tower's tokenizer and HF config)
+
+Relative paths (``./...``) inside ``model:`` are resolved against the directory, so a model
+directory can be moved or copied as a whole.
+
+A model directory may come from anywhere, so reading one never imports a module its config
+names unless the name is inside the allow-list (:data:`ALLOWED_CLASS_PATHS` plus what the
+caller passes as ``allow``): a ``class_path`` outside it is refused before anything is
+imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from clapkit.audio.preprocess import InferenceConfig
+from clapkit.checkpoint import PretrainedError, load_state_dict_strict, unique_tensors
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.yaml"
+WEIGHTS_NAME = "model.safetensors"
+
+#: Module prefixes a model directory's ``class_path`` may name without the caller's say-so:
+#: clapkit's own classes, torch's layers, and torch's optimisers / LR schedulers (the factories
+#: a task's config carries). Anything else must be passed explicitly (``allow=``).
+ALLOWED_CLASS_PATHS: tuple[str, ...] = ("clapkit", "torch.nn", "torch.optim")
+
+
+def class_paths(tree: Any) -> list[str]:
+    """Every ``class_path`` string in a config tree (depth first)."""
+    found: list[str] = []
+    if isinstance(tree, Mapping):
+        if isinstance(tree.get("class_path"), str):
+            found.append(tree["class_path"])
+        for value in tree.values():
+            found += class_paths(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            found += class_paths(value)
+    return found
+
+
+def check_class_paths(tree: Any, allow: Iterable[str] = (), *, where: str = CONFIG_NAME) -> None:
+    """Refuse a config that names a class outside the allow-list, before importing anything.
+
+    Args:
+        tree: the ``model:`` tree.
+        allow: extra module prefixes or full class paths the caller trusts.
+        where: what to name in the error (the config file).
+
+    A name without a dot (a short class name) is allowed: jsonargparse resolves it among the
+    classes already imported, so it cannot bring in new code.
+
+    Raises:
+        PretrainedError: naming the first refused ``class_path``.
+    """
+    prefixes = tuple(ALLOWED_CLASS_PATHS) + tuple(allow)
+    for path in class_paths(tree):
+        if "." not in path:
+            continue
+        if not any(path == p or path.startswith(p + ".") for p in prefixes):
+            raise PretrainedError(
+                f"{where}: class_path {path!r} is outside the allowed modules ({', '.join(prefixes)}); "
+                "a model directory may not import other code: pass allow=[...] if you trust it"
+            )
+
+
+def instantiate_model(model_config: Mapping[str, Any], resolve: Callable[[str], str] | None = None) -> nn.Module:
+    """Build a module from a ``class_path``/``init_args`` tree the way LightningCLI does.
+
+    Args:
+        model_config: the tree (LightningCLI's ``model:`` section).
+        resolve: maps each ``./relative`` path string to a real path.
+    """
+    from jsonargparse import ArgumentParser
+
+    config = map_paths(plain(model_config), resolve) if resolve else plain(model_config)
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--model", type=nn.Module)
+    try:
+        namespace = parser.parse_object({"model": config})
+        return parser.instantiate(namespace).model
+    except Exception as exc:
+        # jsonargparse nests one line per level of the config; keep the innermost (the cause).
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        message = " ".join(lines[-2:]) if lines else type(exc).__name__
+        raise PretrainedError(f"cannot build the model from its config: {message[:400]}") from None
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_pretrained(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    inference: InferenceConfig | Mapping[str, Any],
+    model_config: Mapping[str, Any] | str | os.PathLike | None = None,
+    *,
+    assets: Mapping[str, str | os.PathLike] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``model`` in clapkit's native format, atomically (temp directory, then rename).
+
+    Args:
+        model: the LightningModule (for example a ``ContrastiveTask``).
+        directory: the model directory to create.
+        inference: preprocessing settings (an :class:`InferenceConfig` or its dict).
+        model_config: the module's ``class_path``/``init_args`` tree, or a LightningCLI
+            ``config.yaml`` whose ``model:`` section is used. Defaults to the tree LightningCLI
+            records in ``model.hparams`` when it built the module.
+        assets: name -> file or directory copied into the model directory (weight files
+            excluded: every weight is in ``model.safetensors``); config strings naming the source
+            path become ``./<name>``.
+        overwrite: replace an existing directory.
+
+    Every ``load_weights`` argument in the saved config is set to ``False``: the weights come
+    from ``model.safetensors``, so loading pretrained ones while building the model is wasted.
+    """
+    directory = Path(directory)
+    inference = inference if isinstance(inference, InferenceConfig) else InferenceConfig.from_dict(inference)
+    config = portable(model_config_of(model, model_config), assets or {})
+    if directory.exists() and not overwrite and (not directory.is_dir() or any(directory.iterdir())):
+        raise PretrainedError(f"{directory}: already exists (pass overwrite=True / --overwrite to replace it)")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    try:
+        for name, source in (assets or {}).items():
+            _copy_asset(Path(source), tmp / name)
+        document = {"clapkit_format": FORMAT_VERSION, "model": config, "inference": inference.to_dict()}
+        (tmp / CONFIG_NAME).write_text(yaml.safe_dump(plain(document), sort_keys=False))
+        from safetensors.torch import save_file
+
+        save_file(unique_tensors(model.state_dict()), str(tmp / WEIGHTS_NAME),
+                  metadata={"format": "pt", "clapkit_format": str(FORMAT_VERSION)})
+        _replace_directory(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def is_native(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a directory in clapkit's native format."""
+    path = Path(path)
+    return path.is_dir() and (path / CONFIG_NAME).is_file()
+
+
+def read_native_config(directory: str | os.PathLike, allow: Iterable[str] = ()) -> tuple[dict[str, Any], InferenceConfig]:
+    """The ``model:`` tree and :class:`InferenceConfig` of a native model directory.
+
+    Args:
+        directory: the model directory.
+        allow: module prefixes trusted beyond :data:`ALLOWED_CLASS_PATHS` (see
+            :func:`check_class_paths`).
+    """
+    directory = Path(directory)
+    config_path = directory / CONFIG_NAME
+    if not config_path.is_file():
+        raise PretrainedError(f"{directory}: not a clapkit model directory (no {CONFIG_NAME})")
+    try:
+        document = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as exc:
+        raise PretrainedError(f"{config_path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(document, dict) or "model" not in document or "inference" not in document:
+        raise PretrainedError(f"{config_path}: expected 'model' and 'inference' sections")
+    version = document.get("clapkit_format", FORMAT_VERSION)
+    if version > FORMAT_VERSION:
+        raise PretrainedError(f"{config_path}: format version {version} is newer than this clapkit ({FORMAT_VERSION})")
+    check_class_paths(document["model"], allow, where=str(config_path))
+    try:
+        inference = InferenceConfig.from_dict(document["inference"] or {})
+    except (TypeError, ValueError) as exc:
+        raise PretrainedError(f"{config_path}: bad inference section ({exc})") from None
+    return document["model"], inference
+
+
+def native_model_tree(directory: str | os.PathLike, allow: Iterable[str] = ()) -> dict[str, Any]:
+    """The ``model:`` tree of a native directory with its ``./`` asset paths made absolute,
+    ready for LightningCLI's ``--model``."""
+    directory = Path(directory)
+    config, _ = read_native_config(directory, allow)
+    return map_paths(plain(config), lambda p: str((directory / p).resolve()))
+
+
+def read_native_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a native directory's ``model.safetensors`` (or of a ``.safetensors`` file)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    weights = path / WEIGHTS_NAME if path.is_dir() else path
+    if not weights.is_file():
+        raise PretrainedError(f"{path}: no {WEIGHTS_NAME}")
+    try:
+        return load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise PretrainedError(f"{weights}: truncated or not a safetensors file ({exc})") from None
+
+
+def load_weights_into(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a native directory's weights into an already-built ``model``, requiring full coverage."""
+    load_state_dict_strict(model, read_native_weights(path), what=str(path))
+
+
+def load_native(directory: str | os.PathLike, load_weights: bool = True,
+                allow: Iterable[str] = ()) -> tuple[nn.Module, dict[str, Any], InferenceConfig]:
+    """Instantiate a native model directory: ``(module in eval mode, model config, inference)``.
+
+    With ``load_weights=False`` only ``config.yaml`` (and its assets) are read: for a model
+    nested in a larger one whose own ``model.safetensors`` carries every weight. ``allow``
+    extends the class-path allow-list (see :func:`check_class_paths`).
+    """
+    directory = Path(directory)
+    config, inference = read_native_config(directory, allow)
+    weights = directory / WEIGHTS_NAME
+    if load_weights and not weights.is_file():
+        raise PretrainedError(f"{directory}: no {WEIGHTS_NAME}")
+    from clapkit.fastinit import skip_random_init
+
+    # The strict load below overwrites every weight: drawing random ones first is wasted time.
+    with skip_random_init() if load_weights else contextlib.nullcontext():
+        model = instantiate_model(config, resolve=lambda p: str((directory / p).resolve()))
+    if load_weights:
+        load_state_dict_strict(model, read_native_weights(weights), what=f"{weights} (for the model in {CONFIG_NAME})")
+    return model.eval(), config, inference
+
+
+# --------------------------------------------------------------------------- config trees
+
+
+def read_model_section(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``model:`` tree (``class_path``/``init_args``) of a LightningCLI config file.
+
+    Raises:
+        PretrainedError: the file cannot be read or parsed, or has no ``model`` mapping.
+    """
+    try:
+        document = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise PretrainedError(f"{path}: cannot read the config ({str(exc).splitlines()[0]})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("model"), dict):
+        raise PretrainedError(f"{path}: no 'model' section")
+    return plain(document["model"])
+
+
+def model_config_of(model: nn.Module, model_config: Mapping[str, Any] | str | os.PathLike | None) -> dict[str, Any]:
+    """The ``class_path``/``init_args`` tree of ``model`` (see :func:`save_pretrained`'s ``model_config``)."""
+    if isinstance(model_config, (str, os.PathLike)):
+        return read_model_section(model_config)
+    if model_config is not None:
+        return plain(model_config)
+    hparams = dict(getattr(model, "hparams", {}) or {})
+    if "_class_path" in hparams:
+        hparams.pop("_instantiator", None)
+        return plain({"class_path": hparams.pop("_class_path"), "init_args": hparams})
+    raise PretrainedError(
+        "the model's config is unknown: pass model_config (the class_path/init_args tree or the "
+        "LightningCLI config.yaml it was trained with)"
+    )
+
+
+def plain(value):
+    """Tuples -> lists, Paths -> str, nested Mappings -> dicts (YAML-safe, comparable)."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
+
+
+def map_paths(value, resolve: Callable[[str], str]):
+    """Apply ``resolve`` to every ``./relative`` string in a config tree."""
+    if isinstance(value, dict):
+        return {k: map_paths(v, resolve) for k, v in value.items()}
+    if isinstance(value, list):
+        return [map_paths(v, resolve) for v in value]
+    if isinstance(value, str) and value.startswith("./"):
+        return resolve(value)
+    return value
+
+
+#: Files an asset directory may hold that the native format never needs (weights live in
+#: model.safetensors).
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.ot",
+                "*.index.json")
+
+
+def portable(config: dict[str, Any], assets: Mapping[str, str | os.PathLike]) -> dict[str, Any]:
+    """``config`` with asset source paths written as ``./<name>`` and ``load_weights`` off."""
+    sources = {}
+    for name, source in assets.items():
+        sources[os.fspath(source)] = f"./{name}"
+        sources[str(Path(source).resolve())] = f"./{name}"
+
+    def walk(value):
+        if isinstance(value, dict):
+            return {k: (False if k == "load_weights" and v is True else walk(v)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if isinstance(value, str) and value in sources:
+            return sources[value]
+        return value
+
+    return walk(config)
+
+
+def _copy_asset(source: Path, target: Path) -> None:
+    if source.is_dir():
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns(*WEIGHT_FILES))
+    elif source.is_file():
+        shutil.copy2(source, target)
+    else:
+        raise PretrainedError(f"{source}: asset not found")
+
+
+def _replace_directory(tmp: Path, directory: Path) -> None:
+    if not directory.exists():
+        os.replace(tmp, directory)
+        return
+    # A directory cannot be renamed over a non-empty one: move the old aside first, so the
+    # target path always holds either the complete old model or the complete new one.
+    trash = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.old-"))
+    os.replace(directory, trash / "old")
+    try:
+        os.replace(tmp, directory)
+    except BaseException:
+        os.replace(trash / "old", directory)
+        raise
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def file_fingerprint(*paths: Path, sample_bytes: int = 1 << 20) -> str:
+    """A short hash identifying model files (size + first and last MiB of each), cheap even for
+    GB checkpoints; embeddings files record it so a retrieval index is never searched with a
+    different model."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in paths:
+        size = path.stat().st_size
+        digest.update(str(size).encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read(sample_bytes))
+            if size > sample_bytes:
+                handle.seek(max(sample_bytes, size - sample_bytes))
+                digest.update(handle.read())
+    return digest.hexdigest()[:16]

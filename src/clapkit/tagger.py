@@ -1,0 +1,119 @@
+"""The inference API of a tagger: :class:`TaggerModel` scores audio against a fixed set of classes.
+
+``clapkit.load(dir)`` returns one for a model directory (or checkpoint) holding a
+:class:`~clapkit.lightning_modules.classification.ClassificationTask`, for example the AudioCLIP
+ESResNeXt-FBSP AudioSet tagger (``clapkit convert audioclip ESRNXFBSP.pt``). Audio is
+prepared as :class:`~clapkit.inference.CLAPModel` prepares it (resampling, padding,
+deterministic crop). A tagger has class scores, not a joint embedding space: the embedding
+methods refuse with one line saying so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from clapkit.inference import AudioInput, CLAPModel, _batches, resolve_device
+from clapkit.audio.preprocess import InferenceConfig
+
+
+class NotAnEmbeddingModel(ValueError):
+    """An embedding was asked of a model that has none (a tagger)."""
+
+
+@dataclass
+class TagOutput:
+    """Scores of clips against the tagger's classes.
+
+    Attributes:
+        logits: ``[N, K]`` float32 class logits.
+        probabilities: ``[N, K]``: sigmoid per class for a multi-label tagger, softmax otherwise.
+        class_names: the ``K`` class names (``class_0`` ... when the model has none).
+    """
+
+    logits: torch.Tensor
+    probabilities: torch.Tensor
+    class_names: list[str]
+
+    def top(self, k: int = 5) -> list[list[tuple[str, float]]]:
+        """The ``k`` most probable ``(class name, probability)`` of every clip, best first."""
+        k = min(k, len(self.class_names))
+        values, indices = self.probabilities.topk(k, dim=-1)
+        return [[(self.class_names[j], float(v)) for v, j in zip(row_v, row_i)]
+                for row_v, row_i in zip(values.tolist(), indices.tolist())]
+
+
+def is_tagger(model: torch.nn.Module) -> bool:
+    """Whether a loaded model is a :class:`~clapkit.lightning_modules.classification.ClassificationTask`."""
+    from clapkit.lightning_modules.classification import ClassificationTask
+
+    return isinstance(model, ClassificationTask)
+
+
+class TaggerModel:
+    """A loaded classification model (tagger) for inference.
+
+    Args:
+        task: the :class:`~clapkit.lightning_modules.classification.ClassificationTask`.
+        inference: the directory's preprocessing settings.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+        batch_size: clips per forward pass.
+    """
+
+    def __init__(self, task, inference: InferenceConfig, *, device: str | torch.device = "cpu", batch_size: int = 16):
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.device = resolve_device(device)
+        self.task = task.to(self.device).eval()
+        self.inference = inference
+        self.batch_size = batch_size
+        self.fingerprint = ""
+
+    @property
+    def sample_rate(self) -> int:
+        return self.inference.sample_rate
+
+    @property
+    def class_names(self) -> list[str]:
+        """The model's class names (``class_0`` ... ``class_{K-1}`` when it was saved without any)."""
+        names = getattr(self.task, "class_names", None) or getattr(self.task.head, "class_names", None)
+        return list(names) if names else [f"class_{i}" for i in range(self.task.num_classes)]
+
+    @property
+    def refusal(self) -> str:
+        """Why this model gives no embeddings (the one-line message of the embedding methods)."""
+        return (f"a {self.task.num_classes}-class tagger ({type(self.task.encoder).__name__}) has class scores, "
+                "not a joint audio-text embedding: use classify()/tag() (or a CLAP / AudioCLIP model to embed)")
+
+    def prepare_audio(self, audio: AudioInput, sample_rate: int | None = None, *, name: str | None = None) -> np.ndarray:
+        """One clip -> the float32 model input (as :meth:`CLAPModel.prepare_audio`)."""
+        return CLAPModel.prepare_audio(self, audio, sample_rate, name=name)
+
+    @torch.no_grad()
+    def classify(self, audio: AudioInput | Sequence[AudioInput], sample_rate: int | None = None, *,
+                 batch_size: int | None = None, progress: Callable[[int], None] | None = None) -> TagOutput:
+        """Class logits and probabilities of clips (inputs as :meth:`CLAPModel.embed_audio`)."""
+        items = CLAPModel._as_items(audio)
+        clips = (self.prepare_audio(item, sample_rate, name=f"audio[{i}]") for i, item in enumerate(items))
+        chunks = []
+        for batch in _batches(clips, batch_size or self.batch_size):
+            wave = torch.from_numpy(np.stack(batch)).to(self.device)
+            chunks.append(self.task({self.task.input_key: wave}).float().cpu())
+            if progress is not None:
+                progress(len(batch))
+        logits = torch.cat(chunks) if chunks else torch.zeros(0, self.task.num_classes)
+        probabilities = torch.sigmoid(logits) if self.task.multi_label else logits.softmax(dim=-1)
+        return TagOutput(logits=logits, probabilities=probabilities, class_names=self.class_names)
+
+    def tag(self, audio: AudioInput | Sequence[AudioInput], sample_rate: int | None = None, *,
+            top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """The ``top_k`` ``(class name, probability)`` of every clip, best first."""
+        return self.classify(audio, sample_rate).top(top_k)
+
+    def embed_audio(self, *args, **kwargs):
+        raise NotAnEmbeddingModel(self.refusal)
+
+    embed_prepared = embed_text = embed_image = embed_audio
