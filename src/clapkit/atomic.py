@@ -28,6 +28,25 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+def normal_permissions(root: str | os.PathLike) -> None:
+    """Give a staged file or directory tree the usual modes (``0777`` / ``0666`` less the umask).
+
+    ``tempfile.mkdtemp`` makes ``0700`` directories and safetensors writes ``0600`` files;
+    a model directory published with those modes is unreadable to the group on a cluster.
+    """
+    mask = _umask()
+    root = Path(root)
+    if root.is_dir():
+        os.chmod(root, 0o777 & ~mask)
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames:
+                os.chmod(os.path.join(dirpath, name), 0o777 & ~mask)
+            for name in filenames:
+                os.chmod(os.path.join(dirpath, name), 0o666 & ~mask)
+    else:
+        os.chmod(root, 0o666 & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""

@@ -18,6 +18,16 @@ from clapkit.deps import DependencyError
 
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from clapkit.audio import AudioLoadError
+    from clapkit.finite import NonFiniteError
+
+    # OSError: an output in an unwritable place, an existing file where a folder is needed...
+    return (CommandError, DependencyError, AudioLoadError, NonFiniteError, OSError)
+
+
+USER_ERRORS = _user_errors()
+
 # name -> (module under clapkit.commands, one-line help)
 INFERENCE_COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "train + evaluate the quick-start CLAP and print a results table"),
@@ -126,8 +136,17 @@ def lightning_main(args: list[str] | None = None, run: bool = True):
             weights = self.config[self.subcommand].get("weights") if self.subcommand else None
             if weights:
                 load_weights_into(self.model, weights)
+            _check_task_matches_data(self.model, self.datamodule, weights)
 
-        before_fit = before_validate = before_test = before_predict = _load_weights
+        def before_fit(self) -> None:
+            self._load_weights()
+            from clapkit.callbacks.resume import ExactResume
+
+            # Exact resume after a kill is the default: RNGs seeded per step, data position kept.
+            if not any(isinstance(c, ExactResume) for c in self.trainer.callbacks):
+                self.trainer.callbacks.append(ExactResume())
+
+        before_validate = before_test = before_predict = _load_weights
 
         def before_instantiate_classes(self) -> None:
             # A native model directory's own preprocessing beats the data config's audio values.
@@ -152,6 +171,8 @@ def lightning_main(args: list[str] | None = None, run: bool = True):
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
+            # Parse errors raise (and become one line in main) instead of a 50-line usage dump.
+            parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in TRAINER_COMMANDS}},
             trainer_defaults={"callbacks": [LastCheckpoint()]},  # every fit ends with last.ckpt
             args=args,
             run=run,
@@ -185,15 +206,108 @@ def main(args: list[str] | None = None) -> int:
         module = importlib.import_module(f"clapkit.commands.{INFERENCE_COMMANDS[command][0]}")
         try:
             return int(module.main(argv[1:]) or 0)
-        except (CommandError, DependencyError) as exc:
-            print(f"clapkit {command}: error: {exc}", file=sys.stderr)
-            return 2
+        except USER_ERRORS as exc:
+            return _one_line(command, exc)
     if command not in TRAINER_COMMANDS and not command.startswith("-"):
         print(f"clapkit: error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    # LightningCLI reads sys.argv itself when given None; passing it both warns.
-    lightning_main(None if args is None else argv)
+    try:
+        _check_trainer_args(argv[1:] if command in TRAINER_COMMANDS else argv)
+        # LightningCLI reads sys.argv itself when given None; passing it both warns.
+        lightning_main(None if args is None else argv)
+    except _trainer_errors() as exc:
+        import pickle
+
+        if isinstance(exc, pickle.UnpicklingError):
+            exc = CommandError(f"{_option_value(argv, '--ckpt_path') or 'checkpoint'}: refusing to unpickle code "
+                               "from the checkpoint (it is not plain weights); pass --weights_only false only "
+                               "for a file you trust")
+        return _one_line(command, exc)
     return 0
+
+
+def _option_value(argv: list[str], name: str) -> str | None:
+    for index, arg in enumerate(argv):
+        if arg == name and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _one_line(command: str, exc: BaseException) -> int:
+    """Print a user error as ``clapkit CMD: error: <file>: <problem>`` (one line); exit code 2."""
+    if isinstance(exc, OSError) and exc.filename is not None and not isinstance(exc, DependencyError):
+        text = f"{exc.filename}: {exc.strerror or type(exc).__name__}"
+    else:
+        text = str(exc).strip() or type(exc).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    print(f"clapkit {command}: error: {' '.join(lines[:1] + lines[1:3]) if lines else type(exc).__name__}",
+          file=sys.stderr)
+    return 2
+
+
+def _trainer_errors() -> tuple[type[BaseException], ...]:
+    import argparse
+    import pickle
+
+    from clapkit.pretrained import PretrainedError
+
+    errors: tuple[type[BaseException], ...] = (*USER_ERRORS, PretrainedError, pickle.UnpicklingError,
+                                                argparse.ArgumentError)
+    try:
+        from clapkit.datamodules.clips import LayoutError
+
+        errors += (LayoutError,)
+    except ImportError:  # pragma: no cover - the module ships with clapkit
+        pass
+    return errors
+
+
+def _check_trainer_args(argv: list[str]) -> None:
+    """Refuse a missing ``--ckpt_path`` / ``--weights`` / ``--config`` file before LightningCLI
+    builds the model (which takes seconds and then fails with a traceback)."""
+    from pathlib import Path
+
+    keywords = {"--ckpt_path": ("last", "best", "hpc", "registry"), "--weights": (), "--config": (), "-c": ()}
+    for index, arg in enumerate(argv):
+        name, _, value = arg.partition("=")
+        if name not in keywords:
+            continue
+        if not value:
+            value = argv[index + 1] if index + 1 < len(argv) else ""
+        if not value or value in keywords[name] or value in ("null", "None") or value.lstrip().startswith(("{", "[")):
+            continue
+        if name in ("--config", "-c") and "\n" in value:
+            continue
+        path = Path(value)
+        if name == "--weights":
+            if not path.exists():
+                raise CommandError(f"{path}: --weights: no such model directory or .safetensors file")
+        elif not path.is_file():
+            what = "checkpoint" if name == "--ckpt_path" else "config"
+            raise CommandError(f"{path}: {name}: no such {what} file")
+
+
+def _check_task_matches_data(model, datamodule, source: str | None) -> None:
+    """A separation model evaluated on clip data (or a CLAP on mixtures) fails deep inside the
+    loop; say so up front, naming the model."""
+    from clapkit.separator import is_separation_task
+
+    try:
+        from clapkit.datamodules.mixtures import MixtureDataModule
+    except ImportError:  # pragma: no cover
+        return
+    if datamodule is None:
+        return
+    separation, mixtures = is_separation_task(model), isinstance(datamodule, MixtureDataModule)
+    if separation != mixtures:
+        name = source or type(model).__name__
+        if separation:
+            raise CommandError(f"{name}: a separation model (SeparationTask) cannot run on "
+                               f"{type(datamodule).__name__} data; use a config whose data is a MixtureDataModule")
+        raise CommandError(f"{name}: a {type(model).__name__} cannot run on mixtures ({type(datamodule).__name__}); "
+                           "a separation model (SeparationTask) is needed")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from clapkit.atomic import atomic_path
+from clapkit.finite import NonFiniteError
 
 __all__ = ["EmbeddingInputError", "EmbedRun", "PartStore", "RankSlice", "device_for_rank", "embed_corpus", "rank_from_env"]
 
@@ -224,7 +225,11 @@ def embed_corpus(
             paths = store.part_files(part)
             order = _bucket_order(paths, lengths, part * part_size)
             clips = decoder.map([paths[i] for i in order], ahead=max(2 * model.batch_size, workers))
-            embedded = model.embed_prepared(clips, progress=progress)
+            try:
+                embedded = model.embed_prepared(clips, progress=progress)
+            except NonFiniteError as exc:  # huge samples overflowed the model: name the file
+                name = paths[order[exc.index]] if exc.index is not None else f"a file of part {part}"
+                raise EmbeddingInputError(str(exc.named(name))) from None
             result = np.empty((len(paths), embedded.shape[1]), dtype=np.float32)
             result[order] = embedded.numpy()
             store.write(part, result)

@@ -25,6 +25,7 @@ from torch import nn
 from clapkit.audio.preprocess import AudioInput, InferenceConfig
 from clapkit.audio.preprocess import prepare_audio as _prepare_audio
 from clapkit.encoders.tower import TowerSet
+from clapkit.finite import NonFiniteError, require_finite
 from clapkit.precision import AUTOCAST, PRECISIONS, resolve_precision, store_in_dtype
 
 __all__ = ["AudioInput", "CLAPModel", "InferenceConfig", "audio_files", "resolve_device"]
@@ -147,7 +148,11 @@ class CLAPModel:
         """
         items = self._as_items(audio)
         clips = (self.prepare_audio(item, sample_rate, name=f"audio[{i}]") for i, item in enumerate(items))
-        return self.embed_prepared(clips, batch_size=batch_size, progress=progress)
+        try:
+            return self.embed_prepared(clips, batch_size=batch_size, progress=progress)
+        except NonFiniteError as exc:
+            item = items[exc.index]
+            raise exc.named(str(item) if isinstance(item, (str, os.PathLike)) else f"audio[{exc.index}]") from None
 
     def embed_prepared(
         self,
@@ -156,11 +161,19 @@ class CLAPModel:
         batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> torch.Tensor:
-        """Embed clips already passed through :meth:`prepare_audio` (any iterable, consumed lazily)."""
+        """Embed clips already passed through :meth:`prepare_audio` (any iterable, consumed lazily).
+
+        Raises:
+            NonFiniteError: a clip's embedding is NaN or Inf (its ``index`` is the clip's position).
+        """
         batch_size = batch_size or self.batch_size
         outputs = []
+        done = 0
         for batch in _batches(clips, batch_size):
-            outputs.append(self._embed_audio_batch(batch))
+            embedding = self._embed_audio_batch(batch)
+            require_finite(embedding, "audio embedding", offset=done, inputs=batch)
+            outputs.append(embedding)
+            done += len(batch)
             if progress is not None:
                 progress(len(batch))
         if not outputs:
@@ -198,7 +211,12 @@ class CLAPModel:
         outputs = []
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]
-            outputs.append(self._embed(self.text_tower, chunk))
+            embedding = self._embed(self.text_tower, chunk)
+            try:
+                require_finite(embedding, "text embedding", offset=start)
+            except NonFiniteError as exc:
+                raise exc.named(f"text {texts[exc.index]!r}") from None
+            outputs.append(embedding)
             if progress is not None:
                 progress(len(chunk))
         if not outputs:
@@ -239,7 +257,13 @@ class CLAPModel:
         outputs = []
         for start in range(0, len(items), batch_size):
             chunk = [_image_pixels(item, size) for item in items[start:start + batch_size]]
-            outputs.append(self._embed(image_tower, torch.stack(chunk).to(self.device)))
+            embedding = self._embed(image_tower, torch.stack(chunk).to(self.device))
+            try:
+                require_finite(embedding, "image embedding", offset=start)
+            except NonFiniteError as exc:
+                item = items[exc.index]
+                raise exc.named(str(item) if isinstance(item, (str, os.PathLike)) else f"image[{exc.index}]") from None
+            outputs.append(embedding)
         if not outputs:
             return torch.zeros(0, self.embedding_dim)
         return torch.cat(outputs)

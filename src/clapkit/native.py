@@ -31,6 +31,7 @@ import torch
 import yaml
 from torch import nn
 
+from clapkit.atomic import normal_permissions
 from clapkit.audio.preprocess import InferenceConfig
 from clapkit.checkpoint import PretrainedError, load_state_dict_strict, unique_tensors
 
@@ -150,6 +151,7 @@ def save_pretrained(
 
         save_file(unique_tensors(model.state_dict()), str(tmp / WEIGHTS_NAME),
                   metadata={"format": "pt", "clapkit_format": str(FORMAT_VERSION)})
+        normal_permissions(tmp)  # mkdtemp makes 0700 and safetensors 0600: readable by the group
         _replace_directory(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

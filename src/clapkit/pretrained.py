@@ -121,7 +121,7 @@ def load(
 
     Returns:
         a :class:`~clapkit.inference.CLAPModel` with ``embed_audio`` and ``embed_text``, a
-        :class:`~clapkit.separator.SeparationModel` with ``separate`` (``precision`` unused), or
+        :class:`~clapkit.separator.SeparationModel` with ``separate`` (autocast at ``precision``), or
         for a classifier (tagger) a :class:`~clapkit.tagger.TaggerModel` with ``classify``/``tag``.
     """
     from clapkit.inference import CLAPModel
@@ -137,7 +137,7 @@ def load(
         from clapkit.separator import SeparationModel, is_separation_task
 
         if is_separation_task(model):
-            return SeparationModel(model, inference, device=device, batch_size=batch_size)
+            return SeparationModel(model, inference, device=device, batch_size=batch_size, precision=precision)
         fingerprint = file_fingerprint(path / CONFIG_NAME, path / WEIGHTS_NAME)
     elif path.is_file():
         converted = convert_checkpoint(path, text_model=text_model, trust_pickle=trust_pickle)

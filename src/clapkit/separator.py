@@ -22,7 +22,8 @@ from torch import nn
 from clapkit.audio import resample
 from clapkit.audio.preprocess import AudioInput, InferenceConfig, load_waveform
 from clapkit.encoders.separation import CLAPSep, QueryNetwork, SeparationOutput
-from clapkit.inference import resolve_device
+from clapkit.finite import NonFiniteError, require_finite
+from clapkit.inference import PRECISIONS, resolve_device
 
 AudioQuery = AudioInput
 
@@ -118,14 +119,22 @@ class SeparationModel:
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         batch_size: chunks per forward pass.
         overlap: chunk overlap fraction in ``[0, 1)``.
+        precision: ``32``, ``bf16`` or ``16``: autocast dtype of the forward pass (the STFT and
+            the overlap-add stay fp32).
     """
 
     def __init__(self, task, inference: InferenceConfig, device: str | torch.device = "cpu", batch_size: int = 4,
-                 overlap: float = 0.5):
+                 overlap: float = 0.5, precision: str = "32"):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        # ``auto`` (the commands' default) keeps separation in fp32: the bf16 policies of
+        # clapkit.precision were checked for embeddings, not for masks.
+        precision = "32" if precision == "auto" else precision
+        if precision not in ("32", "bf16", "16"):
+            raise ValueError(f"precision must be one of auto, 32, bf16, 16, not {precision!r}")
+        self.precision = precision
         self.device = resolve_device(device)
         #: The separator and query network (a plain module).
         self.network = SeparationNetwork.of(task).to(self.device).eval()
@@ -146,8 +155,16 @@ class SeparationModel:
 
     @property
     def chunk(self) -> int:
-        """Chunk length in samples at :attr:`sample_rate`."""
-        return int(round(self.inference.clip_samples * self.sample_rate / self.inference.sample_rate))
+        """Chunk length in samples at :attr:`sample_rate`.
+
+        At most the separation encoder's window: directories exported before the chunk
+        followed the window (a 10 s chunk for a model trained on 1 s) still separate.
+        """
+        chunk = int(round(self.inference.clip_samples * self.sample_rate / self.inference.sample_rate))
+        window = getattr(self.network.separator, "window_seconds", None)
+        if window is not None:
+            chunk = min(chunk, int(window * self.sample_rate))
+        return chunk
 
     @torch.inference_mode()
     def condition(
@@ -183,7 +200,9 @@ class SeparationModel:
                          else interpolate_queries(audio_emb, text_emb, audio_weight))
         if sides[0] is None and sides[1] is None:
             raise ValueError("give a query: a positive or negative text or example audio")
-        return build_condition(*sides)
+        condition = build_condition(*sides)
+        require_finite(condition, "query embedding")
+        return condition
 
     def separate(self, audio: AudioQuery, sample_rate: int | None = None, condition: torch.Tensor | None = None,
                  _masks: list | None = None, **query) -> np.ndarray:
@@ -192,12 +211,20 @@ class SeparationModel:
         Pass a ``condition`` from :meth:`condition` (reuse it across files) or the query as
         keyword arguments (``query="dog barking", negative="speech"``). Returns float32 samples
         with the input's rate, channels and length.
+
+        Raises:
+            NonFiniteError: the separated signal holds NaN or Inf (huge input samples overflow
+                the model); nothing is returned.
         """
         mono = not isinstance(audio, (str, os.PathLike)) and np.ndim(audio) == 1
         wave, sample_rate = load_waveform(audio, sample_rate, mono=False)
         if condition is None:
             condition = self.condition(**query)
         estimate = self._separate_at_model_rate(resample(wave, sample_rate, self.sample_rate), condition, _masks)
+        try:
+            require_finite(estimate.reshape(1, -1), "separated audio", inputs=wave.reshape(1, -1))
+        except NonFiniteError as exc:
+            raise (exc.named(str(audio)) if isinstance(audio, (str, os.PathLike)) else exc) from None
         estimate = resample(estimate, self.sample_rate, sample_rate)
         length = wave.shape[-1]
         estimate = np.pad(estimate, ((0, 0), (0, max(0, length - estimate.shape[-1]))))[:, :length]
@@ -271,7 +298,9 @@ class SeparationModel:
         for i in range(0, len(items), self.batch_size):
             group = items[i : i + self.batch_size]
             batch = torch.from_numpy(np.stack([padded[c, s : s + chunk] for c, s, _ in group])).float()
-            out_batch = self.network(batch.to(self.device), condition.expand(len(group), -1))
+            dtype = PRECISIONS[self.precision]
+            with torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                out_batch = self.network(batch.to(self.device), condition.expand(len(group), -1))
             est = out_batch.waveform
             if masks is not None:
                 masks.append(out_batch.mask.float().cpu().numpy())

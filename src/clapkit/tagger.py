@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from clapkit.inference import AudioInput, CLAPModel, _batches, resolve_device
 from clapkit.audio.preprocess import InferenceConfig
+from clapkit.inference import AudioInput, CLAPModel, _batches, resolve_device
 
 
 class NotAnEmbeddingModel(ValueError):

@@ -36,3 +36,22 @@ class StepLog(pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._write(f"end {trainer.global_step}")
+
+
+class FinalMetrics(pl.Callback):
+    """At the end of ``fit``, write the logged metrics and a weight checksum to a JSON file
+    (compared across an interrupted and an uninterrupted run)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = Path(path)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        import json
+
+        import torch
+
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
+        metrics["weights/abs_sum"] = float(sum(p.detach().double().abs().sum() for p in pl_module.parameters()))
+        metrics["global_step"] = trainer.global_step
+        self.path.write_text(json.dumps(metrics, indent=1, sort_keys=True))

@@ -7,6 +7,7 @@ from clapkit.callbacks.compile import ChannelsLast, TorchCompile
 from clapkit.callbacks.config_saver import RunConfigSaver
 from clapkit.callbacks.data_health import DataHealth
 from clapkit.callbacks.last_checkpoint import LastCheckpoint
+from clapkit.callbacks.resume import ExactResume
 from clapkit.callbacks.sync_batchnorm import GlobalBatchNorm, PortableSyncBatchNorm
 from clapkit.callbacks.throughput import Throughput
 from clapkit.callbacks.wandb_media import WandbMedia
@@ -14,6 +15,7 @@ from clapkit.callbacks.wandb_media import WandbMedia
 __all__ = [
     "ChannelsLast",
     "DataHealth",
+    "ExactResume",
     "GlobalBatchNorm",
     "LastCheckpoint",
     "PortableSyncBatchNorm",

@@ -26,18 +26,24 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Show defaults and keep the description's line breaks."""
 
 
+class Parser(argparse.ArgumentParser):
+    """``argparse`` whose usage errors are one line (``clapkit CMD: error: ...``, exit 2), not a
+    usage dump; ``--help`` still prints the full help."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def make_parser(command: str, doc: str | None) -> argparse.ArgumentParser:
     """An ``argparse`` parser for ``clapkit <command>`` whose description is the module docstring."""
-    return argparse.ArgumentParser(prog=f"clapkit {command}", description=doc, formatter_class=HelpFormatter)
+    return Parser(prog=f"clapkit {command}", description=doc, formatter_class=HelpFormatter)
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """``--device``, ``--precision``, ``--batch-size``, ``--text-model``, ``--trust-checkpoint``."""
     group = parser.add_argument_group("model")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
-    group.add_argument("--precision", default="auto", choices=["auto", "32", "bf16", "16", "bf16-true"],
-                       help="bf16/16: autocast; bf16-true: audio trunk stored in bf16; auto: bf16-true on CPUs "
-                            "with bf16 matrix units (AMX, AVX512-BF16), else 32 (front ends stay fp32)")
+    add_precision_option(group)
     group.add_argument("--batch-size", type=int, default=16, help="clips or texts per forward pass")
     group.add_argument("--text-model", default=None,
                        help="official checkpoints only: local directory of the text tower's tokenizer + config")
@@ -48,21 +54,70 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
+def add_precision_option(group) -> None:
+    """``--precision``: the same flag, choices and help on every model command."""
+    group.add_argument("--precision", default="auto", choices=["auto", "32", "bf16", "16", "bf16-true"],
+                       help="bf16/16: autocast; bf16-true: audio trunk stored in bf16; auto: bf16-true on CPUs "
+                            "with bf16 matrix units (AMX, AVX512-BF16), else 32 (front ends stay fp32)")
+
+
+def add_model_and_inputs(parser: argparse.ArgumentParser, inputs_help: str = "audio files and/or folders") -> None:
+    """The one command surface for model commands: ``--model MODEL`` and positional INPUTS."""
+    parser.add_argument("--model", default=None,
+                        help="native model directory, or an official LAION-CLAP / MS-CLAP / AudioCLIP checkpoint")
+    parser.add_argument("inputs", nargs="*", metavar="INPUTS", help=inputs_help)
+
+
 def load_model(path: str | os.PathLike, args: argparse.Namespace):
     """``clapkit.load`` with the command-line options; user errors become :class:`CommandError`."""
     from clapkit.pretrained import PretrainedError, load
 
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_device(args.device)
+    check_model_path(path)
     try:
-        return load(path, text_model=args.text_model, device=args.device, precision=args.precision,
-                    batch_size=args.batch_size, trust_pickle=args.trust_checkpoint)
+        model = load(path, text_model=args.text_model, device=args.device, precision=args.precision,
+                     batch_size=args.batch_size, trust_pickle=args.trust_checkpoint)
     except (PretrainedError, FileNotFoundError) as exc:
         raise CommandError(str(exc)) from None
     except (RuntimeError, ValueError) as exc:
         if "CUDA" in str(exc) or "device" in str(exc).lower():
             raise CommandError(f"--device {args.device}: {str(exc).splitlines()[0]}") from None
         raise
+    except (IndexError, KeyError, TypeError, AttributeError) as exc:
+        # A file torch.load reads but that holds no model layout clapkit knows.
+        raise CommandError(f"{path}: not a model clapkit can load ({type(exc).__name__}: {exc})") from None
+    if not hasattr(model, "embed_prepared"):
+        raise CommandError(f"{path}: a separation model; use it with clapkit separate --model {path}")
+    return model
+
+
+def check_device(device: str) -> None:
+    """Refuse ``--device cuda`` without a GPU (and a malformed device) in one line, before any work."""
+    try:
+        resolved = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                ("cpu" if device == "auto" else device))
+    except (RuntimeError, ValueError) as exc:
+        raise CommandError(f"--device {device}: {str(exc).splitlines()[0]}") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CommandError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise CommandError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif resolved.type not in ("cpu", "mps", "xpu"):
+        raise CommandError(f"--device {device}: unsupported device type {resolved.type!r}")
+
+
+def check_model_path(path: str | os.PathLike) -> None:
+    """Refuse a model argument that is plainly not a model (missing, or an audio file)."""
+    from clapkit.audio.io import AUDIO_EXTENSIONS
+
+    path = Path(path)
+    if not path.exists():
+        raise CommandError(f"{path}: no such model directory or checkpoint file")
+    if path.is_file() and path.suffix.lower() in AUDIO_EXTENSIONS:
+        raise CommandError(f"{path}: an audio file, not a model (pass the model directory or checkpoint first)")
 
 
 def discover_audio(inputs: Sequence[str]) -> list[Path]:
@@ -117,8 +172,10 @@ def embed_files(model, files: Sequence[Path], *, workers: int = 1, quiet: bool =
                 description: str = "embedding") -> torch.Tensor:
     """Embed audio files with ``model`` (a CLAPModel), decoding ahead in threads.
 
-    A file that cannot be decoded stops everything with a :class:`CommandError` naming it.
+    A file that cannot be decoded, or whose embedding is not finite (huge samples that
+    overflow the model), stops everything with a :class:`CommandError` naming it.
     """
+    from clapkit.finite import NonFiniteError
 
     def prepare(path: Path) -> np.ndarray:
         try:
@@ -129,12 +186,15 @@ def embed_files(model, files: Sequence[Path], *, workers: int = 1, quiet: bool =
             raise CommandError(f"{path}: {exc}") from None
 
     with progress_bar(len(files), description, quiet) as advance:
-        if workers <= 1:
-            return model.embed_prepared((prepare(p) for p in files), progress=advance)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            # Bounded look-ahead: at most a few batches of decoded audio in memory.
-            ahead = max(workers, 2 * model.batch_size)
-            return model.embed_prepared(_prefetch(pool, prepare, files, ahead), progress=advance)
+        try:
+            if workers <= 1:
+                return model.embed_prepared((prepare(p) for p in files), progress=advance)
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                # Bounded look-ahead: at most a few batches of decoded audio in memory.
+                ahead = max(workers, 2 * model.batch_size)
+                return model.embed_prepared(_prefetch(pool, prepare, files, ahead), progress=advance)
+        except NonFiniteError as exc:
+            raise CommandError(str(exc.named(str(files[exc.index])))) from None
 
 
 def _prefetch(pool: ThreadPoolExecutor, fn, items, ahead: int):
@@ -162,7 +222,35 @@ def check_output(path: str | os.PathLike, suffixes: Sequence[str]) -> Path:
         raise CommandError(f"{path}: output must end in {' or '.join(suffixes)}")
     if path.is_dir():
         raise CommandError(f"{path}: is a directory, expected a file name")
+    check_writable_folder(path.parent)
     return path
+
+
+def refuse_overwriting_inputs(outputs: Sequence[str | os.PathLike], inputs: Sequence[str | os.PathLike | None]) -> None:
+    """Refuse an output that is one of the command's own input files (it would be destroyed)."""
+    def same(a: Path, b: Path) -> bool:
+        try:
+            return a.exists() and b.exists() and os.path.samefile(a, b)
+        except OSError:
+            return False
+
+    for output in outputs:
+        for source in inputs:
+            if source is not None and (same(Path(output), Path(source)) or
+                                       Path(output).resolve() == Path(source).resolve()):
+                raise CommandError(f"{output}: is also an input of this command; choose another output")
+
+
+def check_writable_folder(folder: str | os.PathLike) -> None:
+    """Refuse an output folder that cannot be created or written (checked before any work)."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CommandError(f"{existing}: is a file, so {folder} cannot be a folder for the output")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CommandError(f"{existing}: not writable (permission denied)")
 
 
 

@@ -27,7 +27,7 @@ refused unless ``--allow-partial``.
 
 example:
   clapkit convert laion-clap 630k-audioset-best.pt --text-model hf/roberta-base -o models/clap
-  clapkit convert laion-clap music_audioset_epoch_15_esc_90.14.pt --text-model hf/roberta-base \
+  clapkit convert laion-clap music_audioset_epoch_15_esc_90.14.pt --text-model hf/roberta-base \\
       -o checkpoints/clap_htsat_base
   clapkit convert hf-clap hf/clap-htsat-fused -o models/clap-htsat-fused
   clapkit convert clapsep best_model.ckpt --config configs/clapsep/base.yaml --clap models/clap_htsat_base \

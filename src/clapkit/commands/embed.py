@@ -1,7 +1,8 @@
 """Embed audio files with a CLAP model and write the embeddings with their file paths.
 
 INPUTS are audio files and/or folders (searched recursively for .wav .flac .ogg .mp3 .opus
-.aiff). Every file is resampled to the model's rate and padded, cropped (deterministically)
+.aiff); the model is ``--model`` (``clapkit embed MODEL INPUTS...``, the model as the first
+positional argument, is accepted too). Every file is resampled to the model's rate and padded, cropped (deterministically)
 or fused as the model requires; embeddings are L2-normalised.
 
 Output: ``.parquet`` (columns ``path`` and ``embedding``; usable as ``clapkit retrieve
@@ -20,9 +21,9 @@ with onnxruntime on the CPU instead of PyTorch: same preprocessing, same embeddi
 rounding; clips longer than the window of a fusion model are refused there.
 
 example:
-  clapkit embed models/clap recordings/ extra.wav -o embeddings.parquet --device cuda --precision bf16
-  clapkit embed --runtime onnx models/clap-onnx recordings/ -o embeddings.npy
-  sbatch --array=0-7 --wrap "clapkit embed models/clap corpus/ -o corpus.parquet --device cuda"
+  clapkit embed --model models/clap recordings/ extra.wav -o embeddings.parquet --device cuda --precision bf16
+  clapkit embed --runtime onnx --model models/clap-onnx recordings/ -o embeddings.npy
+  sbatch --array=0-7 --wrap "clapkit embed --model models/clap corpus/ -o corpus.parquet --device cuda"
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ from clapkit.embedding import EmbeddingInputError, device_for_rank, embed_corpus
 
 def build_parser():
     parser = _shared.make_parser("embed", __doc__)
-    parser.add_argument("model", help="native model directory, or an official LAION-CLAP / MS-CLAP checkpoint")
-    parser.add_argument("inputs", nargs="+", help="audio files and/or folders")
+    _shared.add_model_and_inputs(parser, "audio files and/or folders (without --model, the first one is the model)")
     parser.add_argument("-o", "--output", required=True, help="embeddings file: .parquet or .npy")
     parser.add_argument("--part-size", type=int, default=1024,
                         help="files per streamed part (the unit of resuming and of data-parallel slices)")
@@ -57,6 +57,12 @@ def _load_onnx(path, args):
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.model is None:  # the older spelling: clapkit embed MODEL INPUTS...
+        if len(args.inputs) < 2:
+            raise CommandError("give the model and the audio: clapkit embed --model MODEL INPUTS... -o OUT")
+        args.model, args.inputs = args.inputs[0], args.inputs[1:]
+    elif not args.inputs:
+        raise CommandError("no audio INPUTS given")
     output = _shared.check_output(args.output, _shared.EMBEDDING_SUFFIXES)
     if args.part_size < 1:
         raise CommandError(f"--part-size must be at least 1, got {args.part_size}")

@@ -12,7 +12,8 @@ stable. ``sizes.json`` lists the samples per shard, as LAION-CLAP's loader expec
 
 Shards are written by --workers processes, each to a temporary file renamed into place when
 complete; re-running the same command skips complete shards (resume after a kill). Files
-that cannot be used (missing, corrupt, empty, silent, NaN) are skipped and listed in
+that cannot be used (missing, corrupt, empty, silent, NaN, samples far outside [-1, 1]) and
+manifest rows that are not UTF-8 or lack a caption are skipped and listed in
 ``skipped.csv`` and in the summary.
 
 example:
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -43,6 +45,8 @@ from clapkit.commands import CommandError
 
 STATE_DIR = ".make_shards"
 SUBTYPES = {16: "PCM_16", 24: "PCM_24"}
+# Peaks above this (40 dB over full scale) are broken data: skipped, not clipped to a square wave.
+MAX_PEAK = 100.0
 
 
 @dataclass
@@ -62,7 +66,9 @@ class ShardResult:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from clapkit.commands._shared import Parser
+
+    parser = Parser(
         prog="clapkit make-shards", description=__doc__,
         formatter_class=type("F", (argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter), {}),
     )
@@ -99,40 +105,94 @@ def _listish(value: Any, split: str | None) -> list[str] | str:
 
 
 def read_manifest(path: Path) -> list[dict[str, Any]]:
-    """Rows of a CSV or JSONL manifest; errors name the file, line and problem."""
+    """The usable rows of a CSV or JSONL manifest (see :func:`read_manifest_rows`)."""
+    return [row for row in read_manifest_rows(path)[0] if row is not None]
+
+
+def read_manifest_rows(path: Path) -> tuple[list[dict[str, Any] | None], list[tuple[str, str]]]:
+    """Rows of a CSV or JSONL manifest, and the rows skipped with their reasons.
+
+    A row that is not UTF-8, not valid JSON, or lacks ``audio`` or ``text`` is skipped and
+    counted (``None`` at its position, so the other rows keep their keys), like a bad audio
+    file; a manifest that cannot be read at all (missing, no header columns, no usable row) is
+    refused naming the file.
+    """
     if not path.is_file():
         raise CommandError(f"{path}: manifest not found")
-    rows: list[dict[str, Any]] = []
+    data = path.read_bytes()
+    rows: list[dict[str, Any] | None] = []
+    skipped: list[tuple[str, str]] = []
+
+    def skip(where: str, reason: str) -> None:
+        rows.append(None)
+        skipped.append((f"{path}:{where}", reason))
+
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
+        for line_no, raw in enumerate(data.splitlines(), 1):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                skip(f"line {line_no}", "manifest row is not UTF-8 text")
                 continue
             try:
                 row = json.loads(line)
             except ValueError as exc:
-                raise CommandError(f"{path}:{line_no}: not valid JSON ({exc})") from None
+                skip(f"line {line_no}", f"manifest row is not valid JSON ({exc})")
+                continue
             if not isinstance(row, dict):
-                raise CommandError(f"{path}:{line_no}: expected a JSON object per line")
+                skip(f"line {line_no}", "manifest row is not a JSON object")
+                continue
             rows.append(row)
     else:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            rows = [dict(r) for r in reader]
-            columns = reader.fieldnames or []
+        # surrogateescape keeps undecodable bytes inside their cell, so one bad byte costs one row.
+        text = data.decode("utf-8", errors="surrogateescape")
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        columns = reader.fieldnames or []
         if not {"audio", "text"} <= set(columns):
             raise CommandError(f"{path}: needs columns 'audio' and 'text'; found {columns}")
-    for i, row in enumerate(rows, 1):
-        if not row.get("audio") or row.get("text") in (None, "", []):
-            raise CommandError(f"{path}: row {i} lacks 'audio' or 'text': {row}")
+        for record in reader:
+            row = dict(record)
+            values = [v for v in row.values() if isinstance(v, str)] + [k for k in row if isinstance(k, str)]
+            if any(_has_surrogates(v) for v in values):
+                skip(f"line {reader.line_num}", "manifest row is not UTF-8 text")
+                continue
+            rows.append(row)
+    for i, row in enumerate(rows):
+        if row is None:
+            continue
+        if not row.get("audio") or not _has_caption(row.get("text")):
+            rows[i] = None
+            what = "audio" if not row.get("audio") else "text"
+            skipped.append((str(row.get("audio") or f"{path}: row {i + 1}"), f"manifest row has no {what}"))
     if not rows:
         raise CommandError(f"{path}: manifest has no rows")
-    return rows
+    if all(row is None for row in rows):
+        raise CommandError(f"{path}: no usable row ({len(skipped)} skipped, first: {skipped[0][1]})")
+    return rows, skipped
 
 
-def plan_rows(manifest: list[dict[str, Any]], audio_root: Path) -> list[Row]:
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _has_caption(text: Any) -> bool:
+    if isinstance(text, list):
+        return any(str(t).strip() for t in text)
+    return text is not None and str(text).strip() not in ("", "[]")
+
+
+def plan_rows(manifest: list[dict[str, Any] | None], audio_root: Path) -> list[Row]:
     width = max(6, len(str(len(manifest))))
     out = []
     for i, entry in enumerate(manifest):
+        if entry is None:  # a skipped manifest row keeps its number, so later keys stay stable
+            continue
         entry = dict(entry)
         source = str(entry.pop("audio"))
         meta: dict[str, Any] = {"text": _listish(entry.pop("text"), None)}
@@ -171,7 +231,12 @@ def write_shard(index: int, rows: list[Row], out_dir: str, sample_rate: int, bit
                 try:
                     wave, _ = load_audio(row.path, sample_rate, mono=True, reject_silent=True)
                 except (AudioLoadError, OSError) as exc:
-                    skipped.append((row.source, getattr(exc, "reason", str(exc))))
+                    skipped.append((row.source, _missing_reason(row.path) or getattr(exc, "reason", str(exc))))
+                    continue
+                peak = float(np.abs(wave).max())
+                if peak > MAX_PEAK:
+                    # FLAC would clip it to a square wave: broken data, not a level to keep.
+                    skipped.append((row.source, f"samples far outside [-1, 1] (peak {peak:.3g})"))
                     continue
                 if max_seconds is not None:
                     wave = wave[: int(max_seconds * sample_rate)]
@@ -188,6 +253,32 @@ def write_shard(index: int, rows: list[Row], out_dir: str, sample_rate: int, bit
         raise
     _write_json(out / STATE_DIR / f"{index:06d}.json", {"name": name, "count": count, "skipped": skipped})
     return ShardResult(index, count, skipped)
+
+
+def _missing_reason(path: str) -> str | None:
+    """Say what a path that does not open is, when "no such file" would mislead."""
+    if not os.path.islink(path):
+        return None
+    try:
+        Path(path).resolve(strict=True)
+    except RuntimeError:
+        return "symlink loop"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop"
+        return f"broken symlink (to {os.readlink(path)})"
+    return None
+
+
+def _remove_leftovers(out: Path) -> int:
+    """Delete the temporary files of a killed run (``.NNNNNN.tar.*.tmp`` and the state files'); returns how many."""
+    count = 0
+    patterns = [out.glob(".*.tar.*.tmp"), out.glob(".sizes.json.*.tmp"), out.glob(".skipped.csv.*.tmp"),
+                (out / STATE_DIR).glob(".*.tmp")]
+    for tmp in (t for pattern in patterns for t in pattern):
+        tmp.unlink(missing_ok=True)
+        count += 1
+    return count
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -235,8 +326,18 @@ def main(argv: list[str]) -> int:
         raise CommandError("--shard-size, --workers and --sample-rate must be positive")
     if not audio_root.is_dir():
         raise CommandError(f"{audio_root}: --audio-root is not a directory")
-    rows = plan_rows(read_manifest(manifest_path), audio_root)
+    if args.max_seconds is not None and not args.max_seconds > 0:
+        raise CommandError(f"--max-seconds must be positive, got {args.max_seconds:g} (omit it to keep whole files)")
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"{out}: -o is an existing file; give a folder for the shards")
+    from clapkit.commands._shared import check_writable_folder
+
+    check_writable_folder(out)
+    manifest, manifest_skipped = read_manifest_rows(manifest_path)
+    rows = plan_rows(manifest, audio_root)
     out.mkdir(parents=True, exist_ok=True)
+    # A run killed mid-shard leaves its temporary file; nothing else writes into this folder.
+    _remove_leftovers(out)
     _check_plan(out, _fingerprint(manifest_path, args, audio_root), args.overwrite)
 
     chunks = [rows[i : i + args.shard_size] for i in range(0, len(rows), args.shard_size)]
@@ -264,7 +365,7 @@ def main(argv: list[str]) -> int:
 
     sizes = {f"{i:06d}.tar": results[i].count for i in sorted(results) if results[i].count}
     _write_json(out / "sizes.json", sizes)
-    skipped = [(src, reason) for i in sorted(results) for src, reason in results[i].skipped]
+    skipped = manifest_skipped + [(src, reason) for i in sorted(results) for src, reason in results[i].skipped]
     _write_skipped(out / "skipped.csv", skipped)
     _summary(results, skipped, out, args.quiet)
     return 0

@@ -1,7 +1,7 @@
 """Cross-modal search with a tri-modal model (AudioCLIP): one query, ranked items of another modality.
 
 The query is a text (``--text``), an image file (``--image``) or an audio file (``--audio``).
-The items are the audio or image files of ``--folder`` (searched recursively; which modality
+The items are the audio or image files of FOLDER (or ``--folder``; searched recursively; which modality
 is decided by ``--target`` or, by default, by the files found) or the lines of ``--texts``
 (one candidate text per line). Items are ranked by cosine similarity of the model's
 embeddings; the top-k are printed (``rank<TAB>score<TAB>item``) and, with ``-o``, written
@@ -9,8 +9,8 @@ atomically as CSV (``rank, item, score``).
 
 example:
   clapkit convert audioclip AudioCLIP-Full-Training.pt -o models/audioclip
-  clapkit query --model models/audioclip --text "a dog barking" --folder recordings/
-  clapkit query --model models/audioclip --audio bark.wav --folder photos/ --top-k 5
+  clapkit query --model models/audioclip --text "a dog barking" recordings/
+  clapkit query --model models/audioclip --audio bark.wav photos/ --top-k 5
   clapkit query --model models/audioclip --image cat.jpg --texts labels.txt -o ranked.csv
 """
 
@@ -25,6 +25,7 @@ from clapkit.atomic import write_csv
 from clapkit.audio import AudioLoadError
 from clapkit.audio.io import AUDIO_EXTENSIONS
 from clapkit.commands import CommandError, _shared
+from clapkit.finite import NonFiniteError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -36,9 +37,11 @@ def build_parser():
     query.add_argument("--text", help="text query")
     query.add_argument("--image", help="image file query")
     query.add_argument("--audio", help="audio file query")
-    items = parser.add_mutually_exclusive_group(required=True)
-    items.add_argument("--folder", help="folder of audio or image files to rank")
-    items.add_argument("--texts", help="text file with one candidate text per line")
+    parser.add_argument("inputs", nargs="?", default=None, metavar="FOLDER",
+                        help="folder of audio or image files to rank")
+    items = parser.add_mutually_exclusive_group()
+    items.add_argument("--folder", help="the same as FOLDER (kept for older command lines)")
+    items.add_argument("--texts", help="text file with one candidate text per line (instead of FOLDER)")
     parser.add_argument("--target", choices=["auto", "audio", "image"], default="auto",
                         help="modality of --folder files (auto: whichever kind the folder holds)")
     parser.add_argument("--top-k", type=int, default=10, help="results to show and write")
@@ -98,16 +101,22 @@ class _Embedder:
         if modality == "audio":
             try:
                 return self.model.embed_audio(items)
-            except AudioLoadError as exc:
+            except (AudioLoadError, NonFiniteError) as exc:
                 raise CommandError(str(exc)) from None
         try:
             return self.model.embed_image(items, batch_size=self.batch_size)
-        except (FileNotFoundError, ValueError) as exc:
+        except (FileNotFoundError, ValueError) as exc:  # NonFiniteError is a ValueError
             raise CommandError(str(exc)) from None
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.inputs is not None:
+        if args.folder is not None or args.texts is not None:
+            raise CommandError("give the items once: FOLDER, --folder or --texts")
+        args.folder = args.inputs
+    if args.folder is None and args.texts is None:
+        raise CommandError("give the items to rank: FOLDER (or --folder) or --texts FILE")
     if args.top_k < 1:
         raise CommandError(f"--top-k must be at least 1, got {args.top_k}")
     output = _shared.check_output(args.output, (".csv",)) if args.output else None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from clapkit.atomic import write_csv
 from clapkit.commands import CommandError, _shared
+from clapkit.finite import NonFiniteError, nonfinite_rows
 from clapkit.search import NearestNeighbours
 
 
@@ -43,6 +44,8 @@ def main(argv: list[str]) -> int:
     queries = [q for q in args.query if q.strip()]
     if not queries:
         raise CommandError("--query is empty")
+    if output is not None:
+        _shared.refuse_overwriting_inputs([output], [args.index])
     paths, index, metadata = _shared.read_embeddings(args.index)
     if not paths:
         raise CommandError(f"{args.index}: the index is empty")
@@ -56,8 +59,18 @@ def main(argv: list[str]) -> int:
                            "re-embed the folder with this model")
     if args.nprobe < 1:
         raise CommandError(f"--nprobe must be at least 1, got {args.nprobe}")
+    bad = nonfinite_rows(index)
+    if bad:
+        # A NaN score would rank first (topk puts NaN above every number): refuse the index.
+        names = ", ".join(paths[i] for i in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise CommandError(f"{args.index}: {len(bad)} non-finite embedding(s) (NaN or Inf) for {names}; "
+                           "re-embed those files")
+    try:
+        text = model.embed_text(queries)
+    except NonFiniteError as exc:
+        raise CommandError(f"--query {exc}") from None
     searcher = NearestNeighbours(index, args.search, nprobe=args.nprobe, cache=args.index)
-    hits = searcher.search(model.embed_text(queries).numpy(), args.top_k)
+    hits = searcher.search(text.numpy(), args.top_k)
     rows = []
     for qi, query in enumerate(queries):
         found = [(s, j) for s, j in zip(hits.scores[qi].tolist(), hits.indices[qi].tolist()) if j >= 0]

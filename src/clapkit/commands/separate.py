@@ -29,7 +29,16 @@ from pathlib import Path
 from clapkit.audio import AudioLoadError, load_audio, save_audio
 from clapkit.audio.io import AUDIO_EXTENSIONS
 from clapkit.commands import CommandError
-from clapkit.commands._shared import check_headers, discover_audio, make_parser, progress_bar
+from clapkit.commands._shared import (
+    add_precision_option,
+    check_headers,
+    check_writable_folder,
+    discover_audio,
+    make_parser,
+    progress_bar,
+    refuse_overwriting_inputs,
+)
+from clapkit.finite import NonFiniteError
 
 
 def build_parser():
@@ -46,8 +55,10 @@ def build_parser():
                         help="example recordings of the sound to remove")
     parser.add_argument("--audio-weight", type=float, default=0.5,
                         help="weight of the audio query when a side has text and audio (0..1)")
-    parser.add_argument("--overlap", type=float, default=0.5, help="chunk overlap fraction (0 or 0.5)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--overlap", type=float, default=0.5,
+                        help="chunk overlap fraction in [0, 1) (0: no overlap; 0.5: Hann windows that sum to 1)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
+    add_precision_option(parser)
     parser.add_argument("--batch-size", type=int, default=4, help="chunks per forward pass")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -99,16 +110,20 @@ def staged_outputs(targets: Sequence[Path]):
 
 
 def _load_model(args):
+    from clapkit.commands._shared import check_device, check_model_path
     from clapkit.pretrained import PretrainedError, load_native
     from clapkit.separator import SeparationModel, is_separation_task
 
+    check_device(args.device)
+    check_model_path(args.model)
     try:
         model, _, inference = load_native(args.model)
     except (PretrainedError, FileNotFoundError) as exc:
         raise CommandError(str(exc)) from None
     if not is_separation_task(model):
         raise CommandError(f"{args.model}: a {type(model).__name__}, not a separation model (SeparationTask)")
-    return SeparationModel(model, inference, device=args.device, batch_size=args.batch_size, overlap=args.overlap)
+    return SeparationModel(model, inference, device=args.device, batch_size=args.batch_size, overlap=args.overlap,
+                           precision=args.precision)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     files = discover_audio(args.inputs)
     check_headers(files)
     targets = output_paths(files, args.inputs, args.output)
+    refuse_overwriting_inputs(targets, [*files, *args.query_audio, *args.negative_audio])
+    for folder in sorted({t.parent for t in targets}):
+        check_writable_folder(folder)
     existing = [str(p) for p in targets if p.exists()]
     if existing and not args.overwrite:
         raise CommandError(f"{existing[0]}: already exists (pass --overwrite to replace)")
@@ -131,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                                     audio_weight=args.audio_weight)
     except AudioLoadError as exc:
         raise CommandError(f"query audio {exc}") from None
+    except NonFiniteError as exc:
+        raise CommandError(f"query: {exc.reason}") from None
     # One file at a time (a folder of long recordings never sits in memory at once); outputs
     # are staged and moved into place at the end, so a file whose header was fine but whose
     # data is not still stops the run with nothing written.
@@ -140,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
                 wave, rate = load_audio(file, mono=False)
             except AudioLoadError as exc:
                 raise CommandError(str(exc)) from None
-            estimate = model.separate(wave, rate, condition=condition)
+            try:
+                estimate = model.separate(wave, rate, condition=condition)
+            except NonFiniteError as exc:  # huge samples overflow the model: nothing is written
+                raise CommandError(str(exc.named(str(file)))) from None
             subtype = "FLOAT" if target.suffix.lower() == ".wav" else None
             save_audio(stage(target), estimate if estimate.shape[0] > 1 else estimate[0], rate, subtype=subtype)
             advance(1)

@@ -3,14 +3,15 @@
 Each label becomes a prompt through ``--template`` (``{}`` is replaced by the label); audio
 and prompts are embedded and each file gets a softmax over the labels of the model's scaled
 cosine similarities. Labels come from ``--labels FILE`` (one per line; blank lines and lines
-starting with ``#`` are skipped) and/or repeated ``--label``.
+starting with ``#`` are skipped) and/or repeated ``--label``. INPUTS are audio files and/or
+folders (``--audio INPUT...`` is accepted too).
 
 The CSV has one row per (file, rank): ``path, rank, label, probability, similarity``
 (rank 1 is the best label; similarity is the raw cosine). It is written atomically; a
 corrupt or empty audio file stops the command before anything is written.
 
 example:
-  clapkit zeroshot --model models/clap --labels labels.txt --audio recordings/ -o tags.csv --top-k 5
+  clapkit zeroshot --model models/clap --labels labels.txt recordings/ -o tags.csv --top-k 5
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from clapkit.commands import CommandError, _shared
 
 def build_parser():
     parser = _shared.make_parser("zeroshot", __doc__)
-    parser.add_argument("--model", required=True, help="native model directory or official checkpoint")
-    parser.add_argument("--audio", required=True, nargs="+", help="audio files and/or folders")
+    _shared.add_model_and_inputs(parser)
+    parser.add_argument("--audio", nargs="+", default=[], metavar="INPUT",
+                        help="audio files and/or folders (the same as INPUTS; kept for older command lines)")
     parser.add_argument("--labels", help="text file with one label per line")
     parser.add_argument("--label", action="append", default=[], help="a label (repeatable)")
     parser.add_argument("--template", default="This is a sound of {}.", help="prompt; {} is replaced by the label")
@@ -59,6 +61,11 @@ def read_labels(path: str | None, extra: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.model is None:
+        raise CommandError("--model is required")
+    args.audio = [*args.inputs, *args.audio]
+    if not args.audio:
+        raise CommandError("no audio INPUTS given")
     if args.top_k < 1:
         raise CommandError(f"--top-k must be at least 1, got {args.top_k}")
     if "{}" not in args.template:
@@ -66,6 +73,7 @@ def main(argv: list[str]) -> int:
     output = _shared.check_output(args.output, (".csv",))
     labels = read_labels(args.labels, args.label)
     files = _shared.discover_audio(args.audio)
+    _shared.refuse_overwriting_inputs([output], [args.labels, *files])
     _shared.check_headers(files)
     model = _shared.load_model(args.model, args)
     text = model.embed_text([args.template.replace("{}", label) for label in labels])

@@ -37,6 +37,7 @@ from clapkit import deps
 from clapkit.atomic import write_csv
 from clapkit.audio import fit_length, load_audio, resample
 from clapkit.datamodules.mix_sources import MixSource, source_metadata
+from clapkit.datamodules.resumable import ResumableLoader, ResumableSampler, default_seed
 
 LevelMode = Literal["rms", "lufs"]
 CSV_COLUMNS = ("source_file", "positive_caption", "noise_file", "negative_caption", "snr_db")
@@ -459,9 +460,16 @@ class MixtureDataset(Dataset):
             return self._from_spec(self.specs[index], index)
         return self._random(index)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Draw random mixtures from ``(seed, epoch, index)`` only (resumable; see ResumableSampler)."""
+        self._epoch = int(epoch)
+
     def _random(self, index: int) -> dict[str, Any]:
         self._draws += 1
-        rng = np.random.default_rng([torch.initial_seed() & 0xFFFFFFFF, index, self._draws])
+        if getattr(self, "_epoch", None) is not None:
+            rng = np.random.default_rng([default_seed(), self._epoch, index])
+        else:
+            rng = np.random.default_rng([torch.initial_seed() & 0xFFFFFFFF, index, self._draws])
         captions = self.captions()
         if self._group_index is None:
             self._group_index = GroupIndex(self.groups())
@@ -646,7 +654,8 @@ class MixtureDataModule(LightningDataModule):
         return self.test_dataloader()
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool = False) -> DataLoader:
-        return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+        return (ResumableLoader if shuffle else DataLoader)(
+            dataset, batch_size=batch_size, sampler=ResumableSampler(dataset) if shuffle else None,
+            num_workers=self.num_workers,
             collate_fn=collate_mixtures, drop_last=shuffle, persistent_workers=self.num_workers > 0,
         )

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from clapkit.atomic import write_csv
 from clapkit.audio import save_audio
 from clapkit.datamodules.base import Sample, collate_samples
+from clapkit.datamodules.resumable import ResumableLoader, ResumableSampler
 
 SOURCES = ("tone", "chirp", "noise", "clicks", "buzz")
 REGISTERS = ("low", "mid", "high")
@@ -391,10 +392,12 @@ class SyntheticCLAPDataModule(LightningDataModule):
         return list(self.corpus.heldout_classes)
 
     def _loader(self, split: Split, size: int, train: bool = False) -> DataLoader:
-        return DataLoader(
-            SyntheticSplit(self.corpus, split, size),
+        data = SyntheticSplit(self.corpus, split, size)
+        return (ResumableLoader if train else DataLoader)(
+            data,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            # a (seed, epoch) order that can start mid-epoch: exact resume (callbacks.ExactResume)
+            sampler=ResumableSampler(data, shuffle=True) if train else None,
             drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

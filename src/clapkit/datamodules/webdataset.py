@@ -142,13 +142,19 @@ class ShardStream(IterableDataset):
     # -- raw sample streams ----------------------------------------------------------------
     def _read_shards(self, src: ResolvedSource, assignment: Assignment, order: list[int],
                      skips: Counter) -> Iterator[dict[str, Any]]:
+        failed: set[int] = set()
+
         def handler(exc: Exception) -> bool:
-            skips["bad_shard"] += 1
-            log.warning("skipping unreadable shard data: %s", exc)
+            # One count per shard read: a truncated tar reports its end twice.
+            if shard not in failed:
+                failed.add(shard)
+                skips["bad_shard"] += 1
+                log.warning("skipping unreadable shard data: %s", exc)
             return True
 
         index = 0
         for shard in order:
+            failed.discard(shard)
             for raw in tarfile_samples(iter([{"url": src.urls[shard]}]), handler=handler):
                 keep = assignment.stride == 1 or index % assignment.stride == assignment.offset
                 index += 1
@@ -247,7 +253,7 @@ class ShardStream(IterableDataset):
 
         def emit(items: list, extra: Counter) -> dict[str, Any]:
             return collate_with_skips(items, num_classes=self.num_classes, pick_text=pick, rng=rng,
-                                      extra_skips=extra)
+                                      extra_skips=Counter(extra))
 
         items: list[Sample] = []
         pending: dict[str, Any] | None = None  # eval holds one batch back to attach late skips
@@ -265,7 +271,10 @@ class ShardStream(IterableDataset):
             items.append(item)
             if len(items) == self.batch_size:
                 batch = emit(items, skips)
-                items, skips = [], Counter()
+                # Clear in place: the shard reader's error handler holds this same Counter, so
+                # a bad shard met after the first batch is still counted.
+                items = []
+                skips.clear()
                 if limit is not None:
                     yield batch
                     produced += 1

@@ -200,10 +200,6 @@ class PANNEncoder(FeatureAudioEncoder):
             out = out.index_put((index,), self.fusion_model(out[index], local))
         return out
 
-    def forward_mel(self, mel: torch.Tensor, longer: torch.Tensor | None = None) -> EncoderOutput:
-        """Run on a front-end log-mel ``[B, C, frames, n_mels]`` (C = 4 views with fusion), as HTSAT's."""
-        return self.forward_spectrogram(self.bn0(mel.transpose(1, 3)).transpose(1, 3), longer)
-
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None,
                 crop_starts: torch.Tensor | None = None) -> EncoderOutput:
         """Embed waveforms ``[B, T]`` (or ``[B, C, T]``); see ``clip_samples`` and ``fusion``.

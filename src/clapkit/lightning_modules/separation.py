@@ -63,8 +63,10 @@ class SeparationTask(BaseTask):
         monitor: metric the plateau scheduler maximises.
         export_dir: after ``fit``, save the trained task here in clapkit's native format (the
             ``--model`` of ``clapkit separate``), using the LightningCLI ``config.yaml`` of the run.
-        export_chunk_seconds: chunk length ``clapkit separate`` uses with the exported model (at
-            most what the encoder's spectrogram image covers: 10 s for CLAPSep).
+        export_chunk_seconds: chunk length ``clapkit separate`` uses with the exported model;
+            ``None`` (default): the separation encoder's window (``clip_samples`` at its rate:
+            10 s for CLAPSep, the training window of the quick start). Longer than that window
+            is refused, since the encoder cannot take it.
     """
 
     def __init__(
@@ -81,7 +83,7 @@ class SeparationTask(BaseTask):
         scheduler: LRSchedulerCallable | None = _default_scheduler,
         monitor: str = "val/si_sdri",
         export_dir: str | None = None,
-        export_chunk_seconds: float = 10.0,
+        export_chunk_seconds: float | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["separator", "query", "optimizer", "scheduler"])
@@ -101,7 +103,13 @@ class SeparationTask(BaseTask):
         self.compute_sdr = compute_sdr
         self.set_optimization(optimizer, scheduler, monitor=monitor, interval="epoch")
         self.export_dir = export_dir
-        self.export_chunk_seconds = export_chunk_seconds
+        window = separator.window_seconds
+        if export_chunk_seconds is None:
+            export_chunk_seconds = window if window is not None else 10.0
+        elif export_chunk_seconds <= 0 or (window is not None and export_chunk_seconds > window + 1e-9):
+            raise ValueError(f"export_chunk_seconds must be in (0, {window:g}] (the separation encoder's "
+                             f"window), got {export_chunk_seconds:g}")
+        self.export_chunk_seconds = float(export_chunk_seconds)
         compact_buffers(self)
         names = [n for n in METRICS if compute_sdr or n != "sdr"]
         self.metrics = nn.ModuleDict(

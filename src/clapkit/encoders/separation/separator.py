@@ -103,6 +103,15 @@ class CLAPSep(nn.Module):
         return self
 
     @property
+    def window_seconds(self) -> float | None:
+        """The longest mixture (seconds) the encoder takes: its ``clip_samples`` at its rate."""
+        samples = getattr(self.encoder, "clip_samples", None)
+        rate = getattr(self.encoder, "sample_rate", None)
+        if not samples or not rate:
+            return None
+        return float(samples) / float(rate)
+
+    @property
     def encoder_rate(self) -> int:
         return int(self.encoder.sample_rate)
 
