@@ -17,6 +17,13 @@ Both libraries run in the same process on the same inputs; the reference is skip
 compiles clapkit's encoders (``clapkit.callbacks.TorchCompile``) and ``--channels-last``
 converts its conv weights. Results print as a table and, with ``--json PATH``, as JSON.
 
+``--captions``: ``fixed77`` gives both libraries 77-token texts (the reference's setting);
+``realistic`` draws caption lengths like AudioCaps / Clotho captions (AudioCaps averages ~9
+words, Clotho ~11; with RoBERTa's BPE and ``<s>``/``</s>`` that is ~12-16 tokens):
+``round(N(14, 4^2))`` clipped to [6, 40] tokens, seeded. clapkit pads them to the batch's
+longest caption (its text tower's ``padding="longest"``), the reference to 77 as its tokenizer
+does (``padding="max_length"``), both with the attention mask of the real tokens.
+
 examples:
   python benchmarks/train_step.py --device cuda --precision fp32 bf16           # the acceptance run
   python benchmarks/train_step.py --device cuda --precision bf16 --compile
@@ -58,6 +65,7 @@ class Result:
     peak_memory_gb: float | None
     train_step_ms: float
     mfu: float | None = None
+    captions: str = "fixed77"
 
 
 # --------------------------------------------------------------------------- models
@@ -105,10 +113,51 @@ def build_reference(htsat_variant: str, text_layers: int):
         def from_pretrained(*args, **kwargs):
             return AutoModel.from_config(config)
 
-    cfg = json.loads(json.dumps(_MODEL_CONFIGS[f"HTSAT-{htsat_variant}"]))
-    with mock.patch.object(model_module, "RobertaModel", OfflineRoberta):
-        return model_module.CLAP(cfg["embed_dim"], cfg["audio_cfg"], {**cfg["text_cfg"], "model_type": "roberta"},
-                                 enable_fusion=False, fusion_type="None")
+    cfg = json.loads(json.dumps(_MODEL_CONFIGS["HTSAT-tiny" if htsat_variant == "test" else f"HTSAT-{htsat_variant}"]))
+    patches = [mock.patch.object(model_module, "RobertaModel", OfflineRoberta)]
+    if htsat_variant == "test":
+        # The reference's own Swin class at clapkit's `test` geometry (smoke runs only).
+        from laion_clap.clap_module.htsat import HTSAT_Swin_Transformer
+
+        def small(audio_cfg, enable_fusion=False, fusion_type="None"):
+            return HTSAT_Swin_Transformer(spec_size=256, patch_size=4, patch_stride=(4, 4),
+                                          num_classes=audio_cfg.class_num, config=audio_cfg, embed_dim=16,
+                                          depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=8)
+
+        patches.append(mock.patch.object(model_module, "create_htsat_model", small))
+    with contextlib.ExitStack() as stack:
+        for patch in patches:
+            stack.enter_context(patch)
+        model = model_module.CLAP(cfg["embed_dim"], cfg["audio_cfg"], {**cfg["text_cfg"], "model_type": "roberta"},
+                                  enable_fusion=False, fusion_type="None")
+    if htsat_variant == "test":
+        width, joint = model.audio_branch.num_features, model.joint_embed_shape
+        model.audio_projection = torch.nn.Sequential(torch.nn.Linear(width, joint), torch.nn.ReLU(),
+                                                     torch.nn.Linear(joint, joint))
+    return model
+
+
+def caption_lengths(batch: int, seed: int = 0) -> torch.Tensor:
+    """Token counts (with ``<s>``/``</s>``) like AudioCaps / Clotho captions: round(N(14, 4^2)) in [6, 40]."""
+    gen = torch.Generator().manual_seed(seed)
+    return (14 + 4 * torch.randn(batch, generator=gen)).round().clamp(6, 40).long()
+
+
+def caption_tokens(captions: str, batch: int, device: torch.device) -> tuple[dict, dict]:
+    """``(clapkit tokens, reference tokens)``: the same token ids, padded to the batch's longest
+    caption for clapkit and to 77 for the reference (fixed77: both 77 tokens, no padding)."""
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 50265, (batch, TEXT_TOKENS), generator=gen)
+    lengths = torch.full((batch,), TEXT_TOKENS) if captions == "fixed77" else caption_lengths(batch)
+    positions = torch.arange(TEXT_TOKENS)
+    mask = (positions < lengths[:, None]).long()
+    ids[:, 0] = 0
+    ids[torch.arange(batch), lengths - 1] = 2
+    ids = torch.where(mask.bool(), ids, torch.ones_like(ids))  # pad id 1
+    longest = int(lengths.max())
+    ours = {"input_ids": ids[:, :longest].to(device), "attention_mask": mask[:, :longest].to(device)}
+    theirs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    return ours, theirs
 
 
 # --------------------------------------------------------------------------- steps
@@ -208,7 +257,7 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
 
 
 def bench(runner: Runner, device: torch.device, precision: str, batch: int, warmup: int, steps: int,
-          flops_per_sample: float | None) -> Result:
+          flops_per_sample: float | None, captions: str = "fixed77") -> Result:
     runner.model.to(device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -224,7 +273,7 @@ def bench(runner: Runner, device: torch.device, precision: str, batch: int, warm
     samples = batch / step_s
     available = peak_flops(device, precision)
     mfu = flops_per_sample * samples / available if flops_per_sample and available else None
-    return Result(runner.name, precision, samples, batch / embed_s, peak, 1000 * step_s, mfu)
+    return Result(runner.name, precision, samples, batch / embed_s, peak, 1000 * step_s, mfu, captions)
 
 
 # --------------------------------------------------------------------------- main
@@ -236,11 +285,14 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, cuDNN autotune)")
     parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length (10 s = 480000 samples)")
-    parser.add_argument("--htsat", default="tiny", choices=["tiny", "base"], help="HTSAT preset (both libraries)")
+    parser.add_argument("--htsat", default="tiny", choices=["tiny", "base", "test"],
+                        help="HTSAT preset (both libraries; test: a 16-wide smoke-test geometry)")
     parser.add_argument("--text-layers", type=int, default=12, help="RoBERTa layers (12 = roberta-base)")
     parser.add_argument("--skip-reference", action="store_true", help="measure clapkit only")
     parser.add_argument("--compile", action="store_true", help="also measure clapkit with torch.compile")
     parser.add_argument("--channels-last", action="store_true", help="clapkit conv weights in channels-last")
+    parser.add_argument("--captions", nargs="+", choices=["fixed77", "realistic"], default=["fixed77"],
+                        help="caption lengths (see the module docstring); each setting is measured")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     args = parser.parse_args(argv)
 
@@ -252,21 +304,18 @@ def main(argv: list[str] | None = None) -> list[Result]:
     torch.manual_seed(0)
     samples = int(round(args.seconds * RATE))
     audio = 0.1 * torch.randn(args.batch_size, samples, device=device)
-    ids = torch.randint(3, 50265, (args.batch_size, TEXT_TOKENS), device=device)
-    ids[:, 0], ids[:, -1] = 0, 2
-    tokens = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
     results: list[Result] = []
-    for precision in args.precision:
+    for captions, precision in [(c, p) for c in args.captions for p in args.precision]:
+        ours_tokens, reference_tokens = caption_tokens(captions, args.batch_size, device)
         variants = [(False, args.channels_last)] + ([(True, args.channels_last)] if args.compile else [])
         flops = None
         for compile_, channels_last in variants:
             torch.manual_seed(0)
             model = build_clapkit(args.htsat, args.text_layers, samples).to(device)
-            runner = clapkit_runner(model, audio, tokens, device, compile_, channels_last)
+            runner = clapkit_runner(model, audio, ours_tokens, device, compile_, channels_last)
             if flops is None:
                 flops = count_training_flops(runner, device, precision, args.batch_size)
-            results.append(bench(runner, device, precision, args.batch_size, args.warmup, args.steps, flops))
+            results.append(bench(runner, device, precision, args.batch_size, args.warmup, args.steps, flops, captions))
             del runner, model
         if not args.skip_reference:
             torch.manual_seed(0)
@@ -274,8 +323,9 @@ def main(argv: list[str] | None = None) -> list[Result]:
             if reference is None:
                 print("laion_clap is not installed: reference skipped", file=sys.stderr)
             else:
-                runner = reference_runner(reference.to(device), audio, tokens)
-                results.append(bench(runner, device, precision, args.batch_size, args.warmup, args.steps, flops))
+                runner = reference_runner(reference.to(device), audio, reference_tokens)
+                results.append(bench(runner, device, precision, args.batch_size, args.warmup, args.steps, flops,
+                                     captions))
                 del runner, reference
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -283,21 +333,22 @@ def main(argv: list[str] | None = None) -> list[Result]:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     print(f"device={device_name} torch={torch.__version__} batch={args.batch_size} clip={args.seconds:g}s@{RATE}Hz "
           f"htsat-{args.htsat} roberta layers={args.text_layers} warmup={args.warmup} steps={args.steps}")
-    print(f"{'library':<34}{'prec':>5}{'train/s':>10}{'step ms':>10}{'emb/s':>10}{'peak GB':>9}{'MFU':>8}")
+    print(f"{'library':<34}{'captions':>10}{'prec':>5}{'train/s':>10}{'step ms':>10}{'emb/s':>10}{'peak GB':>9}{'MFU':>8}")
     for r in results:
         peak = f"{r.peak_memory_gb:.2f}" if r.peak_memory_gb is not None else "-"
         mfu = f"{100 * r.mfu:.1f}%" if r.mfu is not None else "-"
-        print(f"{r.library:<34}{r.precision:>5}{r.train_samples_per_s:>10.1f}{r.train_step_ms:>10.1f}"
+        print(f"{r.library:<34}{r.captions:>10}{r.precision:>5}{r.train_samples_per_s:>10.1f}{r.train_step_ms:>10.1f}"
               f"{r.audio_embeddings_per_s:>10.1f}{peak:>9}{mfu:>8}")
-    by = {(r.library, r.precision): r for r in results}
-    for precision in args.precision:
-        ref = by.get(("laion-clap 1.1.7", precision))
-        ours = [r for r in results if r.precision == precision and r.library.startswith("clapkit")]
+    by = {(r.library, r.precision, r.captions): r for r in results}
+    for captions, precision in [(c, p) for c in args.captions for p in args.precision]:
+        ref = by.get(("laion-clap 1.1.7", precision, captions))
+        ours = [r for r in results if r.precision == precision and r.captions == captions
+                and r.library.startswith("clapkit")]
         if ref:
             for r in ours:
                 mem = (f", peak memory x{r.peak_memory_gb / ref.peak_memory_gb:.2f}"
                        if r.peak_memory_gb and ref.peak_memory_gb else "")
-                print(f"{precision}: {r.library} vs reference: training x{r.train_samples_per_s / ref.train_samples_per_s:.2f}, "
+                print(f"{precision} {captions}: {r.library} vs reference: training x{r.train_samples_per_s / ref.train_samples_per_s:.2f}, "
                       f"embedding x{r.audio_embeddings_per_s / ref.audio_embeddings_per_s:.2f}{mem}")
     if flops:
         print(f"training FLOPs per sample (counted): {flops / 1e9:.1f} GFLOP")

@@ -26,9 +26,9 @@ from clapkit.audio.preprocess import AudioInput, InferenceConfig
 from clapkit.audio.preprocess import prepare_audio as _prepare_audio
 from clapkit.encoders.tower import TowerSet
 from clapkit.finite import NonFiniteError, require_finite
+from clapkit.precision import AUTOCAST, PRECISIONS, resolve_precision, store_in_dtype
 
 __all__ = ["AudioInput", "CLAPModel", "InferenceConfig", "audio_files", "resolve_device"]
-PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -47,7 +47,9 @@ class CLAPModel:
             taken out of it (the task itself is not kept).
         inference: preprocessing settings of the checkpoint.
         device: where the model runs (``cpu``, ``cuda``, ``auto``...).
-        precision: ``32``, ``bf16`` or ``16``: autocast dtype of the forward pass.
+        precision: ``32``; ``bf16`` or ``16`` (autocast of the forward pass); ``bf16-true``
+            (the audio trunk stored in bf16, front end and head fp32); ``auto`` (``bf16-true``
+            on a CPU with bf16 matrix units, else ``32``). See :mod:`clapkit.precision`.
         batch_size: clips or texts per forward pass.
         audio_tower: name of the audio tower.
         text_tower: name of the text tower.
@@ -64,14 +66,14 @@ class CLAPModel:
         audio_tower: str = "audio",
         text_tower: str = "text",
     ):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.device = resolve_device(device)
+        precision = resolve_precision(precision, self.device)
         #: The towers and logit scales (a plain module).
         self.model = TowerSet.of(model).to(self.device).eval()
         self.inference = inference
+        #: The resolved precision (``auto`` says which one it chose).
         self.precision = precision
         self.batch_size = batch_size
         self.audio_tower = audio_tower
@@ -81,6 +83,8 @@ class CLAPModel:
         text = self._tower(text_tower)
         if text is not None and inference.text_max_length is not None and hasattr(text.encoder, "max_length"):
             text.encoder.max_length = inference.text_max_length
+        if precision == "bf16-true" and self._tower(audio_tower) is not None:
+            store_in_dtype(self._tower(audio_tower), PRECISIONS[precision])
 
     # ------------------------------------------------------------------ properties
 
@@ -286,7 +290,7 @@ class CLAPModel:
 
     def _autocast(self):
         dtype = PRECISIONS[self.precision]
-        if dtype is None:
+        if self.precision not in AUTOCAST:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 

@@ -19,6 +19,7 @@ imported.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -237,7 +238,11 @@ def load_native(directory: str | os.PathLike, load_weights: bool = True,
     weights = directory / WEIGHTS_NAME
     if load_weights and not weights.is_file():
         raise PretrainedError(f"{directory}: no {WEIGHTS_NAME}")
-    model = instantiate_model(config, resolve=lambda p: str((directory / p).resolve()))
+    from clapkit.fastinit import skip_random_init
+
+    # The strict load below overwrites every weight: drawing random ones first is wasted time.
+    with skip_random_init() if load_weights else contextlib.nullcontext():
+        model = instantiate_model(config, resolve=lambda p: str((directory / p).resolve()))
     if load_weights:
         load_state_dict_strict(model, read_native_weights(weights), what=f"{weights} (for the model in {CONFIG_NAME})")
     return model.eval(), config, inference

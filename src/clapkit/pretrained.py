@@ -110,7 +110,8 @@ def load(
         text_model: for official checkpoints, the local directory of the text tower's
             Hugging Face tokenizer and config (for example a saved ``roberta-base``).
         device: ``cpu``, ``cuda``, ``cuda:1`` or ``auto``.
-        precision: ``32``, ``bf16`` or ``16`` (autocast; front ends stay in fp32).
+        precision: ``32``, ``bf16`` or ``16`` (autocast), ``bf16-true`` or ``auto`` (see
+            :mod:`clapkit.precision`); front ends stay in fp32.
         batch_size: clips or texts per forward pass.
         trust_pickle: let ``torch.load`` run code from an official checkpoint (only for files
             you trust; the default refuses such files).

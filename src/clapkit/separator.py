@@ -129,8 +129,11 @@ class SeparationModel:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        # ``auto`` (the commands' default) keeps separation in fp32: the bf16 policies of
+        # clapkit.precision were checked for embeddings, not for masks.
+        precision = "32" if precision == "auto" else precision
+        if precision not in ("32", "bf16", "16"):
+            raise ValueError(f"precision must be one of auto, 32, bf16, 16, not {precision!r}")
         self.precision = precision
         self.device = resolve_device(device)
         #: The separator and query network (a plain module).

@@ -34,7 +34,7 @@ def test_embed_folder_and_file(model_dir, folder, tmp_path, suffix):
     expected = sorted(str(p) for p in folder.rglob("*.wav")) + [str(extra)]
     assert paths == expected and array.shape == (4, 16) and array.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(array, axis=1), 1.0, atol=1e-5)
-    model = clapkit.load(model_dir)
+    model = clapkit.load(model_dir, precision="auto")  # the command's default precision
     np.testing.assert_allclose(array, model.embed_audio(paths).numpy(), atol=1e-6)
     assert meta["fingerprint"] == model.fingerprint and meta["dim"] == "16"
 

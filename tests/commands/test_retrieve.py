@@ -31,7 +31,7 @@ def test_ranks_like_the_python_api(setup, tmp_path, capsys):
     assert len(printed) == 4 and printed[0].startswith("a dog barking\t1\t")
     rows = list(csv.DictReader(open(out, newline="")))
     assert list(rows[0]) == ["query", "rank", "path", "score"] and len(rows) == 4
-    model = clapkit.load(model_dir)
+    model = clapkit.load(model_dir, precision="auto")  # the commands' default precision
     scores = model.embed_text(["a dog barking"]) @ model.embed_audio(clips).T
     assert rows[0]["path"] == str(clips[int(torch.argmax(scores))])
     assert float(rows[0]["score"]) == pytest.approx(float(scores.max()), abs=1e-5)
@@ -44,3 +44,12 @@ def test_index_from_another_model_is_refused(setup, tmp_path, capsys):
     assert "different model" in capsys.readouterr().err
     assert main(["retrieve", "--model", str(other), "--index", str(tmp_path / "none.parquet"), "--query", "x"]) == 2
     assert "no such embeddings file" in capsys.readouterr().err
+
+
+def test_ann_search_ranks_like_exact(setup, capsys):
+    model_dir, _, index = setup
+    common = ["retrieve", "--model", str(model_dir), "--index", str(index), "--query", "a dog barking", "-q"]
+    assert main([*common, "--search", "exact"]) == 0
+    exact = capsys.readouterr().out
+    assert main([*common, "--search", "ann"]) == 0
+    assert capsys.readouterr().out == exact and len(exact.strip().splitlines()) == 3

@@ -138,3 +138,24 @@ def test_too_many_frames_is_a_clear_error():
     model = HTSAT("test", frontend=ConvLogMel(), clip_samples=600000).eval()
     with pytest.raises(ValueError, match="at most 1024 frames, got 1251"):
         model(torch.zeros(1, 600000))
+
+
+def test_inference_gather_path_and_cached_bias_equal_the_training_path(model):
+    """Without gradients SwinBlock gathers windows and WindowAttention reuses its bias; the
+    numbers must be those of the roll/partition path (run here with gradients on)."""
+    wave = torch.randn(2, 480000) * 0.1
+    with torch.no_grad():
+        fast = model(wave).embedding
+        again = model(wave).embedding  # second call: cached biases
+    with torch.enable_grad():
+        slow = model(wave).embedding
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+    assert torch.equal(fast, again)
+    block = next(b for b in model.modules() if isinstance(b, SwinBlock) and b.shift_size)
+    with torch.no_grad():  # a changed table is picked up (the cache is keyed on its version)
+        table = block.attn.relative_position_bias_table
+        saved = table.clone()
+        table.add_(torch.randn_like(table))
+        changed = model(wave).embedding
+        table.copy_(saved)
+    assert not torch.allclose(changed, fast)

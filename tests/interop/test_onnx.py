@@ -66,7 +66,8 @@ def test_embed_runtime_onnx_writes_the_pytorch_embeddings(exported, tmp_path):
     write_wav_folder(folder, count=3, sample_rate=22050)
     out_onnx, out_torch = tmp_path / "onnx.npy", tmp_path / "torch.npy"
     assert main(["embed", "--runtime", "onnx", str(onnx_dir), str(folder), "-o", str(out_onnx), "-q"]) == 0
-    assert main(["embed", str(model_dir), str(folder), "-o", str(out_torch), "-q", "--device", "cpu"]) == 0
+    assert main(["embed", str(model_dir), str(folder), "-o", str(out_torch), "-q", "--device", "cpu",
+                 "--precision", "32"]) == 0  # ONNX runs fp32; the commands default to auto (bf16 on AMX CPUs)
     paths, onnx_array, meta = read_embeddings(out_onnx)
     torch_paths, torch_array, torch_meta = read_embeddings(out_torch)
     assert paths == torch_paths and onnx_array.shape == (3, 16)

@@ -50,14 +50,15 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--trust-checkpoint", action="store_true",
                        help="official checkpoints only: allow unpickling code (only for files you trust)")
     group.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                       help="threads decoding and resampling audio ahead of the model")
+                       help="decoders ahead of the model (processes for embed, threads elsewhere)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def add_precision_option(group) -> None:
     """``--precision``: the same flag, choices and help on every model command."""
-    group.add_argument("--precision", default="32", choices=["32", "bf16", "16"],
-                       help="autocast precision of the forward pass (front ends stay fp32)")
+    group.add_argument("--precision", default="auto", choices=["auto", "32", "bf16", "16", "bf16-true"],
+                       help="bf16/16: autocast; bf16-true: audio trunk stored in bf16; auto: bf16-true on CPUs "
+                            "with bf16 matrix units (AMX, AVX512-BF16), else 32 (front ends stay fp32)")
 
 
 def add_model_and_inputs(parser: argparse.ArgumentParser, inputs_help: str = "audio files and/or folders") -> None:

@@ -8,7 +8,13 @@ or fused as the model requires; embeddings are L2-normalised.
 Output: ``.parquet`` (columns ``path`` and ``embedding``; usable as ``clapkit retrieve
 --index``) or ``.npy`` (the [N, D] float32 array, plus ``<stem>.paths.txt`` with one path per
 row and ``<stem>.meta.json``). Outputs are written atomically; a corrupt or empty audio file
-stops the command before anything is written.
+stops the command before the output is written.
+
+Large folders: embeddings stream to parquet parts in ``<output>.parts/`` (``--part-size``
+files each) while worker processes decode ahead of the model. A rerun of a killed job skips
+the parts already done. Under ``torchrun`` / ``srun`` / a SLURM array each process embeds its
+share of the parts (rank and world size from the environment) and the last one to finish
+merges them into the output.
 
 ``--runtime onnx`` runs an ONNX export (``clapkit export onnx MODEL -o DIR``; MODEL is then DIR)
 with onnxruntime on the CPU instead of PyTorch: same preprocessing, same embeddings to float
@@ -17,17 +23,22 @@ rounding; clips longer than the window of a fusion model are refused there.
 example:
   clapkit embed --model models/clap recordings/ extra.wav -o embeddings.parquet --device cuda --precision bf16
   clapkit embed --runtime onnx --model models/clap-onnx recordings/ -o embeddings.npy
+  sbatch --array=0-7 --wrap "clapkit embed --model models/clap corpus/ -o corpus.parquet --device cuda"
 """
 
 from __future__ import annotations
 
 from clapkit.commands import CommandError, _shared
+from clapkit.embedding import EmbeddingInputError, device_for_rank, embed_corpus, rank_from_env
 
 
 def build_parser():
     parser = _shared.make_parser("embed", __doc__)
     _shared.add_model_and_inputs(parser, "audio files and/or folders (without --model, the first one is the model)")
     parser.add_argument("-o", "--output", required=True, help="embeddings file: .parquet or .npy")
+    parser.add_argument("--part-size", type=int, default=1024,
+                        help="files per streamed part (the unit of resuming and of data-parallel slices)")
+    parser.add_argument("--no-resume", action="store_true", help="redo parts a killed run left behind")
     _shared.add_model_options(parser)
     parser.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                         help="onnx: MODEL is a `clapkit export onnx` directory, run with onnxruntime")
@@ -53,14 +64,39 @@ def main(argv: list[str]) -> int:
     elif not args.inputs:
         raise CommandError("no audio INPUTS given")
     output = _shared.check_output(args.output, _shared.EMBEDDING_SUFFIXES)
+    if args.part_size < 1:
+        raise CommandError(f"--part-size must be at least 1, got {args.part_size}")
     files = _shared.discover_audio(args.inputs)
     _shared.check_headers(files)
+    ranks = rank_from_env()
+    args.device = device_for_rank(args.device)
     model = _load_onnx(args.model, args) if args.runtime == "onnx" else _shared.load_model(args.model, args)
     if getattr(model, "refusal", None):  # a tagger: class scores, no embedding
         raise CommandError(f"{args.model}: {model.refusal}")
-    embeddings = _shared.embed_files(model, files, workers=args.workers, quiet=args.quiet)
-    written = _shared.write_embeddings(output, [str(f) for f in files], embeddings,
+    with _shared.progress_bar(len(files), "embedding", args.quiet) as advance:
+        try:
+            run = embed_corpus(model, files, output, part_size=args.part_size, workers=args.workers, ranks=ranks,
+                               resume=not args.no_resume, lengths=_lengths(model, files), progress=advance)
+        except EmbeddingInputError as exc:
+            raise CommandError(str(exc)) from None
+    if run.embeddings is None:
+        if not args.quiet:
+            _shared.eprint(f"rank {ranks.rank}/{ranks.world_size}: parts done in {run.store.directory}; "
+                           f"the last rank to finish writes {output}")
+        return 0
+    written = _shared.write_embeddings(output, [str(f) for f in files], run.embeddings,
                                        _shared.model_metadata(model, args.model))
+    run.store.remove()
     if not args.quiet:
-        _shared.eprint(f"wrote {len(files)} embeddings of dim {embeddings.shape[1]} to {written[0]}")
+        resumed = f" ({run.parts_skipped} of {run.num_parts} parts resumed)" if run.parts_skipped else ""
+        _shared.eprint(f"wrote {len(files)} embeddings of dim {run.embeddings.shape[1]} to {written[0]}{resumed}")
     return 0
+
+
+def _lengths(model, files):
+    """Durations from the headers when the model takes clips whole (fusion), for length buckets."""
+    if not getattr(model.inference, "fusion", False):
+        return None
+    from clapkit.audio import audio_info
+
+    return [audio_info(f).duration for f in files]

@@ -5,6 +5,10 @@ or ``.npy`` with its ``.paths.txt``). Each ``--query`` is embedded with the mode
 and the top-k files by cosine similarity are printed (``query<TAB>rank<TAB>score<TAB>path``)
 and, with ``-o``, written atomically as CSV (``query, rank, path, score``).
 
+Search is exact below 100k embeddings; above (or with ``--search ann``) a faiss IVF index is
+built once, cached next to the index file (``<index>.<key>.faiss``) and searched with
+``--nprobe`` lists per query (the ``index`` extra installs faiss).
+
 example:
   clapkit embed models/clap recordings/ -o index.parquet
   clapkit retrieve --model models/clap --index index.parquet --query "a dog barking" --top-k 10
@@ -12,12 +16,10 @@ example:
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-
 from clapkit.atomic import write_csv
 from clapkit.commands import CommandError, _shared
 from clapkit.finite import NonFiniteError, nonfinite_rows
+from clapkit.search import NearestNeighbours
 
 
 def build_parser():
@@ -27,6 +29,9 @@ def build_parser():
     parser.add_argument("--query", action="append", required=True, help="text query (repeatable)")
     parser.add_argument("--top-k", type=int, default=10, help="results per query")
     parser.add_argument("-o", "--output", default=None, help="also write the results to this CSV")
+    parser.add_argument("--search", default="auto", choices=["auto", "exact", "ann"],
+                        help="exact top-k, or a faiss IVF index (auto: ann from 100k embeddings)")
+    parser.add_argument("--nprobe", type=int, default=32, help="ann: inverted lists visited per query")
     _shared.add_model_options(parser)
     return parser
 
@@ -52,24 +57,24 @@ def main(argv: list[str]) -> int:
     if made_by and getattr(model, "fingerprint", "") and made_by != model.fingerprint:
         raise CommandError(f"{args.index}: was embedded with a different model ({metadata.get('model', '?')}); "
                            "re-embed the folder with this model")
+    if args.nprobe < 1:
+        raise CommandError(f"--nprobe must be at least 1, got {args.nprobe}")
     bad = nonfinite_rows(index)
     if bad:
         # A NaN score would rank first (topk puts NaN above every number): refuse the index.
         names = ", ".join(paths[i] for i in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         raise CommandError(f"{args.index}: {len(bad)} non-finite embedding(s) (NaN or Inf) for {names}; "
                            "re-embed those files")
-    norms = np.linalg.norm(index, axis=1, keepdims=True)
-    index = torch.from_numpy(index / np.maximum(norms, 1e-12))
     try:
         text = model.embed_text(queries)
     except NonFiniteError as exc:
         raise CommandError(f"--query {exc}") from None
-    scores = text @ index.T
-    k = min(args.top_k, len(paths))
-    top = torch.topk(scores, k, dim=-1)
+    searcher = NearestNeighbours(index, args.search, nprobe=args.nprobe, cache=args.index)
+    hits = searcher.search(text.numpy(), args.top_k)
     rows = []
     for qi, query in enumerate(queries):
-        for rank, (score, j) in enumerate(zip(top.values[qi].tolist(), top.indices[qi].tolist()), start=1):
+        found = [(s, j) for s, j in zip(hits.scores[qi].tolist(), hits.indices[qi].tolist()) if j >= 0]
+        for rank, (score, j) in enumerate(found, start=1):
             rows.append([query, rank, paths[j], f"{score:.6f}"])
     for query, rank, path, score in rows:
         print(f"{query}\t{rank}\t{score}\t{path}")

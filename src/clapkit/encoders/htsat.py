@@ -95,6 +95,7 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self._bias_cache: tuple | None = None
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def position_bias(self) -> torch.Tensor:
@@ -103,11 +104,31 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(n, n, -1)
         return bias.permute(2, 0, 1)
 
+    def attention_bias(self, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """Additive bias ``[1, heads, N, N]`` (``[1, nW * heads, N, N]`` with a shift mask).
+
+        Without gradients it is computed once and reused until the table changes (a gather
+        and an add per block per batch otherwise)."""
+        table = self.relative_position_bias_table
+        key = None
+        if not torch.is_grad_enabled():
+            key = (id(table), table._version, dtype, table.device,
+                   None if mask is None else (id(mask), mask._version))
+            if self._bias_cache is not None and self._bias_cache[0] == key:
+                return self._bias_cache[1]
+        bias = self.position_bias().unsqueeze(0).to(dtype)
+        if mask is not None:
+            n = bias.shape[-1]
+            bias = (bias + mask.unsqueeze(1).to(dtype)).reshape(1, mask.shape[0] * self.num_heads, n, n)
+        if key is not None:
+            self._bias_cache = (key, bias)
+        return bias
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: ``[B * nW, N, C]``; ``mask``: additive ``[nW, N, N]`` (shifted windows) or None."""
         windows, n, c = x.shape
         heads, dim = self.num_heads, c // self.num_heads
-        bias = self.position_bias().unsqueeze(0).to(x.dtype)  # [1, heads, N, N]
+        bias = self.attention_bias(mask, x.dtype)
         dropout = self.attn_drop if self.training else 0.0
         if mask is None:
             q, k, v = self.qkv(x).reshape(windows, n, 3, heads, dim).permute(2, 0, 3, 1, 4)
@@ -118,7 +139,6 @@ class WindowAttention(nn.Module):
         nw = mask.shape[0]
         b = windows // nw
         qkv = self.qkv(x).reshape(b, nw, n, 3, heads, dim).permute(3, 0, 1, 4, 2, 5).reshape(3, b, nw * heads, n, dim)
-        bias = (bias + mask.unsqueeze(1).to(x.dtype)).reshape(1, nw * heads, n, n)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias, dropout_p=dropout)
         out = out.view(b, nw, heads, n, dim).permute(0, 1, 3, 2, 4).reshape(windows, n, c)
         return self.proj_drop(self.proj(out))
@@ -181,6 +201,18 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         self.register_buffer("attn_mask", self._shift_mask() if self.shift_size else None, persistent=False)
+        order = self._window_order()
+        self.register_buffer("window_order", order, persistent=False)
+        self.register_buffer("window_inverse", torch.argsort(order), persistent=False)
+
+    def _window_order(self) -> torch.Tensor:
+        """For each position of the (shifted) windows laid end to end, the token it holds:
+        one gather then does what roll + window partition (and their inverses) do in several copies."""
+        h, w = self.resolution
+        grid = torch.arange(h * w, device="cpu").view(1, h, w, 1)
+        if self.shift_size:
+            grid = torch.roll(grid, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
+        return window_partition(grid, self.window_size).reshape(-1)
 
     def _shift_mask(self) -> torch.Tensor:
         h, w = self.resolution
@@ -199,6 +231,14 @@ class SwinBlock(nn.Module):
         h, w = self.resolution
         b, _, c = x.shape
         shortcut = x
+        if not torch.is_grad_enabled():
+            # Inference: gathers (a plain row copy each way) instead of roll + partition + reverse
+            # + roll; the same numbers, fewer passes over memory. Training keeps the views, whose
+            # backward is cheaper than a gather's.
+            windows = self.norm1(x).index_select(1, self.window_order).view(-1, self.window_size**2, c)
+            x = self.attn(windows, mask=self.attn_mask).view(b, h * w, c).index_select(1, self.window_inverse)
+            x = shortcut + self.drop_path(x)
+            return x + self.drop_path(self.mlp(self.norm2(x)))
         x = self.norm1(x).view(b, h, w, c)
         if self.shift_size:
             x = torch.roll(x, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))

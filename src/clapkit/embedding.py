@@ -1,0 +1,330 @@
+"""Corpus-scale audio embedding: pipelined, resumable, data-parallel.
+
+:func:`embed_corpus` embeds a fixed, ordered list of files with a
+:class:`~clapkit.inference.CLAPModel` and streams the result to parquet *parts* in a folder next
+to the output (``<output>.parts/``). The pieces:
+
+- **parts**: the file list is cut into parts of ``part_size`` files by position, so a part's
+  content never depends on how many processes ran or where a run stopped. Each part is written
+  atomically as it finishes; its name carries a key of (model fingerprint, part size, file
+  list), so parts of another model or another folder are never reused.
+- **resume**: a rerun skips every part already on disk, so after a kill (even ``SIGKILL``) only
+  the unfinished part is redone, and the merged index is the same as an uninterrupted run's.
+- **data parallel**: rank ``r`` of ``W`` embeds the parts ``k`` with ``k % W == r`` (rank and
+  world size from ``torchrun`` / ``torch.distributed`` environment variables or a SLURM array,
+  see :func:`rank_from_env`); whichever rank finds every part done merges them in file order.
+- **pipelining**: decoding and resampling run in worker processes (forked, so nothing is
+  pickled but the paths and the decoded clips) ahead of the model with a bounded look-ahead,
+  so the model is never waiting for a decoder when there are enough cores; clips of one part
+  are bucketed by length (fusion models take long clips whole) and put back in file order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clapkit.atomic import atomic_path
+from clapkit.finite import NonFiniteError
+
+__all__ = ["EmbeddingInputError", "EmbedRun", "PartStore", "RankSlice", "device_for_rank", "embed_corpus", "rank_from_env"]
+
+PART_SIZE = 1024
+
+
+class EmbeddingInputError(ValueError):
+    """A file of the corpus cannot be embedded; the message names it and the problem."""
+
+
+@dataclass(frozen=True)
+class RankSlice:
+    """Which share of the parts this process embeds: parts ``k`` with ``k % world_size == rank``."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} of world size {self.world_size} is not a valid slice")
+
+    def owns(self, part: int) -> bool:
+        return part % self.world_size == self.rank
+
+
+def rank_from_env(env: Mapping[str, str] | None = None) -> RankSlice:
+    """This process's slice from the launcher's environment.
+
+    ``torchrun`` / ``torch.distributed``: ``RANK`` and ``WORLD_SIZE``. A SLURM array
+    (``sbatch --array=0-N``): ``SLURM_ARRAY_TASK_ID`` relative to ``SLURM_ARRAY_TASK_MIN``,
+    out of ``SLURM_ARRAY_TASK_COUNT``. A SLURM job step with several tasks (``srun -n N``):
+    ``SLURM_PROCID`` of ``SLURM_NTASKS``. Otherwise one process embeds everything.
+    """
+    env = os.environ if env is None else env
+    if "WORLD_SIZE" in env and "RANK" in env:
+        return RankSlice(int(env["RANK"]), int(env["WORLD_SIZE"]))
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        return RankSlice(int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"]))
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        return RankSlice(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]))
+    return RankSlice()
+
+
+def device_for_rank(device: str, env: Mapping[str, str] | None = None) -> str:
+    """``auto`` under ``torchrun`` / ``srun`` means this process's own GPU (``cuda:LOCAL_RANK``)."""
+    env = os.environ if env is None else env
+    local = env.get("LOCAL_RANK", env.get("SLURM_LOCALID"))
+    if device != "auto" or local is None:
+        return device
+    import torch
+
+    return f"cuda:{int(local) % max(torch.cuda.device_count(), 1)}" if torch.cuda.is_available() else "cpu"
+
+
+class PartStore:
+    """The parts folder of one embedding job (``<output>.parts/``).
+
+    Args:
+        output: the final embeddings file; parts live in ``<output>.parts/`` beside it.
+        files: the corpus, in output order.
+        fingerprint: identifies the model (parts of another model are not reused).
+        part_size: files per part.
+    """
+
+    def __init__(self, output: str | os.PathLike, files: Sequence[str], fingerprint: str, part_size: int = PART_SIZE):
+        if part_size < 1:
+            raise ValueError("part_size must be at least 1")
+        self.output = Path(output)
+        self.files = [str(f) for f in files]
+        self.part_size = part_size
+        self.directory = self.output.with_name(self.output.name + ".parts")
+        digest = hashlib.sha256(f"{fingerprint}\n{part_size}\n".encode())
+        for name in self.files:
+            digest.update(name.encode() + b"\n")
+        self.key = digest.hexdigest()[:16]
+
+    @property
+    def num_parts(self) -> int:
+        return -(-len(self.files) // self.part_size)
+
+    def part_files(self, part: int) -> list[str]:
+        return self.files[part * self.part_size : (part + 1) * self.part_size]
+
+    def path(self, part: int) -> Path:
+        return self.directory / f"{self.key}-{part:06d}.parquet"
+
+    def done(self, part: int) -> bool:
+        # Parts are published by rename, so an existing file is a complete one.
+        return self.path(part).is_file()
+
+    def complete(self) -> bool:
+        return all(self.done(k) for k in range(self.num_parts))
+
+    def write(self, part: int, embeddings: np.ndarray) -> Path:
+        """Write one part's ``[n, D]`` float32 embeddings (with its paths) atomically."""
+        pa, pq = _pyarrow()
+        array = np.ascontiguousarray(embeddings, dtype=np.float32)
+        paths = self.part_files(part)
+        if array.shape[0] != len(paths):
+            raise ValueError(f"part {part}: {array.shape[0]} embeddings for {len(paths)} files")
+        column = pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1), type=pa.float32()), array.shape[1])
+        table = pa.table({"path": pa.array(paths, type=pa.string()), "embedding": column})
+        path = self.path(part)
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+        return path
+
+    def read(self, part: int) -> np.ndarray:
+        """A part's embeddings, checking that it holds the files it should."""
+        _, pq = _pyarrow()
+        table = pq.read_table(self.path(part))
+        if [str(p) for p in table.column("path").to_pylist()] != self.part_files(part):
+            raise ValueError(f"{self.path(part)}: holds other files than part {part} of this job")
+        column = table.column("embedding").combine_chunks()
+        return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(table), -1)
+
+    def merge(self) -> np.ndarray:
+        """Every part's embeddings in file order ``[N, D]``."""
+        return np.concatenate([self.read(k) for k in range(self.num_parts)])
+
+    def remove(self) -> None:
+        """Delete this job's parts (and the folder when nothing else is left in it)."""
+        for k in range(self.num_parts):
+            self.path(k).unlink(missing_ok=True)
+        with_others = self.directory.is_dir() and any(self.directory.iterdir())
+        if self.directory.is_dir() and not with_others:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@dataclass
+class EmbedRun:
+    """What :func:`embed_corpus` did.
+
+    Attributes:
+        embeddings: ``[N, D]`` of the whole corpus in file order when every part is done
+            (this rank finished last), else ``None``.
+        parts_written: parts this call embedded.
+        parts_skipped: parts of this rank found done on disk (resumed).
+        num_parts: parts of the whole job.
+        store: the parts folder (call ``store.remove()`` once the output is written).
+    """
+
+    embeddings: np.ndarray | None
+    parts_written: int
+    parts_skipped: int
+    num_parts: int
+    store: PartStore
+
+
+def embed_corpus(
+    model,
+    files: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    part_size: int = PART_SIZE,
+    workers: int = 2,
+    ranks: RankSlice | None = None,
+    resume: bool = True,
+    lengths: Sequence[int] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> EmbedRun:
+    """Embed ``files`` with ``model`` (a :class:`~clapkit.inference.CLAPModel`) into parts.
+
+    Args:
+        model: the inference model (``prepare_audio`` + ``embed_prepared``).
+        files: the corpus, in output order.
+        output: the final embeddings file; parts go to ``<output>.parts/``.
+        part_size: files per part (the unit of resuming and of data parallelism).
+        workers: decoding processes ahead of the model (``<= 1``: decode inline).
+        ranks: this process's slice (default :func:`rank_from_env`).
+        resume: skip parts already on disk (``False`` redoes them).
+        lengths: per-file durations (any unit), used to bucket clips of a part by length.
+        progress: called with the number of files finished (done parts count at once).
+
+    Raises:
+        EmbeddingInputError: a file cannot be decoded (parts finished before it are kept).
+    """
+    ranks = ranks or rank_from_env()
+    names = [str(f) for f in files]
+    store = PartStore(output, names, getattr(model, "fingerprint", ""), part_size)
+    mine = [k for k in range(store.num_parts) if ranks.owns(k)]
+    todo = [k for k in mine if not (resume and store.done(k))]
+    skipped = len(mine) - len(todo)
+    if progress is not None and skipped:
+        progress(sum(len(store.part_files(k)) for k in mine if k not in todo))
+    with _Decoder(model.prepare_audio, workers) as decoder:
+        for part in todo:
+            paths = store.part_files(part)
+            order = _bucket_order(paths, lengths, part * part_size)
+            clips = decoder.map([paths[i] for i in order], ahead=max(2 * model.batch_size, workers))
+            try:
+                embedded = model.embed_prepared(clips, progress=progress)
+            except NonFiniteError as exc:  # huge samples overflowed the model: name the file
+                name = paths[order[exc.index]] if exc.index is not None else f"a file of part {part}"
+                raise EmbeddingInputError(str(exc.named(name))) from None
+            result = np.empty((len(paths), embedded.shape[1]), dtype=np.float32)
+            result[order] = embedded.numpy()
+            store.write(part, result)
+    embeddings = None
+    if store.complete():
+        try:
+            embeddings = store.merge()
+        except FileNotFoundError:
+            embeddings = None  # another rank finished at the same moment, merged and cleaned up
+    return EmbedRun(embeddings, len(todo), skipped, store.num_parts, store)
+
+
+def _bucket_order(paths: Sequence[str], lengths: Sequence[int] | None, offset: int) -> list[int]:
+    """Positions of a part's files sorted by length (stable), so a batch pads least."""
+    if lengths is None:
+        return list(range(len(paths)))
+    own = lengths[offset : offset + len(paths)]
+    return sorted(range(len(paths)), key=lambda i: own[i])
+
+
+# --------------------------------------------------------------------------- decoding workers
+
+_PREPARE: Callable | None = None  # set before the pool forks; workers call it by name
+
+
+def _prepare_in_worker(path: str) -> np.ndarray:
+    assert _PREPARE is not None
+    return _prepare_checked(_PREPARE, path)
+
+
+def _prepare_checked(prepare: Callable, path: str) -> np.ndarray:
+    from clapkit.audio import AudioLoadError
+
+    try:
+        return prepare(path)
+    except AudioLoadError as exc:
+        raise EmbeddingInputError(str(exc)) from None
+    except ValueError as exc:
+        raise EmbeddingInputError(f"{path}: {exc}") from None
+
+
+class _Decoder:
+    """Decode-and-resample ahead of the model: forked worker processes where the platform
+    forks, threads otherwise, inline with ``workers <= 1``. Results come back in input order."""
+
+    def __init__(self, prepare: Callable[[str], np.ndarray], workers: int):
+        self.prepare = prepare
+        self.workers = workers
+        self.pool: Executor | None = None
+
+    def __enter__(self) -> _Decoder:
+        global _PREPARE
+        if self.workers > 1:
+            if "fork" in multiprocessing.get_all_start_methods():
+                # Forked children inherit `prepare` (and the model it is bound to) by copy-on-write
+                # memory; only paths go in and float32 clips come back.
+                _PREPARE = self.prepare
+                self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"))
+            else:
+                self.pool = ThreadPoolExecutor(self.workers)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _PREPARE
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        _PREPARE = None
+
+    def _submit(self, path: str) -> Future:
+        assert self.pool is not None
+        if isinstance(self.pool, ProcessPoolExecutor):
+            return self.pool.submit(_prepare_in_worker, path)
+        return self.pool.submit(_prepare_checked, self.prepare, path)
+
+    def map(self, paths: Iterable[str], ahead: int) -> Iterator[np.ndarray]:
+        if self.pool is None:
+            for path in paths:
+                yield _prepare_checked(self.prepare, path)
+            return
+        pending: list[Future] = []
+        iterator = iter(paths)
+        for path in iterator:
+            pending.append(self._submit(path))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            result = pending.pop(0).result()
+            nxt = next(iterator, None)
+            if nxt is not None:
+                pending.append(self._submit(nxt))
+            yield result
+
+
+def _pyarrow():
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pa, pq
