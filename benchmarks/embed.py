@@ -48,8 +48,9 @@ sys.path.insert(0, str(ROOT / "tests"))  # the offline reference builders (helpe
 
 def roberta_base_dir(path: Path, layers: int) -> Path:
     """Tokenizer (small byte-level BPE) + roberta-base geometry config (``layers`` layers)."""
-    from helpers.laion import write_roberta_dir
     from transformers import RobertaConfig
+
+    from helpers.laion import write_roberta_dir
 
     if (path / "config.json").is_file():
         return path
@@ -65,8 +66,9 @@ def offline_reference_patches(text_dir: Path):
 
     ``laion_clap.hook`` imports the package's modules a second time under the top-level name
     ``clap_module``, so the classes are patched where both copies find them: on transformers."""
-    from helpers.laion import reference
     from transformers import AutoConfig, AutoModel, RobertaModel, RobertaTokenizer, RobertaTokenizerFast
+
+    from helpers.laion import reference
 
     reference()
     config = AutoConfig.from_pretrained(str(text_dir))

@@ -104,7 +104,7 @@ def test_quickstart_configs_ship_in_the_package():
 
     for name in ("configs/quickstart/clap.yaml", "quickstart/clapsep"):
         assert packaged_config(name).is_file()
-    with pytest.raises(FileNotFoundError, match="configs shipped with clapkit: configs/quickstart/clap.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"configs shipped with clapkit: .*configs/quickstart/clap\.yaml"):
         packaged_config("quickstart/nothing")
 
 
