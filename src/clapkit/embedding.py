@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -309,18 +310,7 @@ class _Decoder:
             for path in paths:
                 yield _prepare_checked(self.prepare, path)
             return
-        pending: list[Future] = []
-        iterator = iter(paths)
-        for path in iterator:
-            pending.append(self._submit(path))
-            if len(pending) >= ahead:
-                break
-        while pending:
-            result = pending.pop(0).result()
-            nxt = next(iterator, None)
-            if nxt is not None:
-                pending.append(self._submit(nxt))
-            yield result
+        yield from prefetched(self._submit, paths, ahead)
 
 
 def _pyarrow():
@@ -328,3 +318,20 @@ def _pyarrow():
     import pyarrow.parquet as pq
 
     return pa, pq
+
+
+def prefetched(submit: Callable[[Any], Future], items: Iterable[Any], ahead: int) -> Iterator[Any]:
+    """Results of ``submit(item)`` in input order, keeping ``ahead`` submissions in flight so
+    decoding overlaps with whatever consumes the results."""
+    pending: list[Future] = []
+    iterator = iter(items)
+    for item in iterator:
+        pending.append(submit(item))
+        if len(pending) >= ahead:
+            break
+    while pending:
+        result = pending.pop(0).result()
+        nxt = next(iterator, None)
+        if nxt is not None:
+            pending.append(submit(nxt))
+        yield result

@@ -198,18 +198,9 @@ def embed_files(model, files: Sequence[Path], *, workers: int = 1, quiet: bool =
 
 
 def _prefetch(pool: ThreadPoolExecutor, fn, items, ahead: int):
-    pending = []
-    iterator = iter(items)
-    for item in iterator:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= ahead:
-            break
-    while pending:
-        result = pending.pop(0).result()
-        nxt = next(iterator, None)
-        if nxt is not None:
-            pending.append(pool.submit(fn, nxt))
-        yield result
+    from clapkit.embedding import prefetched
+
+    return prefetched(lambda item: pool.submit(fn, item), items, ahead)
 
 
 # --------------------------------------------------------------------------- writers

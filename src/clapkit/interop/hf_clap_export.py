@@ -165,23 +165,13 @@ def _frontend_args(model_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _publish_directory(tmp: Path, directory: Path) -> None:
-    """Rename a finished temporary directory onto ``directory``, so the path always holds
-    either the complete old directory or the complete new one."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)
-    if not directory.exists():
-        os.replace(tmp, directory)
-        return
-    trash = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.old-"))
-    os.replace(directory, trash / "old")
-    try:
-        os.replace(tmp, directory)
-    except BaseException:
-        os.replace(trash / "old", directory)
-        raise
-    finally:
-        shutil.rmtree(trash, ignore_errors=True)
+    """Rename a finished temporary directory onto ``directory`` with normal permissions, so the
+    path always holds either the complete old directory or the complete new one."""
+    from clapkit.atomic import normal_permissions
+    from clapkit.native import _replace_directory
+
+    normal_permissions(tmp)
+    _replace_directory(tmp, directory)
 
 
 def export_hf_clap(source: str | os.PathLike, output: str | os.PathLike, *, overwrite: bool = False) -> HFExport:
