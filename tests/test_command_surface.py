@@ -32,7 +32,7 @@ def _help(command: str) -> str:
 @pytest.mark.parametrize("command", MODEL_COMMANDS)
 def test_every_model_command_takes_model_and_precision(command):
     text = _help(command)
-    assert "--model" in text and "--precision {32,bf16,16}" in text
+    assert "--model" in text and "--precision {auto,32,bf16,16,bf16-true}" in text
 
 
 def test_help_texts_say_what_is_accepted():
