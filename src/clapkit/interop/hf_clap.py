@@ -54,7 +54,14 @@ from typing import Any
 import torch
 
 from clapkit.audio.preprocess import InferenceConfig
-from clapkit.interop.keymap import CheckpointError, KeyMap, build_from_config, read_state_dict, target_shapes
+from clapkit.interop.keymap import (
+    CheckpointError,
+    KeyMap,
+    build_from_config,
+    build_target_model,
+    read_state_dict,
+    target_shapes,
+)
 from clapkit.interop.registry import Converted
 
 TEXT_ASSET = "text_model"
@@ -372,19 +379,6 @@ def _stage_text_dir(directory: HFClapDirectory) -> Path:
     return staged
 
 
-def _target_model(config: dict[str, Any], text_dir: Path) -> torch.nn.Module:
-    """The clapkit model for ``config`` (on the meta device where possible: keys and shapes only)."""
-
-    def resolve(p: str) -> str:
-        return str(text_dir) if p == f"./{TEXT_ASSET}" else p
-
-    try:
-        with torch.device("meta"):
-            return build_from_config(config, resolve)
-    except Exception:  # some front ends (torchaudio's filterbank) cannot be built on meta
-        return build_from_config(config, resolve)
-
-
 def convert_hf_clap(path: str | os.PathLike) -> Converted:
     """Translate a ``ClapModel`` directory into a clapkit model (see the module docstring)."""
     directory = read_hf_clap_dir(path)
@@ -392,7 +386,7 @@ def convert_hf_clap(path: str | os.PathLike) -> Converted:
     text_dir = _stage_text_dir(directory)
     config = model_config(directory)
     try:
-        target = _target_model(config, text_dir)
+        target = build_target_model(config, {TEXT_ASSET: text_dir})
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot build the clapkit model ({_first_line(exc)})") from None
     try:

@@ -144,6 +144,26 @@ class KeyMap:
         return dropped
 
 
+def build_target_model(config: Any, assets: Mapping[str, Any], device: str = "meta") -> Any:
+    """The clapkit model a converter fills, built from its ``class_path`` tree with each
+    ``./<name>`` path resolved to ``assets[name]``; on the meta device by default (keys and shapes,
+    no init cost). Some front ends (torchaudio's mel filterbank) cannot be built on meta: those are
+    built on the CPU instead.
+    """
+
+    def resolve(path: str) -> str:
+        name = path[2:] if path.startswith("./") else None
+        return str(assets[name]) if name in assets else path
+
+    try:
+        with torch.device(device):
+            return build_from_config(config, resolve)
+    except Exception:
+        if device != "meta":
+            raise
+        return build_from_config(config, resolve)
+
+
 def build_from_config(config: Any, resolve: Callable[[str], str] | None = None) -> Any:
     """Instantiate a ``class_path``/``init_args`` tree directly (no jsonargparse validation).
 

@@ -43,7 +43,7 @@ from clapkit.audio.preprocess import InferenceConfig
 from clapkit.interop.keymap import (
     CheckpointError,
     KeyMap,
-    build_from_config,
+    build_target_model,
     target_shapes,
     unwrap_state_dict,
 )
@@ -361,7 +361,7 @@ class LaionClapFormat(CheckpointFormat):
         text_dir = _prepare_text_dir(spec, text_model)
         config = model_config(spec)
         try:
-            target = _target_model(config, text_dir)
+            target = build_target_model(config, {TEXT_ASSET: text_dir})
         except Exception as exc:  # e.g. a text directory without tokenizer files
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"cannot build the clapkit model for {spec.description}: {reason}") from None
@@ -371,22 +371,6 @@ class LaionClapFormat(CheckpointFormat):
             int16_roundtrip=True, fusion=spec.fusion, text_max_length=77,
         )
         return Converted(config, mapped, inference, assets={TEXT_ASSET: text_dir}, description=spec.description)
-
-
-def _target_model(config: dict[str, Any], text_dir: Path, device: str = "meta") -> torch.nn.Module:
-    """The clapkit model described by ``config`` (on the meta device: keys and shapes, no init cost)."""
-
-    def resolve(p: str) -> str:
-        return str(text_dir) if p == f"./{TEXT_ASSET}" else p
-
-    try:
-        with torch.device(device):
-            return build_from_config(config, resolve)
-    except Exception:
-        if device != "meta":
-            raise
-        # Some front ends (torchaudio's mel filterbank) cannot be built on the meta device.
-        return build_from_config(config, resolve)
 
 
 CHECKPOINT_FORMAT = LaionClapFormat()
@@ -439,6 +423,6 @@ def load_laion_clap(path: str | os.PathLike, text_model: str | os.PathLike | Non
     from clapkit.checkpoint import load_state_dict_strict
 
     converted = convert_laion_clap(path, text_model, **kwargs)
-    model = _target_model(converted.model_config, converted.assets[TEXT_ASSET], device="cpu")
+    model = build_target_model(converted.model_config, converted.assets, device="cpu")
     load_state_dict_strict(model, converted.state_dict, what=converted.description)
     return model.eval()

@@ -40,7 +40,7 @@ import torch
 
 from clapkit.audio.preprocess import InferenceConfig
 from clapkit.checkpoint import PretrainedError
-from clapkit.interop.keymap import KeyMap, build_from_config, target_shapes
+from clapkit.interop.keymap import KeyMap, build_target_model, target_shapes
 from clapkit.interop.registry import CheckpointFormat, Converted
 
 SAMPLE_RATE = 44100
@@ -201,7 +201,7 @@ class MSCLAPFormat(CheckpointFormat):
         text_dir = _check_text_model(text_model, version, state)
         state = _with_frontend(state, version)
         config = model_config(version, version.audio_encoder(state), text_dir_ref=f"./{TEXT_ASSET}")
-        mapped = key_map(version).apply(state, target_shapes(_target_model(config, text_dir)))
+        mapped = key_map(version).apply(state, target_shapes(build_target_model(config, {TEXT_ASSET: text_dir})))
         inference = InferenceConfig(
             sample_rate=SAMPLE_RATE, clip_samples=version.clip_samples, pad="repeat", crop="center",
             int16_roundtrip=False, fusion=False, text_max_length=None,
@@ -278,19 +278,6 @@ def _with_frontend(state: dict[str, torch.Tensor], version: MSCLAPVersion) -> di
     reference = ConvLogMel(**{**version.frontend(version.mel_rate)["init_args"]})
     buffers = dict(reference.named_buffers())
     return {**state, **{version.audio_prefix + k: buffers[names[k]].clone() for k in missing}}
-
-
-def _target_model(config: dict[str, Any], text_dir: Path) -> torch.nn.Module:
-    """The clapkit model of ``config`` on the meta device (keys and shapes only, no init cost)."""
-
-    def resolve(path: str) -> str:
-        return str(text_dir) if path == f"./{TEXT_ASSET}" else path
-
-    try:
-        with torch.device("meta"):
-            return build_from_config(config, resolve)
-    except (RuntimeError, NotImplementedError):
-        return build_from_config(config, resolve)
 
 
 CHECKPOINT_FORMAT = MSCLAPFormat()
