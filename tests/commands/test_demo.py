@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from clapkit.audio import save_audio
+import clapkit
+from clapkit.audio import load_audio, save_audio
 from clapkit.cli import main
 
 TINY_CLAP = ["--data.init_args.train_size=32", "--data.init_args.batch_size=16", "--data.init_args.retrieval_size=12",
@@ -47,16 +49,26 @@ def test_clap_demo_prints_the_table_and_draws_beside_the_checkpoint(tmp_path, ca
         assert_png(path)
 
 
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow  # ~4x the CLAP demo test: HTSAT + decoder + export + a CLI run
-def test_clapsep_demo_exports_a_model_that_separates(tmp_path, capsys):
+def test_clapsep_demo_exports_a_model_that_separates(tmp_path, capsys, restore_threads):
+    torch.set_num_threads(1)
     assert main(["demo", "clapsep", "--output-dir", str(tmp_path), *TINY_SEP]) == 0
+    assert torch.get_num_threads() == 2  # the demo pins its thread count (same figures everywhere)
     out = capsys.readouterr().out
-    assert "SI-SDR improvement" in out
+    assert re.search(r"SI-SDR improvement[^│]*│\s*-?\d+\.\d{3}\s*│\s*0\.000", out)  # value, chance 0 dB
     pictures = pictures_in(out)
     assert set(pictures) == {"loss.png", "separation.png"}
     for path in pictures.values():
         assert_png(path)
     exported = next(p.parent for p in tmp_path.rglob("model.safetensors"))
+    assert f"exported model: {exported}" in out.replace("\n", "")
     rate = 32000
     wave = (0.3 * np.sin(2 * np.pi * 500 * np.arange(3 * rate) / rate)).astype(np.float32)  # 3 s: several 1 s chunks
     mixture = save_audio(tmp_path / "mix.wav", wave, rate)
@@ -64,6 +76,12 @@ def test_clapsep_demo_exports_a_model_that_separates(tmp_path, capsys):
     assert main(["separate", "--model", str(exported), "--query", "a mid tone", str(mixture),
                  "-o", str(tmp_path / "out.wav"), "--plot", str(picture), "-q"]) == 0
     assert_png(picture)
+    separated, out_rate = load_audio(tmp_path / "out.wav")
+    assert out_rate == rate and separated.shape == wave.shape and np.isfinite(separated).all()
+    assert 0 < np.abs(separated).max() < 10
+    # The file is what the exported model computes for that query (chunked, overlap-added).
+    expected = clapkit.load(exported).separate(mixture, query="a mid tone")  # the file: 16-bit as the CLI read it
+    np.testing.assert_allclose(separated, expected.reshape(separated.shape), atol=1e-6)
 
 
 @pytest.mark.parametrize("family, overrides, label", [

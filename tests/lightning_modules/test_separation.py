@@ -85,3 +85,32 @@ def test_sdr_is_right_with_several_threads():
         torch.set_num_threads(previous)
     torch.testing.assert_close(one, two, rtol=1e-5, atol=1e-5)
     assert torch.isfinite(two).all()
+
+
+def test_scheduler_steps_per_optimiser_step_when_asked():
+    def cosine(optimizer):
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4, eta_min=0.0)
+
+    config = tiny_task(scheduler=cosine, scheduler_interval="step").configure_optimizers()
+    assert config["lr_scheduler"]["interval"] == "step"
+    assert tiny_task().configure_optimizers()["lr_scheduler"]["interval"] == "epoch"  # the plateau default
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    base = optimizer.param_groups[0]["lr"]
+    for _ in range(2):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(base * 0.5)  # cos(pi/2): halfway at step 2 of 4
+    with pytest.raises(ValueError, match="scheduler_interval"):
+        tiny_task(scheduler_interval="batch")
+
+
+def test_clapsep_quickstart_is_budgeted_in_steps_and_its_cosine_ends_at_the_last_step():
+    from pathlib import Path
+
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).parents[2] / "src/clapkit/configs/quickstart/clapsep.yaml").read_text())
+    trainer, model = config["trainer"], config["model"]["init_args"]
+    assert "max_time" not in trainer  # a time cap would make the figures depend on the machine
+    assert model["scheduler_interval"] == "step"
+    assert model["scheduler"]["init_args"]["T_max"] == trainer["max_steps"]

@@ -61,6 +61,9 @@ class SeparationTask(BaseTask):
         scheduler: callable ``optimizer -> scheduler`` (default ReduceLROnPlateau on
             ``monitor``, x0.3, patience 5 epochs, floor 5e-6); ``None`` for a constant rate.
         monitor: metric the plateau scheduler maximises.
+        scheduler_interval: step the scheduler every ``epoch`` (default, the plateau scheduler)
+            or every optimiser ``step`` (a schedule over a step budget, e.g. the quick start's
+            cosine decay over ``trainer.max_steps``).
         export_dir: after ``fit``, save the trained task here in clapkit's native format (the
             ``--model`` of ``clapkit separate``), using the LightningCLI ``config.yaml`` of the run.
         export_chunk_seconds: chunk length ``clapkit separate`` uses with the exported model;
@@ -82,6 +85,7 @@ class SeparationTask(BaseTask):
         optimizer: OptimizerCallable = _default_optimizer,
         scheduler: LRSchedulerCallable | None = _default_scheduler,
         monitor: str = "val/si_sdri",
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
         export_dir: str | None = None,
         export_chunk_seconds: float | None = None,
     ):
@@ -101,7 +105,9 @@ class SeparationTask(BaseTask):
         self.interpolate_audio = interpolate_audio
         self.eval_query = eval_query
         self.compute_sdr = compute_sdr
-        self.set_optimization(optimizer, scheduler, monitor=monitor, interval="epoch")
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        self.set_optimization(optimizer, scheduler, monitor=monitor, interval=scheduler_interval)
         self.export_dir = export_dir
         window = separator.window_seconds
         if export_chunk_seconds is None:
