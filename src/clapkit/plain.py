@@ -6,24 +6,21 @@ that task wraps, and the task's ``init_args`` say how to build them. :data:`PLAI
 is the one place that says, for every clapkit task, which plain module its ``init_args``
 become:
 
-========================================  ==============================================  =======================================================
-task (``class_path``)                     plain module                                    from ``init_args``
-========================================  ==============================================  =======================================================
-``ContrastiveTask``, ``AudioCLIPTask``    :class:`~clapkit.encoders.tower.TowerSet`        ``towers``, ``pairs``, ``logit_scale_min`` / ``_max``
-``SeparationTask``                        :class:`~clapkit.encoders.separation.network.     ``separator``, ``query``, ``copy_query_encoder``
-                                          SeparationNetwork`
-``ClassificationTask``                    :class:`~clapkit.encoders.classifier.Classifier`  ``encoder``, ``head`` / ``use_head`` / ``head_dropout``,
-                                                                                          ``num_classes``, ``multi_label``, ``input_key``,
-                                                                                          ``pass_lengths``, ``class_names``
-========================================  ==============================================  =======================================================
+- ``ContrastiveTask``, ``AudioCLIPTask`` -> :class:`~clapkit.encoders.tower.TowerSet`, from
+  ``towers``, ``pairs``, ``logit_scale_min`` / ``logit_scale_max``;
+- ``SeparationTask`` -> :class:`~clapkit.encoders.separation.network.SeparationNetwork`, from
+  ``separator``, ``query``, ``copy_query_encoder``;
+- ``ClassificationTask`` -> :class:`~clapkit.encoders.classifier.Classifier`, from ``encoder``,
+  ``head`` / ``use_head`` / ``head_dropout``, ``num_classes``, ``multi_label``, ``input_key``,
+  ``pass_lengths``, ``class_names``.
 
 Each plain module holds the task's sub-modules under the task's attribute names, so the state
 dict keys of a model directory's ``model.safetensors`` fit it unchanged: directories saved from
 a task (every directory so far) load as they are. The table is keyed by class name and lives
 here rather than on the task classes because reading it off a class would import the class, and
-with it Lightning and torchmetrics. Defaults of the arguments a builder reads are the tasks'
-own (``tests/test_plain.py`` checks them against the tasks' signatures). A config naming any
-other class (a user's task passed through ``allow=``, or a plain module such as ``TowerSet``)
+with it Lightning and torchmetrics. Defaults of the arguments a builder reads are the tasks' own
+(:data:`TASK_DEFAULTS`, which ``tests/test_plain.py`` checks against the task signatures). A
+config naming any other class (a user's task passed through ``allow=``, or a plain module such as ``TowerSet``)
 is instantiated whole and its plain modules taken out of it, as before.
 
 Audio-only work builds the audio tower only: ``towers=("audio",)`` builds those towers of a
@@ -59,29 +56,29 @@ from clapkit.native import (
 #: ``class_path``/``init_args`` sub-tree, ``towers`` is the subset of towers asked for (or ``None``).
 Builder = Callable[[Mapping[str, Any], Callable[[Any], nn.Module], "Sequence[str] | None"], nn.Module]
 
-#: The pairs a contrastive task contrasts when its config does not say (the tasks' defaults).
-DEFAULT_PAIRS = {"ContrastiveTask": [("audio", "text")],
-                 "AudioCLIPTask": [("audio", "text"), ("audio", "image"), ("image", "text")]}
-#: Logit-scale bounds when the config does not say (both tasks' defaults).
-DEFAULT_LOGIT_SCALE_MIN, DEFAULT_LOGIT_SCALE_MAX = 1.0, 100.0
+#: The defaults of the task arguments the builders read, for configs that leave them out (the
+#: tasks' own defaults; ``tests/test_plain.py`` checks them against the task signatures).
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ContrastiveTask": {"pairs": [["audio", "text"]], "logit_scale_min": 1.0, "logit_scale_max": 100.0},
+    "AudioCLIPTask": {"pairs": [["audio", "text"], ["audio", "image"], ["image", "text"]],
+                      "logit_scale_min": 1.0, "logit_scale_max": 100.0},
+    "SeparationTask": {"copy_query_encoder": True},
+    "ClassificationTask": {"multi_label": False, "use_head": True, "head_dropout": 0.0, "head": None,
+                           "input_key": "audio", "pass_lengths": False, "class_names": None},
+}
 
 
-def _tower_set(task: str) -> Builder:
-    def build_towers(args, build, towers):
-        from clapkit.encoders.tower import TowerSet
+def _tower_set(args, build, towers):
+    from clapkit.encoders.tower import TowerSet
 
-        trees = dict(args.get("towers") or {})
-        wanted = list(trees) if towers is None else [name for name in trees if name in towers]
-        if towers is not None and (unknown := sorted(set(towers) - set(trees))):
-            raise PretrainedError(f"no tower {unknown[0]!r} in the model (towers: {', '.join(trees)})")
-        pairs = [tuple(p) for p in args.get("pairs") or DEFAULT_PAIRS[task]]
-        low = math.log(args.get("logit_scale_min", DEFAULT_LOGIT_SCALE_MIN))
-        high = math.log(args.get("logit_scale_max", DEFAULT_LOGIT_SCALE_MAX))
-        # The log scales' values come with the weights; their init does not matter.
-        scales = {f"{a}__{b}": nn.Parameter(torch.zeros(())) for a, b in pairs}
-        return TowerSet({name: build(trees[name]) for name in wanted}, scales, (low, high))
-
-    return build_towers
+    trees = dict(args.get("towers") or {})
+    wanted = list(trees) if towers is None else [name for name in trees if name in towers]
+    if towers is not None and (unknown := sorted(set(towers) - set(trees))):
+        raise PretrainedError(f"no tower {unknown[0]!r} in the model (towers: {', '.join(trees)})")
+    bounds = (math.log(args["logit_scale_min"]), math.log(args["logit_scale_max"]))
+    # The log scales' values come with the weights; their init does not matter.
+    scales = {f"{a}__{b}": nn.Parameter(torch.zeros(())) for a, b in args["pairs"]}
+    return TowerSet({name: build(trees[name]) for name in wanted}, scales, bounds)
 
 
 def _separation_network(args, build, towers):
@@ -91,7 +88,7 @@ def _separation_network(args, build, towers):
     separator = build(args["separator"])
     if separator.encoder is None:
         # As SeparationTask does: CLAPSep tunes a copy of the query CLAP's audio encoder.
-        if not args.get("copy_query_encoder", True):
+        if not args["copy_query_encoder"]:
             raise PretrainedError("the separator has no encoder and copy_query_encoder is False")
         separator.attach_encoder(copy.deepcopy(query.audio_encoder))
     network = SeparationNetwork(separator, query)
@@ -104,21 +101,20 @@ def _classifier(args, build, towers):
 
     encoder = build(args["encoder"])
     num_classes = int(args["num_classes"])
-    if args.get("head") is not None:
+    if args["head"] is not None:
         head = build(args["head"])
-    elif args.get("use_head", True):
-        head = nn.Sequential(nn.Dropout(args.get("head_dropout", 0.0)), nn.Linear(encoder.output_dim, num_classes))
+    elif args["use_head"]:
+        head = nn.Sequential(nn.Dropout(args["head_dropout"]), nn.Linear(encoder.output_dim, num_classes))
     else:
         head = nn.Identity()
-    return Classifier(encoder, head, num_classes, multi_label=args.get("multi_label", False),
-                      input_key=args.get("input_key", "audio"), pass_lengths=args.get("pass_lengths", False),
-                      class_names=args.get("class_names"))
+    return Classifier(encoder, head, num_classes, multi_label=args["multi_label"], input_key=args["input_key"],
+                      pass_lengths=args["pass_lengths"], class_names=args["class_names"])
 
 
 #: Task class name -> how its ``init_args`` become the plain inference modules.
 PLAIN_BUILDERS: dict[str, Builder] = {
-    "ContrastiveTask": _tower_set("ContrastiveTask"),
-    "AudioCLIPTask": _tower_set("AudioCLIPTask"),
+    "ContrastiveTask": _tower_set,
+    "AudioCLIPTask": _tower_set,
     "SeparationTask": _separation_network,
     "ClassificationTask": _classifier,
 }
@@ -149,7 +145,8 @@ def build_plain(model_config: Mapping[str, Any], *, resolve: Callable[[str], str
     name = task_name(str(config.get("class_path", "")))
     if name is None:
         return _plain_of(instantiate_model(config), towers)
-    return PLAIN_BUILDERS[name](config.get("init_args") or {}, instantiate_model, towers)
+    args = {**TASK_DEFAULTS[name], **(config.get("init_args") or {})}
+    return PLAIN_BUILDERS[name](args, instantiate_model, towers)
 
 
 def _plain_of(model: nn.Module, towers: Sequence[str] | None) -> nn.Module:
