@@ -133,20 +133,35 @@ def task_name(class_path: str) -> str | None:
 
 
 def build_plain(model_config: Mapping[str, Any], *, resolve: Callable[[str], str] | None = None,
-                towers: Sequence[str] | None = None) -> nn.Module:
+                towers: Sequence[str] | None = None, build: Callable[[Any], nn.Module] | None = None) -> nn.Module:
     """The plain inference module of a ``class_path``/``init_args`` tree (random weights).
 
     Args:
-        model_config: the tree (a native directory's ``model:`` section).
+        model_config: the tree (a native directory's ``model:`` section, or a converted
+            checkpoint's config).
         resolve: maps each ``./relative`` path string to a real path.
         towers: for a contrastive model, build only these towers (``("audio",)``).
+        build: instantiates one sub-tree (default :func:`clapkit.native.instantiate_model`).
     """
+    build = build or instantiate_model
     config = map_paths(plain(model_config), resolve) if resolve else plain(model_config)
     name = task_name(str(config.get("class_path", "")))
     if name is None:
-        return _plain_of(instantiate_model(config), towers)
+        return _plain_of(build(config), towers)
     args = {**TASK_DEFAULTS[name], **(config.get("init_args") or {})}
-    return PLAIN_BUILDERS[name](args, instantiate_model, towers)
+    return PLAIN_BUILDERS[name](args, build, towers)
+
+
+def build_plain_with_weights(model_config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], *,
+                             resolve: Callable[[str], str] | None = None, what: str = "weights") -> nn.Module:
+    """:func:`build_plain` filled with ``state_dict`` (every tensor checked), in eval mode: for a
+    converted official checkpoint, whose state dict has the task's keys."""
+    from clapkit.fastinit import skip_random_init
+
+    with skip_random_init():
+        module = build_plain(model_config, resolve=resolve)
+    load_state_dict_strict(module, state_dict, what=what)
+    return module.eval()
 
 
 def _plain_of(model: nn.Module, towers: Sequence[str] | None) -> nn.Module:

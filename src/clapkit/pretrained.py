@@ -39,6 +39,7 @@ from clapkit.interop.registry import (
     Converted,
     asset_resolver,
     build_converted,
+    build_converted_plain,
     checkpoint_format,
     convert_checkpoint,
     detect_format,
@@ -124,8 +125,8 @@ def load(
             tower is loaded from the directory when first used. ``None``: every tower. Other
             sources always load every tower.
 
-    A native directory is built as its plain modules (:mod:`clapkit.plain`): no
-    LightningModule, no Lightning import.
+    The model is built as its plain modules (:mod:`clapkit.plain`), never as a LightningModule:
+    a native directory loads without importing Lightning.
 
     Returns:
         a :class:`~clapkit.inference.CLAPModel` with ``embed_audio`` and ``embed_text``, a
@@ -155,7 +156,7 @@ def load(
             lazy = tower_loader(path, allow)
     elif path.is_file():
         converted = convert_checkpoint(path, text_model=text_model, trust_pickle=trust_pickle)
-        model = build_converted(converted)
+        model = build_converted_plain(converted)
         inference = converted.inference
         fingerprint = file_fingerprint(path)
     else:

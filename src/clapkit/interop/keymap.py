@@ -144,24 +144,35 @@ class KeyMap:
         return dropped
 
 
-def build_target_model(config: Any, assets: Mapping[str, Any], device: str = "meta") -> Any:
+def build_target_model(config: Any, assets: Mapping[str, Any], device: str = "meta", *,
+                       plain_modules: bool = False) -> Any:
     """The clapkit model a converter fills, built from its ``class_path`` tree with each
     ``./<name>`` path resolved to ``assets[name]``; on the meta device by default (keys and shapes,
     no init cost). Some front ends (torchaudio's mel filterbank) cannot be built on meta: those are
     built on the CPU instead.
+
+    ``plain_modules``: build the task's plain inference modules (:mod:`clapkit.plain`, same
+    state dict keys, no Lightning import) instead of the task itself: enough for keys and shapes.
     """
 
     def resolve(path: str) -> str:
         name = path[2:] if path.startswith("./") else None
         return str(assets[name]) if name in assets else path
 
+    def build():
+        if plain_modules:
+            from clapkit.plain import build_plain
+
+            return build_plain(config, resolve=resolve, build=build_from_config)
+        return build_from_config(config, resolve)
+
     try:
         with torch.device(device):
-            return build_from_config(config, resolve)
+            return build()
     except Exception:
         if device != "meta":
             raise
-        return build_from_config(config, resolve)
+        return build()
 
 
 def build_from_config(config: Any, resolve: Callable[[str], str] | None = None) -> Any:
