@@ -99,6 +99,9 @@ def heavy():
     return sorted(m for m in sys.modules if m.split(".")[0] in ("lightning", "pytorch_lightning", "torchmetrics")
                   or m.startswith("clapkit.lightning_modules"))
 after_embed = heavy()
+# Start-up weight: no separation package (peft) for a CLAP, no timm (torchvision) for HTSAT.
+import clapkit.encoders.htsat
+light = sorted(m for m in ("clapkit.encoders.separation", "peft", "timm", "torchvision") if m in sys.modules)
 import clapkit
 from clapkit.audio import load_audio
 wave, rate = load_audio(wav)
@@ -115,6 +118,7 @@ results["separation"] = [torch.from_numpy(sep.separate(mixture, 32000, query="a 
 results["types"] = {"clap": type(m.model).__name__, "separation": type(sep.network).__name__}
 torch.save(results, out)
 print(json.dumps({"code": code, "text_encoders_in_embed": text_encoders_in_embed, "after_embed": after_embed,
+                  "startup_weight": light,
                   "after_all": heavy(), "n": len(sys.modules)}))
 """
 
@@ -140,6 +144,7 @@ def inference_process(saved):
 def test_embed_command_imports_neither_lightning_nor_torchmetrics(inference_process):
     assert inference_process["code"] == 0 and inference_process["n"] > 100
     assert inference_process["after_embed"] == []
+    assert inference_process["startup_weight"] == []
 
 
 def test_embed_command_builds_no_text_encoder(inference_process, saved):

@@ -143,14 +143,17 @@ def load(
             return load_hf_clap(path, device=device, precision=precision, batch_size=batch_size)
     lazy = None
     if path.is_dir():
-        from clapkit.encoders.separation.network import SeparationNetwork
+        from clapkit.encoders.classifier import Classifier
+        from clapkit.encoders.tower import TowerSet
         from clapkit.plain import load_plain, tower_loader
 
         model, _, inference = load_plain(path, towers=towers, allow=allow)
-        if isinstance(model, SeparationNetwork):
-            from clapkit.separator import SeparationModel
+        # The separation package (peft, its decoders) is imported only for a separation model.
+        if not isinstance(model, (TowerSet, Classifier)):
+            from clapkit.separator import SeparationModel, is_separation_task
 
-            return SeparationModel(model, inference, device=device, batch_size=batch_size, precision=precision)
+            if is_separation_task(model):
+                return SeparationModel(model, inference, device=device, batch_size=batch_size, precision=precision)
         fingerprint = file_fingerprint(path / CONFIG_NAME, path / WEIGHTS_NAME)
         if towers is not None:
             lazy = tower_loader(path, allow)
