@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from clapkit.audio.crop import fit_length
-from clapkit.datamodules.augment import WaveformAugment
+from clapkit.datamodules.augment import WaveformAugment, add_white_noise, time_scale
 
 
 def _old_crop_or_pad(wave, length, train, rng=None):
@@ -57,7 +57,6 @@ def test_waveform_augment_matches_the_old_pipeline_for_a_fixed_seed():
         expected = np.asarray(wave, dtype=np.float32)
         if old_rng.random() < augment.flip_p:
             expected = expected[..., ::-1]
-        from clapkit.datamodules.augment import add_white_noise, time_scale
         expected = time_scale(expected, float(augment.max_scale ** old_rng.uniform(-1.0, 1.0)))
         expected = _old_crop_or_pad(expected, augment.length, train=True, rng=old_rng)
         if old_rng.random() < augment.noise_p:
