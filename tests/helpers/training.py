@@ -1,4 +1,5 @@
-"""Tiny towers and batches for contrastive-training tests (milliseconds on CPU, no files)."""
+"""Tiny towers and batches for contrastive-training tests (milliseconds on CPU, no files), and a
+callback telling which weights a fit moved."""
 
 from __future__ import annotations
 
