@@ -1,4 +1,5 @@
-"""Shared fixtures: offline environment, deterministic seeds, small synthesized audio files."""
+"""Shared fixtures: offline environment, deterministic seeds, small synthesized audio files;
+the run-wide reference models are in helpers/references.py (a plugin registered here)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ import pytest
 import torch
 
 from clapkit.audio import save_audio
+
+# Run-wide reference models (laion-clap, msclap): built once per test run, see helpers/references.py.
+pytest_plugins = ["helpers.references"]
 
 
 @pytest.fixture(autouse=True)

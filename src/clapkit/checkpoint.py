@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,12 @@ def preview(items: list[str], limit: int = 8) -> str:
     """The first ``limit`` items, comma-separated, with a count of the rest."""
     shown = ", ".join(items[:limit])
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def describe_problems(problems: Sequence[tuple[str, list[str]]]) -> str:
+    """``"label (a, b, ...); ..."`` for every non-empty list of ``(label, items)``, ``{n}`` in a
+    label standing for its count: the one-line key report of strict loading and key maps."""
+    return "; ".join(f"{label.format(n=len(items))} ({preview(items)})" for label, items in problems if items)
 
 
 def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> Mapping[str, Any]:
@@ -171,15 +177,10 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
         for k in set(expected) & set(state_dict)
         if tuple(state_dict[k].shape) != tuple(expected[k].shape)
     )
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys ({preview(missing)})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys ({preview(unexpected)})")
-        if mismatched:
-            parts.append(f"shape mismatch ({preview(mismatched)})")
-        raise PretrainedError(f"{what} does not fit the model: " + "; ".join(parts))
+    problems = describe_problems([("missing {n} keys", missing), ("unexpected {n} keys", unexpected),
+                                  ("shape mismatch", mismatched)])
+    if problems:
+        raise PretrainedError(f"{what} does not fit the model: {problems}")
     model.load_state_dict(dict(state_dict), strict=True)
 
 

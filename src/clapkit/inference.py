@@ -53,6 +53,9 @@ class CLAPModel:
         batch_size: clips or texts per forward pass.
         audio_tower: name of the audio tower.
         text_tower: name of the text tower.
+        tower_loader: ``name -> tower`` for a tower ``model`` lacks, called the first time that
+            tower is used (``clapkit.load(path, towers=("audio",))`` passes one that builds the
+            tower from the directory), so audio-only work never builds the text tower.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class CLAPModel:
         batch_size: int = 16,
         audio_tower: str = "audio",
         text_tower: str = "text",
+        tower_loader: Callable[[str], nn.Module] | None = None,
     ):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -80,11 +84,16 @@ class CLAPModel:
         self.text_tower = text_tower
         #: Identifies the model files (set by :func:`clapkit.load`); written next to embeddings.
         self.fingerprint = ""
-        text = self._tower(text_tower)
-        if text is not None and inference.text_max_length is not None and hasattr(text.encoder, "max_length"):
-            text.encoder.max_length = inference.text_max_length
-        if precision == "bf16-true" and self._tower(audio_tower) is not None:
-            store_in_dtype(self._tower(audio_tower), PRECISIONS[precision])
+        self._tower_loader = tower_loader
+        for name, tower in self.model.towers.items():
+            self._prepare_tower(name, tower)
+
+    def _prepare_tower(self, name: str, tower: nn.Module) -> None:
+        if name == self.text_tower and self.inference.text_max_length is not None \
+                and hasattr(tower.encoder, "max_length"):
+            tower.encoder.max_length = self.inference.text_max_length
+        if name == self.audio_tower and self.precision == "bf16-true":
+            store_in_dtype(tower, PRECISIONS[self.precision])
 
     # ------------------------------------------------------------------ properties
 
@@ -286,6 +295,10 @@ class CLAPModel:
     # ------------------------------------------------------------------ internals
 
     def _tower(self, name: str):
+        if name not in self.model.towers and self._tower_loader is not None:
+            tower = self._tower_loader(name).to(self.device).eval()
+            self._prepare_tower(name, tower)
+            self.model.towers[name] = tower
         return self.model.towers[name] if name in self.model.towers else None
 
     def _autocast(self):
@@ -296,6 +309,8 @@ class CLAPModel:
 
     @torch.no_grad()
     def _embed(self, tower: str, inputs, **kwargs) -> torch.Tensor:
+        if self._tower(tower) is None:
+            raise ValueError(f"the model has no {tower!r} tower (towers: {', '.join(self.model.towers) or 'none'})")
         with self._autocast():
             out = self.model.towers[tower](inputs, **kwargs)
         out = getattr(out, "embedding", out)

@@ -205,9 +205,15 @@ def native_model_tree(directory: str | os.PathLike, allow: Iterable[str] = ()) -
     return map_paths(plain(config), lambda p: str((directory / p).resolve()))
 
 
-def read_native_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a native directory's ``model.safetensors`` (or of a ``.safetensors`` file)."""
-    from safetensors import SafetensorError
+def read_native_weights(path: str | os.PathLike, prefixes: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a native directory's ``model.safetensors`` (or of a ``.safetensors`` file).
+
+    Args:
+        path: the model directory or the ``.safetensors`` file.
+        prefixes: read only the tensors whose names start with one of these (``"towers.audio."``);
+            the file is memory-mapped, so the others are never read. ``None`` reads them all.
+    """
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -215,7 +221,11 @@ def read_native_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not weights.is_file():
         raise PretrainedError(f"{path}: no {WEIGHTS_NAME}")
     try:
-        return load_file(str(weights))
+        if prefixes is None:
+            return load_file(str(weights))
+        prefixes = tuple(prefixes)
+        with safe_open(str(weights), framework="pt") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys() if key.startswith(prefixes)}
     except (SafetensorError, OSError) as exc:
         raise PretrainedError(f"{weights}: truncated or not a safetensors file ({exc})") from None
 
@@ -228,6 +238,10 @@ def load_weights_into(model: nn.Module, path: str | os.PathLike) -> None:
 def load_native(directory: str | os.PathLike, load_weights: bool = True,
                 allow: Iterable[str] = ()) -> tuple[nn.Module, dict[str, Any], InferenceConfig]:
     """Instantiate a native model directory: ``(module in eval mode, model config, inference)``.
+
+    The module is what the config names, usually a LightningModule (``ContrastiveTask``...),
+    for training, validation or conversion; inference builds only its plain modules
+    (:func:`clapkit.plain.load_plain`, what :func:`clapkit.load` uses), without Lightning.
 
     With ``load_weights=False`` only ``config.yaml`` (and its assets) are read: for a model
     nested in a larger one whose own ``model.safetensors`` carries every weight. ``allow``

@@ -15,7 +15,7 @@ public names, so ``from clapkit.pretrained import ...`` keeps working):
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +39,7 @@ from clapkit.interop.registry import (
     Converted,
     asset_resolver,
     build_converted,
+    build_converted_plain,
     checkpoint_format,
     convert_checkpoint,
     detect_format,
@@ -99,6 +100,7 @@ def load(
     batch_size: int = 16,
     trust_pickle: bool = False,
     allow: Iterable[str] = (),
+    towers: Sequence[str] | None = None,
 ) -> CLAPModel | SeparationModel | TaggerModel:
     """Load a model for inference.
 
@@ -118,6 +120,13 @@ def load(
         allow: module prefixes (or full class paths) a model directory's ``config.yaml`` may
             name beyond clapkit, ``torch.nn`` and ``torch.optim``; anything else is refused
             before it is imported.
+        towers: for a native contrastive model, build and read only these towers now
+            (``("audio",)`` for audio-only work: the text tower's weights are not read); another
+            tower is loaded from the directory when first used. ``None``: every tower. Other
+            sources always load every tower.
+
+    The model is built as its plain modules (:mod:`clapkit.plain`), never as a LightningModule:
+    a native directory loads without importing Lightning.
 
     Returns:
         a :class:`~clapkit.inference.CLAPModel` with ``embed_audio`` and ``embed_text``, a
@@ -132,16 +141,25 @@ def load(
 
         if is_hf_clap_dir(path):
             return load_hf_clap(path, device=device, precision=precision, batch_size=batch_size)
+    lazy = None
     if path.is_dir():
-        model, _, inference = load_native(path, allow=allow)
-        from clapkit.separator import SeparationModel, is_separation_task
+        from clapkit.encoders.classifier import Classifier
+        from clapkit.encoders.tower import TowerSet
+        from clapkit.plain import load_plain, tower_loader
 
-        if is_separation_task(model):
-            return SeparationModel(model, inference, device=device, batch_size=batch_size, precision=precision)
+        model, _, inference = load_plain(path, towers=towers, allow=allow)
+        # The separation package (peft, its decoders) is imported only for a separation model.
+        if not isinstance(model, (TowerSet, Classifier)):
+            from clapkit.separator import SeparationModel, is_separation_task
+
+            if is_separation_task(model):
+                return SeparationModel(model, inference, device=device, batch_size=batch_size, precision=precision)
         fingerprint = file_fingerprint(path / CONFIG_NAME, path / WEIGHTS_NAME)
+        if towers is not None:
+            lazy = tower_loader(path, allow)
     elif path.is_file():
         converted = convert_checkpoint(path, text_model=text_model, trust_pickle=trust_pickle)
-        model = build_converted(converted)
+        model = build_converted_plain(converted)
         inference = converted.inference
         fingerprint = file_fingerprint(path)
     else:
@@ -152,6 +170,6 @@ def load(
         tagger = TaggerModel(model, inference, device=device, batch_size=batch_size)
         tagger.fingerprint = fingerprint
         return tagger
-    clap = CLAPModel(model, inference, device=device, precision=precision, batch_size=batch_size)
+    clap = CLAPModel(model, inference, device=device, precision=precision, batch_size=batch_size, tower_loader=lazy)
     clap.fingerprint = fingerprint
     return clap

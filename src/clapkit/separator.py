@@ -2,9 +2,10 @@
 
 ``clapkit.load(dir)`` returns one for a native directory holding a
 :class:`~clapkit.lightning_modules.separation.SeparationTask` (``clapkit convert clapsep`` or a
-training run's ``export_dir``); it keeps the task's plain modules only (the separator and the
-query network, see :class:`SeparationNetwork`), so this module imports no Lightning. Input of any length, sample rate and channel count: each
-channel is resampled to the model's rate, cut into model-length chunks with 50 % overlap,
+training run's ``export_dir``); it is built from the task's config as plain modules only (the
+separator and the query network, a :class:`~clapkit.encoders.separation.network.SeparationNetwork`,
+see :mod:`clapkit.plain`), so this module imports no Lightning. Input of any length, sample rate
+and channel count: each channel is resampled to the model's rate, cut into model-length chunks with 50 % overlap,
 separated, overlap-added with complementary Hann windows, and returned at the input's rate,
 channel count and length. ``clapkit separate`` is this class over files.
 """
@@ -17,11 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from clapkit.audio import resample
 from clapkit.audio.preprocess import AudioInput, InferenceConfig, load_waveform
-from clapkit.encoders.separation import CLAPSep, QueryNetwork, SeparationOutput
+from clapkit.encoders.separation import CLAPSep, QueryNetwork
+from clapkit.encoders.separation.network import SeparationNetwork
 from clapkit.finite import NonFiniteError, require_finite
 from clapkit.inference import PRECISIONS, resolve_device
 
@@ -62,32 +63,6 @@ def is_separation_task(model: torch.nn.Module) -> bool:
     ``query`` network)."""
     return isinstance(getattr(model, "separator", None), CLAPSep) and isinstance(getattr(model, "query", None),
                                                                                  QueryNetwork)
-
-
-class SeparationNetwork(nn.Module):
-    """The plain modules a separation model runs: the separator and its frozen query network.
-
-    Args:
-        separator: the separation network (:class:`~clapkit.encoders.separation.CLAPSep`).
-        query: the query network that embeds text and example audio.
-    """
-
-    def __init__(self, separator: CLAPSep, query: QueryNetwork):
-        super().__init__()
-        self.query = query
-        self.separator = separator
-
-    @classmethod
-    def of(cls, model: nn.Module) -> SeparationNetwork:
-        """``model`` itself, or the separator and query network of a ``SeparationTask``."""
-        if isinstance(model, SeparationNetwork):
-            return model
-        if not is_separation_task(model):
-            raise TypeError(f"{type(model).__name__} is not a separation model (no CLAPSep separator and query)")
-        return cls(model.separator, model.query)
-
-    def forward(self, mixture: torch.Tensor, condition: torch.Tensor) -> SeparationOutput:
-        return self.separator(mixture, condition)
 
 
 @dataclass

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from clapkit.audio.preprocess import InferenceConfig
+from clapkit.encoders.classifier import Classifier
 from clapkit.inference import AudioInput, CLAPModel, _batches, resolve_device
 
 
@@ -47,17 +48,21 @@ class TagOutput:
 
 
 def is_tagger(model: torch.nn.Module) -> bool:
-    """Whether a loaded model is a :class:`~clapkit.lightning_modules.classification.ClassificationTask`."""
-    from clapkit.lightning_modules.classification import ClassificationTask
-
-    return isinstance(model, ClassificationTask)
+    """Whether a loaded model is a tagger: a :class:`~clapkit.encoders.classifier.Classifier`, or a
+    :class:`~clapkit.lightning_modules.classification.ClassificationTask` (anything with an
+    ``encoder``, a ``head``, ``num_classes`` and ``multi_label``)."""
+    if isinstance(model, Classifier):
+        return True
+    return all(hasattr(model, a) for a in ("encoder", "head", "num_classes", "multi_label"))
 
 
 class TaggerModel:
     """A loaded classification model (tagger) for inference.
 
     Args:
-        task: the :class:`~clapkit.lightning_modules.classification.ClassificationTask`.
+        task: a :class:`~clapkit.encoders.classifier.Classifier`, or a
+            :class:`~clapkit.lightning_modules.classification.ClassificationTask` whose encoder and
+            head are taken out of it (the task itself is not kept).
         inference: the directory's preprocessing settings.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         batch_size: clips per forward pass.
@@ -67,7 +72,8 @@ class TaggerModel:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.device = resolve_device(device)
-        self.task = task.to(self.device).eval()
+        #: The encoder and class head (a plain module; the attribute keeps its older name).
+        self.task = Classifier.of(task).to(self.device).eval()
         self.inference = inference
         self.batch_size = batch_size
         self.fingerprint = ""

@@ -75,6 +75,20 @@ def test_resample_numpy_and_torch_agree_in_length():
     assert resample(torch.from_numpy(x), 44100, 48000).shape == (48000,)
 
 
+def test_resample_channels_first_resamples_each_channel_as_alone():
+    # [C, T] input (soxr itself wants [T, C]): each row must be that channel resampled, not a
+    # mix of channels or of time steps.
+    x = np.random.default_rng(0).standard_normal(44100).astype(np.float32)
+    mono = resample(x, 44100, 48000)
+    out = resample(np.stack([x, -0.5 * x]), 44100, 48000)
+    assert out.shape == (2, 48000) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0], mono, atol=1e-5)
+    np.testing.assert_allclose(out[1], -0.5 * mono, atol=1e-5)
+    torch_mono = resample(torch.from_numpy(x), 44100, 48000)
+    torch_out = resample(torch.from_numpy(np.stack([x, -0.5 * x])), 44100, 48000)
+    torch.testing.assert_close(torch_out, torch.stack([torch_mono, -0.5 * torch_mono]), atol=1e-5, rtol=0)
+
+
 def test_resample_keeps_a_tone_where_it_was():
     # A 1 kHz tone at 44.1 kHz resampled to 48 kHz is the same tone sampled at 48 kHz (away
     # from the edges, where the filter sees the signal start and stop).

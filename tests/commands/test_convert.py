@@ -11,21 +11,12 @@ import clapkit
 from clapkit.cli import main
 from helpers.models import write_wav_folder
 
-laion = pytest.importorskip("helpers.laion")
-SMALL_HTSAT = dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=8)
-
 
 @pytest.fixture(scope="module")
-def official(tmp_path_factory):
-    try:
-        laion.reference()
-    except ImportError as exc:
-        pytest.skip(f"laion-clap reference package unavailable: {exc}")
-    tmp = tmp_path_factory.mktemp("official")
-    text_dir = laion.write_roberta_dir(tmp / "roberta")
-    with laion.single_thread():
-        model = laion.build_reference("HTSAT-tiny", False, text_dir, htsat_geometry=SMALL_HTSAT)
-    return laion.save_official(model, tmp / "630k-audioset-best.pt"), text_dir
+def official(laion_small):
+    """The run-wide official-layout LAION-CLAP file and its RoBERTa directory (``helpers.references``;
+    skipped without the laion-clap reference package)."""
+    return laion_small.checkpoint, laion_small.text_dir
 
 
 def test_convert_then_zeroshot(official, tmp_path, capsys):

@@ -35,8 +35,14 @@ def assert_png(path: Path) -> None:
 
 
 def test_clap_demo_prints_the_table_and_draws_beside_the_checkpoint(tmp_path, capsys):
-    # Overrides as two words too: the family is only ever the first word.
-    assert main(["demo", "--output-dir", str(tmp_path), *TINY_CLAP, "--trainer.log_every_n_steps", "1"]) == 0
+    threads = torch.get_num_threads()
+    try:
+        # Overrides as two words too: the family is only ever the first word.
+        assert main(["demo", "--output-dir", str(tmp_path), *TINY_CLAP, "--trainer.log_every_n_steps", "1",
+                     "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1  # the figures depend on the count: the demo fixes it
+    finally:
+        torch.set_num_threads(threads)
     out = capsys.readouterr().out
     for label in ("zero-shot top-1 (held-out classes)", "text -> audio R@1", "audio -> text R@1"):
         assert label in out
@@ -96,6 +102,15 @@ def test_other_families_print_their_table(tmp_path, capsys, family, overrides, l
     out = capsys.readouterr().out
     assert label in out and "chance" in out
     assert "loss.png" in pictures_in(out)
+
+
+def test_demo_defaults_to_two_threads_and_refuses_a_negative_count(capsys):
+    from clapkit.commands.demo import DEMO_THREADS, _parser
+
+    assert DEMO_THREADS == 2 and _parser().parse_args([]).threads == 2
+    assert main(["demo", "--threads", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--threads" in err
 
 
 def test_unknown_family_is_one_line(capsys):

@@ -25,20 +25,18 @@ except ImportError as exc:
     pytest.skip(f"laion-clap reference package unavailable: {exc}", allow_module_level=True)
 
 TOL = 1e-4
-SMALL_HTSAT = dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=8)
 TEXTS = ["a dog barks in the distance", "the sound of a cat", "music"]
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tmp_path_factory, laion_small):
+    """The reference ``CLAP_Module`` around the run-wide model (``helpers.references.laion_small``,
+    only read), clapkit's on its checkpoint, and a folder for this module's files."""
     import laion_clap.hook as hook
     from transformers import RobertaTokenizer
 
     root = tmp_path_factory.mktemp("laion_compat")
-    text_dir = laion.write_roberta_dir(root / "roberta")
-    with laion.single_thread():
-        ref_model = laion.build_reference("HTSAT-tiny", False, text_dir, htsat_geometry=SMALL_HTSAT)
-    checkpoint = laion.save_official(ref_model, root / "630k-small.pt")
+    ref_model, checkpoint, text_dir = laion_small.model, laion_small.checkpoint, laion_small.text_dir
     reference = hook.CLAP_Module.__new__(hook.CLAP_Module)  # its __init__ downloads roberta-base
     nn.Module.__init__(reference)
     reference.enable_fusion, reference.model, reference.model_cfg = False, ref_model, ref_model.model_cfg
@@ -109,16 +107,16 @@ def test_get_text_embedding(models):
     assert np.abs(custom - want).max() <= TOL
 
 
-def test_refusals(models, tmp_path):
-    _, _, root = models
-    fresh = laion_clap.CLAP_Module(enable_fusion=False, device="cpu", text_model=root / "roberta")
+def test_refusals(laion_small, tmp_path):
+    text_dir, checkpoint = laion_small.text_dir, laion_small.checkpoint
+    fresh = laion_clap.CLAP_Module(enable_fusion=False, device="cpu", text_model=text_dir)
     with pytest.raises(RuntimeError, match="load_ckpt"):
         fresh.get_text_embedding(["a"])
     with pytest.raises(ValueError, match="never downloads"):
         fresh.load_ckpt()
     with pytest.raises(ValueError, match="expected a fusion model"):
         laion_clap.CLAP_Module(enable_fusion=True, amodel=None, device="cpu",
-                               text_model=root / "roberta").load_ckpt(root / "630k-small.pt", verbose=False)
+                               text_model=text_dir).load_ckpt(checkpoint, verbose=False)
     with pytest.raises(ValueError, match="expected PANN-14"):
         laion_clap.CLAP_Module(amodel="PANN-14", device="cpu",
-                               text_model=root / "roberta").load_ckpt(root / "630k-small.pt", verbose=False)
+                               text_model=text_dir).load_ckpt(checkpoint, verbose=False)

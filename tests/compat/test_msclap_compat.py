@@ -1,9 +1,10 @@
 """``clapkit.compat.msclap.CLAP`` gives the tensors msclap 1.3.4's own ``CLAPWrapper`` gives.
 
-The reference is built offline with random weights and saved in the official layout by the
-MS-CLAP interop test's builder (narrow audio towers of the reference's own classes, one-layer
-text models at the hard-coded 768 width); it reads the same mono 44.1 kHz files, its random
-crop pinned to the centre.
+The reference is built offline with random weights and saved in the official layout by
+``helpers.msclap`` (narrow audio towers of the reference's own classes, one-layer text models at
+the hard-coded 768 width), once per run and shared with the interop parity test (the
+``msclap_reference`` fixture); it reads the same mono 44.1 kHz files, its random crop pinned to
+the centre.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ TEXTS = ["a dog barks", "Rain on a window!", "birds"]
 
 
 @pytest.mark.parametrize("version", [pytest.param("2022", marks=pytest.mark.slow), "2023"])
-def test_msclap_compat_matches_the_reference(version, tmp_path, monkeypatch):
-    from interop.test_msclap import _reference
-
-    reference, checkpoint, text_dir, window, wrapper_module = _reference(version, tmp_path, monkeypatch, True)
+def test_msclap_compat_matches_the_reference(version, tmp_path, monkeypatch, msclap_reference):
+    built = msclap_reference(version)  # the narrow build the interop parity test uses, run-wide
+    reference, checkpoint, text_dir = built.wrapper, built.checkpoint, built.text_dir
+    window, wrapper_module = built.window, built.wrapper_module
     rng = np.random.default_rng(0)
     waves = [tone(1.3, SR, 440.0), (0.3 * rng.standard_normal(window)).astype(np.float32),
              (0.2 * rng.standard_normal(window + 3 * SR + 17)).astype(np.float32)]

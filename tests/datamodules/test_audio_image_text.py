@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from clapkit.audio import fit_length
 from clapkit.datamodules.audio_image_text import (
     AudioImageTextShardDataModule,
     SyntheticAudioImageTextDataModule,
     _frame_index,
 )
-from clapkit.datamodules.augment import WaveformAugment, add_white_noise, crop_or_pad, time_scale
+from clapkit.datamodules.augment import WaveformAugment, add_white_noise, time_scale
 from clapkit.datamodules.pipeline import AudioPolicy
 from helpers.audioclip import write_av_shards
 
@@ -118,8 +119,8 @@ def test_augmentations():
     wave = np.sin(np.linspace(0, 100, 1000)).astype(np.float32)
     assert time_scale(wave, 1.5).shape == (1500,) and time_scale(wave, 1 / 1.5).shape == (666,)
     assert np.allclose(time_scale(wave, 1.0), wave)
-    assert np.array_equal(crop_or_pad(wave, 500, train=False), wave[250:750])
-    padded = crop_or_pad(wave[:400], 1000, train=False)
+    assert np.array_equal(fit_length(wave, 500, pad="around", crop="center"), wave[250:750])
+    padded = fit_length(wave[:400], 1000, pad="around", crop="center")
     assert padded.shape == (1000,) and np.array_equal(padded[300:700], wave[:400])
     noisy = add_white_noise(wave, 10.0, rng)
     snr = 10 * np.log10(np.mean(wave**2) / np.mean((noisy - wave) ** 2))

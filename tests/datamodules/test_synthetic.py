@@ -136,3 +136,33 @@ def test_workers_render_the_same_clips():
     workers = next(iter(SyntheticCLAPDataModule(num_workers=2, **kwargs).val_dataloader()[0]))
     np.testing.assert_array_equal(plain["audio"].numpy(), workers["audio"].numpy())
     assert plain["captions"] == workers["captions"]
+
+
+def test_sibling_groups_share_a_training_class_and_differ_in_envelope():
+    corpus = SyntheticSoundCorpus(sibling_group=3)
+    groups = [[corpus.attributes("train", 3 * g + j, corpus.rng("train", 3 * g + j)) for j in range(3)]
+              for g in range(400)]
+    for group in groups:
+        assert len({a.class_name for a in group}) == 1
+        assert sorted(a.envelope for a in group) == sorted(ENVELOPES)
+    # held-out classes stay out of training; every training class still occurs
+    seen = {group[0].class_name for group in groups}
+    assert not seen & set(corpus.heldout_classes) and seen == set(corpus.train_classes)
+    with pytest.raises(ValueError, match="sibling_group"):
+        SyntheticSoundCorpus(sibling_group=4)
+
+
+def test_datamodule_keeps_sibling_groups_in_one_batch():
+    dm = SyntheticCLAPDataModule(sample_rate=16000, clip_seconds=0.25, train_size=12, batch_size=4,
+                                 sibling_group=2)
+    loader = dm.train_dataloader()
+    assert len(loader) == 3  # 6 groups of 2, 2 groups a batch
+    for batch in loader:
+        indices = [int(key.split("/")[1]) for key in batch["key"]]
+        assert batch["audio"].shape == (4, 4000) and len(batch["text"]) == 4
+        assert [i // 2 for i in indices[::2]] == [i // 2 for i in indices[1::2]]
+        assert all(i % 2 == 0 for i in indices[::2])
+    seen = sorted(int(key.split("/")[1]) for batch in loader for key in batch["key"])
+    assert seen == list(range(12))
+    with pytest.raises(ValueError, match="multiple of sibling_group"):
+        SyntheticCLAPDataModule(batch_size=5, sibling_group=2)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clapkit.encoders.fusion import ClipBatcher, fill
+from clapkit.audio.crop import fit_length
+from clapkit.encoders.fusion import ClipBatcher
 
 
 @pytest.mark.parametrize("pad_mode", ["repeatpad", "repeat", "pad"])
-def test_fit_rows_matches_fill_and_centre_crop_row_by_row(pad_mode):
+def test_fit_rows_matches_fit_length_and_centre_crop_row_by_row(pad_mode):
     window = 50
     lengths = torch.tensor([50, 7, 1, 0, 23, 80, 51])
     waveform = torch.randn(len(lengths), 80)
@@ -18,7 +19,7 @@ def test_fit_rows_matches_fill_and_centre_crop_row_by_row(pad_mode):
     out = ClipBatcher(window, pad_mode, fusion=False).fit_rows(waveform, lengths)
     for i, n in enumerate(lengths.tolist()):
         row = waveform[i, :n]
-        expected = fill(row, window, pad_mode) if n <= window else row[(n - window) // 2:(n - window) // 2 + window]
+        expected = fit_length(row, window, pad_mode) if n <= window else row[(n - window) // 2:(n - window) // 2 + window]
         torch.testing.assert_close(out[i], expected, rtol=0, atol=0)
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from clapkit.audio.crop import fit_length
 from clapkit.encoders.frontends import LogMel
-from clapkit.encoders.fusion import AttentionalFeatureFusion, ClipBatcher, fill, fusion_crop_starts
+from clapkit.encoders.fusion import AttentionalFeatureFusion, ClipBatcher, fusion_crop_starts
 from clapkit.encoders.pann import Cnn14
 from helpers.laion import single_thread
 
@@ -34,7 +35,7 @@ def test_crop_starts_middle_of_each_third_and_random_within_it():
 @pytest.mark.parametrize("mode,expected", [
     ("repeatpad", [1, 2, 3, 1, 2, 3, 0]), ("pad", [1, 2, 3, 0, 0, 0, 0]), ("repeat", [1, 2, 3, 1, 2, 3, 1])])
 def test_fill_modes(mode, expected):
-    assert fill(torch.tensor([1.0, 2, 3]), 7, mode).tolist() == expected
+    assert fit_length(torch.tensor([1.0, 2, 3]), 7, mode).tolist() == expected
 
 
 def test_short_clip_stacks_four_copies_and_long_clip_gets_global_plus_crops():
@@ -47,7 +48,7 @@ def test_short_clip_stacks_four_copies_and_long_clip_gets_global_plus_crops():
                   crop_starts=torch.tensor([[0, 0, 0], [10, 700, 1400]]))
     assert out.mel.shape == (2, 4, 1001, 64) and out.longer.tolist() == [False, True]
     assert all(torch.equal(out.mel[0, 0], out.mel[0, i]) for i in range(1, 4))
-    torch.testing.assert_close(out.mel[0, 0], frontend(fill(short, 480000, "repeatpad")).T)
+    torch.testing.assert_close(out.mel[0, 0], frontend(fit_length(short, 480000, "repeatpad")).T)
     full = frontend(long).T
     for view, start in zip(range(1, 4), (10, 700, 1400), strict=True):
         assert torch.equal(out.mel[1, view], full[start : start + 1001])

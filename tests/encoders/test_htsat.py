@@ -159,3 +159,18 @@ def test_inference_gather_path_and_cached_bias_equal_the_training_path(model):
         changed = model(wave).embedding
         table.copy_(saved)
     assert not torch.allclose(changed, fast)
+
+
+def test_drop_path_is_timms_in_training_and_the_identity_in_eval():
+    from timm.layers import drop_path
+
+    from clapkit.encoders.htsat import DropPath
+
+    x = torch.randn(8, 5, 3)
+    layer = DropPath(0.5)
+    assert torch.equal(layer.eval()(x), x)
+    torch.manual_seed(0)
+    ours = layer.train()(x)
+    torch.manual_seed(0)
+    assert torch.equal(ours, drop_path(x, 0.5, True))
+    assert not torch.equal(ours, x)

@@ -1,10 +1,12 @@
-"""Tiny towers and batches for contrastive-training tests (milliseconds on CPU, no files)."""
+"""Tiny towers and batches for contrastive-training tests (milliseconds on CPU, no files), and a
+callback telling which weights a fit moved."""
 
 from __future__ import annotations
 
 import hashlib
 
 import torch
+from lightning.pytorch import Callback
 from torch import nn
 
 from clapkit.encoders.base import AudioEncoder, EncoderOutput, TextEncoder, module_device
@@ -161,3 +163,18 @@ def ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+
+
+
+class RecordStartWeights(Callback):
+    """Keeps a copy of the module's parameters as fit starts, so a test can tell which moved
+    (``trainer.callbacks: [{class_path: helpers.training.RecordStartWeights}]`` in a config)."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.weights = {name: p.detach().clone() for name, p in pl_module.named_parameters()}
+
+
+def moved_parameters(trainer, module) -> set[str]:
+    """Names of the fitted ``module``'s parameters that differ from what :class:`RecordStartWeights` saw."""
+    (recorder,) = [c for c in trainer.callbacks if isinstance(c, RecordStartWeights)]
+    return {name for name, p in module.named_parameters() if not torch.equal(p.detach(), recorder.weights[name])}

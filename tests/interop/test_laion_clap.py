@@ -30,6 +30,7 @@ from clapkit.interop.laion_clap import (
 )
 from clapkit.pretrained import PretrainedError, build_converted
 from helpers import laion
+from helpers.references import SMALL_HTSAT
 
 pytestmark = pytest.mark.parity
 try:
@@ -40,7 +41,6 @@ except ImportError as exc:  # the reference package is a test extra
 TEXTS = ["a dog barks in the distance", "the sound of a cat", "music"]
 TOL = 1e-4
 
-SMALL_HTSAT = dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=8)
 CASES = {
     "htsat-small": dict(amodel="HTSAT-tiny", fusion=False, expect="HTSAT-test", htsat_geometry=SMALL_HTSAT),
     "htsat-small-fusion": dict(amodel="HTSAT-tiny", fusion=True, expect="HTSAT-test", htsat_geometry=SMALL_HTSAT),
@@ -62,8 +62,8 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def text_dir(tmp_path_factory):
-    return laion.write_roberta_dir(tmp_path_factory.mktemp("roberta"))
+def text_dir(roberta_dir):
+    return roberta_dir  # the run-wide one (helpers.references), shared with the other LAION-CLAP tests
 
 
 def _padded(waves):
@@ -74,12 +74,16 @@ def _padded(waves):
     return batch, lengths
 
 
-def _run_case(name, spec, text_dir, tmp_path_factory):
+def _run_case(name, spec, text_dir, tmp_path_factory, shared=None):
+    """Build (or, with ``shared``, reuse the run-wide build of) the case's reference, convert, embed."""
     spec = dict(spec)
     expect = spec.pop("expect")
-    ref = laion.build_reference(spec.pop("amodel"), spec["fusion"], text_dir,
-                                htsat_geometry=spec.get("htsat_geometry"), pann_divisor=spec.get("pann_divisor", 1))
-    path = laion.save_official(ref, tmp_path_factory.mktemp(name) / "model.pt")
+    if shared is not None:
+        ref, path = shared.model, shared.checkpoint
+    else:
+        ref = laion.build_reference(spec.pop("amodel"), spec["fusion"], text_dir,
+                                    htsat_geometry=spec.get("htsat_geometry"), pann_divisor=spec.get("pann_divisor", 1))
+        path = laion.save_official(ref, tmp_path_factory.mktemp(name) / "model.pt")
     converted = convert_laion_clap(path, text_dir)
     task = load_laion_clap(path, text_dir)
     waves = laion.test_waves()
@@ -99,7 +103,9 @@ def _run_case(name, spec, text_dir, tmp_path_factory):
 ])
 def case(request, text_dir, tmp_path_factory):
     spec = {**CASES, **FULL_SIZE_CASES}[request.param]
-    return _run_case(request.param, spec, text_dir, tmp_path_factory)
+    # "htsat-small" is the run-wide reference (same build, seed and layout).
+    shared = request.getfixturevalue("laion_small") if request.param == "htsat-small" else None
+    return _run_case(request.param, spec, text_dir, tmp_path_factory, shared)
 
 
 def test_audio_parity_3_10_25_seconds(case):
@@ -147,11 +153,13 @@ def test_clapkit_load_matches_reference_for_fused_tiny(text_dir, tmp_path_factor
 
 
 @pytest.fixture(scope="module")
-def small_official(text_dir, tmp_path_factory):
-    """A fast reference checkpoint (HTSAT test geometry, unfused): path, loaded file, reference model."""
-    ref = laion.build_reference("HTSAT-tiny", False, text_dir, htsat_geometry=SMALL_HTSAT)
-    path = laion.save_official(ref, tmp_path_factory.mktemp("small") / "small.pt")
-    return path, torch.load(path, weights_only=True), ref
+def small_official(laion_small):
+    """A fast reference checkpoint (HTSAT test geometry, unfused): path, loaded file, reference model.
+
+    The run-wide build (``helpers.references.laion_small``); only read here.
+    """
+    path = laion_small.checkpoint
+    return path, torch.load(path, weights_only=True), laion_small.model
 
 
 def test_converted_native_directory_keeps_parity(small_official, text_dir, tmp_path):

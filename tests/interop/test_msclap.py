@@ -3,126 +3,25 @@ and give the reference's embeddings (fp32, <= 1e-4 on L2-normalised vectors).
 
 The full-size towers (Cnn14, HTSAT) run in the default suite, plus narrower builds of the
 reference's own classes (Cnn14 widths / 16, HTSAT dim 16; same forward code). The text towers are one-layer
-BERT / GPT-2 at the 768 width the reference hard-codes.
+BERT / GPT-2 at the 768 width the reference hard-codes. The builder is :mod:`helpers.msclap`; the
+narrow builds are shared run-wide with the compat tests (``msclap_reference``, helpers/references.py).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 import clapkit
 from clapkit.pretrained import PretrainedError, convert_checkpoint
-from helpers.models import calibrate_batchnorm, randomize_norm_stats, tone, write_bert_dir, write_gpt2_dir
+from helpers.models import tone, write_gpt2_dir
 
 SR = 44100
 # One text with "!" (GPT-2's pad symbol in msclap: pooled at an earlier position) and one far
 # longer than the token limit (truncated).
 TEXTS = ["a dog barks", "Rain on a window!", "x" * 150, "birds"]
-
-
-class _EncodePlusShim:
-    """The transformers 4.x ``encode_plus`` the reference calls (gone in transformers 5):
-    ``max_length`` without ``truncation`` meant ``longest_first`` truncation there."""
-
-    def __init__(self, tokenizer, token_type_ids: bool):
-        self._tok, self._token_type_ids = tokenizer, token_type_ids
-
-    def encode_plus(self, text, **kwargs):
-        kwargs.setdefault("truncation", True)
-        return self._tok(text, return_token_type_ids=self._token_type_ids, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._tok, name)
-
-
-def _narrow_audio(version: str, monkeypatch):
-    """Make msclap build its own audio classes narrower (same code paths, a fraction of the
-    compute): Cnn14 with every width / 16, HTSAT with clapkit's ``test`` geometry (dim 16)."""
-    if version == "2022":
-        audio_module = pytest.importorskip("msclap.models.audio")
-        reference_init = audio_module.ConvBlock.__init__
-
-        def narrow_init(self, in_channels, out_channels):
-            reference_init(self, in_channels if in_channels == 1 else in_channels // 16, out_channels // 16)
-
-        monkeypatch.setattr(audio_module.ConvBlock, "__init__", narrow_init)
-    else:
-        htsat_module = pytest.importorskip("msclap.models.htsat")
-
-        def narrow_wrapper_init(self, *args, **kwargs):  # HTSATWrapper ignores its arguments too
-            torch.nn.Module.__init__(self)
-            self.htsat = htsat_module.HTSAT_Swin_Transformer(
-                config=htsat_module.config, embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4])
-
-        monkeypatch.setattr(htsat_module.HTSATWrapper, "__init__", narrow_wrapper_init)
-
-
-def _rebuild_narrow_heads(model, version: str) -> None:
-    """The layers msclap hard-codes at full width (Cnn14's fc1/fc_audioset, the audio projection)."""
-    from msclap.models.clap import Projection
-    from torch import nn
-
-    width = 128  # 2048 / 16 for Cnn14; 16 * 2**3 for the narrow HTSAT
-    if version == "2022":
-        model.audio_encoder.base.fc1 = nn.Linear(width, width)
-        model.audio_encoder.base.fc_audioset = nn.Linear(width, 527)
-    model.audio_encoder.projection = Projection(width, 1024)
-
-
-def _reference(version: str, tmp: Path, monkeypatch, narrow: bool = True):
-    """Build msclap's CLAP with random weights and a small text model, save it in the official
-    layout and load it back through msclap's own ``CLAPWrapper``."""
-    msclap_clap = pytest.importorskip("msclap.models.clap")
-    wrapper_module = pytest.importorskip("msclap.CLAPWrapper")
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    if narrow:
-        _narrow_audio(version, monkeypatch)
-
-    # Real widths where the reference hard-codes them (768 into the projection); one layer.
-    writer = write_bert_dir if version == "2022" else write_gpt2_dir
-    text_dir = writer(tmp / "text", hidden=768, layers=1, heads=2)
-
-    class _AutoModel:  # the package calls AutoModel.from_pretrained("bert-base-uncased" / "gpt2")
-        @staticmethod
-        def from_pretrained(name):
-            return AutoModel.from_config(AutoConfig.from_pretrained(text_dir))
-
-    class _AutoTokenizer:
-        @staticmethod
-        def from_pretrained(name):
-            return _EncodePlusShim(AutoTokenizer.from_pretrained(text_dir), token_type_ids=version == "2022")
-
-    monkeypatch.setattr(msclap_clap, "AutoModel", _AutoModel)
-    monkeypatch.setattr(wrapper_module, "AutoTokenizer", _AutoTokenizer)
-    args = yaml.safe_load((Path(wrapper_module.__file__).parent / f"configs/config_{version}.yml").read_text())
-    torch.manual_seed(0)
-    model = msclap_clap.CLAP(
-        args["audioenc_name"], args["sampling_rate"], args["window_size"], args["hop_size"], args["mel_bins"],
-        args["fmin"], args["fmax"], args["num_classes"], args["out_emb"], args["text_model"],
-        args["transformer_embed_dim"], args["d_proj"],
-    )
-    if narrow:
-        _rebuild_narrow_heads(model, version)
-    randomize_norm_stats(model)
-    calibration = np.stack([tone(args["duration"], SR, f, i) * gain for i, (f, gain) in enumerate([(220, 1.0), (3000, 0.1)])])
-    calibrate_batchnorm(model.audio_encoder, model.audio_encoder, torch.from_numpy(calibration))
-    with torch.no_grad():
-        model.logit_scale.fill_(3.1)
-    checkpoint = tmp / f"CLAP_weights_{version}.pth"
-    torch.save({"model": model.state_dict()}, checkpoint)
-    # CLAPWrapper builds the same architecture again before loading the file; hand it this
-    # instance instead (building Cnn14 twice is most of the test's time). It still loads the
-    # checkpoint file into it, sets eval mode and prepares its tokenizer.
-    monkeypatch.setattr(wrapper_module, "CLAP", lambda **kwargs: model)
-    reference = wrapper_module.CLAPWrapper(model_fp=str(checkpoint), version=version)
-    return reference, checkpoint, text_dir, args["duration"] * SR, wrapper_module
 
 
 @pytest.mark.parity
@@ -136,8 +35,10 @@ def _reference(version: str, tmp: Path, monkeypatch, narrow: bool = True):
         pytest.param("2023", False, id="2023-full"),
     ],
 )
-def test_msclap_parity(version, narrow, tmp_path, monkeypatch):
-    reference, checkpoint, text_dir, window, wrapper_module = _reference(version, tmp_path, monkeypatch, narrow)
+def test_msclap_parity(version, narrow, msclap_reference, monkeypatch):
+    built = msclap_reference(version, narrow)  # narrow builds are run-wide (helpers.references)
+    reference, checkpoint, text_dir = built.wrapper, built.checkpoint, built.text_dir
+    window, wrapper_module = built.window, built.wrapper_module
     rng = np.random.default_rng(0)
     long_t = np.arange(window + 3 * SR + 17) / SR
     waves = {

@@ -92,20 +92,28 @@ def _run(config: dict, tmp_path: Path):
     from clapkit.cli import lightning_main
 
     config["trainer"].update(fast_dev_run=1, accelerator="cpu", devices=1, logger=False,
-                             default_root_dir=str(tmp_path / "run"), callbacks=[])
+                             default_root_dir=str(tmp_path / "run"),
+                             callbacks=[{"class_path": "helpers.training.RecordStartWeights"}])
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return lightning_main(["fit", "--config", str(path)])
 
 
-def _assert_trained(cli) -> None:
-    """One training step and one validation pass ran, with finite logged values and moved weights."""
+def _assert_trained(cli, trained: set[str], frozen: set[str] = frozenset()) -> None:
+    """One training step and one validation pass ran, with finite logged values; every ``trained``
+    sub-module's weights moved, no ``frozen`` one's did."""
     import torch
+
+    from helpers.training import moved_parameters
 
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
     metrics = cli.trainer.callback_metrics
     assert any(k.startswith("train/") for k in metrics), sorted(metrics)
     assert all(torch.isfinite(torch.as_tensor(v)).all() for v in metrics.values()), dict(metrics)
+    moved = moved_parameters(cli.trainer, cli.model)
+    for name in trained | frozen:
+        inside = sorted(k for k in moved if k.startswith(f"{name}."))
+        assert bool(inside) is (name in trained), (name, inside[:5])
 
 
 @pytest.mark.parametrize("stage", ["b_audio_vs_frozen_clip", "c_all_towers"])
@@ -120,7 +128,10 @@ def test_tri_modal_stages_run_on_av_shards(stage, tmp_path):
                 batch_size=2, num_workers=0, shuffle_buffer=2)
     data["audio"].update(sample_rate=8000, clip_seconds=0.25)
     data["augment"]["length"] = 2000
-    _assert_trained(_run(config, tmp_path))
+    frozen = set(config["model"]["init_args"]["frozen"])
+    towers = {f"towers.{name}" for name in ("audio", "image", "text")}
+    _assert_trained(_run(config, tmp_path), trained=towers - {f"towers.{n}" for n in frozen},
+                    frozen={f"towers.{n}" for n in frozen})
 
 
 def test_stage_a_tagger_runs_on_audioset_fixture(tmp_path):
@@ -135,7 +146,7 @@ def test_stage_a_tagger_runs_on_audioset_fixture(tmp_path):
     data.update(root=str(tmp_path / "audioset"), batch_size=2, num_workers=0)
     data["audio"].update(sample_rate=8000, clip_seconds=0.25)
     data["augment"]["length"] = 2000
-    _assert_trained(_run(config, tmp_path))
+    _assert_trained(_run(config, tmp_path), trained={"encoder"})
 
 
 @pytest.mark.parametrize("stage", ["d_esc50_finetune", "d_us8k_finetune"])

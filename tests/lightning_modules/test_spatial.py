@@ -162,15 +162,21 @@ def test_predict_and_bf16_autocast():
 
 def test_synthetic_config_fast_dev_run(tmp_path):
     from clapkit.cli import lightning_main
+    from helpers.training import moved_parameters
 
     cli = lightning_main(["fit", "--config", str(CONFIGS / "synthetic.yaml"), "--trainer.fast_dev_run=true",
                           "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}",
+                          "--trainer.callbacks+=helpers.training.RecordStartWeights",
                           "--data.init_args.num_workers=0", "--data.init_args.batch_size=2",
                           "--data.init_args.train_size=4", "--data.init_args.val_size=2",
                           "--data.init_args.duration=0.2"])
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
     losses = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if "loss" in k}
     assert losses and all(math.isfinite(v) for v in losses.values()), losses
+    # the step trained both encoders and the audio-visual correspondence heads
+    moved = moved_parameters(cli.trainer, cli.model)
+    for part in ("audio_encoder.", "image_encoder.", "heads.avc_audio.", "heads.avc_video."):
+        assert any(name.startswith(part) for name in moved), (part, sorted(moved)[:5])
 
 
 def _probe(encoder, steps: int, **data) -> float:

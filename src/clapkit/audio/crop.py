@@ -1,8 +1,15 @@
 """Crop/pad policies that turn any clip into a fixed-length window.
 
-``pad`` zero-pads short clips; ``repeatpad`` (LAION-CLAP's default) tiles a short clip
-``floor(length / n)`` times and zero-pads the rest; ``repeat`` tiles and cuts. Long clips are
+``pad`` zero-pads short clips at the end; ``repeatpad`` (LAION-CLAP's default) tiles a short
+clip ``floor(length / n)`` times and zero-pads the rest; ``repeat`` tiles and cuts; ``around``
+zero-pads both sides, placing the clip where the crop mode would cut a long one (centred with
+``center``, at a random offset with ``random``: AudioCLIP's crop-or-pad). Long clips are
 cropped at the start, centre, a random offset or a seeded offset (reproducible evaluation).
+An empty clip becomes zeros.
+
+:func:`fit_length` is the one pad/crop of clapkit: data pipelines (``AudioPolicy``), waveform
+augmentation, inference preprocessing and ``ClipBatcher``'s fusion path all call it
+(``ClipBatcher.fit_rows`` is its batched on-device form, tested equal to it row by row).
 """
 
 from __future__ import annotations
@@ -13,13 +20,16 @@ import numpy as np
 import torch
 
 PadMode = Literal["pad", "repeatpad", "repeat"]
+#: ``around`` (pad both sides at the crop offset) serves waveform augmentation; the encoders'
+#: window filling (``ClipBatcher``, ``AudioPolicy``) keeps LAION-CLAP's three policies.
+FitPad = Literal["pad", "repeatpad", "repeat", "around"]
 CropMode = Literal["start", "center", "random", "seeded"]
 
 
 def fit_length(
     wave,
     length: int,
-    pad: PadMode = "repeatpad",
+    pad: FitPad = "repeatpad",
     crop: CropMode = "random",
     *,
     rng: np.random.Generator | None = None,
@@ -32,6 +42,10 @@ def fit_length(
     if n > length:
         start = _crop_start(n - length, crop, rng, seed)
         return wave[..., start : start + length]
+    if n == 0 or pad == "around":
+        # an empty clip has nothing to tile: all zeros whatever the policy
+        before = 0 if n == 0 else _crop_start(length - n, crop, rng, seed)
+        return _zero_pad(wave, before, length - n - before)
     return _pad(wave, length, pad)
 
 
@@ -59,12 +73,14 @@ def _pad(wave, length: int, pad: PadMode):
         reps = length // n
         wave = cat([wave] * reps, -1) if is_torch else np.concatenate([wave] * reps, axis=-1)
     elif pad != "pad":
-        raise ValueError(f"unknown pad mode {pad!r}; expected pad, repeatpad or repeat")
-    missing = length - wave.shape[-1]
-    if is_torch:
-        return torch.nn.functional.pad(wave, (0, missing))
-    widths = [(0, 0)] * (wave.ndim - 1) + [(0, missing)]
-    return np.pad(wave, widths)
+        raise ValueError(f"unknown pad mode {pad!r}; expected pad, repeatpad, repeat or around")
+    return _zero_pad(wave, 0, length - wave.shape[-1])
+
+
+def _zero_pad(wave, before: int, after: int):
+    if isinstance(wave, torch.Tensor):
+        return torch.nn.functional.pad(wave, (before, after))
+    return np.pad(wave, [(0, 0)] * (wave.ndim - 1) + [(before, after)])
 
 
 def int16_roundtrip(wave):

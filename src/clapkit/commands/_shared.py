@@ -68,8 +68,11 @@ def add_model_and_inputs(parser: argparse.ArgumentParser, inputs_help: str = "au
     parser.add_argument("inputs", nargs="*", metavar="INPUTS", help=inputs_help)
 
 
-def load_model(path: str | os.PathLike, args: argparse.Namespace):
-    """``clapkit.load`` with the command-line options; user errors become :class:`CommandError`."""
+def load_model(path: str | os.PathLike, args: argparse.Namespace, towers: Sequence[str] | None = None):
+    """``clapkit.load`` with the command-line options; user errors become :class:`CommandError`.
+
+    ``towers``: build only these towers of a native contrastive model now (``("audio",)`` for
+    audio-only commands); see :func:`clapkit.load`."""
     from clapkit.pretrained import PretrainedError, load
 
     if args.batch_size < 1:
@@ -78,7 +81,7 @@ def load_model(path: str | os.PathLike, args: argparse.Namespace):
     check_model_path(path)
     try:
         model = load(path, text_model=args.text_model, device=args.device, precision=args.precision,
-                     batch_size=args.batch_size, trust_pickle=args.trust_checkpoint)
+                     batch_size=args.batch_size, trust_pickle=args.trust_checkpoint, towers=towers)
     except (PretrainedError, FileNotFoundError) as exc:
         raise CommandError(str(exc)) from None
     except (RuntimeError, ValueError) as exc:

@@ -31,6 +31,9 @@ from __future__ import annotations
 from clapkit.commands import CommandError, _shared
 from clapkit.embedding import EmbeddingInputError, device_for_rank, embed_corpus, rank_from_env
 
+#: Embedding audio files needs the audio tower only: the text tower is neither built nor read.
+AUDIO_ONLY = ("audio",)
+
 
 def build_parser():
     parser = _shared.make_parser("embed", __doc__)
@@ -70,7 +73,10 @@ def main(argv: list[str]) -> int:
     _shared.check_headers(files)
     ranks = rank_from_env()
     args.device = device_for_rank(args.device)
-    model = _load_onnx(args.model, args) if args.runtime == "onnx" else _shared.load_model(args.model, args)
+    if args.runtime == "onnx":
+        model = _load_onnx(args.model, args)
+    else:
+        model = _shared.load_model(args.model, args, towers=AUDIO_ONLY)
     if getattr(model, "refusal", None):  # a tagger: class scores, no embedding
         raise CommandError(f"{args.model}: {model.refusal}")
     with _shared.progress_bar(len(files), "embedding", args.quiet) as advance:

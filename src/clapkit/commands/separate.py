@@ -143,17 +143,20 @@ def staged_outputs(targets: Sequence[Path]):
 
 def _load_model(args):
     from clapkit.commands._shared import check_device, check_model_path
-    from clapkit.pretrained import PretrainedError, load_native
-    from clapkit.separator import SeparationModel, is_separation_task
+    from clapkit.encoders.separation.network import SeparationNetwork
+    from clapkit.plain import load_plain
+    from clapkit.pretrained import PretrainedError
+    from clapkit.separator import SeparationModel
 
     check_device(args.device)
     check_model_path(args.model)
     try:
-        model, _, inference = load_native(args.model)
+        model, config, inference = load_plain(args.model)
     except (PretrainedError, FileNotFoundError) as exc:
         raise CommandError(str(exc)) from None
-    if not is_separation_task(model):
-        raise CommandError(f"{args.model}: a {type(model).__name__}, not a separation model (SeparationTask)")
+    if not isinstance(model, SeparationNetwork):
+        kind = str(config.get("class_path", type(model).__name__)).rpartition(".")[2]
+        raise CommandError(f"{args.model}: a {kind}, not a separation model (SeparationTask)")
     return SeparationModel(model, inference, device=args.device, batch_size=args.batch_size, overlap=args.overlap,
                            precision=args.precision)
 

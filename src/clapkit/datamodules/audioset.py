@@ -32,10 +32,8 @@ from typing import Literal
 
 from torch.utils.data import Sampler
 
-from clapkit.datamodules.augment import WaveformAugment
 from clapkit.datamodules.captions import CaptionMaker, CaptionTemplate, load_keyword_captions
 from clapkit.datamodules.clips import ClipDataModule, ClipRecord, ClipSet, LayoutError, decode_table, read_csv
-from clapkit.datamodules.pipeline import AudioPolicy
 from clapkit.datamodules.sampling import ClassBalancedSampler, WeightedLabelSampler
 
 log = logging.getLogger(__name__)
@@ -159,6 +157,9 @@ def read_audioset(
 class AudioSetDataModule(ClipDataModule):
     """AudioSet segments with multi-hot labels, captions from labels and a rebalancing sampler.
 
+    The loader arguments (``audio``, ``batch_size``, ``num_workers``, ``eval_captions``,
+    ``augment``) are :class:`~clapkit.datamodules.clips.ClipDataModule`'s.
+
     Args:
         root: folder holding the metadata files and audio folders.
         train_segments: training segment list (relative to ``root``).
@@ -178,11 +179,6 @@ class AudioSetDataModule(ClipDataModule):
         samples_per_epoch: draws per epoch for the rebalancing samplers (default: set size).
         seed: sampler seed.
         drop_missing: leave out segments without an audio file.
-        audio: decode/crop policy.
-        batch_size: clips per batch.
-        num_workers: decoding worker processes.
-        eval_captions: also attach captions to evaluation batches.
-        augment: waveform augmentation of training clips (AudioCLIP's policy); ``None``: off.
     """
 
     def __init__(
@@ -201,13 +197,9 @@ class AudioSetDataModule(ClipDataModule):
         samples_per_epoch: int | None = None,
         seed: int = 0,
         drop_missing: bool = True,
-        audio: AudioPolicy | None = None,
-        batch_size: int = 32,
-        num_workers: int = 4,
-        eval_captions: bool = False,
-        augment: WaveformAugment | None = None,
+        **kwargs,
     ):
-        super().__init__(audio, batch_size, num_workers, eval_captions, augment)
+        super().__init__(**kwargs)
         self.root = Path(root)
         self.train_segments, self.train_audio_dir = train_segments, train_audio_dir
         self.val_segments, self.val_audio_dir = val_segments, val_audio_dir

@@ -2,9 +2,9 @@
 
 The reference training recipe applies, in this order: time reversal (p 0.5), time scaling by
 ``max_scale ** U(-1, 1)`` (linear interpolation; ``max_scale`` 1.5 gives factors in
-[1/1.5, 1.5]), random padding / cropping to the window (centred at evaluation), and white
-Gaussian noise at an SNR drawn from [10, 120] dB with probability 0.25. At evaluation only the
-centred crop/pad is applied.
+[1/1.5, 1.5]), random padding / cropping to the window (``clapkit.audio.fit_length`` with
+``around`` padding), and white Gaussian noise at an SNR drawn from [10, 120] dB with
+probability 0.25. At evaluation only the centred crop/pad is applied.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from clapkit.audio.crop import fit_length
 
 
 def time_scale(wave: np.ndarray, factor: float) -> np.ndarray:
@@ -23,19 +25,6 @@ def time_scale(wave: np.ndarray, factor: float) -> np.ndarray:
     right = np.minimum(left + 1, n - 1)
     frac = (position - left).astype(np.float32)
     return (wave[..., left] * (1.0 - frac) + wave[..., right] * frac).astype(np.float32)
-
-
-def crop_or_pad(wave: np.ndarray, length: int, train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Cut or zero-pad the last axis to ``length``: random offset in training, centred otherwise."""
-    n = wave.shape[-1]
-    if n == length:
-        return wave
-    slack = abs(n - length)
-    offset = int(rng.integers(0, slack + 1)) if train and rng is not None else slack // 2
-    if n > length:
-        return wave[..., offset : offset + length]
-    widths = [(0, 0)] * (wave.ndim - 1) + [(offset, slack - offset)]
-    return np.pad(wave, widths)
 
 
 def add_white_noise(wave: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
@@ -69,13 +58,13 @@ class WaveformAugment:
         """Augment (training) or just centre-fit (evaluation) one waveform ``[..., T]``."""
         wave = np.asarray(wave, dtype=np.float32)
         if not train:
-            return np.ascontiguousarray(crop_or_pad(wave, self.length, train=False))
+            return np.ascontiguousarray(fit_length(wave, self.length, pad="around", crop="center"))
         rng = rng or np.random.default_rng()
         if rng.random() < self.flip_p:
             wave = wave[..., ::-1]
         if self.max_scale > 1.0:
             wave = time_scale(wave, float(self.max_scale ** rng.uniform(-1.0, 1.0)))
-        wave = crop_or_pad(wave, self.length, train=True, rng=rng)
+        wave = fit_length(wave, self.length, pad="around", crop="random", rng=rng)
         if rng.random() < self.noise_p:
             wave = add_white_noise(wave, float(rng.uniform(*self.snr_db)), rng)
         return np.ascontiguousarray(wave, dtype=np.float32)

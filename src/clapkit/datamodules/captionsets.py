@@ -24,7 +24,6 @@ from collections import Counter
 from pathlib import Path
 
 from clapkit.datamodules.clips import ClipDataModule, ClipRecord, ClipSet, LayoutError, read_csv
-from clapkit.datamodules.pipeline import AudioPolicy
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +151,9 @@ def _common_folder(paths: list[Path]) -> str:
 class AudioCapsDataModule(ClipDataModule):
     """AudioCaps: fit on ``train``, validate on ``val``, test on ``test`` (5 captions per clip).
 
+    The loader arguments (``audio``, ``batch_size``, ``num_workers``) are
+    :class:`~clapkit.datamodules.clips.ClipDataModule`'s; evaluation batches carry captions.
+
     Args:
         root: folder with ``train.csv``, ``val.csv``, ``test.csv`` and the audio folders.
         audio_dir: audio folder under ``root``, a template over ``split`` and every CSV column
@@ -159,9 +161,6 @@ class AudioCapsDataModule(ClipDataModule):
         audio_name: audio file name template over the same fields (``{youtube_id}.wav``,
             ``{audiocap_id}.wav``, ``{youtube_id}_{start_time}.flac``, ...).
         drop_missing: leave out clips whose audio file is absent (reported at setup).
-        audio: decode/crop policy.
-        batch_size: clips per batch.
-        num_workers: decoding worker processes.
     """
 
     def __init__(
@@ -170,11 +169,9 @@ class AudioCapsDataModule(ClipDataModule):
         audio_dir: str = "{split}",
         audio_name: str = "{youtube_id}.wav",
         drop_missing: bool = True,
-        audio: AudioPolicy | None = None,
-        batch_size: int = 32,
-        num_workers: int = 4,
+        **kwargs,
     ):
-        super().__init__(audio, batch_size, num_workers, eval_captions=True)
+        super().__init__(eval_captions=True, augment=None, **kwargs)
         self.root, self.audio_dir, self.audio_name, self.drop_missing = root, audio_dir, audio_name, drop_missing
 
     def build_sets(self) -> dict[str, ClipSet]:
@@ -188,24 +185,22 @@ class AudioCapsDataModule(ClipDataModule):
 class ClothoDataModule(ClipDataModule):
     """Clotho v2: fit on development, validate on validation, test on evaluation.
 
+    The loader arguments (``audio``, ``batch_size``, ``num_workers``) are
+    :class:`~clapkit.datamodules.clips.ClipDataModule`'s; evaluation batches carry captions.
+
     Args:
         root: folder with ``clotho_captions_*.csv`` and the ``development/``,
             ``validation/``, ``evaluation/`` audio folders.
         drop_missing: leave out clips whose audio file is absent (reported at setup).
-        audio: decode/crop policy.
-        batch_size: clips per batch.
-        num_workers: decoding worker processes.
     """
 
     def __init__(
         self,
         root: str,
         drop_missing: bool = True,
-        audio: AudioPolicy | None = None,
-        batch_size: int = 32,
-        num_workers: int = 4,
+        **kwargs,
     ):
-        super().__init__(audio, batch_size, num_workers, eval_captions=True)
+        super().__init__(eval_captions=True, augment=None, **kwargs)
         self.root, self.drop_missing = root, drop_missing
 
     def build_sets(self) -> dict[str, ClipSet]:

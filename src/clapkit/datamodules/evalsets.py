@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clapkit.datamodules.augment import WaveformAugment
 from clapkit.datamodules.captions import CaptionTemplate, pretty_name
 from clapkit.datamodules.clips import (
     ClipDataModule,
@@ -32,7 +31,6 @@ from clapkit.datamodules.clips import (
     read_csv,
     select_folds,
 )
-from clapkit.datamodules.pipeline import AudioPolicy
 
 ESC50_COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
 US8K_COLUMNS = ("slice_file_name", "fsID", "start", "end", "salience", "fold", "classID", "class")
@@ -135,17 +133,15 @@ def read_fsd50k(root: str | Path, split: str, template: CaptionTemplate | None =
 class ESC50DataModule(ClipDataModule):
     """ESC-50 (5 s clips, 50 classes, 5 folds): zero-shot on ``test_folds``.
 
+    The loader arguments (``audio``, ``batch_size``, ``num_workers``, ``eval_captions``,
+    ``augment``) are :class:`~clapkit.datamodules.clips.ClipDataModule`'s.
+
     Args:
         root: dataset folder containing ``meta/esc50.csv`` and ``audio/``.
         test_folds: folds used for validation and test (zero-shot: all five).
         train_folds: folds used for fitting (default: the rest).
         esc10: use the ESC-10 subset (10 classes).
         template: caption template for the class names.
-        audio: decode/crop policy.
-        batch_size: clips per batch.
-        num_workers: decoding worker processes.
-        eval_captions: also attach captions to evaluation batches (retrieval metrics).
-        augment: waveform augmentation of training clips (AudioCLIP's policy); ``None``: off.
     """
 
     def __init__(
@@ -155,13 +151,9 @@ class ESC50DataModule(ClipDataModule):
         train_folds: list[int] | None = None,
         esc10: bool = False,
         template: CaptionTemplate | None = None,
-        audio: AudioPolicy | None = None,
-        batch_size: int = 32,
-        num_workers: int = 4,
-        eval_captions: bool = False,
-        augment: WaveformAugment | None = None,
+        **kwargs,
     ):
-        super().__init__(audio, batch_size, num_workers, eval_captions, augment)
+        super().__init__(**kwargs)
         self.root, self.esc10, self.template = root, esc10, template
         self.test_folds = test_folds or [1, 2, 3, 4, 5]
         self.train_folds = train_folds
@@ -174,16 +166,14 @@ class ESC50DataModule(ClipDataModule):
 class UrbanSound8KDataModule(ClipDataModule):
     """UrbanSound8K (<= 4 s clips, 10 classes, 10 folds): zero-shot on ``test_folds``.
 
+    The loader arguments (``audio``, ``batch_size``, ``num_workers``, ``eval_captions``,
+    ``augment``) are :class:`~clapkit.datamodules.clips.ClipDataModule`'s.
+
     Args:
         root: dataset folder containing ``metadata/UrbanSound8K.csv`` and ``audio/fold*/``.
         test_folds: folds used for validation and test (zero-shot: all ten).
         train_folds: folds used for fitting (default: the rest).
         template: caption template for the class names.
-        audio: decode/crop policy.
-        batch_size: clips per batch.
-        num_workers: decoding worker processes.
-        eval_captions: also attach captions to evaluation batches.
-        augment: waveform augmentation of training clips (AudioCLIP's policy); ``None``: off.
     """
 
     def __init__(
@@ -192,13 +182,9 @@ class UrbanSound8KDataModule(ClipDataModule):
         test_folds: list[int] | None = None,
         train_folds: list[int] | None = None,
         template: CaptionTemplate | None = None,
-        audio: AudioPolicy | None = None,
-        batch_size: int = 32,
-        num_workers: int = 4,
-        eval_captions: bool = False,
-        augment: WaveformAugment | None = None,
+        **kwargs,
     ):
-        super().__init__(audio, batch_size, num_workers, eval_captions, augment)
+        super().__init__(**kwargs)
         self.root, self.template = root, template
         self.test_folds = test_folds or list(range(1, 11))
         self.train_folds = train_folds
@@ -210,27 +196,21 @@ class UrbanSound8KDataModule(ClipDataModule):
 class FSD50KDataModule(ClipDataModule):
     """FSD50K (200 classes, multi-label): fit on dev ``train``, validate on ``val``, test on ``eval``.
 
+    The loader arguments (``audio``, ``batch_size``, ``num_workers``, ``eval_captions``,
+    ``augment``) are :class:`~clapkit.datamodules.clips.ClipDataModule`'s.
+
     Args:
         root: dataset folder containing ``FSD50K.ground_truth/`` and the audio folders.
         template: caption template for the label names.
-        audio: decode/crop policy.
-        batch_size: clips per batch.
-        num_workers: decoding worker processes.
-        eval_captions: also attach captions to evaluation batches.
-        augment: waveform augmentation of training clips (AudioCLIP's policy); ``None``: off.
     """
 
     def __init__(
         self,
         root: str,
         template: CaptionTemplate | None = None,
-        audio: AudioPolicy | None = None,
-        batch_size: int = 32,
-        num_workers: int = 4,
-        eval_captions: bool = False,
-        augment: WaveformAugment | None = None,
+        **kwargs,
     ):
-        super().__init__(audio, batch_size, num_workers, eval_captions, augment)
+        super().__init__(**kwargs)
         self.root, self.template = root, template
 
     def build_sets(self) -> dict[str, ClipSet]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import os
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,9 @@ from torch.utils.data import DataLoader, Dataset
 from clapkit import deps
 from clapkit.atomic import write_csv
 from clapkit.audio import fit_length, load_audio, resample
+from clapkit.audio.crop import CropMode, PadMode
 from clapkit.datamodules.mix_sources import MixSource, source_metadata
+from clapkit.datamodules.pipeline import AudioPolicy
 from clapkit.datamodules.resumable import ResumableLoader, ResumableSampler, default_seed
 
 LevelMode = Literal["rms", "lufs"]
@@ -334,32 +335,33 @@ def read_specs_csv(path: str | os.PathLike) -> list[MixtureSpec]:
 
 
 @dataclass
-class ClipPolicy:
-    """How a source clip becomes a fixed window at the mixture rate.
+class ClipPolicy(AudioPolicy):
+    """:class:`~clapkit.datamodules.pipeline.AudioPolicy` with the mixture defaults: a source
+    clip becomes a zero-padded window at the mixture rate, without quantisation.
 
     Args:
         sample_rate: mixture rate (CLAPSep: 32 kHz).
         clip_seconds: window length.
+        pad: policy for short clips (zero padding, as the CLAPSep benchmarks).
         train_crop: crop of long clips in training.
         eval_crop: crop of long clips in evaluation (``start``: the CLAPSep benchmarks).
+        int16: LAION-CLAP's int16 round trip (off for mixtures).
+        reject_silent: refuse all-zero clips when the policy decodes them itself.
+        max_seconds: keep ``None`` for mixtures (every clip becomes one window).
+        mono: keep ``True`` for mixtures (the mixer sums mono clips).
     """
 
     sample_rate: int = 32000
     clip_seconds: float = 10.0
-    train_crop: Literal["random", "start", "center"] = "random"
-    eval_crop: Literal["start", "center", "seeded"] = "start"
+    pad: PadMode = "pad"
+    train_crop: CropMode = "random"
+    eval_crop: CropMode = "start"
+    int16: bool = False
+    reject_silent: bool = False
 
     @property
     def samples(self) -> int:
-        return int(round(self.sample_rate * self.clip_seconds))
-
-    def fit(self, wave: np.ndarray, rate: int, train: bool, rng: np.random.Generator, key: str) -> np.ndarray:
-        if wave.ndim > 1:
-            wave = wave.mean(axis=0)
-        wave = resample(wave, rate, self.sample_rate)
-        crop = self.train_crop if train else self.eval_crop
-        return fit_length(wave, self.samples, pad="pad", crop=crop, rng=rng,
-                          seed=zlib.crc32(key.encode())).astype(np.float32)
+        return self.clip_samples
 
 
 class MixtureDataset(Dataset):
@@ -382,7 +384,7 @@ class MixtureDataset(Dataset):
     def __init__(
         self,
         source: MixSource,
-        clip: ClipPolicy,
+        clip: AudioPolicy,
         mixer: Mixer,
         specs: Sequence[MixtureSpec] | None = None,
         length: int | None = None,
@@ -446,13 +448,16 @@ class MixtureDataset(Dataset):
     def _load(self, ref: str | int, train: bool, rng: np.random.Generator) -> tuple[np.ndarray, str]:
         if isinstance(ref, int):
             sample = self.source[ref]
-            return self.clip.fit(sample.waveform, sample.sample_rate, train, rng, sample.key), sample.key
+            return self._window(sample.waveform, sample.sample_rate, train, rng, sample.key), sample.key
         index = self._index_of(ref)
         if index is not None:
             return self._load(index, train, rng)
         path = Path(ref) if self.audio_root is None or Path(ref).is_absolute() else self.audio_root / ref
         wave, rate = load_audio(path)
-        return self.clip.fit(wave, rate, train, rng, str(ref)), str(ref)
+        return self._window(wave, rate, train, rng, str(ref)), str(ref)
+
+    def _window(self, wave: np.ndarray, rate: int, train: bool, rng: np.random.Generator, key: str) -> np.ndarray:
+        return self.clip.prepare(wave, rate, "train" if train else "eval", key, rng)[0]
 
     # -- items ----------------------------------------------------------------------------------
     def __getitem__(self, index: int) -> dict[str, Any]:

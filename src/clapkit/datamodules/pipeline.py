@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
-from clapkit.audio import AudioLoadError, fit_length, int16_roundtrip, load_audio
+from clapkit.audio import AudioLoadError, fit_length, int16_roundtrip, load_audio, resample
 from clapkit.audio.crop import CropMode, PadMode
 from clapkit.datamodules.base import Sample, collate_samples
 
@@ -80,6 +80,10 @@ class Skipped:
 class AudioPolicy:
     """How every clip is decoded and fitted to the model's input window.
 
+    The one window policy of clapkit's data pipelines: the clip sets, shards and evaluation
+    sets use it with LAION-CLAP's defaults, the mixture datasets with
+    :class:`~clapkit.datamodules.mixtures.ClipPolicy`'s (same class, other defaults).
+
     Args:
         sample_rate: the audio encoder's rate; clips are resampled to it with soxr.
         clip_seconds: the model window (LAION-CLAP: 10 s).
@@ -124,12 +128,21 @@ class AudioPolicy:
         """Decode, downmix, resample and (optionally) quantise; raises ``AudioLoadError``."""
         if isinstance(source, (bytes, bytearray, memoryview)) and len(source) == 0:
             raise AudioLoadError(key, "empty (0 bytes)")
-        wave, rate = load_audio(
-            source, self.sample_rate, mono=self.mono, name=key, reject_silent=self.reject_silent
-        )
-        if self.int16:
-            wave = int16_roundtrip(wave)
-        return wave, rate
+        wave, rate = load_audio(source, mono=self.mono, name=key, reject_silent=self.reject_silent)
+        return self.conform(wave, rate), self.sample_rate
+
+    def conform(self, wave: np.ndarray, rate: int) -> np.ndarray:
+        """A decoded clip (``[T]`` or ``[C, T]`` at ``rate``) at the policy's rate and channels,
+        optionally quantised."""
+        if self.mono and wave.ndim > 1:
+            wave = wave.mean(axis=0)
+        wave = np.ascontiguousarray(resample(wave, rate, self.sample_rate), dtype=np.float32)
+        return int16_roundtrip(wave) if self.int16 else wave
+
+    def prepare(self, wave: np.ndarray, rate: int, stage: Stage, key: str,
+                rng: np.random.Generator | None = None) -> tuple[np.ndarray, int]:
+        """:meth:`conform` then :meth:`fit`: a clip decoded elsewhere -> ``(window, length)``."""
+        return self.fit(self.conform(wave, rate), stage, key, rng)
 
     def fit(self, wave: np.ndarray, stage: Stage, key: str, rng: np.random.Generator | None = None):
         """Apply the crop/pad policy; returns ``(window, length)`` (see module docstring)."""

@@ -39,11 +39,27 @@ def inverse_frequency_weights(labels: Sequence[Sequence[int]], num_classes: int)
     return weights
 
 
-class _EpochSampler(Sampler[int]):
-    def __init__(self, num_samples: int, seed: int):
-        self.num_samples = int(num_samples)
+class LabelSampler(Sampler[int]):
+    """Base of the rebalancing samplers: ``num_samples`` draws per epoch over labelled clips,
+    from a generator seeded with ``(seed, epoch)``.
+
+    Args:
+        labels: class ids of each clip.
+        num_classes: size of the label space.
+        num_samples: draws per epoch (default: the dataset size).
+        seed: base seed (the epoch is mixed in).
+    """
+
+    def __init__(self, labels: Sequence[Sequence[int]], num_classes: int, num_samples: int | None = None,
+                 seed: int = 0):
+        self.num_samples = int(num_samples or len(labels))
         self.seed = seed
         self.epoch = 0
+        self._index(labels, num_classes)
+
+    def _index(self, labels: Sequence[Sequence[int]], num_classes: int) -> None:
+        """Precompute what :meth:`__iter__` draws from."""
+        raise NotImplementedError
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -57,19 +73,11 @@ class _EpochSampler(Sampler[int]):
         return rng
 
 
-class WeightedLabelSampler(_EpochSampler):
-    """Draws ``num_samples`` clips with replacement by inverse label frequency.
+class WeightedLabelSampler(LabelSampler):
+    """Draws ``num_samples`` clips with replacement by inverse label frequency (arguments as
+    :class:`LabelSampler`)."""
 
-    Args:
-        labels: class ids of each clip.
-        num_classes: size of the label space.
-        num_samples: draws per epoch (default: the dataset size).
-        seed: base seed (the epoch is mixed in).
-    """
-
-    def __init__(self, labels: Sequence[Sequence[int]], num_classes: int, num_samples: int | None = None,
-                 seed: int = 0):
-        super().__init__(num_samples or len(labels), seed)
+    def _index(self, labels: Sequence[Sequence[int]], num_classes: int) -> None:
         weights = inverse_frequency_weights(labels, num_classes)
         self.probs = weights / weights.sum()
 
@@ -78,19 +86,11 @@ class WeightedLabelSampler(_EpochSampler):
         return iter(rng.choice(len(self.probs), size=self.num_samples, p=self.probs).tolist())
 
 
-class ClassBalancedSampler(_EpochSampler):
-    """PANN/LAION round-robin over shuffled classes, one random clip per class per round.
+class ClassBalancedSampler(LabelSampler):
+    """PANN/LAION round-robin over shuffled classes, one random clip per class per round
+    (arguments as :class:`LabelSampler`)."""
 
-    Args:
-        labels: class ids of each clip.
-        num_classes: size of the label space.
-        num_samples: draws per epoch (default: the dataset size).
-        seed: base seed (the epoch is mixed in).
-    """
-
-    def __init__(self, labels: Sequence[Sequence[int]], num_classes: int, num_samples: int | None = None,
-                 seed: int = 0):
-        super().__init__(num_samples or len(labels), seed)
+    def _index(self, labels: Sequence[Sequence[int]], num_classes: int) -> None:
         members: list[list[int]] = [[] for _ in range(num_classes)]
         for index, ids in enumerate(labels):
             for k in set(ids):

@@ -120,6 +120,10 @@ class SyntheticSoundCorpus:
         heldout_classes: class phrases kept out of training (zero-shot classes); defaults to
             :func:`default_heldout`.
         captions_per_clip: captions written for each clip (the first uses canonical words).
+        sibling_group: training clips come in groups of this many consecutive indices that
+            share their class and differ in envelope (at most 3, the number of envelopes);
+            batched together (:class:`SiblingGroups`) they are each other's hard negatives, so
+            the contrastive loss has to tell the envelopes apart. 1: every clip draws its own.
     """
 
     def __init__(
@@ -129,7 +133,10 @@ class SyntheticSoundCorpus:
         seed: int = 0,
         heldout_classes: list[str] | None = None,
         captions_per_clip: int = 5,
+        sibling_group: int = 1,
     ):
+        if not 1 <= sibling_group <= len(ENVELOPES):
+            raise ValueError(f"sibling_group must be 1..{len(ENVELOPES)} (one clip per envelope), got {sibling_group}")
         heldout = list(heldout_classes) if heldout_classes is not None else default_heldout()
         unknown = [name for name in heldout if name not in ALL_CLASSES]
         if unknown:
@@ -138,6 +145,7 @@ class SyntheticSoundCorpus:
         self.num_samples = int(round(clip_seconds * sample_rate))
         self.seed = seed
         self.captions_per_clip = captions_per_clip
+        self.sibling_group = sibling_group
         self.heldout_classes = heldout
         self.train_classes = [name for name in ALL_CLASSES if name not in heldout]
         if not self.train_classes:
@@ -150,11 +158,16 @@ class SyntheticSoundCorpus:
     def attributes(self, split: Split, index: int, rng: np.random.Generator) -> SoundAttributes:
         """Attributes of clip ``index`` of ``split``.
 
-        ``train`` draws uniformly from training classes; ``*_retrieval`` walks a seeded
+        ``train`` draws uniformly from training classes (with ``sibling_group`` > 1, once per
+        group of indices, each member taking another envelope); ``*_retrieval`` walks a seeded
         permutation of every (training class, envelope) combination so neighbouring clips
         have distinct descriptions; ``*_zeroshot`` cycles through the held-out classes.
         """
-        if split == "train":
+        if split == "train" and self.sibling_group > 1:
+            group_rng = np.random.default_rng([self.seed, SPLIT_CODES[split], index // self.sibling_group, 1])
+            reg, src, rhy = ALL_CLASSES[self.train_classes[int(group_rng.integers(len(self.train_classes)))]]
+            env = ENVELOPES[int(group_rng.permutation(len(ENVELOPES))[index % self.sibling_group])]
+        elif split == "train":
             reg, src, rhy = ALL_CLASSES[self.train_classes[int(rng.integers(len(self.train_classes)))]]
             env = ENVELOPES[int(rng.integers(len(ENVELOPES)))]
         elif split.endswith("retrieval"):
@@ -306,6 +319,36 @@ class SyntheticSplit(Dataset):
         return self.corpus.sample(self.split, index)
 
 
+class SiblingGroups(Dataset):
+    """The training split in groups of ``corpus.sibling_group`` clips: item ``g`` is clips
+    ``g * G .. g * G + G - 1`` (same class, different envelopes), kept together in a batch by
+    :func:`collate_groups` while the sampler shuffles whole groups.
+
+    Args:
+        corpus: the corpus (its ``sibling_group`` is ``G``).
+        size: number of clips (a multiple of ``G``).
+    """
+
+    def __init__(self, corpus: SyntheticSoundCorpus, size: int):
+        if size % corpus.sibling_group:
+            raise ValueError(f"train_size {size} is not a multiple of sibling_group {corpus.sibling_group}")
+        self.corpus, self.size = corpus, size
+
+    def __len__(self) -> int:
+        return self.size // self.corpus.sibling_group
+
+    def __getitem__(self, group: int) -> list[Sample]:
+        if not 0 <= group < len(self):
+            raise IndexError(group)
+        size = self.corpus.sibling_group
+        return [self.corpus.sample("train", group * size + j) for j in range(size)]
+
+
+def collate_groups(groups: list[list[Sample]]) -> dict:
+    """:func:`~clapkit.datamodules.base.collate_samples` of the groups' clips, group by group."""
+    return collate_samples([sample for group in groups for sample in group])
+
+
 def write_corpus(
     directory: str | os.PathLike,
     n: int,
@@ -356,10 +399,12 @@ class SyntheticCLAPDataModule(LightningDataModule):
         captions_per_clip: captions per clip.
         heldout_classes: class phrases held out of training (default: nine classes, see
             :func:`default_heldout`).
-        batch_size: training batch size.
+        batch_size: training batch size (clips; a multiple of ``sibling_group``).
         eval_batch_size: evaluation batch size (defaults to ``batch_size``).
         num_workers: DataLoader workers rendering clips.
         seed: corpus seed.
+        sibling_group: training batches are made of groups of this many clips of one class
+            with different envelopes (hard negatives; see :class:`SyntheticSoundCorpus`).
     """
 
     eval_set_names = ["retrieval", "zeroshot"]
@@ -377,9 +422,13 @@ class SyntheticCLAPDataModule(LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        sibling_group: int = 1,
     ):
         super().__init__()
-        self.corpus = SyntheticSoundCorpus(sample_rate, clip_seconds, seed, heldout_classes, captions_per_clip)
+        if batch_size % sibling_group:
+            raise ValueError(f"batch_size {batch_size} is not a multiple of sibling_group {sibling_group}")
+        self.corpus = SyntheticSoundCorpus(sample_rate, clip_seconds, seed, heldout_classes, captions_per_clip,
+                                           sibling_group)
         self.train_size, self.retrieval_size = train_size, retrieval_size
         self.zeroshot_size = zeroshot_per_class * len(self.corpus.heldout_classes)
         self.batch_size = batch_size
@@ -392,16 +441,17 @@ class SyntheticCLAPDataModule(LightningDataModule):
         return list(self.corpus.heldout_classes)
 
     def _loader(self, split: Split, size: int, train: bool = False) -> DataLoader:
-        data = SyntheticSplit(self.corpus, split, size)
+        grouped = train and self.corpus.sibling_group > 1
+        data = SiblingGroups(self.corpus, size) if grouped else SyntheticSplit(self.corpus, split, size)
         return (ResumableLoader if train else DataLoader)(
             data,
-            batch_size=self.batch_size if train else self.eval_batch_size,
+            batch_size=(self.batch_size // self.corpus.sibling_group) if train else self.eval_batch_size,
             # a (seed, epoch) order that can start mid-epoch: exact resume (callbacks.ExactResume)
             sampler=ResumableSampler(data, shuffle=True) if train else None,
             drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            collate_fn=collate_samples,
+            collate_fn=collate_groups if grouped else collate_samples,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -99,17 +99,6 @@ def fusion_crop_starts(total_frames: int, chunk_frames: int, mode: Literal["midd
     return [int(t[int(torch.randint(len(t), (1,), generator=generator))]) for t in thirds]
 
 
-def fill(wave: torch.Tensor, length: int, mode: PadMode) -> torch.Tensor:
-    """Fill a 1-D clip shorter than ``length`` the way LAION-CLAP does (``data_filling``): the
-    pad policies of :func:`clapkit.audio.crop.fit_length`, with an empty clip giving zeros."""
-    n = wave.shape[-1]
-    if n >= length:
-        return wave
-    if n == 0:
-        return wave.new_zeros(length)
-    return fit_length(wave, length, pad=mode)
-
-
 @dataclass
 class ClipBatch:
     """Encoder input built from a batch of waveforms.
@@ -184,21 +173,16 @@ class ClipBatcher:
         for i, n in enumerate(lengths):
             wave = waveform[i, :n]
             if n <= window:
-                fixed.append((i, fill(wave, window, self.pad_mode)))
-            elif not self.fusion:
-                slack = n - window
-                start = int(torch.randint(slack + 1, (1,))) if training else slack // 2
-                fixed.append((i, wave[start:start + window]))
+                fixed.append((i, fit_length(wave, window, pad=self.pad_mode)))
             else:
                 starts = None if crop_starts is None else [int(s) for s in crop_starts[i].tolist()]
                 stacks[i] = self._fusion_stack(frontend, wave, starts, training)
-        views = 4 if self.fusion else 1
-        out = waveform.new_zeros(batch, views, self.chunk_frames(frontend), frontend.n_mels)
+        out = waveform.new_zeros(batch, 4, self.chunk_frames(frontend), frontend.n_mels)
         longer = torch.zeros(batch, dtype=torch.bool, device=waveform.device)
         if fixed:
             index = [i for i, _ in fixed]
             mel = frontend(torch.stack([w for _, w in fixed])).transpose(-1, -2)
-            out[index] = mel.unsqueeze(1).expand(-1, views, -1, -1)
+            out[index] = mel.unsqueeze(1).expand(-1, 4, -1, -1)
         for i, (stack, is_longer) in stacks.items():
             out[i] = stack
             longer[i] = is_longer
@@ -207,8 +191,9 @@ class ClipBatcher:
     def fit_rows(self, waveform: torch.Tensor, lengths: torch.Tensor, training: bool = False) -> torch.Tensor:
         """``[B, T]`` zero-padded clips with ``lengths`` valid samples -> ``[B, clip_samples]``.
 
-        Row by row this is :func:`fill` for clips up to the window and a crop (random in
-        training, centred otherwise) for longer ones, computed as one gather.
+        Row by row this is :func:`clapkit.audio.crop.fit_length` (pad policy) for clips up to
+        the window and a crop (random in training, centred otherwise) for longer ones, computed
+        as one gather.
         """
         batch, total = waveform.shape
         window, device = self.clip_samples, waveform.device

@@ -41,7 +41,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
 from torch import nn
 
 from clapkit.encoders.base import EncoderOutput, FeatureAudioEncoder
@@ -50,6 +49,30 @@ from clapkit.encoders.frontends import spec_augment as apply_spec_augment
 from clapkit.encoders.fusion import AttentionalFeatureFusion, ClipBatcher, PadMode
 
 Variant = Literal["tiny", "base", "large", "test"]
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (timm's ``drop_path``), importing timm only when it runs: in training
+    with a non-zero rate. Importing timm pulls in torchvision, seconds of start-up that
+    inference (where this is the identity) never needs.
+
+    Args:
+        drop_prob: probability of dropping the residual branch of a sample.
+    """
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        from timm.layers import drop_path
+
+        return drop_path(x, self.drop_prob, True)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:.3f}"
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,6 @@ import torch
 from clapkit.audio.preprocess import InferenceConfig
 from clapkit.interop.keymap import CheckpointError, KeyMap, target_shapes, unwrap_state_dict
 from clapkit.interop.registry import CheckpointFormat, Converted
-from clapkit.native import instantiate_model
 
 SAMPLE_RATE = 44100
 CLIP_SECONDS = 5.0
@@ -109,8 +108,10 @@ def esrnxfbsp_config(num_classes: int = 527, audio_variant: str = "base", sample
 
 
 def _target(config: dict[str, Any]) -> dict[str, torch.Size]:
+    from clapkit.plain import build_plain  # the task's plain modules: its keys, without Lightning
+
     with torch.device("meta"):
-        return target_shapes(instantiate_model(config))
+        return target_shapes(build_plain(config))
 
 
 def is_audioclip(state: Mapping[str, Any]) -> bool:

@@ -386,7 +386,7 @@ def convert_hf_clap(path: str | os.PathLike) -> Converted:
     text_dir = _stage_text_dir(directory)
     config = model_config(directory)
     try:
-        target = build_target_model(config, {TEXT_ASSET: text_dir})
+        target = build_target_model(config, {TEXT_ASSET: text_dir}, plain_modules=True)
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot build the clapkit model ({_first_line(exc)})") from None
     try:
@@ -408,12 +408,12 @@ def load_hf_clap(path: str | os.PathLike, **kwargs):
     Keyword arguments (``device``, ``precision``, ``batch_size``) go to ``CLAPModel``.
     """
     from clapkit.inference import CLAPModel
-    from clapkit.interop.registry import build_converted
+    from clapkit.interop.registry import build_converted_plain
     from clapkit.native import file_fingerprint
 
     converted = convert_hf_clap(path)
     try:
-        model = build_converted(converted)
+        model = build_converted_plain(converted)
     finally:
         shutil.rmtree(converted.assets[TEXT_ASSET], ignore_errors=True)  # the tokenizer is in memory now
     clap = CLAPModel(model, converted.inference, **kwargs)

@@ -30,11 +30,12 @@ from clapkit.checkpoint import (  # noqa: F401  (re-exported: keymap is where in
     CheckpointError,
     PretrainedError,
     _is_state_dict,  # noqa: F401
+    describe_problems,
     module_state,
     read_state_dict,
     unwrap_state_dict,
 )
-from clapkit.checkpoint import preview as _preview
+from clapkit.checkpoint import preview as _preview  # noqa: F401  (old private name)
 
 #: Keys no clapkit module stores and no official file needs: buffers transformers and the
 #: Swin/HTSAT code recompute from the configuration.
@@ -120,17 +121,11 @@ class KeyMap:
             if key not in attempted and self.is_optional(key) and isinstance(value, torch.Tensor):
                 out[key] = torch.zeros_like(value, device="cpu") if value.is_meta else value.detach().clone()
         unfilled = [k for k in target if k not in attempted and not self.is_optional(k)]
-        if unconsumed or unfilled or duplicated or mismatched:
-            parts = []
-            if unconsumed:
-                parts.append(f"{len(unconsumed)} official keys not consumed ({_preview(sorted(unconsumed))})")
-            if unfilled:
-                parts.append(f"{len(unfilled)} clapkit keys not filled ({_preview(sorted(unfilled))})")
-            if duplicated:
-                parts.append(f"keys filled twice ({_preview(duplicated)})")
-            if mismatched:
-                parts.append(f"shape mismatches ({_preview(mismatched)})")
-            raise CheckpointError(f"{self.name}: weights do not map onto the clapkit model: " + "; ".join(parts))
+        problems = describe_problems([
+            ("{n} official keys not consumed", sorted(unconsumed)), ("{n} clapkit keys not filled", sorted(unfilled)),
+            ("keys filled twice", duplicated), ("shape mismatches", mismatched)])
+        if problems:
+            raise CheckpointError(f"{self.name}: weights do not map onto the clapkit model: {problems}")
         return out
 
     def report(self, source: Mapping[str, torch.Tensor]) -> dict[str, str]:
@@ -144,24 +139,35 @@ class KeyMap:
         return dropped
 
 
-def build_target_model(config: Any, assets: Mapping[str, Any], device: str = "meta") -> Any:
+def build_target_model(config: Any, assets: Mapping[str, Any], device: str = "meta", *,
+                       plain_modules: bool = False) -> Any:
     """The clapkit model a converter fills, built from its ``class_path`` tree with each
     ``./<name>`` path resolved to ``assets[name]``; on the meta device by default (keys and shapes,
     no init cost). Some front ends (torchaudio's mel filterbank) cannot be built on meta: those are
     built on the CPU instead.
+
+    ``plain_modules``: build the task's plain inference modules (:mod:`clapkit.plain`, same
+    state dict keys, no Lightning import) instead of the task itself: enough for keys and shapes.
     """
 
     def resolve(path: str) -> str:
         name = path[2:] if path.startswith("./") else None
         return str(assets[name]) if name in assets else path
 
+    def build():
+        if plain_modules:
+            from clapkit.plain import build_plain
+
+            return build_plain(config, resolve=resolve, build=build_from_config)
+        return build_from_config(config, resolve)
+
     try:
         with torch.device(device):
-            return build_from_config(config, resolve)
+            return build()
     except Exception:
         if device != "meta":
             raise
-        return build_from_config(config, resolve)
+        return build()
 
 
 def build_from_config(config: Any, resolve: Callable[[str], str] | None = None) -> Any:

@@ -361,7 +361,7 @@ class LaionClapFormat(CheckpointFormat):
         text_dir = _prepare_text_dir(spec, text_model)
         config = model_config(spec)
         try:
-            target = build_target_model(config, {TEXT_ASSET: text_dir})
+            target = build_target_model(config, {TEXT_ASSET: text_dir}, plain_modules=True)
         except Exception as exc:  # e.g. a text directory without tokenizer files
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"cannot build the clapkit model for {spec.description}: {reason}") from None

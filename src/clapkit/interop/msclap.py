@@ -201,7 +201,8 @@ class MSCLAPFormat(CheckpointFormat):
         text_dir = _check_text_model(text_model, version, state)
         state = _with_frontend(state, version)
         config = model_config(version, version.audio_encoder(state), text_dir_ref=f"./{TEXT_ASSET}")
-        mapped = key_map(version).apply(state, target_shapes(build_target_model(config, {TEXT_ASSET: text_dir})))
+        target = build_target_model(config, {TEXT_ASSET: text_dir}, plain_modules=True)
+        mapped = key_map(version).apply(state, target_shapes(target))
         inference = InferenceConfig(
             sample_rate=SAMPLE_RATE, clip_samples=version.clip_samples, pad="repeat", crop="center",
             int16_roundtrip=False, fusion=False, text_max_length=None,

@@ -146,6 +146,16 @@ def build_converted(converted: Converted) -> nn.Module:
     return model.eval()
 
 
+def build_converted_plain(converted: Converted) -> nn.Module:
+    """A :class:`Converted` model as its plain inference modules (:mod:`clapkit.plain`: no
+    LightningModule), weights loaded with full coverage: what :func:`clapkit.load` uses."""
+    from clapkit.plain import build_plain_with_weights
+
+    return build_plain_with_weights(converted.model_config, converted.state_dict,
+                                    resolve=asset_resolver(converted.assets),
+                                    what=converted.description or "checkpoint")
+
+
 def save_converted(converted: Converted, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Instantiate a converted checkpoint (checking every weight) and save it natively."""
     model = build_converted(converted)

@@ -10,11 +10,16 @@
   per ``step``.
 - Only parameters that require gradients reach the optimiser (:meth:`optimizer_parameters`,
   which a task overrides to return parameter groups).
+- Hyperparameters are the task's config (:meth:`BaseTask.save_config_hyperparameters`):
+  arguments that are modules are recorded as their ``class_path`` trees when the task was built
+  from a config, and left out when it was built in Python (the checkpoint's state dict holds
+  their weights; a module object in ``hparams`` would be pickled and deep-copied).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -44,6 +49,26 @@ class BaseTask(LightningModule):
         self.scheduler_factory = scheduler
         self.monitor = monitor
         self.scheduler_interval = interval
+
+    def save_config_hyperparameters(self, modules: Sequence[str] = (), ignore: Sequence[str] = ()) -> None:
+        """Save the ``__init__`` arguments of the calling task as ``hparams``, module arguments only as config.
+
+        Args:
+            modules: arguments that hold ``nn.Module``\\ s (``"towers"``). Built from a config
+                (LightningCLI), ``hparams`` are that config and keep these arguments as their
+                ``class_path`` trees, so ``load_from_checkpoint`` and :func:`clapkit.native.model_config_of`
+                can rebuild the task; built in Python they are module objects and are left out.
+            ignore: arguments never saved (factories such as ``optimizer``).
+
+        A config instantiation is recognised by the ``_instantiator`` entry Lightning's CLI writes
+        into the hyperparameters it hands over (and into every checkpoint, where
+        ``load_from_checkpoint`` reads it back), not by Lightning's private context variable.
+        """
+        frame = inspect.currentframe().f_back
+        # First without the module arguments: from Python this never copies a module.
+        self.save_hyperparameters(ignore=[*ignore, *modules], frame=frame)
+        if modules and "_instantiator" in self.hparams:
+            self.save_hyperparameters(ignore=list(ignore), frame=frame)
 
     def optimizer_parameters(self):
         """What the optimiser factory is given: every parameter that requires gradients."""

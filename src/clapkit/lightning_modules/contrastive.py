@@ -196,10 +196,9 @@ class ContrastiveTask(BaseTask):
         scheduler: LRSchedulerCallable | None = None,
     ):
         super().__init__()
-        # Under LightningCLI the towers arrive as their config (class_path dicts), which lets
-        # `load_from_checkpoint` rebuild the model; built in Python they are modules, whose
-        # weights the checkpoint stores anyway.
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"] + ([] if _built_from_config() else ["towers"]))
+        # From a config the towers are kept as their class_path trees (load_from_checkpoint rebuilds
+        # the model from them); built in Python they are modules, whose weights the checkpoint stores.
+        self.save_config_hyperparameters(modules=["towers"], ignore=["optimizer", "scheduler"])
         self.set_optimization(optimizer, scheduler, interval="step")
         if not pairs:
             raise ValueError("ContrastiveTask needs at least one pair of towers to contrast")
@@ -523,11 +522,3 @@ class ContrastiveTask(BaseTask):
             return b, a
         raise ValueError(f"eval_towers {self.eval_towers} is not one of the contrasted pairs {self.pairs}")
 
-
-def _built_from_config() -> bool:
-    """Whether LightningCLI is instantiating this module from a config right now."""
-    try:
-        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-    except ImportError:  # a Lightning without the CLI hook: treat as built in Python
-        return False
-    return _given_hyperparameters.get() is not None
