@@ -6,7 +6,7 @@ prints the held-out figures beside their chance levels, the pictures it drew (be
 checkpoint) and where the checkpoint and the resolved config were written.
 
     clapkit demo                    # CLAP (what `make demo` runs)
-    clapkit demo clapsep            # CLAPSep (2 torch threads); also exports a model `clapkit separate` runs
+    clapkit demo clapsep            # CLAPSep; also exports a model `clapkit separate` runs
     clapkit demo --config my.yaml   # any ContrastiveTask / SeparationTask / SpatialAlignmentTask config
 
 Extra arguments are LightningCLI overrides, e.g. ``--trainer.max_epochs=2``.
@@ -60,24 +60,15 @@ AVSA_ROWS = (
 
 @dataclass(frozen=True)
 class Family:
-    """A quick start: its config, its results table and, when set, torch's intra-op thread count.
-
-    ``threads`` pins ``torch.set_num_threads`` for the whole process: float reductions, and so
-    the figures of a seeded run, depend on how the work is split between threads, so a fixed
-    count keeps the machine's core count from changing them (a different instruction set can
-    still move the last digits); machines with more cores give up some speed.
-    """
-
     config: str
     rows: tuple[Row, ...]
     title: str
-    threads: int | None = None
 
 
 FAMILIES = {
     "clap": Family("configs/quickstart/clap.yaml", CLAP_ROWS, "CLAP"),
     "audioclip": Family("configs/quickstart/audioclip.yaml", AUDIOCLIP_ROWS, "AudioCLIP"),
-    "clapsep": Family("configs/quickstart/clapsep.yaml", CLAPSEP_ROWS, "CLAPSep", threads=2),
+    "clapsep": Family("configs/quickstart/clapsep.yaml", CLAPSEP_ROWS, "CLAPSep"),
     "avsa": Family("configs/quickstart/avsa.yaml", AVSA_ROWS, "spatial audio-visual alignment"),
 }
 
@@ -157,10 +148,6 @@ def main(argv: list[str]) -> int:
         raise CommandError(f"--threads must be 0 (torch's default) or a positive count, got {args.threads}")
     family = None if args.config else family
     config = _resolve_config(args.config or FAMILIES[family].config)
-    if family is not None and FAMILIES[family].threads:
-        import torch
-
-        torch.set_num_threads(FAMILIES[family].threads)
 
     from lightning.pytorch.utilities import rank_zero_only
     from rich.console import Console
