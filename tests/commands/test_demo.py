@@ -117,3 +117,14 @@ def test_unknown_family_is_one_line(capsys):
     assert main(["demo", "nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'nope'" in err and "clapsep" in err
+
+
+def test_a_config_given_with_config_gets_its_familys_table_by_task():
+    from clapkit.commands.demo import CLAP_ROWS, FAMILIES, _family_for
+
+    ContrastiveTask = type("ContrastiveTask", (), {})
+    UserTask = type("UserTask", (), {})
+    assert _family_for(ContrastiveTask(), None) == "clap"  # `make demo` passes --config
+    assert FAMILIES["clap"].title == "CLAP" and FAMILIES["clap"].rows is CLAP_ROWS
+    assert [(r.target, r.ratio) for r in CLAP_ROWS] == [(0.85, False), (0.35, False), (0.35, False)]
+    assert _family_for(UserTask(), None) is None and _family_for(UserTask(), "avsa") == "avsa"
