@@ -168,10 +168,10 @@ def test_old_directories_load_as_plain_modules_with_the_same_outputs(inference_p
 
 
 def test_audio_only_load_builds_and_reads_no_text_tower(saved, monkeypatch):
-    import clapkit.plain as plain_module
+    import clapkit.native as native_module  # load_plain reads through native.load_directory
 
     built, read = [], []
-    original_init, original_read = HFTextEncoder.__init__, plain_module.read_native_weights
+    original_init, original_read = HFTextEncoder.__init__, native_module.read_native_weights
 
     @functools.wraps(original_init)  # jsonargparse reads the signature through it
     def counting(self, *args, **kwargs):
@@ -184,7 +184,7 @@ def test_audio_only_load_builds_and_reads_no_text_tower(saved, monkeypatch):
         return tensors
 
     monkeypatch.setattr(HFTextEncoder, "__init__", counting)
-    monkeypatch.setattr(plain_module, "read_native_weights", reading)
+    monkeypatch.setattr(native_module, "read_native_weights", reading)
     model = clapkit.load(saved["dirs"]["clap"], towers=("audio",))
     assert built == [] and list(model.model.towers) == ["audio"]
     assert read and not any(k.startswith("towers.text.") for k in read)

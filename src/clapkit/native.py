@@ -247,6 +247,20 @@ def load_native(directory: str | os.PathLike, load_weights: bool = True,
     nested in a larger one whose own ``model.safetensors`` carries every weight. ``allow``
     extends the class-path allow-list (see :func:`check_class_paths`).
     """
+    return load_directory(directory, lambda config, resolve: instantiate_model(config, resolve=resolve),
+                          load_weights=load_weights, allow=allow)
+
+
+def load_directory(directory: str | os.PathLike, build: Callable[[dict[str, Any], Callable[[str], str]], nn.Module],
+                   *, load_weights: bool = True, allow: Iterable[str] = (),
+                   prefixes: Callable[[nn.Module], list[str] | None] = lambda module: None,
+                   ) -> tuple[nn.Module, dict[str, Any], InferenceConfig]:
+    """Read a native directory's config, ``build(config, resolve)`` a module from it, load its weights.
+
+    The one loading sequence of :func:`load_native` (the task) and :func:`clapkit.plain.load_plain`
+    (its inference modules). ``resolve`` maps an asset path of the config into the directory;
+    ``prefixes(module)`` names the tensors to read (``None``: all of them).
+    """
     directory = Path(directory)
     config, inference = read_native_config(directory, allow)
     weights = directory / WEIGHTS_NAME
@@ -256,10 +270,11 @@ def load_native(directory: str | os.PathLike, load_weights: bool = True,
 
     # The strict load below overwrites every weight: drawing random ones first is wasted time.
     with skip_random_init() if load_weights else contextlib.nullcontext():
-        model = instantiate_model(config, resolve=lambda p: str((directory / p).resolve()))
+        module = build(config, lambda p: str((directory / p).resolve()))
     if load_weights:
-        load_state_dict_strict(model, read_native_weights(weights), what=f"{weights} (for the model in {CONFIG_NAME})")
-    return model.eval(), config, inference
+        load_state_dict_strict(module, read_native_weights(weights, prefixes(module)),
+                               what=f"{weights} (for the model in {CONFIG_NAME})")
+    return module.eval(), config, inference
 
 
 # --------------------------------------------------------------------------- config trees

@@ -34,7 +34,6 @@ import copy
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,13 +42,11 @@ from torch import nn
 from clapkit.audio.preprocess import InferenceConfig
 from clapkit.checkpoint import PretrainedError, compact_buffers, load_state_dict_strict
 from clapkit.native import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
     instantiate_model,
+    load_directory,
     map_paths,
     plain,
     read_native_config,
-    read_native_weights,
 )
 
 #: A builder: ``(init_args, build, towers) -> plain module``; ``build`` instantiates one
@@ -194,23 +191,13 @@ def load_plain(directory: str | os.PathLike, *, towers: Sequence[str] | None = N
             model nested in a larger one whose own weights file carries every tensor).
         allow: module prefixes trusted beyond the allow-list (see :func:`clapkit.native.check_class_paths`).
     """
-    from clapkit.fastinit import skip_random_init
+    def prefixes(module: nn.Module) -> list[str] | None:
+        if towers is None or getattr(module, "towers", None) is None:
+            return None
+        return [f"towers.{name}." for name in module.towers] + ["logit_scales."]
 
-    directory = Path(directory)
-    config, inference = read_native_config(directory, allow)
-    weights = directory / WEIGHTS_NAME
-    if load_weights and not weights.is_file():
-        raise PretrainedError(f"{directory}: no {WEIGHTS_NAME}")
-    # The strict load below overwrites every weight: drawing random ones first is wasted time.
-    with skip_random_init() if load_weights else contextlib.nullcontext():
-        module = build_plain(config, resolve=lambda p: str((directory / p).resolve()), towers=towers)
-    if load_weights:
-        prefixes = None
-        if towers is not None and getattr(module, "towers", None) is not None:
-            prefixes = [f"towers.{name}." for name in module.towers] + ["logit_scales."]
-        load_state_dict_strict(module, read_native_weights(weights, prefixes),
-                               what=f"{weights} (for the model in {CONFIG_NAME})")
-    return module.eval(), config, inference
+    return load_directory(directory, lambda config, resolve: build_plain(config, resolve=resolve, towers=towers),
+                          load_weights=load_weights, allow=allow, prefixes=prefixes)
 
 
 def tower_loader(directory: str | os.PathLike, allow: Iterable[str] = ()) -> Callable[[str], nn.Module | None]:
