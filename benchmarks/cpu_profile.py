@@ -90,8 +90,9 @@ def main(argv: list[str] | None = None) -> dict:
         }
     print(json.dumps(result, indent=1))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        from clapkit.atomic import write_text
+
+        write_text(args.json, json.dumps(result, indent=1) + "\n")
     return result
 
 

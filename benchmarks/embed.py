@@ -224,8 +224,9 @@ def main(argv: list[str] | None = None) -> dict:
     results["load_average_after"] = os.getloadavg()[0]
     print(json.dumps(results, indent=2))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        from clapkit.atomic import write_text
+
+        write_text(args.json, json.dumps(results, indent=2) + "\n")
     return results
 
 

@@ -121,8 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps({n: {k: v for k, v in s.items() if k != "all"} for n, s in results["contenders"].items()},
                      indent=2))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        from clapkit.atomic import write_text
+
+        write_text(args.json, json.dumps(results, indent=2) + "\n")
     return results
 
 
