@@ -5,7 +5,7 @@ Setting (the issue's, DESIGN section 5): HTSAT-tiny audio tower + RoBERTa-base t
 48 kHz, 77-token texts, model step only (no data loading). For each library and precision:
 
 - ``train samples/s``: forward of both towers + symmetric contrastive loss + backward +
-  AdamW step (fused AdamW on CUDA for clapkit; the reference's stock ``torch.optim.AdamW``);
+  AdamW step (fused AdamW on CUDA and CPU for clapkit, as its task builds it; the reference's stock ``torch.optim.AdamW``);
 - ``audio emb/s``: audio tower forward in eval mode under ``torch.inference_mode``;
 - ``peak GB``: ``torch.cuda.max_memory_allocated`` over the timed training steps;
 - ``MFU``: training FLOPs per sample (counted once with ``torch.utils.flop_counter`` on
@@ -186,7 +186,7 @@ def clapkit_runner(model, audio, tokens, device, compile_: bool, channels_last: 
         ChannelsLast().apply(model)
     if compile_:
         TorchCompile(mode="max-autotune-no-cudagraphs").apply(model)
-    fused = device.type == "cuda"
+    fused = device.type in ("cuda", "cpu")  # as ContrastiveTask.configure_optimizers
     optimizer = torch.optim.AdamW(model.parameter_groups(), lr=1e-4, fused=fused)
     batch = {"audio": audio, "text": tokens}
 

@@ -97,7 +97,7 @@ def load(
     text_model: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     precision: str = "32",
-    batch_size: int = 16,
+    batch_size: int | None = None,
     trust_pickle: bool = False,
     allow: Iterable[str] = (),
     towers: Sequence[str] | None = None,
@@ -114,7 +114,8 @@ def load(
         device: ``cpu``, ``cuda``, ``cuda:1`` or ``auto``.
         precision: ``32``, ``bf16`` or ``16`` (autocast), ``bf16-true`` or ``auto`` (see
             :mod:`clapkit.precision`); front ends stay in fp32.
-        batch_size: clips or texts per forward pass.
+        batch_size: clips or texts per forward pass (``None``: the model type's default, see
+            :class:`~clapkit.inference.CLAPModel`; 16 for separation and tagging).
         trust_pickle: let ``torch.load`` run code from an official checkpoint (only for files
             you trust; the default refuses such files).
         allow: module prefixes (or full class paths) a model directory's ``config.yaml`` may
@@ -153,7 +154,7 @@ def load(
             from clapkit.separator import SeparationModel, is_separation_task
 
             if is_separation_task(model):
-                return SeparationModel(model, inference, device=device, batch_size=batch_size, precision=precision)
+                return SeparationModel(model, inference, device=device, batch_size=batch_size or 16, precision=precision)
         fingerprint = file_fingerprint(path / CONFIG_NAME, path / WEIGHTS_NAME)
         if towers is not None:
             lazy = tower_loader(path, allow)
@@ -167,7 +168,7 @@ def load(
     from clapkit.tagger import TaggerModel, is_tagger
 
     if is_tagger(model):
-        tagger = TaggerModel(model, inference, device=device, batch_size=batch_size)
+        tagger = TaggerModel(model, inference, device=device, batch_size=batch_size or 16)
         tagger.fingerprint = fingerprint
         return tagger
     clap = CLAPModel(model, inference, device=device, precision=precision, batch_size=batch_size, tower_loader=lazy)

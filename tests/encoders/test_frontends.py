@@ -41,3 +41,44 @@ def test_spec_augment_drops_narrow_stripes_and_keeps_the_rest():
         kept = ~zero[clip]
         torch.testing.assert_close(out[clip][kept], x[clip][kept])
     assert zero.any()  # something was dropped
+
+
+def _conv_path(frontend, wave):
+    """ConvLogMel through its two DFT convolutions (the FFT shortcut switched off)."""
+    from unittest import mock
+
+    with mock.patch.object(type(frontend), "fft_window", return_value=None):
+        return frontend(wave)
+
+
+def test_conv_logmel_fft_path_equals_its_convolutions():
+    from clapkit.encoders.frontends import ConvLogMel
+
+    torch.manual_seed(0)
+    frontend = ConvLogMel()
+    t = torch.arange(48000) / 48000
+    wave = torch.stack([0.1 * torch.randn(48000), 0.5 * torch.sin(2 * torch.pi * 440 * t), 1e-4 * torch.randn(48000)])
+    assert frontend.fft_window() is not None
+    fast, slow = frontend(wave), _conv_path(frontend, wave)
+    assert fast.shape == slow.shape == (3, 64, 101)
+    # Float rounding only: loud bins agree to 1e-4 dB; the tone's leakage floor (~100 dB down)
+    # may differ by a few hundredths of a dB.
+    assert (fast[0] - slow[0]).abs().max() < 1e-3 and (fast[2] - slow[2]).abs().max() < 1e-3
+    loud = slow[1] > slow[1].max() - 60
+    assert (fast[1] - slow[1])[loud].abs().max() < 1e-3
+    assert (fast[1] - slow[1]).abs().max() < 0.2
+
+
+def test_conv_logmel_keeps_the_convolutions_for_kernels_that_are_not_a_windowed_dft():
+    from clapkit.encoders.frontends import ConvLogMel
+
+    frontend = ConvLogMel(n_fft=256, hop_length=128, n_mels=16)
+    wave = torch.randn(2, 4000)
+    assert frontend.fft_window() is not None
+    with torch.no_grad():
+        frontend.conv_imag[3, 0, 7] += 0.01  # an edited kernel: the FFT would no longer be the same transform
+    assert frontend.fft_window() is None
+    torch.testing.assert_close(frontend(wave), _conv_path(frontend, wave))
+    state = ConvLogMel(n_fft=256, hop_length=128, n_mels=16).state_dict()
+    frontend.load_state_dict(state)  # standard kernels again: the check is redone
+    assert frontend.fft_window() is not None

@@ -12,6 +12,7 @@ configurations (fused and unfused) are marked slow.
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,8 +183,11 @@ def test_load_detects_only_clap_directories(tmp_path):
         convert.main(["hf-clap", str(other), "-o", str(tmp_path / "out")])
 
 
-def test_refuses_what_transformers_cannot_run(built, tmp_path):
+def test_refuses_what_transformers_cannot_run(built, tmp_path, monkeypatch):
     case = built("test", False)
+    scratch = tmp_path / "scratch"  # where the converter stages its tokenizer folder
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     broken = tmp_path / "broken"
     broken.mkdir()
     for item in case.hf_dir.iterdir():
@@ -204,6 +208,7 @@ def test_refuses_what_transformers_cannot_run(built, tmp_path):
     with pytest.raises(CommandError, match=r"1 official keys not consumed \(audio_model.extra.weight\); "
                        r"1 clapkit keys not filled \(towers.text.encoder.model.pooler.dense.weight\)"):
         convert.main(["hf-clap", str(broken), "-o", str(tmp_path / "out")])
+    assert list(scratch.iterdir()) == []  # a failed conversion leaves no staged folder behind
     (broken / "model.safetensors").unlink()
     with pytest.raises(CommandError, match="no model.safetensors"):
         convert.main(["hf-clap", str(broken), "-o", str(tmp_path / "out")])

@@ -91,13 +91,27 @@ def load_audio(
         raise AudioLoadError(label, "contains NaN or Inf samples")
     if reject_silent and not np.any(data):
         raise AudioLoadError(label, "silent (all samples are zero)")
-    wave = data.T  # [C, T]
-    if mono:
-        wave = wave.mean(axis=0)
+    wave = downmix(data.T) if mono else data.T  # [T] or [C, T]
     if sample_rate is not None and sample_rate != rate:
         wave = resample(wave, rate, sample_rate)
         rate = sample_rate
     return np.ascontiguousarray(wave, dtype=np.float32), int(rate)
+
+
+def downmix(wave: np.ndarray) -> np.ndarray:
+    """``[C, T]`` float32 -> the channel mean ``[T]`` (``[T]`` passes through).
+
+    Equal to ``wave.mean(axis=0)`` in value, but decoded files are ``[T, C]`` in memory and a
+    numpy mean over that strided axis took as long as decoding a stereo FLAC; one and two
+    channels (nearly every file) are summed directly, in the order the mean sums them.
+    """
+    if wave.ndim == 1:
+        return wave
+    if wave.shape[0] == 1:
+        return wave[0]
+    if wave.shape[0] == 2:
+        return (wave[0] + wave[1]) * np.float32(0.5)
+    return wave.mean(axis=0)
 
 
 def save_audio(path: str | os.PathLike, wave, sample_rate: int, subtype: str | None = None) -> Path:

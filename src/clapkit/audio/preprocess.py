@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from clapkit.audio.crop import CropMode, PadMode, fit_length, int16_roundtrip
-from clapkit.audio.io import load_audio
+from clapkit.audio.io import downmix, load_audio
 from clapkit.audio.resample import resample
 
 AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
@@ -94,7 +94,7 @@ def load_waveform(audio: AudioInput, sample_rate: int | None = None, *, mono: bo
     if not np.isfinite(wave).all():
         raise ValueError(f"{label}: contains NaN or Inf samples")
     if mono:
-        wave = wave.mean(axis=0) if wave.ndim == 2 else wave
+        wave = downmix(wave)
     else:
         wave = np.atleast_2d(wave)
     return wave, int(sample_rate)

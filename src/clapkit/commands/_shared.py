@@ -44,7 +44,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     add_precision_option(group)
-    group.add_argument("--batch-size", type=int, default=16, help="clips or texts per forward pass")
+    group.add_argument("--batch-size", type=int, default=None,
+                       help="clips or texts per forward pass (default: 8 on a CPU, 16 on a GPU)")
     group.add_argument("--text-model", default=None,
                        help="official checkpoints only: local directory of the text tower's tokenizer + config")
     group.add_argument("--trust-checkpoint", action="store_true",
@@ -75,7 +76,7 @@ def load_model(path: str | os.PathLike, args: argparse.Namespace, towers: Sequen
     audio-only commands); see :func:`clapkit.load`."""
     from clapkit.pretrained import PretrainedError, load
 
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise CommandError(f"--batch-size must be at least 1, got {args.batch_size}")
     check_device(args.device)
     check_model_path(path)

@@ -53,7 +53,7 @@ def _load_onnx(path, args):
     from clapkit.pretrained import PretrainedError
 
     try:
-        return OnnxCLAPModel(path, batch_size=args.batch_size)
+        return OnnxCLAPModel(path, batch_size=args.batch_size or 16)
     except (PretrainedError, ValueError) as exc:
         raise CommandError(str(exc)) from None
 

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
-from clapkit.audio import AudioLoadError, fit_length, int16_roundtrip, load_audio, resample
+from clapkit.audio import AudioLoadError, downmix, fit_length, int16_roundtrip, load_audio, resample
 from clapkit.audio.crop import CropMode, PadMode
 from clapkit.datamodules.base import Sample, collate_samples
 
@@ -135,7 +135,7 @@ class AudioPolicy:
         """A decoded clip (``[T]`` or ``[C, T]`` at ``rate``) at the policy's rate and channels,
         optionally quantised."""
         if self.mono and wave.ndim > 1:
-            wave = wave.mean(axis=0)
+            wave = downmix(wave)
         wave = np.ascontiguousarray(resample(wave, rate, self.sample_rate), dtype=np.float32)
         return int16_roundtrip(wave) if self.int16 else wave
 

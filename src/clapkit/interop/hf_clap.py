@@ -373,9 +373,13 @@ def _stage_text_dir(directory: HFClapDirectory) -> Path:
     if not any(f.name in ("tokenizer.json", "vocab.json") for f in files):
         raise CheckpointError(f"{directory.path}: no tokenizer (expected tokenizer.json or vocab.json + merges.txt)")
     staged = Path(tempfile.mkdtemp(prefix="clapkit-hf-clap-text-"))
-    for f in files:
-        shutil.copy2(f, staged / f.name)
-    RobertaConfig(**roberta_config(directory.config.text_config)).save_pretrained(staged)
+    try:
+        for f in files:
+            shutil.copy2(f, staged / f.name)
+        RobertaConfig(**roberta_config(directory.config.text_config)).save_pretrained(staged)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
     return staged
 
 
@@ -384,19 +388,25 @@ def convert_hf_clap(path: str | os.PathLike) -> Converted:
     directory = read_hf_clap_dir(path)
     state = fuse_qkv(read_weights(directory.path))
     text_dir = _stage_text_dir(directory)
-    config = model_config(directory)
     try:
-        target = build_target_model(config, {TEXT_ASSET: text_dir}, plain_modules=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: cannot build the clapkit model ({_first_line(exc)})") from None
-    try:
-        mapped = key_map(directory).apply(state, target_shapes(target))
-    except CheckpointError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    # The front end's buffers (window, filterbank) are computed, never read from the directory;
-    # build them on the CPU so a meta-device target can never leave them zero.
-    with torch.device("cpu"):
-        frontend = build_from_config(frontend_config(directory.features))
+        config = model_config(directory)
+        try:
+            target = build_target_model(config, {TEXT_ASSET: text_dir}, plain_modules=True)
+        except Exception as exc:
+            raise CheckpointError(f"{path}: cannot build the clapkit model ({_first_line(exc)})") from None
+        try:
+            mapped = key_map(directory).apply(state, target_shapes(target))
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        # The front end's buffers (window, filterbank) are computed, never read from the
+        # directory; build them on the CPU so a meta-device target can never leave them zero.
+        with torch.device("cpu"):
+            frontend = build_from_config(frontend_config(directory.features))
+    except BaseException:
+        # The staged tokenizer folder belongs to the Converted this call returns; on failure
+        # nobody else can remove it.
+        shutil.rmtree(text_dir, ignore_errors=True)
+        raise
     mapped.update({f"{AUDIO}.frontend.{k}": v for k, v in frontend.state_dict().items()})
     return Converted(config, mapped, inference_config(directory), assets={TEXT_ASSET: text_dir},
                      description=directory.description)
