@@ -111,3 +111,24 @@ def test_htsat_and_pann_declare_the_separation_encoder_contract():
     htsat.align_frames_by_padding()
     assert htsat.frame_align == "pad"
     assert isinstance(HTSAT, type)
+
+
+def test_conditioned_masknet_starts_as_the_plain_one_and_then_follows_the_query():
+    from clapkit.encoders.separation import MaskNet
+
+    torch.manual_seed(0)
+    plain = MaskNet(feature_dim=8, d_model=16, num_heads=2, num_layers=1).eval()
+    conditioned = MaskNet(feature_dim=8, d_model=16, num_heads=2, num_layers=1, cond_dim=6).eval()
+    own = set(conditioned.state_dict()) - set(plain.state_dict())
+    assert own == {"film.gamma.weight", "film.gamma.bias", "film.beta.weight", "film.beta.bias"}
+    conditioned.load_state_dict(plain.state_dict(), strict=False)
+    magnitude, features = torch.rand(2, 7, 513), torch.randn(2, 9, 8)
+    first, second = torch.randn(2, 6), torch.randn(2, 6)
+    with torch.no_grad():
+        # FiLM starts as the identity: the same mask as the unconditioned head, whatever the query.
+        assert torch.allclose(conditioned(magnitude, features, first), plain(magnitude, features), atol=1e-6)
+        torch.nn.init.normal_(conditioned.film.beta.weight)
+        assert not torch.allclose(conditioned(magnitude, features, first), conditioned(magnitude, features, second))
+    assert plain(magnitude, features, first).shape == (2, 7, 513)  # an unconditioned head ignores the query
+    with pytest.raises(ValueError, match="pass the query condition"):
+        conditioned(magnitude, features)

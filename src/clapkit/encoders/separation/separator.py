@@ -135,7 +135,7 @@ class CLAPSep(nn.Module):
         spec = self.stft.analyze(mixture)
         features = self.encode(mixture)
         frames = self.decoder(features, condition.to(features[-1].dtype))
-        mask = self.masknet(spec.magnitude, frames).float()
+        mask = self.masknet(spec.magnitude, frames, condition).float()
         return self.reconstruct(spec, mask)
 
     def reconstruct(self, spec: Spectrum, mask: torch.Tensor) -> SeparationOutput:
