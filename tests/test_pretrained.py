@@ -87,6 +87,14 @@ def test_deterministic_and_batch_independent(saved):
     assert torch.equal(model.embed_text(TEXTS), model.embed_text(TEXTS))
 
 
+def test_batch_size_defaults_to_8_on_a_cpu_and_refuses_zero(saved):
+    _, directory = saved
+    assert clapkit.load(directory).batch_size == 8
+    assert clapkit.load(directory, batch_size=3).batch_size == 3
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        clapkit.load(directory, batch_size=0)
+
+
 def test_embed_audio_inputs(saved, tmp_path):
     _, directory = saved
     model = clapkit.load(directory)

@@ -154,7 +154,8 @@ def load(
             from clapkit.separator import SeparationModel, is_separation_task
 
             if is_separation_task(model):
-                return SeparationModel(model, inference, device=device, batch_size=batch_size or 16, precision=precision)
+                return SeparationModel(model, inference, device=device, batch_size=16 if batch_size is None else batch_size,
+                                       precision=precision)
         fingerprint = file_fingerprint(path / CONFIG_NAME, path / WEIGHTS_NAME)
         if towers is not None:
             lazy = tower_loader(path, allow)
@@ -168,7 +169,7 @@ def load(
     from clapkit.tagger import TaggerModel, is_tagger
 
     if is_tagger(model):
-        tagger = TaggerModel(model, inference, device=device, batch_size=batch_size or 16)
+        tagger = TaggerModel(model, inference, device=device, batch_size=16 if batch_size is None else batch_size)
         tagger.fingerprint = fingerprint
         return tagger
     clap = CLAPModel(model, inference, device=device, precision=precision, batch_size=batch_size, tower_loader=lazy)

@@ -53,7 +53,7 @@ def _load_onnx(path, args):
     from clapkit.pretrained import PretrainedError
 
     try:
-        return OnnxCLAPModel(path, batch_size=args.batch_size or 16)
+        return OnnxCLAPModel(path, batch_size=16 if args.batch_size is None else args.batch_size)
     except (PretrainedError, ValueError) as exc:
         raise CommandError(str(exc)) from None
 
