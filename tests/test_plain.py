@@ -5,7 +5,6 @@ audio-only work never builds the text tower."""
 
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 import subprocess
@@ -25,6 +24,7 @@ from clapkit.plain import PLAIN_BUILDERS, TASK_DEFAULTS, task_name
 from clapkit.pretrained import load_native, save_converted
 from clapkit.separator import SeparationModel
 from clapkit.tagger import TaggerModel
+from helpers.counting import count_constructions
 from helpers.models import save_tiny_native
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,16 +77,11 @@ def saved(tmp_path_factory):
 
 
 INFERENCE_PROCESS = r"""
-import functools, json, runpy, sys
+import json, runpy, sys
 import numpy as np, torch
 from clapkit.encoders.hf_text import HFTextEncoder
-built = []
-original = HFTextEncoder.__init__
-@functools.wraps(original)  # jsonargparse reads the signature through it
-def counting(self, *args, **kwargs):
-    built.append(1)
-    original(self, *args, **kwargs)
-HFTextEncoder.__init__ = counting
+from helpers.counting import count_constructions
+built = count_constructions(HFTextEncoder)
 dirs, wav, out, parquet = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 sys.argv = ["clapkit", "embed", "--model", dirs["clap"], wav, "-o", parquet, "-q", "--precision", "32"]
 try:
@@ -129,7 +124,7 @@ def inference_process(saved):
     directory; it reports what it imported and how many text encoders it built."""
     root = saved["root"]
     dirs = {k: str(v) for k, v in saved["dirs"].items()}
-    env = {"PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin",
+    env = {"PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'tests'}", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin",
            "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run([sys.executable, "-c", INFERENCE_PROCESS, json.dumps(dirs), str(root / "clip.wav"),
                              str(root / "results.pt"), str(root / "embeddings.parquet")],
@@ -170,20 +165,15 @@ def test_old_directories_load_as_plain_modules_with_the_same_outputs(inference_p
 def test_audio_only_load_builds_and_reads_no_text_tower(saved, monkeypatch):
     import clapkit.native as native_module  # load_plain reads through native.load_directory
 
-    built, read = [], []
-    original_init, original_read = HFTextEncoder.__init__, native_module.read_native_weights
-
-    @functools.wraps(original_init)  # jsonargparse reads the signature through it
-    def counting(self, *args, **kwargs):
-        built.append(1)
-        original_init(self, *args, **kwargs)
+    read = []
+    original_read = native_module.read_native_weights
+    built = count_constructions(HFTextEncoder, monkeypatch.setattr)
 
     def reading(path, prefixes=None):
         tensors = original_read(path, prefixes)
         read.extend(tensors)
         return tensors
 
-    monkeypatch.setattr(HFTextEncoder, "__init__", counting)
     monkeypatch.setattr(native_module, "read_native_weights", reading)
     model = clapkit.load(saved["dirs"]["clap"], towers=("audio",))
     assert built == [] and list(model.model.towers) == ["audio"]
@@ -199,15 +189,7 @@ def test_audio_only_load_builds_and_reads_no_text_tower(saved, monkeypatch):
 
 
 def test_full_load_builds_every_tower_once(saved, monkeypatch):
-    built = []
-    original_init = HFTextEncoder.__init__
-
-    @functools.wraps(original_init)  # jsonargparse reads the signature through it
-    def counting(self, *args, **kwargs):
-        built.append(1)
-        original_init(self, *args, **kwargs)
-
-    monkeypatch.setattr(HFTextEncoder, "__init__", counting)
+    built = count_constructions(HFTextEncoder, monkeypatch.setattr)
     model = clapkit.load(saved["dirs"]["clap"])
     assert built == [1] and sorted(model.model.towers) == ["audio", "text"]
     with pytest.raises(ValueError, match="no 'image' tower"):

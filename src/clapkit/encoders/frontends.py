@@ -105,6 +105,15 @@ class LogMel(nn.Module):
         return db
 
 
+def windowed_dft(window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, sin)`` kernels ``[n_fft // 2 + 1, n_fft]`` of the DFT of ``window``-weighted frames
+    (torchlibrosa's ``conv_real`` / ``conv_imag`` before their channel axis), in ``window``'s dtype."""
+    n_fft = window.shape[-1]
+    steps = torch.arange(n_fft, dtype=window.dtype, device=window.device)
+    angle = -2.0 * torch.pi * torch.outer(steps[: n_fft // 2 + 1], steps) / n_fft
+    return torch.cos(angle) * window, torch.sin(angle) * window
+
+
 class ConvLogMel(nn.Module):
     """Log-mel through a convolutional STFT and an explicit mel matrix (torchlibrosa's layout).
 
@@ -148,14 +157,12 @@ class ConvLogMel(nn.Module):
         bins = n_fft // 2 + 1
         # Built on the CPU even inside a meta-device context (converters read shapes that way).
         with torch.device("cpu"):
-            window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
-            angle = -2.0 * torch.pi * torch.outer(torch.arange(bins, dtype=torch.float64),
-                                                  torch.arange(n_fft, dtype=torch.float64)) / n_fft
+            real, imag = windowed_dft(torch.hann_window(n_fft, periodic=True, dtype=torch.float64))
             fbank = deps.torchaudio().functional.melscale_fbanks(
                 bins, f_min, f_max, n_mels, sample_rate, norm="slaney", mel_scale="slaney"
             )
-        self.register_buffer("conv_real", (torch.cos(angle) * window).float().unsqueeze(1))
-        self.register_buffer("conv_imag", (torch.sin(angle) * window).float().unsqueeze(1))
+        self.register_buffer("conv_real", real.float().unsqueeze(1))
+        self.register_buffer("conv_imag", imag.float().unsqueeze(1))
         self.register_buffer("melW", fbank.float())  # [bins, n_mels]
         self._fft_cache: tuple | None = None
 
@@ -176,13 +183,11 @@ class ConvLogMel(nn.Module):
         key = (real.data_ptr(), imag.data_ptr(), real._version, imag._version)
         if self._fft_cache is None or self._fft_cache[0] != key:
             window = real[0, 0].double()
-            bins = real.shape[0]
-            angle = -2.0 * torch.pi * torch.outer(torch.arange(bins, dtype=torch.float64, device=real.device),
-                                                  torch.arange(self.n_fft, dtype=torch.float64, device=real.device))
-            angle = angle / self.n_fft
-            standard = (bins == self.n_fft // 2 + 1 and real.shape[-1] == self.n_fft
-                        and bool((torch.cos(angle) * window - real[:, 0].double()).abs().max() <= 1e-5)
-                        and bool((torch.sin(angle) * window - imag[:, 0].double()).abs().max() <= 1e-5))
+            standard = real.shape[0] == self.n_fft // 2 + 1 and real.shape[-1] == self.n_fft
+            if standard:
+                want_real, want_imag = windowed_dft(window)
+                standard = (bool((want_real - real[:, 0].double()).abs().max() <= 1e-5)
+                            and bool((want_imag - imag[:, 0].double()).abs().max() <= 1e-5))
             self._fft_cache = (key, window.float() if standard else None)
         return self._fft_cache[1]
 
