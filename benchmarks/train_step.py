@@ -12,6 +12,11 @@ Setting (the issue's, DESIGN section 5): HTSAT-tiny audio tower + RoBERTa-base t
   clapkit's eager step; the same model FLOPs are credited to the reference) x samples/s,
   over the GPU's peak for the precision (H100 SXM: 989 TFLOP/s bf16, 495 TF32).
 
+``--interleave`` builds every contender first and alternates them step by step (after
+``--warmup`` steps each), reporting the median step: on a shared or noisy machine (a VM's
+idle 3-step runs differed by x1.5) that is the figure to quote; peak memory is not reported
+then (every model is resident). Without it each contender runs its steps in one block.
+
 Both libraries run in the same process on the same inputs; the reference is skipped when
 ``laion_clap`` is not installed or with ``--skip-reference``. ``--compile`` additionally
 compiles clapkit's encoders (``clapkit.callbacks.TorchCompile``) and ``--channels-last``
@@ -27,6 +32,7 @@ does (``padding="max_length"``), both with the attention mask of the real tokens
 examples:
   python benchmarks/train_step.py --device cuda --precision fp32 bf16           # the acceptance run
   python benchmarks/train_step.py --device cuda --precision bf16 --compile
+  python benchmarks/train_step.py --device cpu --batch-size 4 --steps 7 --warmup 2 --interleave --captions realistic
   python benchmarks/train_step.py --device cpu --batch-size 2 --steps 1 --warmup 1   # smoke test
 """
 
@@ -38,6 +44,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import time
 import types
@@ -66,6 +73,7 @@ class Result:
     train_step_ms: float
     mfu: float | None = None
     captions: str = "fixed77"
+    step_ms_all: list[float] | None = None  # every timed step (--interleave)
 
 
 # --------------------------------------------------------------------------- models
@@ -276,6 +284,49 @@ def bench(runner: Runner, device: torch.device, precision: str, batch: int, warm
     return Result(runner.name, precision, samples, batch / embed_s, peak, 1000 * step_s, mfu, captions)
 
 
+def bench_interleaved(runners: list[Runner], device: torch.device, precision: str, batch: int, warmup: int,
+                      steps: int, flops_per_sample: float | None, captions: str) -> list[Result]:
+    """Every runner's training step, then its embedding, alternated step by step; medians."""
+
+    def timed(fn) -> float:
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        return time.perf_counter() - start
+
+    for runner in runners:
+        runner.model.to(device).train()
+    train = {id(r): [] for r in runners}
+    with autocast(device, precision):
+        for _ in range(warmup):
+            for runner in runners:
+                runner.train_step()
+        for _ in range(steps):
+            for runner in runners:
+                train[id(runner)].append(timed(runner.train_step))
+    embed = {id(r): [] for r in runners}
+    for runner in runners:
+        runner.optimizer.zero_grad(set_to_none=True)
+        runner.model.eval()
+    with torch.inference_mode(), autocast(device, precision):
+        for _ in range(warmup):
+            for runner in runners:
+                runner.embed_fn()
+        for _ in range(steps):
+            for runner in runners:
+                embed[id(runner)].append(timed(runner.embed_fn))
+    available = peak_flops(device, precision)
+    results = []
+    for runner in runners:
+        step_s, embed_s = statistics.median(train[id(runner)]), statistics.median(embed[id(runner)])
+        samples = batch / step_s
+        mfu = flops_per_sample * samples / available if flops_per_sample and available else None
+        results.append(Result(runner.name, precision, samples, batch / embed_s, None, 1000 * step_s, mfu, captions,
+                              [1000 * t for t in train[id(runner)]]))
+    return results
+
+
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> list[Result]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -293,6 +344,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--channels-last", action="store_true", help="clapkit conv weights in channels-last")
     parser.add_argument("--captions", nargs="+", choices=["fixed77", "realistic"], default=["fixed77"],
                         help="caption lengths (see the module docstring); each setting is measured")
+    parser.add_argument("--interleave", action="store_true",
+                        help="alternate the contenders step by step and report median steps (noisy machines)")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     args = parser.parse_args(argv)
 
@@ -309,6 +362,21 @@ def main(argv: list[str] | None = None) -> list[Result]:
         ours_tokens, reference_tokens = caption_tokens(captions, args.batch_size, device)
         variants = [(False, args.channels_last)] + ([(True, args.channels_last)] if args.compile else [])
         flops = None
+        if args.interleave:
+            runners = []
+            for compile_, channels_last in variants:
+                torch.manual_seed(0)
+                model = build_clapkit(args.htsat, args.text_layers, samples).to(device)
+                runners.append(clapkit_runner(model, audio, ours_tokens, device, compile_, channels_last))
+            flops = count_training_flops(runners[0], device, precision, args.batch_size)
+            torch.manual_seed(0)
+            reference = None if args.skip_reference else build_reference(args.htsat, args.text_layers)
+            if reference is not None:
+                runners.append(reference_runner(reference.to(device), audio, reference_tokens))
+            results += bench_interleaved(runners, device, precision, args.batch_size, args.warmup, args.steps, flops,
+                                         captions)
+            del runners, reference
+            continue
         for compile_, channels_last in variants:
             torch.manual_seed(0)
             model = build_clapkit(args.htsat, args.text_layers, samples).to(device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -13,9 +14,18 @@ import numpy as np
 import pytest
 
 import clapkit
+from clapkit.audio.preprocess import prepare_audio, read_inference_config
 from clapkit.cli import main
 from clapkit.commands._shared import read_embeddings
-from clapkit.embedding import PartStore, RankSlice, embed_corpus, rank_from_env
+from clapkit.embedding import (
+    EarlyDecoder,
+    EmbeddingInputError,
+    PartStore,
+    RankSlice,
+    decode_order,
+    embed_corpus,
+    rank_from_env,
+)
 from helpers.models import save_tiny_native, write_wav_folder
 
 SRC = str(Path(clapkit.__file__).resolve().parents[1])
@@ -68,6 +78,64 @@ def test_data_parallel_slices_in_process_merge_to_the_single_run(corpus, tmp_pat
     np.testing.assert_array_equal(second.embeddings, reference)
     again = embed_corpus(model, files, out, part_size=2, workers=1, ranks=RankSlice(0, 1))
     assert again.parts_written == 0 and again.parts_skipped == 4  # resumed: nothing redone
+
+
+def test_decode_order_is_the_order_embed_corpus_asks_for_files(corpus):
+    _, clips, _ = corpus
+    files = sorted(str(p) for p in clips.rglob("*.wav"))
+    assert list(decode_order(files, part_size=2)) == files
+    assert list(decode_order(files, part_size=2, ranks=RankSlice(1, 2))) == files[2:4] + files[6:]
+    lengths = [5, 1, 4, 3, 2, 0, 9]
+    assert list(decode_order(files, part_size=3, lengths=lengths)) == [files[i] for i in (1, 2, 0, 5, 4, 3, 6)]
+
+
+def test_early_decoder_serves_what_prepare_gives_once_each(corpus):
+    model_dir, clips, _ = corpus
+    spec = read_inference_config(model_dir)
+    assert spec == clapkit.load(model_dir).inference
+    files = sorted(str(p) for p in clips.rglob("*.wav"))
+    prepare = functools.partial(prepare_audio, spec=spec)
+    with EarlyDecoder(prepare, files, limit=3) as early:
+        assert early.take(files[3]) is None  # beyond the limit: not started early
+        for path in reversed(files[:3]):  # any order: the child decodes a request out of turn
+            np.testing.assert_array_equal(early.take(path).result(), prepare(path))
+        assert early.take(files[0]) is None  # served once
+    assert early.process is None and read_inference_config(clips) is None
+
+
+def test_early_decoder_names_a_corrupt_file_and_survives_its_child(corpus, tmp_path):
+    model_dir, clips, (paths, reference, _) = corpus
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF....WAVEjunk")
+    prepare = functools.partial(prepare_audio, spec=read_inference_config(model_dir))
+    with EarlyDecoder(prepare, [str(bad)]) as early:
+        with pytest.raises(EmbeddingInputError, match="bad.wav"):
+            early.take(str(bad)).result()
+    files = sorted(str(p) for p in clips.rglob("*.wav"))
+    early = EarlyDecoder(prepare, files)
+    early.process.kill()  # killed (out of memory, say): embed_corpus decodes the files itself
+    early.process.join()
+    model = clapkit.load(model_dir, precision="auto")
+    run = embed_corpus(model, files, tmp_path / "e.parquet", part_size=2, workers=2, early=early)
+    np.testing.assert_array_equal(run.embeddings, reference)
+    assert early.process is None  # closed by embed_corpus
+
+
+def test_embed_command_decodes_before_importing_torch(corpus, tmp_path):
+    """The command's early decoder is built while torch is not imported (forked without its threads)."""
+    model_dir, clips, (paths, reference, _) = corpus
+    out = tmp_path / "early.parquet"
+    hook = ("import sys, clapkit.embedding as e; init = e.EarlyDecoder.__init__\n"
+            "def spy(self, *a, **k): print('torch at early decoding:', 'torch' in sys.modules); init(self, *a, **k)\n"
+            "e.EarlyDecoder.__init__ = spy\n")
+    code = hook + f"import sys; from clapkit.cli import main; sys.exit(main({['embed', str(model_dir), str(clips), '-o', str(out), '-q', '--part-size', '2']!r}))"
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": SRC}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "torch at early decoding: False" in done.stdout
+    got_paths, got, _ = read_embeddings(out)
+    assert got_paths == paths
+    np.testing.assert_array_equal(got, reference)
 
 
 def _cli(args: list[str], env: dict | None = None, slow_parts: bool = False) -> subprocess.Popen:

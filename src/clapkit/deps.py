@@ -11,10 +11,11 @@ versions and the fix. Extras (matplotlib, onnxruntime, faiss, wandb) go through
 from __future__ import annotations
 
 import importlib
+import sys
 from importlib import metadata
 from types import ModuleType
 
-__all__ = ["DependencyError", "installed_version", "optional_import", "torchaudio", "versions"]
+__all__ = ["DependencyError", "installed_version", "is_tensor", "optional_import", "torchaudio", "versions"]
 
 # Distributions whose versions `clapkit --version` reports, in that order.
 REPORTED = ("clapkit", "torch", "torchaudio", "torchvision", "lightning", "transformers")
@@ -22,6 +23,17 @@ REPORTED = ("clapkit", "torch", "torchaudio", "torchvision", "lightning", "trans
 
 class DependencyError(ImportError):
     """A dependency is missing or does not load; the message names it and the fix."""
+
+
+def is_tensor(value: object) -> bool:
+    """``isinstance(value, torch.Tensor)`` without importing torch.
+
+    A tensor can only exist once torch is imported, so modules that accept numpy or torch
+    input check with this and stay importable without torch: the commands fork their
+    decoding workers before ``import torch`` (2-3 s) and decode while it loads.
+    """
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 def installed_version(distribution: str) -> str | None:

@@ -10,8 +10,14 @@ naming the file.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+from clapkit.deps import is_tensor
+
+if TYPE_CHECKING:
+    import torch
 
 
 class NonFiniteError(ValueError):
@@ -46,7 +52,9 @@ class NonFiniteError(ValueError):
 
 def nonfinite_rows(values: torch.Tensor | np.ndarray) -> list[int]:
     """Indices along the first axis of the rows holding any NaN or Inf."""
-    if isinstance(values, torch.Tensor):
+    if is_tensor(values):
+        import torch
+
         bad = ~torch.isfinite(values.detach().reshape(values.shape[0], -1)).all(dim=1)
         return torch.nonzero(bad).flatten().tolist()
     array = np.asarray(values)
@@ -70,6 +78,6 @@ def require_finite(values: torch.Tensor | np.ndarray, what: str, *, offset: int 
     peak = None
     if inputs is not None:
         item = inputs[rows[0]]
-        item = item.detach().float().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
+        item = item.detach().float().cpu().numpy() if is_tensor(item) else np.asarray(item)
         peak = float(np.abs(item).max()) if item.size else None
     raise NonFiniteError(what, offset + rows[0], peak)

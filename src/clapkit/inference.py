@@ -15,13 +15,13 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clapkit.audio.io import audio_files
 from clapkit.audio.preprocess import AudioInput, InferenceConfig
 from clapkit.audio.preprocess import prepare_audio as _prepare_audio
 from clapkit.encoders.tower import TowerSet
@@ -365,30 +365,3 @@ def _batches(items, size: int) -> Iterator[list]:
             batch = []
     if batch:
         yield batch
-
-
-def audio_files(inputs: Sequence[str | os.PathLike], extensions: Sequence[str] | None = None) -> list[Path]:
-    """Expand files and folders (recursively, sorted) into a list of audio files.
-
-    A file named explicitly is kept whatever its extension; folders contribute files with an
-    audio extension. A missing input raises ``FileNotFoundError`` naming it.
-    """
-    from clapkit.audio.io import AUDIO_EXTENSIONS
-
-    extensions = tuple(e.lower() for e in (extensions or AUDIO_EXTENSIONS))
-    found: list[Path] = []
-    for entry in inputs:
-        path = Path(entry)
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions))
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise FileNotFoundError(f"{path}: no such file or directory")
-    seen: set[Path] = set()
-    unique = []
-    for p in found:
-        if p not in seen:
-            seen.add(p)
-            unique.append(p)
-    return unique

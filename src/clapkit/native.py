@@ -32,11 +32,10 @@ import yaml
 from torch import nn
 
 from clapkit.atomic import normal_permissions
-from clapkit.audio.preprocess import InferenceConfig
+from clapkit.audio.preprocess import CONFIG_NAME, InferenceConfig
 from clapkit.checkpoint import PretrainedError, load_state_dict_strict, unique_tensors
 
 FORMAT_VERSION = 1
-CONFIG_NAME = "config.yaml"
 WEIGHTS_NAME = "model.safetensors"
 
 #: Module prefixes a model directory's ``class_path`` may name without the caller's say-so:

@@ -82,3 +82,14 @@ def test_conv_logmel_keeps_the_convolutions_for_kernels_that_are_not_a_windowed_
     state = ConvLogMel(n_fft=256, hop_length=128, n_mels=16).state_dict()
     frontend.load_state_dict(state)  # standard kernels again: the check is redone
     assert frontend.fft_window() is not None
+
+
+def test_reflect_pad_is_the_padding_kernels_result_bit_for_bit():
+    from clapkit.encoders.frontends import reflect_pad
+
+    x = torch.randn(3, 2000)
+    for pad in (1, 512, 1999):
+        want = torch.nn.functional.pad(x.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
+        assert torch.equal(reflect_pad(x, pad), want)
+    with pytest.raises(RuntimeError):  # too short to reflect: the kernel's own error
+        reflect_pad(torch.randn(1, 10), 10)

@@ -6,6 +6,8 @@ Numerical parity with laion_clap's HTSAT (fused and unfused, 3/10/25 s) is in
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -174,3 +176,30 @@ def test_drop_path_is_timms_in_training_and_the_identity_in_eval():
     torch.manual_seed(0)
     assert torch.equal(ours, drop_path(x, 0.5, True))
     assert not torch.equal(ours, x)
+
+
+def test_audioset_head_runs_only_when_its_logits_are_read(model):
+    calls = []
+    handle = model.tscam_conv.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with torch.no_grad():
+            out = model(torch.randn(2, 480000) * 0.1)
+            assert calls == []  # an embedding never pays for the 527-class head
+            clipwise = out.extras["clipwise_logits"]
+            framewise = out.extras.get("framewise_logits")
+            assert calls == [1]  # one run serves both entries
+            frames = model.tscam_conv(_tscam_input(model, out.tokens)).flatten(2)
+        torch.testing.assert_close(clipwise, frames.mean(2))
+        torch.testing.assert_close(framewise, frames.transpose(1, 2))
+        assert set(dict(out.extras)) >= {"clipwise_logits", "framewise_logits", "mel", "longer"}
+        copied = pickle.loads(pickle.dumps(out.extras))  # a plain dict of values: no closures
+        assert type(copied) is dict and torch.equal(copied["clipwise_logits"], clipwise)
+    finally:
+        handle.remove()
+
+
+def _tscam_input(model, tokens):
+    b, _, c = tokens.shape
+    side, ratio = model.final_grid, model.freq_ratio
+    x = tokens.transpose(1, 2).reshape(b, c, side, side)
+    return x.reshape(b, c, ratio, side // ratio, side).permute(0, 1, 3, 2, 4).reshape(b, c, side // ratio, -1)

@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-import torch
+
+from clapkit.deps import is_tensor
 
 PadMode = Literal["pad", "repeatpad", "repeat"]
 #: ``around`` (pad both sides at the crop offset) serves waveform augmentation; the encoders'
@@ -63,28 +64,35 @@ def _crop_start(slack: int, crop: CropMode, rng, seed) -> int:
 
 def _pad(wave, length: int, pad: PadMode):
     n = wave.shape[-1]
-    is_torch = isinstance(wave, torch.Tensor)
-    cat = torch.cat if is_torch else np.concatenate
+    if is_tensor(wave):
+        import torch
+
+        def tile(reps):
+            return torch.cat([wave] * reps, -1)
+    else:
+        def tile(reps):
+            return np.concatenate([wave] * reps, axis=-1)
     if pad == "repeat":
-        reps = -(-length // n)
-        tiled = cat([wave] * reps, -1) if is_torch else np.concatenate([wave] * reps, axis=-1)
-        return tiled[..., :length]
+        return tile(-(-length // n))[..., :length]
     if pad == "repeatpad":
-        reps = length // n
-        wave = cat([wave] * reps, -1) if is_torch else np.concatenate([wave] * reps, axis=-1)
+        wave = tile(length // n)
     elif pad != "pad":
         raise ValueError(f"unknown pad mode {pad!r}; expected pad, repeatpad, repeat or around")
     return _zero_pad(wave, 0, length - wave.shape[-1])
 
 
 def _zero_pad(wave, before: int, after: int):
-    if isinstance(wave, torch.Tensor):
+    if is_tensor(wave):
+        import torch
+
         return torch.nn.functional.pad(wave, (before, after))
     return np.pad(wave, [(0, 0)] * (wave.ndim - 1) + [(before, after)])
 
 
 def int16_roundtrip(wave):
     """LAION-CLAP's quantisation: clip to [-1, 1], scale by 32767, truncate, scale back."""
-    if isinstance(wave, torch.Tensor):
+    if is_tensor(wave):
+        import torch
+
         return (wave.clamp(-1.0, 1.0) * 32767.0).to(torch.int16).to(wave.dtype) / 32767.0
     return (np.clip(wave, -1.0, 1.0) * 32767.0).astype(np.int16).astype(np.float32) / 32767.0

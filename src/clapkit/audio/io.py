@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -128,3 +129,28 @@ def save_audio(path: str | os.PathLike, wave, sample_rate: int, subtype: str | N
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[-1] if text else type(exc).__name__
+
+
+def audio_files(inputs: Sequence[str | os.PathLike], extensions: Sequence[str] | None = None) -> list[Path]:
+    """Expand files and folders (recursively, sorted) into a list of audio files.
+
+    A file named explicitly is kept whatever its extension; folders contribute files with an
+    audio extension. A missing input raises ``FileNotFoundError`` naming it.
+    """
+    extensions = tuple(e.lower() for e in (extensions or AUDIO_EXTENSIONS))
+    found: list[Path] = []
+    for entry in inputs:
+        path = Path(entry)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or directory")
+    seen: set[Path] = set()
+    unique = []
+    for p in found:
+        if p not in seen:
+            seen.add(p)
+            unique.append(p)
+    return unique

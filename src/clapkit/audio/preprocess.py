@@ -12,16 +12,22 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
-import torch
 
 from clapkit.audio.crop import CropMode, PadMode, fit_length, int16_roundtrip
 from clapkit.audio.io import downmix, load_audio
 from clapkit.audio.resample import resample
+from clapkit.deps import is_tensor
 
-AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
+if TYPE_CHECKING:
+    import torch
+
+AudioInput = Union[str, os.PathLike, np.ndarray, "torch.Tensor"]
+
+#: The file of a native model directory holding its ``model:`` and ``inference:`` sections.
+CONFIG_NAME = "config.yaml"
 
 
 @dataclass
@@ -68,6 +74,24 @@ class InferenceConfig:
         return asdict(self)
 
 
+def read_inference_config(directory: str | os.PathLike) -> InferenceConfig | None:
+    """The ``inference:`` section of a native model directory, read without importing torch.
+
+    ``None`` when ``directory`` is not a native model directory or the section does not parse
+    (loading the model reports that properly). Commands use it to start decoding audio while
+    torch and the model load.
+    """
+    import yaml
+
+    path = os.path.join(os.fspath(directory), CONFIG_NAME)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = yaml.safe_load(handle)
+        return InferenceConfig.from_dict(document["inference"] or {})
+    except (OSError, yaml.YAMLError, TypeError, KeyError, ValueError):
+        return None
+
+
 def load_waveform(audio: AudioInput, sample_rate: int | None = None, *, mono: bool = True,
                   name: str | None = None) -> tuple[np.ndarray, int]:
     """A path, ``[T]`` or ``[C, T]`` samples -> ``(float32 samples, rate)``.
@@ -85,7 +109,7 @@ def load_waveform(audio: AudioInput, sample_rate: int | None = None, *, mono: bo
     label = name or "waveform"
     if sample_rate is None:
         raise ValueError(f"{label}: sample_rate is required for waveform inputs")
-    wave = audio.detach().float().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+    wave = audio.detach().float().cpu().numpy() if is_tensor(audio) else np.asarray(audio)
     if wave.ndim not in (1, 2):
         raise ValueError(f"{label}: expected [T] or [C, T] samples, got shape {tuple(wave.shape)}")
     if wave.size == 0:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import soxr
-import torch
 
 from clapkit import deps
 
@@ -17,7 +16,7 @@ def resample(wave, orig_sr: int, target_sr: int, quality: str = "HQ"):
     """
     if orig_sr == target_sr:
         return wave
-    if isinstance(wave, torch.Tensor):
+    if deps.is_tensor(wave):
         return deps.torchaudio().functional.resample(wave, orig_sr, target_sr)
     wave = np.asarray(wave, dtype=np.float32)
     if wave.ndim == 1:

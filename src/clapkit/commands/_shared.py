@@ -11,13 +11,17 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from clapkit.atomic import atomic_path
 from clapkit.audio import AudioLoadError, audio_info
 from clapkit.commands import CommandError
+from clapkit.embedding import embedding_columns, embedding_table, read_table
+
+if TYPE_CHECKING:
+    import torch
 
 EMBEDDING_SUFFIXES = (".npy", ".parquet")
 
@@ -99,6 +103,8 @@ def load_model(path: str | os.PathLike, args: argparse.Namespace, towers: Sequen
 
 def check_device(device: str) -> None:
     """Refuse ``--device cuda`` without a GPU (and a malformed device) in one line, before any work."""
+    import torch
+
     try:
         resolved = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                 ("cpu" if device == "auto" else device))
@@ -126,7 +132,7 @@ def check_model_path(path: str | os.PathLike) -> None:
 
 def discover_audio(inputs: Sequence[str]) -> list[Path]:
     """Files and folders -> audio files (folders recursively, sorted); errors name the input."""
-    from clapkit.inference import audio_files
+    from clapkit.audio.io import audio_files  # torch-free: embed decodes while torch loads
 
     try:
         files = audio_files(inputs)
@@ -266,11 +272,8 @@ def write_embeddings(path: str | os.PathLike, files: Sequence[str], embeddings: 
     path = Path(path)
     array = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
     if path.suffix.lower() == ".parquet":
-        pa, pq = _pyarrow()
-        flat = pa.array(array.reshape(-1), type=pa.float32())
-        column = pa.FixedSizeListArray.from_arrays(flat, array.shape[1])
-        table = pa.table({"path": pa.array([str(f) for f in files], type=pa.string()), "embedding": column})
-        table = table.replace_schema_metadata({f"clapkit.{k}": str(v) for k, v in metadata.items()})
+        _, pq = _pyarrow()
+        table = embedding_table(files, array, {f"clapkit.{k}": str(v) for k, v in metadata.items()})
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
         return [path]
@@ -290,15 +293,11 @@ def read_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray, dic
         raise CommandError(f"{path}: no such embeddings file")
     try:
         if path.suffix.lower() == ".parquet":
-            _, pq = _pyarrow()
-            table = pq.read_table(path)
+            _pyarrow()  # pyarrow missing: say so in one line
+            table = read_table(path)
             if "path" not in table.column_names or "embedding" not in table.column_names:
                 raise CommandError(f"{path}: expected columns 'path' and 'embedding' (written by clapkit embed)")
-            paths = [str(p) for p in table.column("path").to_pylist()]
-            column = table.column("embedding").combine_chunks()
-            width = column.type.list_size if hasattr(column.type, "list_size") else None
-            values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-            array = values.reshape(len(paths), width or (values.size // max(len(paths), 1)))
+            paths, array = embedding_columns(table)
             raw = table.schema.metadata or {}
             metadata = {k.decode()[len("clapkit."):]: v.decode() for k, v in raw.items()
                         if k.decode().startswith("clapkit.")}

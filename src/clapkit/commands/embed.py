@@ -11,7 +11,8 @@ row and ``<stem>.meta.json``). Outputs are written atomically; a corrupt or empt
 stops the command before the output is written.
 
 Large folders: embeddings stream to parquet parts in ``<output>.parts/`` (``--part-size``
-files each) while worker processes decode ahead of the model. A rerun of a killed job skips
+files each) while worker processes decode ahead of the model. With a native model directory
+the first files are decoded while torch and the model load. A rerun of a killed job skips
 the parts already done. Under ``torchrun`` / ``srun`` / a SLURM array each process embeds its
 share of the parts (rank and world size from the environment) and the last one to finish
 merges them into the output.
@@ -28,8 +29,18 @@ example:
 
 from __future__ import annotations
 
+import functools
+
+from clapkit.audio.preprocess import prepare_audio, read_inference_config
 from clapkit.commands import CommandError, _shared
-from clapkit.embedding import EmbeddingInputError, device_for_rank, embed_corpus, rank_from_env
+from clapkit.embedding import (
+    EarlyDecoder,
+    EmbeddingInputError,
+    decode_order,
+    device_for_rank,
+    embed_corpus,
+    rank_from_env,
+)
 
 #: Embedding audio files needs the audio tower only: the text tower is neither built nor read.
 AUDIO_ONLY = ("audio",)
@@ -72,19 +83,32 @@ def main(argv: list[str]) -> int:
     files = _shared.discover_audio(args.inputs)
     _shared.check_headers(files)
     ranks = rank_from_env()
-    args.device = device_for_rank(args.device)
-    if args.runtime == "onnx":
-        model = _load_onnx(args.model, args)
-    else:
-        model = _shared.load_model(args.model, args, towers=AUDIO_ONLY)
-    if getattr(model, "refusal", None):  # a tagger: class scores, no embedding
-        raise CommandError(f"{args.model}: {model.refusal}")
-    with _shared.progress_bar(len(files), "embedding", args.quiet) as advance:
-        try:
-            run = embed_corpus(model, files, output, part_size=args.part_size, workers=args.workers, ranks=ranks,
-                               resume=not args.no_resume, lengths=_lengths(model, files), progress=advance)
-        except EmbeddingInputError as exc:
-            raise CommandError(str(exc)) from None
+    spec = read_inference_config(args.model) if args.runtime == "torch" and args.workers > 1 else None
+    # Still no torch here: the early worker forks from a process without torch's threads.
+    early = EarlyDecoder(functools.partial(prepare_audio, spec=spec),
+                         decode_order(files, part_size=args.part_size, ranks=ranks,
+                                      lengths=_lengths(spec, files))) if spec is not None else None
+    try:
+        args.device = device_for_rank(args.device)
+        if args.runtime == "onnx":
+            model = _load_onnx(args.model, args)
+        else:
+            model = _shared.load_model(args.model, args, towers=AUDIO_ONLY)
+        if getattr(model, "refusal", None):  # a tagger: class scores, no embedding
+            raise CommandError(f"{args.model}: {model.refusal}")
+        if early is not None and getattr(model, "inference", None) != spec:
+            early.close()  # the loaded model prepares audio otherwise: decode again
+            early = None
+        with _shared.progress_bar(len(files), "embedding", args.quiet) as advance:
+            try:
+                run = embed_corpus(model, files, output, part_size=args.part_size, workers=args.workers,
+                                   ranks=ranks, resume=not args.no_resume, lengths=_lengths(model.inference, files),
+                                   progress=advance, early=early)
+            except EmbeddingInputError as exc:
+                raise CommandError(str(exc)) from None
+    finally:
+        if early is not None:
+            early.close()
     if run.embeddings is None:
         if not args.quiet:
             _shared.eprint(f"rank {ranks.rank}/{ranks.world_size}: parts done in {run.store.directory}; "
@@ -99,9 +123,9 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _lengths(model, files):
+def _lengths(spec, files):
     """Durations from the headers when the model takes clips whole (fusion), for length buckets."""
-    if not getattr(model.inference, "fusion", False):
+    if not getattr(spec, "fusion", False):
         return None
     from clapkit.audio import audio_info
 

@@ -8,11 +8,69 @@ returning an :class:`EncoderOutput`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+
+class Extras(dict):
+    """``EncoderOutput.extras``: a dict whose costly entries may be computed on first access.
+
+    A value set through :meth:`lazy` is a function of no arguments that runs when the entry is
+    first read (``[]``, ``get``, ``items``, ``values``) and is then stored. HTSAT's AudioSet
+    head is one: an embedding never reads it, and it was 5% of a CPU embedding.
+    """
+
+    _pending: dict[str, Callable[[], Any]]
+
+    def lazy(self, key: str, compute: Callable[[], Any]) -> None:
+        """Set ``key`` to ``compute()``, run when first read."""
+        self.__dict__.setdefault("_pending", {})[key] = compute
+        super().__setitem__(key, None)
+
+    def _resolve(self, key: str) -> None:
+        pending = self.__dict__.get("_pending")
+        if pending and key in pending:
+            super().__setitem__(key, pending.pop(key)())
+
+    def __getitem__(self, key):
+        self._resolve(key)
+        return super().__getitem__(key)
+
+    def __setitem__(self, key, value) -> None:
+        self.__dict__.get("_pending", {}).pop(key, None)
+        super().__setitem__(key, value)
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def pop(self, key, *default):
+        self._resolve(key)
+        return super().pop(key, *default)
+
+    def _resolve_all(self) -> None:
+        for key in list(self.__dict__.get("_pending", ())):
+            self._resolve(key)
+
+    def items(self):
+        self._resolve_all()
+        return super().items()
+
+    def values(self):
+        self._resolve_all()
+        return super().values()
+
+    def __reduce__(self):
+        # Pickles and deep copies hold the computed values, as a plain dict (no closures).
+        self._resolve_all()
+        return (dict, (dict(super().items()),))
+
+    def __iter__(self):
+        # Overriding iteration makes dict(extras) and {**extras} read through __getitem__.
+        return super().__iter__()
 
 
 @dataclass
@@ -30,7 +88,7 @@ class EncoderOutput:
     embedding: torch.Tensor
     features: list[torch.Tensor] | None = None
     tokens: torch.Tensor | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=Extras)
 
 
 class Encoder(nn.Module, ABC):

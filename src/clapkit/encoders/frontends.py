@@ -105,6 +105,14 @@ class LogMel(nn.Module):
         return db
 
 
+def reflect_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """``F.pad(x, (pad, pad), mode="reflect")`` on the last axis of ``[N, T]``, bit-identical;
+    two flipped slices and a concatenation are 4x faster on the CPU than the padding kernel."""
+    if x.shape[-1] <= pad:
+        return nn.functional.pad(x.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)  # its error message
+    return torch.cat([x[..., 1 : pad + 1].flip(-1), x, x[..., -pad - 1 : -1].flip(-1)], dim=-1)
+
+
 def windowed_dft(window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(cos, sin)`` kernels ``[n_fft // 2 + 1, n_fft]`` of the DFT of ``window``-weighted frames
     (torchlibrosa's ``conv_real`` / ``conv_imag`` before their channel axis), in ``window``'s dtype."""
@@ -196,9 +204,14 @@ class ConvLogMel(nn.Module):
         lead = waveform.shape[:-1]
         window = None if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() else self.fft_window()
         if window is not None:
-            spec = torch.stft(waveform.reshape(-1, waveform.shape[-1]), self.n_fft, self.hop_length,
-                              window=window, center=self.center, pad_mode="reflect", return_complex=True)
-            power = (spec.real.square() + spec.imag.square()).transpose(1, 2)  # [N, frames, bins]
+            x = waveform.reshape(-1, waveform.shape[-1])
+            if self.center:
+                x = reflect_pad(x, self.n_fft // 2)
+            spec = torch.view_as_real(torch.stft(x, self.n_fft, self.hop_length, window=window, center=False,
+                                                 return_complex=True))
+            # Squares of the real view's halves: the same numbers as .real / .imag, in a third
+            # of the time (CPU, a batch of 8 ten-second clips: 6.5 ms against 16 ms).
+            power = (spec[..., 0].square() + spec[..., 1].square()).transpose(1, 2)  # [N, frames, bins]
         else:
             x = waveform.reshape(-1, 1, waveform.shape[-1])
             if self.center:

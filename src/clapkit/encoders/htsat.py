@@ -35,6 +35,7 @@ with the reference; to adapt only the attention, target ``r".*\.attn\.(qkv|proj)
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -43,7 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clapkit.encoders.base import EncoderOutput, FeatureAudioEncoder
+from clapkit.encoders import fused_linear
+from clapkit.encoders.base import EncoderOutput, Extras, FeatureAudioEncoder
 from clapkit.encoders.frontends import LogMel
 from clapkit.encoders.frontends import spec_augment as apply_spec_augment
 from clapkit.encoders.fusion import AttentionalFeatureFusion, ClipBatcher, PadMode
@@ -154,17 +156,40 @@ class WindowAttention(nn.Module):
         bias = self.attention_bias(mask, x.dtype)
         dropout = self.attn_drop if self.training else 0.0
         if mask is None:
-            q, k, v = self.qkv(x).reshape(windows, n, 3, heads, dim).permute(2, 0, 3, 1, 4)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
-            return self.proj_drop(self.proj(out.transpose(1, 2).reshape(windows, n, c)))
+            q, k, v = fused_linear.linear(x, self.qkv).reshape(windows, n, 3, heads, dim).permute(2, 0, 3, 1, 4)
+            out = self._attend(q, k, v, bias, dropout)
+            return self.proj_drop(fused_linear.linear(out.transpose(1, 2).reshape(windows, n, c), self.proj))
         # Shifted windows: fold the windows of one clip into the head axis so the
         # [nW * heads, N, N] bias + mask broadcasts over the batch instead of being copied B times.
         nw = mask.shape[0]
         b = windows // nw
-        qkv = self.qkv(x).reshape(b, nw, n, 3, heads, dim).permute(3, 0, 1, 4, 2, 5).reshape(3, b, nw * heads, n, dim)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias, dropout_p=dropout)
+        qkv = fused_linear.linear(x, self.qkv).reshape(b, nw, n, 3, heads, dim)
+        if not torch.is_grad_enabled():
+            # Inference: one attention call per clip over strided views of qkv, with the
+            # [nW, heads, N, N] bias as is: no copy of qkv to fold windows into heads.
+            per_clip = bias.view(nw, heads, n, n)
+            out = torch.empty(b, nw, n, heads, dim, dtype=qkv.dtype, device=qkv.device)
+            for i in range(b):
+                q, k, v = qkv[i].permute(2, 0, 3, 1, 4)
+                out[i] = F.scaled_dot_product_attention(q, k, v, attn_mask=per_clip, dropout_p=dropout).transpose(1, 2)
+            return self.proj_drop(fused_linear.linear(out.view(windows, n, c), self.proj))
+        # unbind, not qkv[0..2]: the backward of three selects zero-fills three copies of qkv.
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, b, nw * heads, n, dim).unbind(0)
+        out = self._attend(q, k, v, bias, dropout)
         out = out.view(b, nw, heads, n, dim).permute(0, 1, 3, 2, 4).reshape(windows, n, c)
         return self.proj_drop(self.proj(out))
+
+    @staticmethod
+    def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout: float) -> torch.Tensor:
+        """Attention with an additive bias. SDPA's fused CPU kernels take no gradient for the
+        mask, so with a learnable bias it runs its math path, whose safe softmax adds an
+        ``isneginf``/``all``/``where`` pass per call; the same math written out skips it (the
+        bias is finite: relative positions plus a -100 shift mask)."""
+        if not (torch.is_grad_enabled() and bias.requires_grad and q.device.type == "cpu"):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+        scores = torch.matmul(q * (q.shape[-1] ** -0.5), k.transpose(-2, -1)) + bias
+        weights = F.dropout(scores.softmax(dim=-1), p=dropout) if dropout else scores.softmax(dim=-1)
+        return torch.matmul(weights, v)
 
 
 class Mlp(nn.Module):
@@ -177,8 +202,13 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``fc2(act(fc1(x)))``, plus ``residual`` when given (fused into ``fc2`` in eval)."""
+        hidden = self.drop(fused_linear.linear(x, self.fc1, self.act))
+        if residual is not None and not self.training:
+            return fused_linear.linear(hidden, self.fc2, residual=residual)
+        out = self.drop(self.fc2(hidden))
+        return out if residual is None else residual + out
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -261,6 +291,8 @@ class SwinBlock(nn.Module):
             windows = self.norm1(x).index_select(1, self.window_order).view(-1, self.window_size**2, c)
             x = self.attn(windows, mask=self.attn_mask).view(b, h * w, c).index_select(1, self.window_inverse)
             x = shortcut + self.drop_path(x)
+            if not self.training:  # drop path is the identity: the MLP adds the residual itself
+                return self.mlp(self.norm2(x), residual=x)
             return x + self.drop_path(self.mlp(self.norm2(x)))
         x = self.norm1(x).view(b, h, w, c)
         if self.shift_size:
@@ -287,7 +319,7 @@ class PatchMerging(nn.Module):
         b, _, c = x.shape
         x = x.view(b, h, w, c)
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
-        return self.reduction(self.norm(x.view(b, -1, 4 * c)))
+        return fused_linear.linear(self.norm(x.view(b, -1, 4 * c)), self.reduction)
 
 
 class Stage(nn.Module):
@@ -503,19 +535,12 @@ class HTSAT(FeatureAudioEncoder):
             features.append(_to_map(tokens))
         tokens = self.norm(tokens)
         embedding = tokens.mean(dim=1)
-        clipwise, framewise = self._tscam(tokens)
-        return EncoderOutput(
-            embedding=embedding,
-            features=features,
-            tokens=tokens,
-            extras={
-                "stage_outputs_premerge": premerge,
-                "clipwise_logits": clipwise,
-                "framewise_logits": framewise,
-                "longer": longer,
-                "mel": x,
-            },
-        )
+        extras = Extras(stage_outputs_premerge=premerge, longer=longer, mel=x)
+        # The AudioSet (TSCAM) head runs only when its logits are read: embeddings never do.
+        head = functools.cache(lambda: self._tscam(tokens))
+        extras.lazy("clipwise_logits", lambda: head()[0])
+        extras.lazy("framewise_logits", lambda: head()[1])
+        return EncoderOutput(embedding=embedding, features=features, tokens=tokens, extras=extras)
 
     @property
     def _target_frames(self) -> int:
