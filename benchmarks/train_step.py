@@ -295,27 +295,25 @@ def bench_interleaved(runners: list[Runner], device: torch.device, precision: st
         sync(device)
         return time.perf_counter() - start
 
-    for runner in runners:
-        runner.model.to(device).train()
-    train = {id(r): [] for r in runners}
-    with autocast(device, precision):
+    def alternate(step_of) -> dict[int, list[float]]:
         for _ in range(warmup):
             for runner in runners:
-                runner.train_step()
+                step_of(runner)()
+        times: dict[int, list[float]] = {id(r): [] for r in runners}
         for _ in range(steps):
             for runner in runners:
-                train[id(runner)].append(timed(runner.train_step))
-    embed = {id(r): [] for r in runners}
+                times[id(runner)].append(timed(step_of(runner)))
+        return times
+
+    for runner in runners:
+        runner.model.to(device).train()
+    with autocast(device, precision):
+        train = alternate(lambda r: r.train_step)
     for runner in runners:
         runner.optimizer.zero_grad(set_to_none=True)
         runner.model.eval()
     with torch.inference_mode(), autocast(device, precision):
-        for _ in range(warmup):
-            for runner in runners:
-                runner.embed_fn()
-        for _ in range(steps):
-            for runner in runners:
-                embed[id(runner)].append(timed(runner.embed_fn))
+        embed = alternate(lambda r: r.embed_fn)
     available = peak_flops(device, precision)
     results = []
     for runner in runners:

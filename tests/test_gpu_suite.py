@@ -32,3 +32,21 @@ def test_gpu_suite_smoke_on_cpu_writes_json_and_table(tmp_path):
     assert suite["clapsep"]["steps"] == 1
     table = (out / "gpu_suite.md").read_text()
     assert "| clapkit | realistic | fp32 |" in table and "CLAPSep quick start: 1 steps" in table
+
+
+def test_train_step_interleaved_reports_every_step_of_both_contenders():
+    if importlib.util.find_spec("laion_clap") is None:
+        pytest.skip("laion_clap is not installed")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import train_step
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    results = train_step.main(["--device", "cpu", "--batch-size", "1", "--steps", "2", "--warmup", "1", "--interleave",
+                               "--precision", "fp32", "--captions", "realistic", "--htsat", "test",
+                               "--text-layers", "1", "--seconds", "1"])
+    assert [r.library for r in results] == ["clapkit", "laion-clap 1.1.7"]
+    for r in results:
+        assert len(r.step_ms_all) == 2 and r.train_step_ms == pytest.approx(sorted(r.step_ms_all)[1] / 2
+                                                                              + sorted(r.step_ms_all)[0] / 2)
+        assert r.peak_memory_gb is None and r.audio_embeddings_per_s > 0
