@@ -55,6 +55,8 @@ def test_aten_path_with_gradients_fp32_or_other_activations():
         assert not fused_linear.fusable(x.float(), copy.deepcopy(layer).float())
         relu = fused_linear.linear(x, layer, nn.ReLU())
         assert torch.equal(relu, torch.relu(layer(x)))
+        row = torch.randn(96).to(torch.bfloat16)  # a residual that broadcasts: aten's add, not the epilogue
+        assert torch.equal(fused_linear.linear(x, layer, residual=row), layer(x) + row)
     out = fused_linear.linear(x, layer, nn.GELU())
     out.float().sum().backward()
     assert layer.weight.grad is not None

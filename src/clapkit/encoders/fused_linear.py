@@ -79,7 +79,7 @@ def linear(x: torch.Tensor, layer: nn.Linear, activation: nn.Module | None = Non
     gelu = isinstance(activation, nn.GELU) and activation.approximate in _GELU_ALGORITHM
     if not fusable(x, layer) or (activation is not None and not gelu) or (
             residual is not None and (activation is not None or residual.dtype != x.dtype
-                                      or residual.shape[:-1] != x.shape[:-1])):
+                                      or residual.shape != (*x.shape[:-1], layer.out_features))):
         out = layer(x)
         if activation is not None:
             out = activation(out)
