@@ -138,6 +138,38 @@ def test_embed_command_decodes_before_importing_torch(corpus, tmp_path):
     np.testing.assert_array_equal(got, reference)
 
 
+def test_embed_command_buckets_a_fusion_model_by_length_through_the_early_decoder(tmp_path):
+    """Long clips go whole to a fusion tower, sorted by header length within a part; the early
+    decoder must serve them in that order and the output must stay in file order."""
+    import torch
+
+    from clapkit.audio import save_audio
+    from clapkit.pretrained import InferenceConfig, instantiate_model, save_pretrained
+    from helpers.models import tiny_clap_config, tone
+
+    rate = 16000
+    config = tiny_clap_config(sample_rate=rate)
+    config["init_args"]["towers"]["audio"]["init_args"]["encoder"] = {
+        "class_path": "clapkit.encoders.htsat.HTSAT",
+        "init_args": {"variant": "test", "fusion": True, "clip_samples": rate,
+                      "frontend": {"class_path": "clapkit.encoders.frontends.LogMel",
+                                   "init_args": {"sample_rate": rate, "n_fft": 1024, "hop_length": 160, "n_mels": 64,
+                                                 "mel_scale": "htk", "norm": None}}},
+    }
+    torch.manual_seed(0)
+    model_dir = save_pretrained(instantiate_model(config), tmp_path / "fused",
+                                InferenceConfig(sample_rate=rate, clip_samples=rate, fusion=True), config)
+    files = [save_audio(tmp_path / "clips" / f"c{i}.wav", tone(seconds, rate, 200.0 + 100 * i, i), rate)
+             for i, seconds in enumerate((2.6, 0.5, 1.7, 0.8, 3.1))]
+    out = tmp_path / "fused.parquet"
+    assert main(["embed", str(model_dir), str(tmp_path / "clips"), "-o", str(out), "-q", "--part-size", "3",
+                 "--workers", "2"]) == 0
+    paths, got, _ = read_embeddings(out)
+    assert paths == [str(f) for f in files]
+    want = clapkit.load(model_dir, precision="auto", batch_size=1).embed_audio(files).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
 def _cli(args: list[str], env: dict | None = None, slow_parts: bool = False) -> subprocess.Popen:
     """``clapkit embed`` in a fresh process; ``slow_parts`` sleeps after each part it writes."""
     hook = ("import time, clapkit.embedding as e; w = e.PartStore.write\n"

@@ -84,10 +84,11 @@ def main(argv: list[str]) -> int:
     _shared.check_headers(files)
     ranks = rank_from_env()
     spec = read_inference_config(args.model) if args.runtime == "torch" and args.workers > 1 else None
+    lengths = _lengths(spec, files)
     # Still no torch here: the early worker forks from a process without torch's threads.
     early = EarlyDecoder(functools.partial(prepare_audio, spec=spec),
                          decode_order(files, part_size=args.part_size, ranks=ranks,
-                                      lengths=_lengths(spec, files))) if spec is not None else None
+                                      lengths=lengths)) if spec is not None else None
     try:
         args.device = device_for_rank(args.device)
         if args.runtime == "onnx":
@@ -96,13 +97,15 @@ def main(argv: list[str]) -> int:
             model = _shared.load_model(args.model, args, towers=AUDIO_ONLY)
         if getattr(model, "refusal", None):  # a tagger: class scores, no embedding
             raise CommandError(f"{args.model}: {model.refusal}")
-        if early is not None and getattr(model, "inference", None) != spec:
-            early.close()  # the loaded model prepares audio otherwise: decode again
-            early = None
+        if getattr(model, "inference", None) != spec:  # no early start, or the model prepares audio otherwise
+            if early is not None:
+                early.close()  # decode again
+                early = None
+            lengths = _lengths(model.inference, files)
         with _shared.progress_bar(len(files), "embedding", args.quiet) as advance:
             try:
                 run = embed_corpus(model, files, output, part_size=args.part_size, workers=args.workers,
-                                   ranks=ranks, resume=not args.no_resume, lengths=_lengths(model.inference, files),
+                                   ranks=ranks, resume=not args.no_resume, lengths=lengths,
                                    progress=advance, early=early)
             except EmbeddingInputError as exc:
                 raise CommandError(str(exc)) from None
