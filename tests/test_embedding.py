@@ -145,17 +145,10 @@ def test_embed_command_buckets_a_fusion_model_by_length_through_the_early_decode
 
     from clapkit.audio import save_audio
     from clapkit.pretrained import InferenceConfig, instantiate_model, save_pretrained
-    from helpers.models import tiny_clap_config, tone
+    from helpers.models import tiny_fusion_clap_config, tone
 
     rate = 16000
-    config = tiny_clap_config(sample_rate=rate)
-    config["init_args"]["towers"]["audio"]["init_args"]["encoder"] = {
-        "class_path": "clapkit.encoders.htsat.HTSAT",
-        "init_args": {"variant": "test", "fusion": True, "clip_samples": rate,
-                      "frontend": {"class_path": "clapkit.encoders.frontends.LogMel",
-                                   "init_args": {"sample_rate": rate, "n_fft": 1024, "hop_length": 160, "n_mels": 64,
-                                                 "mel_scale": "htk", "norm": None}}},
-    }
+    config = tiny_fusion_clap_config(sample_rate=rate)
     torch.manual_seed(0)
     model_dir = save_pretrained(instantiate_model(config), tmp_path / "fused",
                                 InferenceConfig(sample_rate=rate, clip_samples=rate, fusion=True), config)

@@ -22,7 +22,13 @@ from clapkit.pretrained import (
     read_checkpoint,
     save_pretrained,
 )
-from helpers.models import randomize_norm_stats, tiny_clap_config, tone, write_bert_dir
+from helpers.models import (
+    randomize_norm_stats,
+    tiny_clap_config,
+    tiny_fusion_clap_config,
+    tone,
+    write_bert_dir,
+)
 
 SR = 16000
 INFERENCE = InferenceConfig(sample_rate=SR, clip_samples=SR, pad="repeatpad", int16_roundtrip=True)
@@ -199,15 +205,7 @@ def test_bad_checkpoint_files(tmp_path):
 
 def test_fusion_batches_mixed_lengths(tmp_path):
     """A fusion tower gets long clips whole (with ``lengths``); batching never changes a result."""
-    config = tiny_clap_config(sample_rate=SR)
-    audio = config["init_args"]["towers"]["audio"]["init_args"]
-    audio["encoder"] = {
-        "class_path": "clapkit.encoders.htsat.HTSAT",
-        "init_args": {"variant": "test", "fusion": True, "clip_samples": SR,
-                      "frontend": {"class_path": "clapkit.encoders.frontends.LogMel",
-                                   "init_args": {"sample_rate": SR, "n_fft": 1024, "hop_length": 160, "n_mels": 64,
-                                                 "mel_scale": "htk", "norm": None}}},
-    }
+    config = tiny_fusion_clap_config(sample_rate=SR)
     torch.manual_seed(0)
     task = instantiate_model(config)
     fusion = InferenceConfig(sample_rate=SR, clip_samples=SR, fusion=True)

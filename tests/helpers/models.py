@@ -181,6 +181,19 @@ def calibrate_batchnorm(module, forward, inputs) -> None:
         m.momentum = 0.1
 
 
+def tiny_fusion_clap_config(sample_rate: int = 16000) -> dict:
+    """:func:`tiny_clap_config` with HTSAT-test (feature fusion on, one-second window) as the audio encoder."""
+    config = tiny_clap_config(sample_rate=sample_rate)
+    config["init_args"]["towers"]["audio"]["init_args"]["encoder"] = {
+        "class_path": "clapkit.encoders.htsat.HTSAT",
+        "init_args": {"variant": "test", "fusion": True, "clip_samples": sample_rate,
+                      "frontend": {"class_path": "clapkit.encoders.frontends.LogMel",
+                                   "init_args": {"sample_rate": sample_rate, "n_fft": 1024, "hop_length": 160,
+                                                 "n_mels": 64, "mel_scale": "htk", "norm": None}}},
+    }
+    return config
+
+
 def save_tiny_native(directory: Path, sample_rate: int = 16000, seed: int = 0) -> Path:
     """A tiny CLAP (Cnn6 tiny + built-in tiny BERT) saved in clapkit's native format."""
     import torch
