@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ import torch
 import yaml
 from torch import nn
 
-from clapkit.atomic import normal_permissions
+from clapkit.atomic import MODEL_DIRECTORY, replace_output
 from clapkit.audio.preprocess import CONFIG_NAME, InferenceConfig
 from clapkit.checkpoint import PretrainedError, load_state_dict_strict, unique_tensors
 
@@ -116,8 +115,9 @@ def save_pretrained(
     *,
     assets: Mapping[str, str | os.PathLike] | None = None,
     overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike | None] = (),
 ) -> Path:
-    """Write ``model`` in clapkit's native format, atomically (temp directory, then rename).
+    """Write ``model`` in clapkit's native format, atomically (:func:`clapkit.atomic.replace_output`).
 
     Args:
         model: the LightningModule (for example a ``ContrastiveTask``).
@@ -129,7 +129,9 @@ def save_pretrained(
         assets: name -> file or directory copied into the model directory (weight files
             excluded: every weight is in ``model.safetensors``); config strings naming the source
             path become ``./<name>``.
-        overwrite: replace an existing directory.
+        overwrite: replace an existing model directory (never a folder of other files).
+        inputs: the files and folders the model was read from; ``directory`` may not be, contain
+            or lie inside one of them (nor inside an asset source).
 
     Every ``load_weights`` argument in the saved config is set to ``False``: the weights come
     from ``model.safetensors``, so loading pretrained ones while building the model is wasted.
@@ -139,9 +141,8 @@ def save_pretrained(
     config = portable(model_config_of(model, model_config), assets or {})
     if directory.exists() and not overwrite and (not directory.is_dir() or any(directory.iterdir())):
         raise PretrainedError(f"{directory}: already exists (pass overwrite=True / --overwrite to replace it)")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
-    try:
+    with replace_output(directory, kind=MODEL_DIRECTORY, inputs=[*inputs, *(assets or {}).values()],
+                        overwrite=overwrite) as tmp:
         for name, source in (assets or {}).items():
             _copy_asset(Path(source), tmp / name)
         document = {"clapkit_format": FORMAT_VERSION, "model": config, "inference": inference.to_dict()}
@@ -150,11 +151,6 @@ def save_pretrained(
 
         save_file(unique_tensors(model.state_dict()), str(tmp / WEIGHTS_NAME),
                   metadata={"format": "pt", "clapkit_format": str(FORMAT_VERSION)})
-        normal_permissions(tmp)  # mkdtemp makes 0700 and safetensors 0600: readable by the group
-        _replace_directory(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
@@ -366,23 +362,6 @@ def _copy_asset(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
     else:
         raise PretrainedError(f"{source}: asset not found")
-
-
-def _replace_directory(tmp: Path, directory: Path) -> None:
-    if not directory.exists():
-        os.replace(tmp, directory)
-        return
-    # A directory cannot be renamed over a non-empty one: move the old aside first, so the
-    # target path always holds either the complete old model or the complete new one.
-    trash = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.old-"))
-    os.replace(directory, trash / "old")
-    try:
-        os.replace(tmp, directory)
-    except BaseException:
-        os.replace(trash / "old", directory)
-        raise
-    finally:
-        shutil.rmtree(trash, ignore_errors=True)
 
 
 def file_fingerprint(*paths: Path, sample_bytes: int = 1 << 20) -> str:

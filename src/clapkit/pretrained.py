@@ -74,7 +74,7 @@ if TYPE_CHECKING:
     from clapkit.tagger import TaggerModel
 
 from clapkit.checkpoint import preview  # noqa: E402
-from clapkit.native import _copy_asset, _replace_directory  # noqa: E402,F401
+from clapkit.native import _copy_asset  # noqa: E402,F401
 
 # Old private names, kept for code that imported them from here.
 _plain, _map_paths, _portable, _asset_resolver = plain, map_paths, portable, asset_resolver

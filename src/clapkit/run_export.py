@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from clapkit.atomic import check_target
 from clapkit.pretrained import (
     CONFIG_NAME,
     InferenceConfig,
@@ -135,13 +136,16 @@ def export_checkpoint(
         clip_seconds: inference window (default: the data section's ``clip_seconds``).
         pad: padding of short clips (default: the data section's, else ``repeatpad``).
         int16_roundtrip: quantise inputs to int16 first (default: the data section's ``int16``).
-        overwrite: replace an existing directory.
+        overwrite: replace an existing model directory; ``output`` may never be, contain or lie
+            inside the checkpoint or the config (``-o RUN`` is refused).
         trust_pickle: let ``torch.load`` unpickle code (Lightning checkpoints whose
             hyper-parameters hold objects; only for files you trust).
     """
     if not Path(checkpoint).is_file():
         raise PretrainedError(f"{checkpoint}: no such checkpoint file")
     config_path = Path(config) if config is not None else find_run_config(checkpoint)
+    # Before the slow part: ``-o RUN --overwrite`` would otherwise replace the run folder itself.
+    check_target(output, inputs=[checkpoint, config_path], overwrite=overwrite)
     tree = read_model_section(config_path)
     state = read_checkpoint(checkpoint, trust_pickle=trust_pickle)
     weights = state.get("state_dict")
@@ -154,7 +158,7 @@ def export_checkpoint(
     from clapkit.separator import is_separation_task
 
     if is_separation_task(model):
-        model.export(str(output), model_config=tree, overwrite=overwrite)
+        model.export(str(output), model_config=tree, overwrite=overwrite, inputs=[checkpoint, config_path])
         return Path(output)
     rate = _audio_sample_rate(model)
     if rate is None:
@@ -171,4 +175,4 @@ def export_checkpoint(
         inference = InferenceConfig(sample_rate=rate, clip_samples=int(round(seconds * rate)), **settings)
     except (TypeError, ValueError) as exc:
         raise PretrainedError(f"{config_path}: bad inference settings ({exc})") from None
-    return save_pretrained(model, output, inference, tree, overwrite=overwrite)
+    return save_pretrained(model, output, inference, tree, overwrite=overwrite, inputs=[checkpoint, config_path])

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from clapkit.atomic import check_target
 from clapkit.commands import CommandError, _shared
 
 
@@ -67,9 +68,9 @@ def main(argv: list[str]) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    output = Path(args.output)
-    if output.exists() and not args.overwrite and (not output.is_dir() or any(output.iterdir())):
-        raise CommandError(f"{output}: already exists (pass --overwrite to replace it)")
+    # Before any work: the output may not be, contain or lie inside an input, and --overwrite
+    # replaces only a model directory (clapkit.atomic.check_target; checked again under its lock).
+    check_target(args.output, inputs=_inputs(args), overwrite=args.overwrite)
     if args.format == "clapsep":
         if args.config is None:
             parser.error("clapsep needs --config (the separator's LightningCLI config)")
@@ -79,12 +80,17 @@ def main(argv: list[str]) -> int:
     try:
         converted = convert_checkpoint(args.checkpoint, format=None if args.format == "auto" else args.format,
                                        text_model=args.text_model, trust_pickle=args.trust_checkpoint)
-        out = save_converted(converted, args.output, overwrite=args.overwrite)
+        out = save_converted(converted, args.output, overwrite=args.overwrite, inputs=_inputs(args))
     except (PretrainedError, FileNotFoundError) as exc:
         raise CommandError(str(exc)) from None
     if not args.quiet:
         _shared.eprint(f"{args.checkpoint}: {converted.description} -> {out}")
     return 0
+
+
+def _inputs(args) -> list[str | None]:
+    """What this conversion reads: the output may not be, contain or lie inside any of it."""
+    return [args.checkpoint, args.text_model, args.config, args.clap]
 
 
 def _convert_clapsep(args) -> int:
@@ -102,7 +108,7 @@ def _convert_clapsep(args) -> int:
             task = instantiate_model(model_config)
             report = load_clapsep_report(args.checkpoint, task, trust_pickle=args.trust_checkpoint,
                                          allow_partial=args.allow_partial)
-            task.export(args.output, model_config=model_config, overwrite=args.overwrite)
+            task.export(args.output, model_config=model_config, overwrite=args.overwrite, inputs=_inputs(args))
         except (PretrainedError, FileNotFoundError, ValueError) as exc:
             raise CommandError(str(exc)) from None
     if report.tuned_from_clap:
@@ -138,7 +144,7 @@ def _convert_hf_clap(args) -> int:
     try:
         converted = convert_hf_clap(args.checkpoint)
         try:
-            out = save_converted(converted, args.output, overwrite=args.overwrite)
+            out = save_converted(converted, args.output, overwrite=args.overwrite, inputs=_inputs(args))
         finally:
             shutil.rmtree(converted.assets[TEXT_ASSET], ignore_errors=True)  # copied into the output
     except (PretrainedError, FileNotFoundError) as exc:

@@ -32,6 +32,7 @@ import argparse
 import importlib
 import sys
 
+from clapkit.atomic import check_target
 from clapkit.commands import CommandError, _shared
 
 
@@ -104,10 +105,12 @@ def _export_onnx(argv: list[str]) -> int:
     from clapkit.pretrained import PretrainedError, load
 
     args = build_onnx_parser().parse_args(argv)
+    inputs = [args.model, args.text_model]
+    check_target(args.output, inputs=inputs, overwrite=args.overwrite)  # before the model loads
     try:
         model = load(args.model, text_model=args.text_model, trust_pickle=args.trust_checkpoint)
         result = export_onnx(model, args.output, audio_inputs=args.audio_input, text=not args.no_text,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, inputs=inputs)
     except (PretrainedError, FileNotFoundError) as exc:
         raise CommandError(str(exc)) from None
     if not args.quiet:

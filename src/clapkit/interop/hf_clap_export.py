@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from clapkit.atomic import MODEL_DIRECTORY, check_target, replace_output
 from clapkit.interop.hf_clap import AUDIO, MEL_FILTERS, split_qkv
 from clapkit.interop.keymap import CheckpointError, KeyMap
 
@@ -164,18 +163,11 @@ def _frontend_args(model_config: dict[str, Any]) -> dict[str, Any]:
         return {}
 
 
-def _publish_directory(tmp: Path, directory: Path) -> None:
-    """Rename a finished temporary directory onto ``directory`` with normal permissions, so the
-    path always holds either the complete old directory or the complete new one."""
-    from clapkit.atomic import normal_permissions
-    from clapkit.native import _replace_directory
-
-    normal_permissions(tmp)
-    _replace_directory(tmp, directory)
-
-
 def export_hf_clap(source: str | os.PathLike, output: str | os.PathLike, *, overwrite: bool = False) -> HFExport:
     """Write the native CLAP model at ``source`` as a transformers ``ClapModel`` directory ``output``.
+
+    ``output`` is written through :func:`clapkit.atomic.replace_output`: never inside or around
+    ``source``, and ``overwrite`` replaces only a model directory.
 
     Raises:
         PretrainedError: ``source`` is not a native model, or not one ``ClapModel`` can express
@@ -189,6 +181,7 @@ def export_hf_clap(source: str | os.PathLike, output: str | os.PathLike, *, over
     output = Path(output)
     if output.exists() and not overwrite and (not output.is_dir() or any(output.iterdir())):
         raise PretrainedError(f"{output}: already exists (pass --overwrite to replace it)")
+    check_target(output, inputs=[source], overwrite=overwrite)
     task, config, inference = load_native(source)
     try:
         audio, text, audio_head, _ = _towers(task)
@@ -240,16 +233,10 @@ def export_hf_clap(source: str | os.PathLike, output: str | os.PathLike, *, over
     )
     tokenizer = text.tokenizer
     tokenizer.model_max_length = int(inference.text_max_length or text.max_length)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
-    try:
+    with replace_output(output, kind=MODEL_DIRECTORY, inputs=[source], overwrite=overwrite) as tmp:
         hf_model.save_pretrained(tmp)
         ClapProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(tmp)
         features.save_pretrained(tmp)  # preprocessor_config.json: the Hub layout older transformers read
-        _publish_directory(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     fusion = "fused" if audio.fusion else "unfused"
     description = f"HTSAT (dim {audio.geometry.embed_dim}, {fusion}) + RoBERTa -> transformers ClapModel"
     return HFExport(output, description, notes)

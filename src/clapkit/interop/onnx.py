@@ -28,8 +28,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clapkit.atomic import MODEL_DIRECTORY, check_target, replace_output
 from clapkit.pretrained import InferenceConfig, PretrainedError
 
 AUDIO_FILE = "audio.onnx"
@@ -139,6 +138,7 @@ def export_onnx(
     audio_inputs: Sequence[str] = ("waveform",),
     text: bool = True,
     overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike | None] = (),
 ) -> OnnxExport:
     """Export a CLAP model's audio and text towers to ONNX (see the module docstring).
 
@@ -149,13 +149,18 @@ def export_onnx(
         audio_inputs: which audio graphs to write: ``waveform`` (``audio.onnx``) and/or ``mel``
             (``audio_mel.onnx``).
         text: also export the text tower (it needs a Hugging Face tokenizer).
-        overwrite: replace an existing directory.
+        overwrite: replace an existing export or model directory (never a folder of other files).
+        inputs: what the model was read from (a path given as ``model`` counts too): the
+            directory may not be, contain or lie inside one of them.
     """
     from clapkit.inference import CLAPModel
 
+    inputs = list(inputs)
     if not isinstance(model, CLAPModel):
         from clapkit.pretrained import load
 
+        inputs.append(model)
+        check_target(directory, inputs=inputs, overwrite=overwrite)
         model = load(model)
         if not isinstance(model, CLAPModel):
             raise PretrainedError(f"{type(model).__name__}: only contrastive (CLAP) models export to ONNX")
@@ -183,12 +188,10 @@ def export_onnx(
     generator = torch.Generator().manual_seed(0)
     example = 0.1 * torch.randn(2, cfg.clip_samples, generator=generator)
 
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
     files: dict[str, Path] = {}
     meta: dict = {"clapkit_onnx": 1, "inference": cfg.to_dict(), "embedding_dim": model.embedding_dim,
                   "fingerprint": getattr(model, "fingerprint", ""), "opset": OPSET, "graphs": {}}
-    try:
+    with replace_output(directory, kind=MODEL_DIRECTORY, inputs=inputs, overwrite=overwrite) as tmp:
         if "waveform" in audio_inputs:
             _export(_AudioGraph(audio), (example,), tmp / AUDIO_FILE, ["waveform"], {"waveform": {0: batch}})
             files["audio"] = directory / AUDIO_FILE
@@ -215,12 +218,6 @@ def export_onnx(
                                  "max_length": getattr(encoder, "max_length", None),
                                  "text_suffix": getattr(encoder, "text_suffix", "")}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return OnnxExport(directory=directory, files=files, embedding_dim=model.embedding_dim)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,8 +156,13 @@ def build_converted_plain(converted: Converted) -> nn.Module:
                                     what=converted.description or "checkpoint")
 
 
-def save_converted(converted: Converted, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Instantiate a converted checkpoint (checking every weight) and save it natively."""
+def save_converted(converted: Converted, directory: str | os.PathLike, *, overwrite: bool = False,
+                   inputs: Sequence[str | os.PathLike | None] = ()) -> Path:
+    """Instantiate a converted checkpoint (checking every weight) and save it natively.
+
+    ``inputs`` (the checkpoint, the text model...): ``directory`` may not be, contain or lie
+    inside one of them; ``overwrite`` replaces only a model directory.
+    """
     model = build_converted(converted)
     return save_pretrained(
         model,
@@ -166,6 +171,7 @@ def save_converted(converted: Converted, directory: str | os.PathLike, *, overwr
         converted.model_config,
         assets=converted.assets,
         overwrite=overwrite,
+        inputs=inputs,
     )
 
 

@@ -193,8 +193,11 @@ class SeparationTask(BaseTask):
         if self.export_dir and self.trainer.is_global_zero:
             self.export(self.export_dir)
 
-    def export(self, directory: str, model_config: Any = None, overwrite: bool = True) -> None:
+    def export(self, directory: str, model_config: Any = None, overwrite: bool = True, inputs=()) -> None:
         """Save in clapkit's native format (``model_config``: the run's ``config.yaml`` by default).
+
+        ``overwrite`` replaces only a model directory; ``directory`` may not be, contain or lie
+        inside one of ``inputs`` (the files the model was read from) or the query CLAP's folder.
 
         The directory is self-contained: a query network read from a CLAP directory
         (:class:`~clapkit.encoders.separation.PretrainedQueryNetwork`) is copied in as
@@ -220,6 +223,6 @@ class SeparationTask(BaseTask):
         if clap_dir is not None:
             assets = {"query_clap": clap_dir}
             tree["init_args"]["query"].setdefault("init_args", {})["load_weights"] = False
-        save_pretrained(self, directory, inference, tree, assets=assets, overwrite=overwrite)
+        save_pretrained(self, directory, inference, tree, assets=assets, overwrite=overwrite, inputs=inputs)
 
 
