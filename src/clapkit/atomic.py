@@ -241,8 +241,9 @@ def check_target(target: str | os.PathLike, *, kind: OutputKind = MODEL_DIRECTOR
     if not overwrite:
         raise OutputError(errno.EEXIST, "already exists (pass --overwrite to replace it)", shown)
     if not kind.owns(target):
-        raise OutputError(errno.EEXIST, f"is not a {kind.name} (no {kind.describe_markers()}); --overwrite "
-                                        "replaces only a folder clapkit wrote, so it is left alone", shown)
+        raise OutputError(errno.EEXIST, f"is a non-empty folder but not a {kind.name} (no "
+                                        f"{kind.describe_markers()}); clapkit replaces or adds to only a folder "
+                                        "it wrote, so it is left alone: choose another output", shown)
 
 
 @contextlib.contextmanager

@@ -29,6 +29,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 import tempfile
 from collections import Counter
@@ -40,10 +41,11 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from clapkit.atomic import publish, write_csv, write_text
+from clapkit.atomic import SHARD_FOLDER, check_target, output_lock, publish, write_csv, write_text, writing
 from clapkit.commands import CommandError
 
 STATE_DIR = ".make_shards"
+SHARD_NAME = re.compile(r"\d{6,}\.tar")
 SUBTYPES = {16: "PCM_16", 24: "PCM_24"}
 # Peaks above this (40 dB over full scale) are broken data: skipped, not clipped to a square wave.
 MAX_PEAK = 100.0
@@ -226,7 +228,7 @@ def write_shard(index: int, rows: list[Row], out_dir: str, sample_rate: int, bit
     fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
     count = 0
     try:
-        with os.fdopen(fd, "wb") as handle, TarWriter(handle, encoder=False) as writer:
+        with writing(out / name), os.fdopen(fd, "wb") as handle, TarWriter(handle, encoder=False) as writer:
             for row in rows:
                 try:
                     wave, _ = load_audio(row.path, sample_rate, mono=True, reject_silent=True)
@@ -313,7 +315,9 @@ def _check_plan(out: Path, fingerprint: str, overwrite: bool) -> None:
             if not overwrite:
                 raise CommandError(f"{out}: holds shards from a different manifest or settings "
                                    "(pass --overwrite to replace them, or choose another --output)")
-            for stale in list(out.glob("*.tar")) + list((out / STATE_DIR).glob("*.json")):
+            # Only the shards and state files this command names: other files in the folder are not ours.
+            for stale in [p for p in out.glob("*.tar") if SHARD_NAME.fullmatch(p.name)] + \
+                    list((out / STATE_DIR).glob("*.json")):
                 stale.unlink()
     _write_json(plan, {"fingerprint": fingerprint})
 
@@ -333,10 +337,19 @@ def main(argv: list[str]) -> int:
     from clapkit.commands._shared import check_writable_folder
 
     check_writable_folder(out)
+    # A second make-shards into the same -o is refused here rather than deleting this one's
+    # temporary files; an existing folder is written only if it is empty or one make-shards made.
+    with output_lock(out):
+        check_target(out, kind=SHARD_FOLDER, inputs=[manifest_path], overwrite=True)
+        return _make_shards(args, manifest_path, audio_root, out)
+
+
+def _make_shards(args: argparse.Namespace, manifest_path: Path, audio_root: Path, out: Path) -> int:
     manifest, manifest_skipped = read_manifest_rows(manifest_path)
     rows = plan_rows(manifest, audio_root)
     out.mkdir(parents=True, exist_ok=True)
-    # A run killed mid-shard leaves its temporary file; nothing else writes into this folder.
+    (out / STATE_DIR).mkdir(exist_ok=True)  # marks the folder as ours before any shard is written
+    # A run killed mid-shard leaves its temporary file; under the lock nobody else is writing here.
     _remove_leftovers(out)
     _check_plan(out, _fingerprint(manifest_path, args, audio_root), args.overwrite)
 

@@ -26,6 +26,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from clapkit.atomic import writing
 from clapkit.audio import AudioLoadError, load_audio, save_audio
 from clapkit.audio.io import AUDIO_EXTENSIONS
 from clapkit.commands import CommandError
@@ -202,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             except NonFiniteError as exc:  # huge samples overflow the model: nothing is written
                 raise CommandError(str(exc.named(str(file)))) from None
             subtype = "FLOAT" if target.suffix.lower() == ".wav" else None
-            save_audio(stage(target), estimate if estimate.shape[0] > 1 else estimate[0], rate, subtype=subtype)
+            with writing(target):  # disk full names the output, not the staging file
+                save_audio(stage(target), estimate if estimate.shape[0] > 1 else estimate[0], rate, subtype=subtype)
             first = first or (wave, rate, estimate)
             advance(1)
     if args.plot:
