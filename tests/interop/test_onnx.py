@@ -84,6 +84,18 @@ def test_embed_runtime_onnx_refuses_a_model_directory_in_one_line(exported, tmp_
     assert len(err) == 1 and "not an ONNX export" in err[0] and str(model_dir) in err[0]
 
 
+def test_export_folder_follows_the_umask(exported):
+    import os
+    import stat
+
+    _, onnx_dir = exported
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(onnx_dir.stat().st_mode) == 0o777 & ~mask  # not mkdtemp's 0700
+    for path in onnx_dir.rglob("*"):
+        assert stat.S_IMODE(path.stat().st_mode) == (0o777 if path.is_dir() else 0o666) & ~mask, path
+
+
 @pytest.mark.slow
 def test_mel_graph_matches_pytorch(tmp_path):
     from clapkit.interop.onnx import OnnxCLAPModel, export_onnx
