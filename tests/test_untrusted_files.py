@@ -76,11 +76,13 @@ def workspace(tmp_path_factory):
 
 
 @pytest.mark.parametrize("where", ["parent", "model", "inside"])
-def test_export_onnx_never_replaces_its_own_model_or_what_holds_it(workspace, where, capsys):
+@pytest.mark.parametrize("fmt", ["onnx", "hf"])
+def test_export_onnx_never_replaces_its_own_model_or_what_holds_it(workspace, where, fmt, capsys):
     parent, model = workspace["parent"], workspace["model"]
     target = {"parent": parent, "model": model, "inside": model / "onnx"}[where]
     before = snapshot(workspace["root"])
-    line = one_line(["export", "onnx", model, "-o", target, "--overwrite", "--no-text", "-q"], capsys)
+    extra = ["--no-text"] if fmt == "onnx" else []
+    line = one_line(["export", fmt, model, "-o", target, "--overwrite", *extra, "-q"], capsys)
     assert str(target) in line and {"parent": "contains", "model": "is also an input",
                                      "inside": "lies inside"}[where] in line
     assert snapshot(workspace["root"]) == before  # the model, its sibling and the file are all there
@@ -398,3 +400,37 @@ def test_a_really_full_disk_during_export_and_make_shards(workspace, tmp_path, c
                          "-q"], capsys)
         assert f"{disk / 'shards' / '000000.tar'}: disk full" in line
         assert not list((disk / "shards").glob("*.tar*")) and not list((disk / "shards").glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_two_make_shards_processes_into_one_output(tmp_path):
+    """Item 8 as a user meets it: two real processes; the second is refused, the first completes."""
+    import json
+    import sys
+
+    lines = ["audio,text"]
+    for i in range(40):
+        path = tmp_path / "audio" / f"clip{i}.wav"
+        path.parent.mkdir(exist_ok=True)
+        sf.write(path, np.random.default_rng(i).uniform(-0.3, 0.3, 3 * 22050).astype(np.float32), 22050)
+        lines.append(f"{path},sound {i}")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "shards"
+    argv = [sys.executable, "-m", "clapkit", "make-shards", str(manifest), "-o", str(out), "--sample-rate", "48000",
+            "--shard-size", "5", "--workers", "1", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob(".*.tar.*.tmp")):  # the first is writing a shard
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.05)
+        second = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        _, first_err = first.communicate(timeout=300)
+    assert second.returncode == 2 and second.stderr.strip().splitlines() == [
+        f"clapkit make-shards: error: {out}: another process is writing it (it holds {tmp_path / '.shards.lock'}); "
+        "wait for it to finish or choose another output"]
+    assert first.returncode == 0, first_err
+    assert sum(json.loads((out / "sizes.json").read_text()).values()) == 40
