@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
+import shutil
 import stat
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,7 +25,13 @@ import torch
 import yaml
 
 from clapkit import atomic
-from clapkit.atomic import MODEL_DIRECTORY, OutputError, check_target, is_disk_full, output_lock, replace_output
+from clapkit.atomic import (
+    OutputError,
+    check_target,
+    is_disk_full,
+    output_lock,
+    replace_output,
+)
 from clapkit.cli import main
 from helpers.models import randomize_norm_stats, save_tiny_native, tiny_clap_config
 
@@ -276,8 +285,6 @@ def test_two_make_shards_into_one_output_the_second_is_refused(tmp_path, monkeyp
         release.set()
         first.join()
     assert codes == [0]
-    import json
-
     assert json.loads((out / "sizes.json").read_text()) == {"000000.tar": 2, "000001.tar": 2}
     assert not list(out.glob(".*.tmp")) and not (tmp_path / ".shards.lock").exists()
 
@@ -389,8 +396,6 @@ def test_a_really_full_disk_during_export_and_make_shards(workspace, tmp_path, c
         assert line.startswith(f"clapkit export: error: {out}: disk full (No space left on device)")
         assert snapshot(disk) == before
         for path in list(disk.iterdir()):
-            import shutil
-
             shutil.rmtree(path)
         big = tmp_path / "big.wav"
         sf.write(big, np.random.default_rng(0).uniform(-0.5, 0.5, 40 * RATE).astype(np.float32), RATE)
@@ -405,8 +410,6 @@ def test_a_really_full_disk_during_export_and_make_shards(workspace, tmp_path, c
 @pytest.mark.slow
 def test_two_make_shards_processes_into_one_output(tmp_path):
     """Item 8 as a user meets it: two real processes; the second is refused, the first completes."""
-    import json
-    import sys
 
     lines = ["audio,text"]
     for i in range(40):
