@@ -255,11 +255,14 @@ def output_lock(target: str | os.PathLike) -> Iterator[Path]:
     lock file is removed on exit; a lock left by a killed process is free again (the kernel
     drops ``flock`` locks with the process). File systems without ``flock`` run unlocked.
     """
-    import fcntl
-
     target = Path(os.path.abspath(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = target.parent / f".{target.name}.lock"
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no advisory locks to take
+        yield lock
+        return
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
