@@ -16,6 +16,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PreTrainedTokenizerFast
 
+from clapkit.checkpoint import PretrainedError
 from clapkit.encoders.base import EncoderOutput, TextEncoder, module_device
 from clapkit.resources import resolve_model_path
 
@@ -62,6 +63,26 @@ POOLERS = {
     "eot": _pool_eot,
     "eot_count": _pool_eot_count,
 }
+
+
+def from_pretrained(loader, path, **kwargs):
+    """``loader.from_pretrained(path)`` that never runs the directory's own Python code.
+
+    A ``config.json`` / ``tokenizer_config.json`` with an ``auto_map`` asks transformers to import
+    a ``.py`` file shipped with the model; left to itself transformers then prompts in a terminal
+    ("run the custom code? [y/N]"). ``trust_remote_code=False`` makes it refuse without asking,
+    and the refusal becomes one line naming the directory.
+
+    Raises:
+        PretrainedError: the directory needs its own code.
+    """
+    try:
+        return loader.from_pretrained(str(path), trust_remote_code=False, **kwargs)
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise PretrainedError(f"{path}: needs its own Python code to load (transformers auto_map / custom "
+                              "model type); clapkit never runs code shipped with a model") from None
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -140,11 +161,11 @@ class HFTextEncoder(TextEncoder):
             if model is None:
                 raise ValueError("HFTextEncoder needs `model` (a local directory) unless variant='tiny'")
             path = resolve_model_path(model)
-            self.tokenizer = AutoTokenizer.from_pretrained(str(resolve_model_path(tokenizer or model)))
+            self.tokenizer = from_pretrained(AutoTokenizer, resolve_model_path(tokenizer or model))
             if load_weights:
-                self.model = AutoModel.from_pretrained(str(path))
+                self.model = from_pretrained(AutoModel, path)
             else:
-                self.model = AutoModel.from_config(AutoConfig.from_pretrained(str(path)))
+                self.model = AutoModel.from_config(from_pretrained(AutoConfig, path), trust_remote_code=False)
         if pad_token is not None:
             self.tokenizer.pad_token = pad_token
         if self.tokenizer.pad_token is None:
