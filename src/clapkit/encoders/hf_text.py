@@ -8,7 +8,9 @@ checkpoint converter wants before it fills in the official weights.
 
 from __future__ import annotations
 
+import json
 import string
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -65,6 +67,10 @@ POOLERS = {
 }
 
 
+#: The files of a transformers directory whose ``auto_map`` names Python code to import.
+CODE_MAP_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json")
+
+
 def from_pretrained(loader, path, **kwargs):
     """``loader.from_pretrained(path)`` that never runs the directory's own Python code.
 
@@ -76,6 +82,15 @@ def from_pretrained(loader, path, **kwargs):
     Raises:
         PretrainedError: the directory needs its own code.
     """
+    for name in CODE_MAP_FILES:
+        file = Path(path) / name
+        try:
+            document = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+        except (OSError, ValueError):
+            continue  # transformers reports an unreadable file itself
+        if isinstance(document, dict) and "auto_map" in document:
+            raise PretrainedError(f"{file}: needs its own Python code to load (transformers auto_map); "
+                                  "clapkit never runs code shipped with a model")
     try:
         return loader.from_pretrained(str(path), trust_remote_code=False, **kwargs)
     except ValueError as exc:
