@@ -349,3 +349,13 @@ def test_onnx_and_hf_index_paths_stay_inside(tmp_path):
     (tmp_path / "hf" / "model.safetensors.index.json").write_text('{"weight_map": {"a": "../../x.safetensors"}}')
     with pytest.raises(PretrainedError, match="weight_map: path '../../x.safetensors' leads outside"):
         read_weights(tmp_path / "hf")
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    from clapkit.trust import read_document
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]  # 10**9 leaves
+    (tmp_path / "config.yaml").write_text("\n".join(lines) + "\nmodel: *a8\n")
+    with pytest.raises(PretrainedError, match="more than 1,000,000 values"):
+        read_document(tmp_path / "config.yaml")

@@ -186,7 +186,9 @@ def read_native_config(directory: str | os.PathLike, allow: Iterable[str] = (), 
     if "model" not in document or "inference" not in document:
         raise PretrainedError(f"{config_path}: expected 'model' and 'inference' sections")
     version = document.get("clapkit_format", FORMAT_VERSION)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int):
+        raise PretrainedError(f"{config_path}: clapkit_format {version!r} is not a format version")
+    if version > FORMAT_VERSION:
         raise PretrainedError(f"{config_path}: format version {version} is newer than this clapkit ({FORMAT_VERSION})")
     try:
         inference = InferenceConfig.from_dict(document["inference"] or {})

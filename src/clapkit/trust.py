@@ -279,7 +279,30 @@ def read_document(path: str | os.PathLike) -> dict[str, Any]:
         raise PretrainedError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(document, dict):
         raise PretrainedError(f"{path}: expected a mapping, found {type(document).__name__}")
+    if _too_many_values(document):
+        # YAML aliases nest a few lines into billions of values: every walk over it would hang.
+        raise PretrainedError(f"{path}: more than {MAX_VALUES:,} values (nested YAML aliases?); not a config")
     return document
+
+
+#: More values than any config clapkit writes holds by orders of magnitude (a model tree has a
+#: few hundred).
+MAX_VALUES = 1_000_000
+
+
+def _too_many_values(tree: Any) -> bool:
+    budget = MAX_VALUES
+    stack = [tree]
+    while stack:
+        value = stack.pop()
+        budget -= 1
+        if budget < 0:
+            return True
+        if isinstance(value, Mapping):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
 
 
 def read_untrusted_config(path: str | os.PathLike, *, code_sections: Sequence[str] = ("model",),
