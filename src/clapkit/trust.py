@@ -287,7 +287,7 @@ def read_document(path: str | os.PathLike) -> dict[str, Any]:
 
 #: More values than any config clapkit writes holds by orders of magnitude (a model tree has a
 #: few hundred).
-MAX_VALUES = 1_000_000
+MAX_VALUES = 100_000
 
 
 def _too_many_values(tree: Any) -> bool:
