@@ -369,3 +369,12 @@ def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path):
     (tmp_path / "config.yaml").write_text("\n".join(lines) + "\nmodel: *a8\n")
     with pytest.raises(PretrainedError, match="more than 100,000 values"):
         read_document(tmp_path / "config.yaml")
+
+
+def test_a_deeply_nested_config_is_one_line(tmp_path):
+    from clapkit.trust import read_document
+
+    for depth, match in ((200, "nested more than 100 levels deep"), (100_000, "nested")):
+        (tmp_path / "config.yaml").write_text("model: " + "[" * depth + "]" * depth + "\n")
+        with pytest.raises(PretrainedError, match=match):
+            read_document(tmp_path / "config.yaml")

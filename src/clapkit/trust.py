@@ -277,32 +277,39 @@ def read_document(path: str | os.PathLike) -> dict[str, Any]:
         raise PretrainedError(f"{path}: cannot read ({exc.strerror if isinstance(exc, OSError) else exc})") from None
     except yaml.YAMLError as exc:
         raise PretrainedError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise PretrainedError(f"{path}: nested more than Python can read; not a config") from None
     if not isinstance(document, dict):
         raise PretrainedError(f"{path}: expected a mapping, found {type(document).__name__}")
-    if _too_many_values(document):
-        # YAML aliases nest a few lines into billions of values: every walk over it would hang.
-        raise PretrainedError(f"{path}: more than {MAX_VALUES:,} values (nested YAML aliases?); not a config")
+    problem = _out_of_bounds(document)
+    if problem:
+        raise PretrainedError(f"{path}: {problem}; not a config")
     return document
 
 
-#: More values than any config clapkit writes holds by orders of magnitude (a model tree has a
-#: few hundred).
+#: Far more values, and deeper nesting, than any config clapkit writes (a model tree has a few
+#: hundred values, nested about ten deep).
 MAX_VALUES = 100_000
+MAX_DEPTH = 100
 
 
-def _too_many_values(tree: Any) -> bool:
+def _out_of_bounds(tree: Any) -> str | None:
+    """Why a parsed document is too big to walk (``None``: it is not). YAML aliases nest a few
+    lines into billions of values, and every walk over them (ours, jsonargparse's) would hang."""
     budget = MAX_VALUES
-    stack = [tree]
+    stack = [(tree, 0)]
     while stack:
-        value = stack.pop()
+        value, depth = stack.pop()
         budget -= 1
         if budget < 0:
-            return True
+            return f"more than {MAX_VALUES:,} values (nested YAML aliases?)"
+        if depth > MAX_DEPTH:
+            return f"nested more than {MAX_DEPTH} levels deep"
         if isinstance(value, Mapping):
-            stack.extend(value.values())
+            stack.extend((child, depth + 1) for child in value.values())
         elif isinstance(value, list):
-            stack.extend(value)
-    return False
+            stack.extend((child, depth + 1) for child in value)
+    return None
 
 
 def read_untrusted_config(path: str | os.PathLike, *, code_sections: Sequence[str] = ("model",),
