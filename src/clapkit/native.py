@@ -72,7 +72,7 @@ def check_class_paths(tree: Any, allow: Iterable[str] = (), *, where: str = CONF
 
 
 def instantiate_model(model_config: Mapping[str, Any], resolve: Callable[[str], str] | None = None,
-                      allow: Iterable[str] = ()) -> nn.Module:
+                      allow: Iterable[str] = (), *, where: str = "model config") -> nn.Module:
     """Build a module from a ``class_path``/``init_args`` tree the way LightningCLI does.
 
     Args:
@@ -82,12 +82,13 @@ def instantiate_model(model_config: Mapping[str, Any], resolve: Callable[[str], 
             jsonargparse import is checked first (:func:`clapkit.trust.check_code_values`), and
             the object it names must be defined inside the allow-list
             (:func:`clapkit.trust.check_resolved_names`).
+        where: the file to name when a name is refused.
     """
     from jsonargparse import ArgumentParser
 
     config = map_paths(plain(model_config), resolve) if resolve else plain(model_config)
-    check_code_values(config, allow, where="model config", key="model")
-    check_resolved_names(config, allow, where="model config")
+    check_code_values(config, allow, where=where, key="model")
+    check_resolved_names(config, allow, where=where)
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--model", type=nn.Module)
     try:
@@ -250,7 +251,9 @@ def load_native(directory: str | os.PathLike, load_weights: bool = True,
     nested in a larger one whose own ``model.safetensors`` carries every weight. ``allow``
     extends the class-path allow-list (see :func:`check_class_paths`).
     """
-    return load_directory(directory, lambda config, resolve: instantiate_model(config, resolve=resolve, allow=allow),
+    where = str(Path(directory) / CONFIG_NAME)
+    return load_directory(directory,
+                          lambda config, resolve: instantiate_model(config, resolve=resolve, allow=allow, where=where),
                           load_weights=load_weights, allow=allow)
 
 

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from clapkit.audio.preprocess import InferenceConfig
+from clapkit.audio.preprocess import CONFIG_NAME, InferenceConfig
 from clapkit.checkpoint import PretrainedError, compact_buffers, load_state_dict_strict
 from clapkit.native import (
     instantiate_model,
@@ -200,9 +200,10 @@ def load_plain(directory: str | os.PathLike, *, towers: Sequence[str] | None = N
         return [f"towers.{name}." for name in module.towers] + ["logit_scales."]
 
     allow = tuple(allow)
+    where = os.path.join(os.fspath(directory), CONFIG_NAME)
 
     def build(tree):
-        return instantiate_model(tree, allow=allow)
+        return instantiate_model(tree, allow=allow, where=where)
 
     return load_directory(directory,
                           lambda config, resolve: build_plain(config, resolve=resolve, towers=towers, build=build),

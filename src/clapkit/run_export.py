@@ -173,7 +173,7 @@ def _export(checkpoint, output, config_path: Path, tree: dict[str, Any], build_t
     if not isinstance(weights, Mapping):
         raise PretrainedError(f"{checkpoint}: not a Lightning checkpoint (no 'state_dict'; "
                               f"top-level keys: {', '.join(list(state)[:6])})")
-    model = instantiate_model(build_tree, allow=allow)
+    model = instantiate_model(build_tree, allow=allow, where=str(config_path))
     load_state_dict_strict(model, weights, what=f"{checkpoint} (for the model in {config_path})")
     model.eval()
     from clapkit.separator import is_separation_task
