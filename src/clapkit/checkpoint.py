@@ -95,6 +95,10 @@ def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> M
         raise PretrainedError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
         raise PretrainedError(f"{path}: empty file, not a checkpoint")
+    if not trust_pickle and is_torchscript(path):
+        # torch.load would warn and dispatch to torch.jit.load, which runs the archive's code.
+        raise PretrainedError(f"{path}: a TorchScript archive is code, not weights, and is not loaded; if you "
+                              "trust the file, pass trust_pickle=True (CLI: --trust-checkpoint)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
@@ -176,16 +180,12 @@ def read_state_dict(path: str | os.PathLike, what: str = "weights", torchscript:
         from safetensors.torch import load_file
 
         return load_file(str(path))
+    if torchscript and code_trusted() and is_torchscript(path):
+        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
     try:
         checkpoint = read_checkpoint(path)
     except PretrainedError as error:
-        if not torchscript:
-            raise
-        if not code_trusted():
-            if is_torchscript(path):
-                raise PretrainedError(
-                    f"{path}: a TorchScript archive is code, not weights, and is not loaded; if you trust "
-                    "the file, pass trust_pickle=True (CLI: --trust-checkpoint)") from None
+        if not torchscript or not code_trusted():
             raise
         try:
             return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
