@@ -374,7 +374,18 @@ def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path):
 def test_a_deeply_nested_config_is_one_line(tmp_path):
     from clapkit.trust import read_document
 
-    for depth, match in ((200, "nested more than 100 levels deep"), (100_000, "nested")):
+    for depth, match in ((200, "nested more than 100 levels deep"), (3000, "nested")):
         (tmp_path / "config.yaml").write_text("model: " + "[" * depth + "]" * depth + "\n")
         with pytest.raises(PretrainedError, match=match):
             read_document(tmp_path / "config.yaml")
+
+
+def test_a_short_class_name_may_not_pick_another_packages_class(planted, model_dir):
+    import importlib
+
+    importlib.import_module(MODULE)  # some installed package the process has imported
+    planted.unlink()
+    directory = _edit(model_dir, lambda towers: towers["audio"]["init_args"].__setitem__(
+        "encoder", {"class_path": "Thing"}))
+    with pytest.raises(PretrainedError, match=rf"class_path 'Thing' would be '{MODULE}.Thing', outside"):
+        clapkit.load(directory)

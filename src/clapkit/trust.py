@@ -148,8 +148,12 @@ def check_resolved_names(tree: Any, allow: Iterable[str] = (), *, where: str = "
     :func:`check_code_values` first), which is what building the model imports anyway.
     """
     allow = tuple(allow)
+    short = []
     for path, name, value in _walk(tree):
         if not isinstance(value, str) or (name != "class_path" and not _names_in(value)):
+            continue
+        if name == "class_path" and "." not in value:
+            short.append((path, value))
             continue
         for dotted in ([value] if name == "class_path" else _names_in(value)):
             if "." not in dotted or not is_allowed(dotted, allow):
@@ -158,6 +162,31 @@ def check_resolved_names(tree: Any, allow: Iterable[str] = (), *, where: str = "
             if home is not None and not is_allowed(home, allow):
                 raise PretrainedError(f"{where}: {path}: {dotted!r} is {home!r}, outside the allowed modules; "
                                       "pass allow=[...] if you trust it")
+    # jsonargparse gives a short name to the one imported subclass of that name: it must not be
+    # a class of some other installed package (one whose __init__ would load code, say).
+    for path, value in short:
+        outside = [found for found in _classes_named(value) if not is_allowed(found, allow)]
+        if outside:
+            raise PretrainedError(f"{where}: {path}: class_path {value!r} would be {outside[0]!r}, outside the "
+                                  "allowed modules; write the full class path")
+
+
+def _classes_named(name: str) -> list[str]:
+    """Full paths of the imported module, optimiser and LR scheduler classes called ``name``
+    (the bases a model tree's short ``class_path`` names resolve against)."""
+    import torch
+
+    found, seen = [], set()
+    stack: list[type] = [torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]
+    while stack:
+        cls = stack.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        if cls.__name__ == name:
+            found.append(f"{cls.__module__}.{cls.__qualname__}")
+        stack.extend(cls.__subclasses__())
+    return found
 
 
 def _home(dotted: str) -> str | None:
