@@ -14,9 +14,12 @@ format all use it; it imports nothing else of clapkit, so every layer may depend
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import pickle
-from collections.abc import Mapping, Sequence
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,41 @@ class PretrainedError(ValueError):
 
 class CheckpointError(PretrainedError):
     """An official checkpoint cannot be converted; the one-line message names file and problem."""
+
+
+# Set only by the caller's own choice (``clapkit.load(trust_pickle=True)``, ``--trust-checkpoint``),
+# never by a value read from a file: a model directory's config cannot switch it on.
+_TRUST_CODE: contextvars.ContextVar[bool] = contextvars.ContextVar("clapkit_trust_code", default=False)
+
+
+@contextlib.contextmanager
+def trusting_code(trust: bool = True) -> Iterator[None]:
+    """Within this block, weights files that are code (TorchScript archives) may be loaded.
+
+    What ``--trust-checkpoint`` / ``trust_pickle=True`` turn on around a load, so that a CLIP
+    tower deep inside a model reads OpenAI's TorchScript ``.pt`` only when the user said so.
+    ``trust=False`` leaves the current setting as it is.
+    """
+    token = _TRUST_CODE.set(True) if trust else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _TRUST_CODE.reset(token)
+
+
+def code_trusted() -> bool:
+    """Whether the caller opened :func:`trusting_code`."""
+    return _TRUST_CODE.get()
+
+
+def is_torchscript(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip holding ``code/``), read without loading it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.split("/")[1:2] == ["code"] for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def preview(items: list[str], limit: int = 8) -> str:
@@ -57,6 +95,10 @@ def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> M
         raise PretrainedError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
         raise PretrainedError(f"{path}: empty file, not a checkpoint")
+    if not trust_pickle and is_torchscript(path):
+        # torch.load would warn and dispatch to torch.jit.load, which runs the archive's code.
+        raise PretrainedError(f"{path}: a TorchScript archive is code, not weights, and is not loaded; if you "
+                              "trust the file, pass trust_pickle=True (CLI: --trust-checkpoint)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
@@ -124,7 +166,8 @@ def read_state_dict(path: str | os.PathLike, what: str = "weights", torchscript:
     Reads ``.safetensors`` or a ``torch.save`` file (``weights_only=True``, via
     :func:`read_checkpoint`), then :func:`unwrap_state_dict` (Lightning ``state_dict``,
     ``model``, ``module.`` prefixes). With ``torchscript``, a TorchScript archive (OpenAI's
-    released CLIP ``.pt`` files) is read through ``torch.jit.load`` as a fallback.
+    released CLIP ``.pt`` files) is read through ``torch.jit.load`` as a fallback, but only
+    inside :func:`trusting_code`: loading TorchScript runs the code it carries.
 
     Raises:
         FileNotFoundError: no file at ``path`` (the message says which ``what``).
@@ -137,10 +180,12 @@ def read_state_dict(path: str | os.PathLike, what: str = "weights", torchscript:
         from safetensors.torch import load_file
 
         return load_file(str(path))
+    if torchscript and code_trusted() and is_torchscript(path):
+        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
     try:
         checkpoint = read_checkpoint(path)
     except PretrainedError as error:
-        if not torchscript:
+        if not torchscript or not code_trusted():
             raise
         try:
             return dict(torch.jit.load(str(path), map_location="cpu").state_dict())

@@ -33,15 +33,11 @@ from torch import nn
 from clapkit.atomic import MODEL_DIRECTORY, replace_output
 from clapkit.audio.preprocess import CONFIG_NAME, InferenceConfig
 from clapkit.checkpoint import PretrainedError, load_state_dict_strict, unique_tensors
+from clapkit.trust import ALLOWED_CLASS_PATHS as ALLOWED_CLASS_PATHS  # re-exported; it lives in clapkit.trust
+from clapkit.trust import check_code_values, check_resolved_names, read_untrusted_config
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
-
-#: Module prefixes a model directory's ``class_path`` may name without the caller's say-so:
-#: clapkit's own classes, torch's layers, and torch's optimisers / LR schedulers (the factories
-#: a task's config carries). Anything else must be passed explicitly (``allow=``).
-ALLOWED_CLASS_PATHS: tuple[str, ...] = ("clapkit", "torch.nn", "torch.optim")
-
 
 def class_paths(tree: Any) -> list[str]:
     """Every ``class_path`` string in a config tree (depth first)."""
@@ -58,40 +54,40 @@ def class_paths(tree: Any) -> list[str]:
 
 
 def check_class_paths(tree: Any, allow: Iterable[str] = (), *, where: str = CONFIG_NAME) -> None:
-    """Refuse a config that names a class outside the allow-list, before importing anything.
+    """Refuse a config that names code outside the allow-list, before importing anything.
 
     Args:
         tree: the ``model:`` tree.
         allow: extra module prefixes or full class paths the caller trusts.
         where: what to name in the error (the config file).
 
-    A name without a dot (a short class name) is allowed: jsonargparse resolves it among the
-    classes already imported, so it cannot bring in new code.
+    Every ``class_path`` and every other value jsonargparse would import (a dotted string, a
+    type expression) is checked: see :func:`clapkit.trust.check_code_values`.
 
     Raises:
-        PretrainedError: naming the first refused ``class_path``.
+        PretrainedError: naming the file, the key and the refused value.
     """
-    prefixes = tuple(ALLOWED_CLASS_PATHS) + tuple(allow)
-    for path in class_paths(tree):
-        if "." not in path:
-            continue
-        if not any(path == p or path.startswith(p + ".") for p in prefixes):
-            raise PretrainedError(
-                f"{where}: class_path {path!r} is outside the allowed modules ({', '.join(prefixes)}); "
-                "a model directory may not import other code: pass allow=[...] if you trust it"
-            )
+    check_code_values(tree, allow, where=where, key="model")
 
 
-def instantiate_model(model_config: Mapping[str, Any], resolve: Callable[[str], str] | None = None) -> nn.Module:
+def instantiate_model(model_config: Mapping[str, Any], resolve: Callable[[str], str] | None = None,
+                      allow: Iterable[str] = (), *, where: str = "model config") -> nn.Module:
     """Build a module from a ``class_path``/``init_args`` tree the way LightningCLI does.
 
     Args:
         model_config: the tree (LightningCLI's ``model:`` section).
         resolve: maps each ``./relative`` path string to a real path.
+        allow: module prefixes trusted beyond the allow-list: every name the tree makes
+            jsonargparse import is checked first (:func:`clapkit.trust.check_code_values`), and
+            the object it names must be defined inside the allow-list
+            (:func:`clapkit.trust.check_resolved_names`).
+        where: the file to name when a name is refused.
     """
     from jsonargparse import ArgumentParser
 
     config = map_paths(plain(model_config), resolve) if resolve else plain(model_config)
+    check_code_values(config, allow, where=where, key="model")
+    check_resolved_names(config, allow, where=where)
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--model", type=nn.Module)
     try:
@@ -163,28 +159,34 @@ def is_native(path: str | os.PathLike) -> bool:
     return path.is_dir() and (path / CONFIG_NAME).is_file()
 
 
-def read_native_config(directory: str | os.PathLike, allow: Iterable[str] = ()) -> tuple[dict[str, Any], InferenceConfig]:
+def read_native_config(directory: str | os.PathLike, allow: Iterable[str] = (), *,
+                       replace: Mapping[str, str] | None = None) -> tuple[dict[str, Any], InferenceConfig]:
     """The ``model:`` tree and :class:`InferenceConfig` of a native model directory.
+
+    Read through :func:`clapkit.trust.read_untrusted_config`: a value that would import code
+    outside the allow-list, or a path leading out of the directory, is refused before anything
+    is imported; ``package:NAME`` becomes the package's folder, found without importing it.
 
     Args:
         directory: the model directory.
         allow: module prefixes trusted beyond :data:`ALLOWED_CLASS_PATHS` (see
             :func:`check_class_paths`).
+        replace: config key -> a path the user gave (``clapkit.load(DIR, text_model=...)``)
+            that replaces an outside path under that key instead of refusing it.
     """
     directory = Path(directory)
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():
         raise PretrainedError(f"{directory}: not a clapkit model directory (no {CONFIG_NAME})")
-    try:
-        document = yaml.safe_load(config_path.read_text())
-    except yaml.YAMLError as exc:
-        raise PretrainedError(f"{config_path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(document, dict) or "model" not in document or "inference" not in document:
+    document = read_untrusted_config(config_path, code_sections=("model",), allow=allow, root=directory,
+                                     replace=replace)
+    if "model" not in document or "inference" not in document:
         raise PretrainedError(f"{config_path}: expected 'model' and 'inference' sections")
     version = document.get("clapkit_format", FORMAT_VERSION)
+    if not isinstance(version, int):
+        raise PretrainedError(f"{config_path}: clapkit_format {version!r} is not a format version")
     if version > FORMAT_VERSION:
         raise PretrainedError(f"{config_path}: format version {version} is newer than this clapkit ({FORMAT_VERSION})")
-    check_class_paths(document["model"], allow, where=str(config_path))
     try:
         inference = InferenceConfig.from_dict(document["inference"] or {})
     except (TypeError, ValueError) as exc:
@@ -197,7 +199,10 @@ def native_model_tree(directory: str | os.PathLike, allow: Iterable[str] = ()) -
     ready for LightningCLI's ``--model``."""
     directory = Path(directory)
     config, _ = read_native_config(directory, allow)
-    return map_paths(plain(config), lambda p: str((directory / p).resolve()))
+    tree = map_paths(plain(config), lambda p: str((directory / p).resolve()))
+    # LightningCLI imports what the tree names: the names' objects must be inside the allow-list.
+    check_resolved_names(tree, allow, where=str(directory / CONFIG_NAME))
+    return tree
 
 
 def read_native_weights(path: str | os.PathLike, prefixes: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
@@ -242,22 +247,26 @@ def load_native(directory: str | os.PathLike, load_weights: bool = True,
     nested in a larger one whose own ``model.safetensors`` carries every weight. ``allow``
     extends the class-path allow-list (see :func:`check_class_paths`).
     """
-    return load_directory(directory, lambda config, resolve: instantiate_model(config, resolve=resolve),
+    where = str(Path(directory) / CONFIG_NAME)
+    return load_directory(directory,
+                          lambda config, resolve: instantiate_model(config, resolve=resolve, allow=allow, where=where),
                           load_weights=load_weights, allow=allow)
 
 
 def load_directory(directory: str | os.PathLike, build: Callable[[dict[str, Any], Callable[[str], str]], nn.Module],
                    *, load_weights: bool = True, allow: Iterable[str] = (),
                    prefixes: Callable[[nn.Module], list[str] | None] = lambda module: None,
+                   replace: Mapping[str, str] | None = None,
                    ) -> tuple[nn.Module, dict[str, Any], InferenceConfig]:
     """Read a native directory's config, ``build(config, resolve)`` a module from it, load its weights.
 
     The one loading sequence of :func:`load_native` (the task) and :func:`clapkit.plain.load_plain`
     (its inference modules). ``resolve`` maps an asset path of the config into the directory;
-    ``prefixes(module)`` names the tensors to read (``None``: all of them).
+    ``prefixes(module)`` names the tensors to read (``None``: all of them); ``replace`` is
+    :func:`read_native_config`'s.
     """
     directory = Path(directory)
-    config, inference = read_native_config(directory, allow)
+    config, inference = read_native_config(directory, allow, replace=replace)
     weights = directory / WEIGHTS_NAME
     if load_weights and not weights.is_file():
         raise PretrainedError(f"{directory}: no {WEIGHTS_NAME}")

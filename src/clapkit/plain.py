@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from clapkit.audio.preprocess import InferenceConfig
+from clapkit.audio.preprocess import CONFIG_NAME, InferenceConfig
 from clapkit.checkpoint import PretrainedError, compact_buffers, load_state_dict_strict
 from clapkit.native import (
     instantiate_model,
@@ -180,7 +180,8 @@ def _plain_of(model: nn.Module, towers: Sequence[str] | None) -> nn.Module:
 
 
 def load_plain(directory: str | os.PathLike, *, towers: Sequence[str] | None = None, load_weights: bool = True,
-               allow: Iterable[str] = ()) -> tuple[nn.Module, dict[str, Any], InferenceConfig]:
+               allow: Iterable[str] = (), replace: Mapping[str, str] | None = None,
+               ) -> tuple[nn.Module, dict[str, Any], InferenceConfig]:
     """Build a native model directory's plain inference modules: ``(module in eval mode, config, inference)``.
 
     Args:
@@ -190,28 +191,38 @@ def load_plain(directory: str | os.PathLike, *, towers: Sequence[str] | None = N
         load_weights: read ``model.safetensors`` (``False``: only the config and its assets, for a
             model nested in a larger one whose own weights file carries every tensor).
         allow: module prefixes trusted beyond the allow-list (see :func:`clapkit.native.check_class_paths`).
+        replace: config key -> a path the user gave for an outside path under that key
+            (see :func:`clapkit.native.read_native_config`).
     """
     def prefixes(module: nn.Module) -> list[str] | None:
         if towers is None or getattr(module, "towers", None) is None:
             return None
         return [f"towers.{name}." for name in module.towers] + ["logit_scales."]
 
-    return load_directory(directory, lambda config, resolve: build_plain(config, resolve=resolve, towers=towers),
-                          load_weights=load_weights, allow=allow, prefixes=prefixes)
+    allow = tuple(allow)
+    where = os.path.join(os.fspath(directory), CONFIG_NAME)
+
+    def build(tree):
+        return instantiate_model(tree, allow=allow, where=where)
+
+    return load_directory(directory,
+                          lambda config, resolve: build_plain(config, resolve=resolve, towers=towers, build=build),
+                          load_weights=load_weights, allow=allow, prefixes=prefixes, replace=replace)
 
 
-def tower_loader(directory: str | os.PathLike, allow: Iterable[str] = ()) -> Callable[[str], nn.Module | None]:
+def tower_loader(directory: str | os.PathLike, allow: Iterable[str] = (),
+                 replace: Mapping[str, str] | None = None) -> Callable[[str], nn.Module | None]:
     """``name -> tower`` (``None`` when the model has no such tower) built from a native directory
     with its weights: what a :class:`~clapkit.inference.CLAPModel` loaded with some towers only
     uses when another is asked for."""
 
-    config, _ = read_native_config(directory, allow)
+    config, _ = read_native_config(directory, allow, replace=replace)
     names = set((config.get("init_args") or {}).get("towers") or {})
 
     def load_tower(name: str) -> nn.Module | None:
         if names and name not in names:
             return None
-        module, _, _ = load_plain(directory, towers=(name,), allow=allow)
+        module, _, _ = load_plain(directory, towers=(name,), allow=allow, replace=replace)
         return module.towers[name] if name in module.towers else None
 
     return load_tower

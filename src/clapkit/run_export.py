@@ -17,7 +17,7 @@ models are written by their own :meth:`~clapkit.lightning_modules.separation.Sep
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,11 @@ from clapkit.pretrained import (
     PretrainedError,
     instantiate_model,
     load_state_dict_strict,
+    plain,
     read_checkpoint,
-    read_model_section,
     save_pretrained,
 )
+from clapkit.trust import check_code_values, lookup_packages, read_untrusted_config
 
 #: How many directories above the checkpoint are searched for the run's config.yaml
 #: (``<log_dir>/checkpoints/last.ckpt`` is one level down; keep a margin for nested layouts).
@@ -55,27 +56,29 @@ def find_run_config(checkpoint: str | os.PathLike) -> Path:
     )
 
 
-def data_audio_settings(config_path: str | os.PathLike) -> dict[str, Any]:
+def data_audio_settings(config_path: str | os.PathLike, allow: Iterable[str] = ()) -> dict[str, Any]:
     """``clip_seconds``, ``pad`` and ``int16`` of a run config's data section, defaults included.
 
     The data section is parsed against its datamodule's signature (not instantiated, so no
     dataset is touched); the first mapping holding ``clip_seconds`` (a datamodule argument or
     a nested :class:`~clapkit.datamodules.pipeline.AudioPolicy`) is used. Empty when the
-    config has no data section or it does not parse.
+    config has no data section or it does not parse. A data section naming code outside the
+    allow-list (``allow`` extends it) is read as it is written, never parsed: parsing imports
+    its ``class_path``.
     """
-    import yaml
     from jsonargparse import ArgumentParser
     from lightning.pytorch import LightningDataModule
 
-    document = yaml.safe_load(Path(config_path).read_text()) or {}
-    data = document.get("data") if isinstance(document, dict) else None
+    document = read_untrusted_config(config_path, code_sections=())
+    data = document.get("data")
     if not isinstance(data, Mapping):
         return {}
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_argument("--data", type=LightningDataModule)
     try:
+        check_code_values(data, allow, where=str(config_path), key="data")
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_argument("--data", type=LightningDataModule)
         tree = parser.parse_object({"data": data}).as_dict()["data"]
-    except Exception:  # an unparsable data section only loses the defaults it would give
+    except Exception:  # an unparsable or refused data section only loses the defaults it would give
         tree = dict(data)
     found = _first_with(tree, "clip_seconds")
     if found is None:
@@ -126,6 +129,7 @@ def export_checkpoint(
     int16_roundtrip: bool | None = None,
     overwrite: bool = False,
     trust_pickle: bool = False,
+    allow: Iterable[str] = (),
 ) -> Path:
     """Write the model of a Lightning checkpoint as a native model directory.
 
@@ -140,19 +144,40 @@ def export_checkpoint(
             inside the checkpoint or the config (``-o RUN`` is refused).
         trust_pickle: let ``torch.load`` unpickle code (Lightning checkpoints whose
             hyper-parameters hold objects; only for files you trust).
+        allow: module prefixes the run's ``model:`` section may name beyond clapkit,
+            ``torch.nn`` and ``torch.optim`` (a run folder is read like a model directory:
+            anything else is refused before it is imported).
+
+    The run's config is read with :func:`clapkit.trust.read_untrusted_config`; a ``package:``
+    text model in a config found in the run folder is looked up without importing the package
+    (one the user passed with ``config`` is theirs, and resolves as in training).
     """
+    from clapkit.checkpoint import trusting_code
+
     if not Path(checkpoint).is_file():
         raise PretrainedError(f"{checkpoint}: no such checkpoint file")
     config_path = Path(config) if config is not None else find_run_config(checkpoint)
     # Before the slow part: ``-o RUN --overwrite`` would otherwise replace the run folder itself.
     check_target(output, inputs=[checkpoint, config_path], overwrite=overwrite)
-    tree = read_model_section(config_path)
+    allow = tuple(allow)
+    document = read_untrusted_config(config_path, code_sections=("model",), allow=allow)
+    if not isinstance(document.get("model"), dict):
+        raise PretrainedError(f"{config_path}: no 'model' section")
+    tree = plain(document["model"])
+    build_tree = tree if config is not None else lookup_packages(tree, where=str(config_path), key="model")
+    with trusting_code(trust_pickle):
+        return _export(checkpoint, output, config_path, tree, build_tree, clip_seconds=clip_seconds, pad=pad,
+                       int16_roundtrip=int16_roundtrip, overwrite=overwrite, trust_pickle=trust_pickle, allow=allow)
+
+
+def _export(checkpoint, output, config_path: Path, tree: dict[str, Any], build_tree: dict[str, Any], *,
+            clip_seconds, pad, int16_roundtrip, overwrite: bool, trust_pickle: bool, allow: tuple[str, ...]) -> Path:
     state = read_checkpoint(checkpoint, trust_pickle=trust_pickle)
     weights = state.get("state_dict")
     if not isinstance(weights, Mapping):
         raise PretrainedError(f"{checkpoint}: not a Lightning checkpoint (no 'state_dict'; "
                               f"top-level keys: {', '.join(list(state)[:6])})")
-    model = instantiate_model(tree)
+    model = instantiate_model(build_tree, allow=allow, where=str(config_path))
     load_state_dict_strict(model, weights, what=f"{checkpoint} (for the model in {config_path})")
     model.eval()
     from clapkit.separator import is_separation_task
@@ -163,7 +188,7 @@ def export_checkpoint(
     rate = _audio_sample_rate(model)
     if rate is None:
         raise PretrainedError(f"{config_path}: no audio encoder with a sample_rate in the model")
-    settings = data_audio_settings(config_path)
+    settings = data_audio_settings(config_path, allow)
     for key, value in (("clip_seconds", clip_seconds), ("pad", pad), ("int16_roundtrip", int16_roundtrip)):
         if value is not None:
             settings[key] = value

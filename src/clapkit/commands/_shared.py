@@ -51,7 +51,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, default=None,
                        help="clips or texts per forward pass (default: 8 on a CPU, 16 on a GPU)")
     group.add_argument("--text-model", default=None,
-                       help="official checkpoints only: local directory of the text tower's tokenizer + config")
+                       help="local directory of the text tower's tokenizer + config: for official checkpoints, "
+                            "and for a model directory whose text tower names a path outside it")
     group.add_argument("--trust-checkpoint", action="store_true",
                        help="official checkpoints only: allow unpickling code (only for files you trust)")
     group.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),

@@ -45,6 +45,9 @@ def build_parser():
     parser.add_argument("--pad", choices=["repeatpad", "repeat", "pad"], help="padding of clips shorter than the window")
     parser.add_argument("--int16", action=argparse.BooleanOptionalAction, default=None,
                         help="quantise inputs to int16 first (None: the data section's setting)")
+    parser.add_argument("--allow", action="append", default=[], metavar="MODULE",
+                        help="a module the run's model section may name beyond clapkit, torch.nn and torch.optim "
+                             "(repeatable; anything else is refused before it is imported)")
     _common(parser, "checkpoint")
     return parser
 
@@ -92,7 +95,7 @@ def _export_checkpoint(argv: list[str]) -> int:
     try:
         out = export_checkpoint(args.checkpoint, args.output, config=args.config, clip_seconds=args.clip_seconds,
                                 pad=args.pad, int16_roundtrip=args.int16, overwrite=args.overwrite,
-                                trust_pickle=args.trust_checkpoint)
+                                trust_pickle=args.trust_checkpoint, allow=args.allow)
     except (PretrainedError, FileNotFoundError) as exc:
         raise CommandError(str(exc)) from None
     if not args.quiet:

@@ -34,12 +34,16 @@ class ShardSource:
         weight: relative sampling weight when several sources are mixed in training.
         sizes: path of a ``sizes.json`` for shards whose folder has none (remote shards).
         name: label for logs (defaults to the first URL).
+        allow_pipe: run the ``pipe:`` commands written in ``urls`` (each is a shell command; off
+            by default so that no shard spec runs one unless the config says so). Names found by
+            a glob or in a directory are always files, never commands.
     """
 
     urls: str | list[str]
     weight: float = 1.0
     sizes: str | None = None
     name: str = ""
+    allow_pipe: bool = False
 
 
 @dataclass
@@ -50,6 +54,7 @@ class ResolvedSource:
     urls: list[str]
     sizes: list[int] | None
     weight: float = 1.0
+    allow_pipe: bool = False
 
     @property
     def num_samples(self) -> int | None:
@@ -60,8 +65,19 @@ def _is_remote(url: str) -> bool:
     return url.startswith("pipe:") or "://" in url
 
 
+def as_file(path: str) -> str:
+    """A file name found on disk, written so that no reader takes it for a URL or a command: a
+    file called ``pipe:touch X #.tar`` in the current folder becomes ``./pipe:touch X #.tar``."""
+    return path if path.startswith(("/", "./", "../")) else os.path.join(".", path)
+
+
 def expand_shards(urls: str | Sequence[str]) -> list[str]:
-    """Concrete shard URLs of a source spec (directories, braces, globs, ``pipe:``)."""
+    """Concrete shard URLs of a source spec (directories, braces, globs, ``pipe:``).
+
+    Only a ``pipe:`` or ``scheme://`` spec written in ``urls`` stays a URL; what a glob or a
+    directory listing finds is a file (:func:`as_file`), whatever its name. Whether a ``pipe:``
+    spec may run is the stream's decision (:attr:`ShardSource.allow_pipe`).
+    """
     specs = [urls] if isinstance(urls, str) else list(urls)
     out: list[str] = []
     for spec in specs:
@@ -70,7 +86,7 @@ def expand_shards(urls: str | Sequence[str]) -> list[str]:
             found = sorted(glob.glob(os.path.join(spec, "*.tar")))
             if not found:
                 raise FileNotFoundError(f"{spec}: directory has no *.tar shards")
-            out += found
+            out += [as_file(path) for path in found]
             continue
         for url in expand_urls(spec):
             if _is_remote(url):
@@ -79,7 +95,7 @@ def expand_shards(urls: str | Sequence[str]) -> list[str]:
                 matched = sorted(glob.glob(url))
                 if not matched:
                     raise FileNotFoundError(f"{url}: pattern matches no shard")
-                out += matched
+                out += [as_file(path) for path in matched]
             else:
                 if not os.path.isfile(url):
                     raise FileNotFoundError(f"{url}: shard not found")
@@ -120,7 +136,19 @@ def resolve(source: ShardSource | str) -> ResolvedSource:
     if isinstance(source, str):
         source = ShardSource(source)
     urls = expand_shards(source.urls)
-    return ResolvedSource(source.name or urls[0], urls, read_sizes(urls, source.sizes), source.weight)
+    return ResolvedSource(source.name or urls[0], urls, read_sizes(urls, source.sizes), source.weight,
+                          source.allow_pipe)
+
+
+def check_pipe(url: str, allowed: bool) -> None:
+    """Refuse to open a ``pipe:`` shard (a shell command) unless its source allows it.
+
+    Raises:
+        ValueError: one line naming the command and the flag that allows it.
+    """
+    if url.startswith("pipe:") and not allowed:
+        raise ValueError(f"{url}: a pipe: shard runs a shell command; set allow_pipe: true on its shard "
+                         "source if you wrote it")
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from clapkit.datamodules.shards import (
     Slot,
     assign_shards,
     assigned_samples,
+    check_pipe,
     resolve,
 )
 
@@ -336,6 +337,9 @@ class ShardDataModule(LightningDataModule):
         tag_field: JSON field with class names or MIDs.
         class_index: ``class_labels_indices.csv`` turning tags into multi-hot ``label``
             targets and exposing ``class_names`` (zero-shot evaluation on tagged shards).
+        allow_pipe: run the ``pipe:`` shell commands written in the sources (a source can also
+            allow its own with ``allow_pipe: true``); off, a ``pipe:`` source is refused in one
+            line. Names a glob or a directory listing finds are files, never commands.
     """
 
     def __init__(
@@ -352,9 +356,11 @@ class ShardDataModule(LightningDataModule):
         text_fields: list[str] | None = None,
         tag_field: str = "tag",
         class_index: str | None = None,
+        allow_pipe: bool = False,
     ):
         super().__init__()
         self.specs = {"train": train, "val": val, "test": test if test is not None else val}
+        self.allow_pipe = allow_pipe
         self.samples_per_epoch = samples_per_epoch
         self.audio = audio or AudioPolicy()
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -380,8 +386,12 @@ class ShardDataModule(LightningDataModule):
             if spec is None or split in self.streams:
                 continue
             specs = [spec] if isinstance(spec, (str, ShardSource)) else list(spec)
+            sources = [resolve(s) for s in specs]
+            for source in sources:
+                for url in source.urls:
+                    check_pipe(url, source.allow_pipe or self.allow_pipe)
             self.streams[split] = self.stream_class(
-                [resolve(s) for s in specs], self.audio, self.batch_size,
+                sources, self.audio, self.batch_size,
                 stage="train" if split == "train" else "eval",
                 samples_per_epoch=self.samples_per_epoch if split == "train" else None,
                 shuffle_buffer=self.shuffle_buffer, seed=self.seed, text_fields=self.text_fields,

@@ -8,7 +8,9 @@ checkpoint converter wants before it fills in the official weights.
 
 from __future__ import annotations
 
+import json
 import string
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -16,6 +18,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PreTrainedTokenizerFast
 
+from clapkit.checkpoint import PretrainedError
 from clapkit.encoders.base import EncoderOutput, TextEncoder, module_device
 from clapkit.resources import resolve_model_path
 
@@ -62,6 +65,39 @@ POOLERS = {
     "eot": _pool_eot,
     "eot_count": _pool_eot_count,
 }
+
+
+#: The files of a transformers directory whose ``auto_map`` names Python code to import.
+CODE_MAP_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json")
+
+
+def from_pretrained(loader, path, **kwargs):
+    """``loader.from_pretrained(path)`` that never runs the directory's own Python code.
+
+    A ``config.json`` / ``tokenizer_config.json`` with an ``auto_map`` asks transformers to import
+    a ``.py`` file shipped with the model; left to itself transformers then prompts in a terminal
+    ("run the custom code? [y/N]"). ``trust_remote_code=False`` makes it refuse without asking,
+    and the refusal becomes one line naming the directory.
+
+    Raises:
+        PretrainedError: the directory needs its own code.
+    """
+    for name in CODE_MAP_FILES:
+        file = Path(path) / name
+        try:
+            document = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+        except (OSError, ValueError):
+            continue  # transformers reports an unreadable file itself
+        if isinstance(document, dict) and "auto_map" in document:
+            raise PretrainedError(f"{file}: needs its own Python code to load (transformers auto_map); "
+                                  "clapkit never runs code shipped with a model")
+    try:
+        return loader.from_pretrained(str(path), trust_remote_code=False, **kwargs)
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise PretrainedError(f"{path}: needs its own Python code to load (transformers auto_map / custom "
+                              "model type); clapkit never runs code shipped with a model") from None
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -140,11 +176,11 @@ class HFTextEncoder(TextEncoder):
             if model is None:
                 raise ValueError("HFTextEncoder needs `model` (a local directory) unless variant='tiny'")
             path = resolve_model_path(model)
-            self.tokenizer = AutoTokenizer.from_pretrained(str(resolve_model_path(tokenizer or model)))
+            self.tokenizer = from_pretrained(AutoTokenizer, resolve_model_path(tokenizer or model))
             if load_weights:
-                self.model = AutoModel.from_pretrained(str(path))
+                self.model = from_pretrained(AutoModel, path)
             else:
-                self.model = AutoModel.from_config(AutoConfig.from_pretrained(str(path)))
+                self.model = AutoModel.from_config(from_pretrained(AutoConfig, path), trust_remote_code=False)
         if pad_token is not None:
             self.tokenizer.pad_token = pad_token
         if self.tokenizer.pad_token is None:

@@ -136,7 +136,7 @@ class HFClapDirectory:
 
         limit = int(self.config.text_config.max_position_embeddings) - 2  # RoBERTa's padding offset
         try:
-            tokenizer_limit = AutoTokenizer.from_pretrained(str(self.path)).model_max_length
+            tokenizer_limit = AutoTokenizer.from_pretrained(str(self.path), trust_remote_code=False).model_max_length
         except Exception:
             tokenizer_limit = limit
         return int(min(limit, tokenizer_limit))
@@ -161,13 +161,13 @@ def read_hf_clap_dir(path: str | os.PathLike) -> HFClapDirectory:
     if not is_hf_clap_dir(path):
         raise CheckpointError(f"{path}: not a Hugging Face ClapModel directory (no config.json with model_type clap)")
     try:
-        config = ClapConfig.from_pretrained(str(path))
+        config = ClapConfig.from_pretrained(str(path), trust_remote_code=False)
     except Exception as exc:
         raise CheckpointError(f"{path}/config.json: not a valid ClapConfig ({_first_line(exc)})") from None
     if not any((path / name).is_file() for name in ("preprocessor_config.json", "processor_config.json")):
         raise CheckpointError(f"{path}: no preprocessor_config.json (the ClapFeatureExtractor settings)")
     try:
-        features = ClapFeatureExtractor.from_pretrained(str(path))
+        features = ClapFeatureExtractor.from_pretrained(str(path), trust_remote_code=False)
     except Exception as exc:
         raise CheckpointError(f"{path}: unreadable feature extractor settings ({_first_line(exc)})") from None
     directory = HFClapDirectory(path, config, features)
@@ -358,9 +358,13 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
                 shards = sorted(set(json.loads((path / index).read_text())["weight_map"].values()))
             except (OSError, json.JSONDecodeError, KeyError) as exc:
                 raise CheckpointError(f"{path / index}: unreadable shard index ({_first_line(exc)})") from None
+            from clapkit.trust import inside
+
             state: dict[str, torch.Tensor] = {}
             for shard in shards:
-                state.update(read_state_dict(path / shard, what="ClapModel weight shard"))
+                # A shard name is data from the directory: it may not lead out of it.
+                file = inside(path, str(shard), where=str(path / index), key="weight_map")
+                state.update(read_state_dict(file, what="ClapModel weight shard"))
             return state
     raise CheckpointError(f"{path}: no model.safetensors or pytorch_model.bin")
 

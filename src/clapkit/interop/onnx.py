@@ -248,10 +248,15 @@ class OnnxCLAPModel:
         self.directory = Path(directory)
         if not is_onnx_export(self.directory):
             raise PretrainedError(f"{self.directory}: not an ONNX export (no {META_FILE}; see clapkit export onnx)")
+        from clapkit.trust import read_untrusted_config
+
+        # Read like a model directory's config: every path it names must stay inside the export.
+        self.meta = read_untrusted_config(self.directory / META_FILE, code_sections=(), root=self.directory)
         try:
-            self.meta = json.loads((self.directory / META_FILE).read_text())
             self.inference = InferenceConfig.from_dict(self.meta["inference"])
-        except (ValueError, KeyError, TypeError) as exc:
+            graphs = {name: self._inside(graph["file"], f"graphs.{name}.file")
+                      for name, graph in self.meta["graphs"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise PretrainedError(f"{self.directory / META_FILE}: unreadable ({exc})") from None
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -262,10 +267,16 @@ class OnnxCLAPModel:
         if threads:
             options.intra_op_num_threads = threads
         self._sessions = {
-            name: ort.InferenceSession(str(self.directory / graph["file"]), options, providers=list(providers))
-            for name, graph in self.meta["graphs"].items()
+            name: ort.InferenceSession(str(path), options, providers=list(providers)) for name, path in graphs.items()
         }
         self._tokenizer = None
+
+    def _inside(self, name: str, key: str) -> Path:
+        from clapkit.trust import inside
+
+        if not isinstance(name, str):
+            raise PretrainedError(f"{self.directory / META_FILE}: {key}: expected a file name, found {name!r}")
+        return inside(self.directory, name, where=str(self.directory / META_FILE), key=key)
 
     @property
     def sample_rate(self) -> int:
@@ -356,5 +367,7 @@ class OnnxCLAPModel:
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(str(self.directory / self.meta["tokenizer"]["directory"]))
+            from clapkit.encoders.hf_text import from_pretrained
+
+            self._tokenizer = from_pretrained(AutoTokenizer, self._inside(self.meta["tokenizer"]["directory"], "tokenizer.directory"))
         return self._tokenizer
