@@ -58,6 +58,7 @@ REGISTERED_MODULES: tuple[str, ...] = (
     "clapkit.datamodules.clips",
     "clapkit.datamodules.evalsets",
     "clapkit.datamodules.captionsets",
+    "clapkit.datamodules.captiontable",
     "clapkit.datamodules.audioset",
     "clapkit.datamodules.mixtures",
     "clapkit.datamodules.foa",
