@@ -109,6 +109,9 @@ def _native_model_args(argv: list[str]) -> list[str]:
             out += ["--model", json.dumps(native_model_tree(value)), "--weights", value]
             index += step
             continue
+        if value is not None and os.path.exists(value):
+            raise CommandError(f"{value}: --model: not a clapkit model directory (no config.yaml); convert it "
+                               "once with `clapkit convert auto|laion-clap|hf-clap|msclap ... -o DIR` and pass DIR")
         out.append(arg)
         index += 1
     return out
