@@ -88,3 +88,14 @@ def test_wandb_mode_or_credentials_are_left_alone(no_wandb_login, tmp_path, monk
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
     assert wandb_offline_fallback(trainer) is None and "WANDB_MODE" not in os.environ
+
+
+def test_model_that_is_not_a_clapkit_directory_says_to_convert_it(tmp_path, capsys):
+    hf = tmp_path / "hf" / "clap-htsat-unfused"
+    hf.mkdir(parents=True)
+    (hf / "config.json").write_text("{}")
+    finetune = ROOT / "configs" / "clap" / "finetune.yaml"
+    assert main(["fit", "--config", str(finetune), "--model", str(hf)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"clapkit fit: error: {hf}: --model: not a clapkit model directory")
+    assert "clapkit convert" in err[0]
