@@ -122,6 +122,10 @@ agent: ## Run a sweep agent here, or AGENTS=n of them as a SLURM array: make age
 		if [ -n "$(DRY_RUN)" ]; then echo "$$cmd"; else eval "$$cmd"; fi; \
 	fi
 
-torchrun: ## Multi-node DDP without SLURM (run on every node): make torchrun CONFIG=... NODES=2 NODE_RANK=0 MASTER_ADDR=host GPUS=8
-	@NODES='$(NODES)' NODE_RANK='$(NODE_RANK)' MASTER_ADDR='$(MASTER_ADDR)' GPUS='$(GPUS)' VENV='$(VENV)' \
+# GPUS defaults to 8 for slurm; torchrun counts the GPUs itself unless GPUS or NPROC is given.
+TORCHRUN_PROCS = $(or $(NPROC),$(if $(filter command line environment,$(origin GPUS)),$(GPUS)))
+
+torchrun: ## DDP without SLURM, CPU or GPU from the machine: make torchrun CONFIG=... [NPROC=2] [NODES=2 NODE_RANK=0 MASTER_ADDR=host]
+	@NODES='$(NODES)' NODE_RANK='$(NODE_RANK)' MASTER_ADDR='$(MASTER_ADDR)' NPROC='$(TORCHRUN_PROCS)' \
+		ACCELERATOR='$(ACCELERATOR)' RUN_DIR='$(RUN_DIR)' VENV='$(VENV)' \
 		CKPT_EVERY='$(CKPT_EVERY)' DRY_RUN='$(DRY_RUN)' scripts/torchrun.sh $(CONFIG) $(foreach o,$(OVERLAYS),--config $(o)) $(ARGS)

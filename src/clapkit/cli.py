@@ -58,6 +58,7 @@ REGISTERED_MODULES: tuple[str, ...] = (
     "clapkit.datamodules.clips",
     "clapkit.datamodules.evalsets",
     "clapkit.datamodules.captionsets",
+    "clapkit.datamodules.captiontable",
     "clapkit.datamodules.audioset",
     "clapkit.datamodules.mixtures",
     "clapkit.datamodules.foa",
@@ -108,6 +109,9 @@ def _native_model_args(argv: list[str]) -> list[str]:
             out += ["--model", json.dumps(native_model_tree(value)), "--weights", value]
             index += step
             continue
+        if value is not None and os.path.exists(value):
+            raise CommandError(f"{value}: --model: not a clapkit model directory (no config.yaml); convert it "
+                               "once with `clapkit convert auto|laion-clap|hf-clap|msclap ... -o DIR` and pass DIR")
         out.append(arg)
         index += 1
     return out
@@ -150,9 +154,26 @@ def lightning_main(args: list[str] | None = None, run: bool = True):
 
         def before_instantiate_classes(self) -> None:
             # A native model directory's own preprocessing beats the data config's audio values.
+            from clapkit.commands.trainer_errors import wandb_offline_fallback
             from clapkit.model_preprocessing import apply_model_preprocessing
 
-            apply_model_preprocessing(self.config[self.subcommand] if self.subcommand else self.config, given)
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            apply_model_preprocessing(config, given)
+            note = wandb_offline_fallback(config.get("trainer"))
+            if note and os.environ.get("RANK", "0") == "0":
+                print(note, file=sys.stderr)
+
+        def instantiate_classes(self) -> None:
+            from clapkit.commands.trainer_errors import config_error_line, is_config_error
+
+            try:
+                super().instantiate_classes()
+            except (ValueError, TypeError) as exc:
+                # jsonargparse wraps a constructor's error in its whole union report
+                # (~100 lines); the user needs the file, the key and the innermost cause.
+                if not is_config_error(exc):
+                    raise
+                raise CommandError(config_error_line(str(exc), given)) from None
 
     register_classes()
     if args is not None:
@@ -160,19 +181,22 @@ def lightning_main(args: list[str] | None = None, run: bool = True):
     elif any(a == "--model" or a.startswith("--model=") for a in sys.argv[1:]):
         args = _native_model_args(sys.argv[1:])
     given = list(sys.argv[1:] if args is None else args)  # what the user set explicitly
-    # Explicit args replace the command line; LightningCLI warns when sys.argv also holds
-    # arguments (always true under `clapkit demo ...`), so it sees the program name only.
-    from unittest import mock
+    # Abbreviated options are refused, not guessed: `--trainer.max_step 3` would otherwise
+    # silently become max_steps. Parse errors raise (one line in main) instead of a usage dump.
+    strict = {"exit_on_error": False, "allow_abbrev": False}
+    import warnings
 
-    with mock.patch.object(sys, "argv", sys.argv[:1] if args is not None else sys.argv):
+    with warnings.catch_warnings():
+        # `clapkit demo` and tests pass explicit args while sys.argv holds their own command
+        # line; LightningCLI warns about that pairing, which is intended here.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         return ClapkitCLI(
             LightningModule,
             LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
-            # Parse errors raise (and become one line in main) instead of a 50-line usage dump.
-            parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in TRAINER_COMMANDS}},
+            parser_kwargs={**strict, **{name: dict(strict) for name in TRAINER_COMMANDS}},
             trainer_defaults={"callbacks": [LastCheckpoint()]},  # every fit ends with last.ckpt
             args=args,
             run=run,
@@ -216,14 +240,23 @@ def main(args: list[str] | None = None) -> int:
         # LightningCLI reads sys.argv itself when given None; passing it both warns.
         lightning_main(None if args is None else argv)
     except _trainer_errors() as exc:
+        import argparse
         import pickle
 
         if isinstance(exc, pickle.UnpicklingError):
             exc = CommandError(f"{_option_value(argv, '--ckpt_path') or 'checkpoint'}: refusing to unpickle code "
                                "from the checkpoint (it is not plain weights); pass --weights_only false only "
                                "for a file you trust")
+        elif isinstance(exc, argparse.ArgumentError) and _KEY_REPORT in str(exc):
+            from clapkit.commands.trainer_errors import config_error_line
+
+            exc = CommandError(config_error_line(str(exc), argv))
         return _one_line(command, exc)
     return 0
+
+
+#: How jsonargparse starts a nested report on a config value (reduced to one line).
+_KEY_REPORT = 'Parser key "'
 
 
 def _option_value(argv: list[str], name: str) -> str | None:

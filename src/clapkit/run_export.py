@@ -4,7 +4,8 @@ A run started with ``clapkit fit --config x.yaml`` leaves ``config.yaml`` (Light
 resolved configuration) in its log directory and checkpoints below it
 (``<log_dir>/checkpoints/*.ckpt``). :func:`export_checkpoint` finds that config beside or
 above the checkpoint, rebuilds the model from its ``model:`` section, loads the checkpoint's
-``state_dict`` with full key coverage and writes ``config.yaml`` + ``model.safetensors``:
+``state_dict`` with full key coverage and writes ``config.yaml`` + ``model.safetensors`` plus
+every file the config names (tokenizer and text config folders: :mod:`clapkit.model_assets`):
 the ``--model`` of ``clapkit embed``, ``zeroshot``, ``retrieve`` and ``separate``.
 
 The inference settings come from the run too: the sample rate is the audio encoder's, the
@@ -200,4 +201,11 @@ def _export(checkpoint, output, config_path: Path, tree: dict[str, Any], build_t
         inference = InferenceConfig(sample_rate=rate, clip_samples=int(round(seconds * rate)), **settings)
     except (TypeError, ValueError) as exc:
         raise PretrainedError(f"{config_path}: bad inference settings ({exc})") from None
-    return save_pretrained(model, output, inference, tree, overwrite=overwrite, inputs=[checkpoint, config_path])
+    # The run's config may name files outside any model directory (a text tower's folder, the
+    # source model's assets after `clapkit fit --model DIR`): copy them in, so the export
+    # survives the source moving and never reads outside itself.
+    from clapkit.model_assets import bundle_assets
+
+    bundled = bundle_assets(tree)
+    return save_pretrained(model, output, inference, bundled.config, assets=bundled.assets, overwrite=overwrite,
+                           inputs=[checkpoint, config_path])

@@ -1,7 +1,8 @@
 """Write webdataset shards (LAION-CLAP layout) from a manifest of audio files and captions.
 
 MANIFEST is a CSV (header row) or JSONL file with an ``audio`` path (relative to
---audio-root, or absolute) and a ``text`` caption per row; ``text`` may also be a list of
+--audio-root, or absolute) and a ``text`` caption per row (other column names with
+--audio-column / --text-column: ``--audio-column file --text-column caption``); ``text`` may also be a list of
 captions (JSONL, or a JSON list in the CSV cell). Optional ``tags``: a list (JSONL / JSON
 cell) or ``;``-separated names. Other columns are copied into each sample's JSON.
 
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("manifest", help="CSV or JSONL with columns audio, text[, tags, ...]")
     parser.add_argument("--audio-root", default=".", help="folder the manifest's audio paths are relative to")
+    parser.add_argument("--audio-column", default="audio", help="manifest column holding the audio path")
+    parser.add_argument("--text-column", default="text", help="manifest column holding the caption(s)")
     parser.add_argument("-o", "--output", required=True, help="output folder for the shards")
     parser.add_argument("--sample-rate", type=int, default=48000, help="rate of the stored audio")
     parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
@@ -106,13 +109,17 @@ def _listish(value: Any, split: str | None) -> list[str] | str:
     return text
 
 
-def read_manifest(path: Path) -> list[dict[str, Any]]:
+def read_manifest(path: Path, audio_column: str = "audio", text_column: str = "text") -> list[dict[str, Any]]:
     """The usable rows of a CSV or JSONL manifest (see :func:`read_manifest_rows`)."""
-    return [row for row in read_manifest_rows(path)[0] if row is not None]
+    return [row for row in read_manifest_rows(path, audio_column, text_column)[0] if row is not None]
 
 
-def read_manifest_rows(path: Path) -> tuple[list[dict[str, Any] | None], list[tuple[str, str]]]:
+def read_manifest_rows(path: Path, audio_column: str = "audio", text_column: str = "text",
+                       ) -> tuple[list[dict[str, Any] | None], list[tuple[str, str]]]:
     """Rows of a CSV or JSONL manifest, and the rows skipped with their reasons.
+
+    ``audio_column`` / ``text_column`` name the manifest's columns for the audio path and the
+    caption (``file``, ``caption``...); rows come back with them as ``audio`` and ``text``.
 
     A row that is not UTF-8, not valid JSON, or lacks ``audio`` or ``text`` is skipped and
     counted (``None`` at its position, so the other rows keep their keys), like a bad audio
@@ -152,8 +159,9 @@ def read_manifest_rows(path: Path) -> tuple[list[dict[str, Any] | None], list[tu
         text = data.decode("utf-8", errors="surrogateescape")
         reader = csv.DictReader(io.StringIO(text, newline=""))
         columns = reader.fieldnames or []
-        if not {"audio", "text"} <= set(columns):
-            raise CommandError(f"{path}: needs columns 'audio' and 'text'; found {columns}")
+        if not {audio_column, text_column} <= set(columns):
+            raise CommandError(f"{path}: needs columns {audio_column!r} and {text_column!r}; found {columns} "
+                               "(--audio-column / --text-column name other columns)")
         for record in reader:
             row = dict(record)
             values = [v for v in row.values() if isinstance(v, str)] + [k for k in row if isinstance(k, str)]
@@ -164,6 +172,10 @@ def read_manifest_rows(path: Path) -> tuple[list[dict[str, Any] | None], list[tu
     for i, row in enumerate(rows):
         if row is None:
             continue
+        if (audio_column, text_column) != ("audio", "text"):
+            row = {k: v for k, v in row.items() if k not in ("audio", "text", audio_column, text_column)} | {
+                "audio": row.get(audio_column), "text": row.get(text_column)}
+            rows[i] = row
         if not row.get("audio") or not _has_caption(row.get("text")):
             rows[i] = None
             what = "audio" if not row.get("audio") else "text"
@@ -302,8 +314,10 @@ def _completed(out: Path, index: int) -> ShardResult | None:
 
 def _fingerprint(manifest: Path, args: argparse.Namespace, audio_root: Path) -> str:
     digest = hashlib.sha256(manifest.read_bytes())
-    digest.update(json.dumps([str(audio_root.resolve()), args.sample_rate, args.shard_size, args.bits,
-                              args.max_seconds]).encode())
+    settings = [str(audio_root.resolve()), args.sample_rate, args.shard_size, args.bits, args.max_seconds]
+    if (args.audio_column, args.text_column) != ("audio", "text"):  # default runs keep their old fingerprint
+        settings.append([args.audio_column, args.text_column])
+    digest.update(json.dumps(settings).encode())
     return digest.hexdigest()
 
 
@@ -345,7 +359,7 @@ def main(argv: list[str]) -> int:
 
 
 def _make_shards(args: argparse.Namespace, manifest_path: Path, audio_root: Path, out: Path) -> int:
-    manifest, manifest_skipped = read_manifest_rows(manifest_path)
+    manifest, manifest_skipped = read_manifest_rows(manifest_path, args.audio_column, args.text_column)
     rows = plan_rows(manifest, audio_root)
     out.mkdir(parents=True, exist_ok=True)
     (out / STATE_DIR).mkdir(exist_ok=True)  # marks the folder as ours before any shard is written

@@ -239,7 +239,8 @@ class ClipDataModule(LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate,
-            drop_last=stage == "train",
+            # A set smaller than one batch (a first fine-tune on a handful of clips) still trains.
+            drop_last=stage == "train" and len(clip_set) >= self.batch_size,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
