@@ -114,8 +114,9 @@ def check_code_values(tree: Any, allow: Iterable[str] = (), *, where: str, key: 
         where: the file to name in the error.
         key: the section's name, prefixed to the key paths in errors.
 
-    A ``class_path`` without a dot (a short class name) is allowed: jsonargparse resolves it
-    among the classes already imported, so it cannot bring in new code. Any other dotted string
+    A ``class_path`` without a dot (a short class name) is allowed here: jsonargparse resolves it
+    among the classes already imported, so it cannot bring in new code (which class it would pick
+    is checked where the model is built, :func:`check_resolved_names`). Any other dotted string
     is refused when its first component is an importable module: a string that names nothing
     importable cannot import anything.
 
@@ -145,7 +146,8 @@ def check_resolved_names(tree: Any, allow: Iterable[str] = (), *, where: str = "
 
     ``clapkit.native.os.system`` starts with ``clapkit`` yet names ``os.system``. Only modules
     inside the allow-list are imported to find out (the names were checked by
-    :func:`check_code_values` first), which is what building the model imports anyway.
+    :func:`check_code_values` first), which is what building the model imports anyway. A short
+    ``class_path`` is refused when an imported class of that name lives outside the allow-list.
     """
     allow = tuple(allow)
     short = []
