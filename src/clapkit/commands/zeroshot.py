@@ -61,6 +61,15 @@ def read_labels(path: str | None, extra: list[str]) -> list[str]:
     return unique
 
 
+def case_duplicates(labels: list[str]) -> list[list[str]]:
+    """Groups of labels that differ only in case (``Dog`` / ``dog``): each is kept and scored,
+    so they split one sound's probability between them."""
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        groups.setdefault(label.casefold(), []).append(label)
+    return [group for group in groups.values() if len(group) > 1]
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.model is None:
@@ -81,6 +90,9 @@ def main(argv: list[str]) -> int:
         except ValueError as exc:
             raise CommandError(str(exc)) from None
     labels = read_labels(args.labels, args.label)
+    for group in case_duplicates(labels):
+        _shared.eprint(f"clapkit zeroshot: warning: labels {' and '.join(map(repr, group))} differ only in case; "
+                       "both are kept and split the probability between them")
     files = _shared.discover_audio(args.audio)
     _shared.refuse_overwriting_inputs([output], [args.labels, *files])
     _shared.check_headers(files)
