@@ -35,7 +35,14 @@ from clapkit.atomic import normal_permissions
 from clapkit.audio.preprocess import CONFIG_NAME, InferenceConfig
 from clapkit.checkpoint import PretrainedError, load_state_dict_strict, unique_tensors
 from clapkit.consistency import check_model
-from clapkit.identity import HASH_KEY, check_weights, file_sha256, files_fingerprint, native_fingerprint, start_hash
+from clapkit.identity import (
+    HASH_KEY,
+    check_weights,
+    file_sha256,
+    files_fingerprint,
+    native_fingerprint,
+    start_hash,
+)
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
