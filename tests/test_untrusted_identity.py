@@ -303,6 +303,14 @@ def test_a_query_of_unknown_symbols_warns_naming_it(bert_model, recwarn):
     torch.testing.assert_close(*model.embed_text(["日本語", "中文字"]).unbind(0))
 
 
+def test_zeroshot_warns_of_a_label_of_unknown_symbols(bert_model, tmp_path, capsys):
+    clip = save_audio(tmp_path / "clip.wav", tone(0.5, SR), SR)
+    assert main(["zeroshot", "--model", str(bert_model), "--label", "dog", "--label", "日本語", str(clip), "-o",
+                 str(tmp_path / "t.csv"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: label '日本語' tokenizes to nothing but the unknown token" in err and "'dog'" not in err
+
+
 def test_labels_differing_only_in_case_warn(tmp_path, capsys):
     model_dir = save_tiny_native(tmp_path / "model")
     clips = write_wav_folder(tmp_path / "clips", count=1)

@@ -308,13 +308,16 @@ class CLAPModel:
 
     # ------------------------------------------------------------------ internals
 
+    def unknown_only(self, texts: Sequence[str]) -> list[str]:
+        """The texts the text tower's tokenizer turns into nothing but its unknown token (none
+        for byte-level tokenizers, which know every byte)."""
+        check = getattr(getattr(self._tower(self.text_tower), "encoder", None), "unknown_only", None)
+        return check(list(texts)) if check is not None else []
+
     def _warn_unknown_only(self, texts: list[str]) -> None:
         encoder = getattr(self._tower(self.text_tower), "encoder", None)
-        check = getattr(encoder, "unknown_only", None)
-        if check is None:
-            return
-        unknown = getattr(encoder.tokenizer, "unk_token", None)
-        for text in check(texts):
+        unknown = getattr(getattr(encoder, "tokenizer", None), "unk_token", None)
+        for text in self.unknown_only(texts):
             warnings.warn(f"text {text[:200]!r} tokenizes to nothing but the unknown token {unknown!r}: its "
                           "embedding is the same as that of any other text the tokenizer knows no symbol of",
                           UnknownTokensWarning, stacklevel=3)

@@ -97,6 +97,10 @@ def main(argv: list[str]) -> int:
     _shared.refuse_overwriting_inputs([output], [args.labels, *files])
     _shared.check_headers(files)
     model = _shared.load_model(args.model, args)
+    for label in getattr(model, "unknown_only", lambda labels: [])(labels):
+        # Inside the template the prompt has known words, so embed_text cannot tell; the label itself can.
+        _shared.eprint(f"clapkit zeroshot: warning: label {label!r} tokenizes to nothing but the unknown token; "
+                       "it scores the same as any other label the tokenizer knows no symbol of")
     text = model.embed_text([args.template.replace("{}", label) for label in labels])
     audio = _shared.embed_files(model, files, workers=args.workers, quiet=args.quiet)
     similarity = model.similarity(audio, text)
