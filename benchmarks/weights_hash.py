@@ -5,8 +5,7 @@ BERT-base-sized text tower, 110M parameters, plus a tiny audio tower), then time
 fresh process so no hash is cached:
 
 - ``sha256``: :func:`clapkit.identity.file_sha256` of ``model.safetensors`` alone;
-- ``load``: ``clapkit.load(DIR)`` as shipped (the hash runs in a thread while the model is built),
-  ``import clapkit`` not counted;
+- ``load``: ``clapkit.load(DIR)`` as shipped, ``import clapkit`` not counted;
 - ``load-unverified``: the same with the verification and the fingerprint stubbed out.
 
 Runs alternate between the two loads; medians are printed.
@@ -34,7 +33,6 @@ CHILD = {
     "load": ("import clapkit", "clapkit.load(DIR)"),
     "load-unverified": (
         "import clapkit, clapkit.native as n, clapkit.pretrained as p\n"
-        "n.start_hash = lambda path: (lambda: 'x')\n"
         "n.check_weights = lambda *a, **k: 'x'\n"
         "p.model_fingerprint = lambda path: ''", "clapkit.load(DIR)"),
 }

@@ -72,7 +72,8 @@ def audio_input(model: nn.Module) -> AudioInput | None:
 
 
 def _has_rate(module: nn.Module) -> bool:
-    return isinstance(getattr(module, "sample_rate", None), int)
+    rate = getattr(module, "sample_rate", None)
+    return isinstance(rate, (int, float)) and not isinstance(rate, bool)
 
 
 def encoder_window(encoder: nn.Module) -> int | None:
@@ -90,7 +91,7 @@ def problems(model: nn.Module, inference: InferenceConfig,
     audio = audio_input(model)
     if audio is not None:
         kind = type(audio.module).__name__
-        rate = int(audio.module.sample_rate)
+        rate = audio.module.sample_rate
         if inference.sample_rate != rate:
             yield (f"inference.sample_rate {inference.sample_rate} contradicts the audio encoder's rate {rate} "
                    f"({audio.name}: {kind}); audio would reach it at the wrong rate")

@@ -41,7 +41,6 @@ from clapkit.identity import (
     file_sha256,
     files_fingerprint,
     native_fingerprint,
-    start_hash,
 )
 
 FORMAT_VERSION = 1
@@ -279,14 +278,12 @@ def load_directory(directory: str | os.PathLike, build: Callable[[dict[str, Any]
         raise PretrainedError(f"{directory}: no {WEIGHTS_NAME}")
     from clapkit.fastinit import skip_random_init
 
-    # Every byte of the weights is hashed while the model is built (see clapkit.identity).
-    digest = start_hash(weights) if load_weights else None
     # The strict load below overwrites every weight: drawing random ones first is wasted time.
     with skip_random_init() if load_weights else contextlib.nullcontext():
         module = build(config, lambda p: str((directory / p).resolve()))
     state = read_native_weights(weights, prefixes(module)) if load_weights else None
-    if digest is not None:
-        check_weights(weights, directory / CONFIG_NAME, digest())
+    if load_weights:  # every byte of the weights, against the hash recorded at save (clapkit.identity)
+        check_weights(weights, directory / CONFIG_NAME)
     check_model(module, inference, state, where=str(directory / CONFIG_NAME))
     if state is not None:
         load_state_dict_strict(module, state, what=f"{weights} (for the model in {CONFIG_NAME})")
