@@ -34,6 +34,7 @@ from clapkit.pretrained import (
     PretrainedError,
     instantiate_model,
     load_native,
+    load_weights_into,
     save_pretrained,
 )
 from helpers.models import (
@@ -149,6 +150,9 @@ def test_weights_changed_after_saving_are_refused_and_older_directories_load(twi
         clapkit.load(swapped)
     assert main(["embed", "--model", str(swapped), str(twins[2][0]), "-o", str(tmp_path / "e.npy"), "-q"]) == 2
     assert "model.safetensors: content hash" in _one_error_line(capsys)
+    task, _, _ = load_native(a)
+    with pytest.raises(PretrainedError, match="content hash"):  # the trainer's --weights DIR path
+        load_weights_into(task, swapped)
     # A directory saved before the hash was recorded: hashed on load, not refused.
     legacy = shutil.copytree(a, tmp_path / "legacy")
     _edit_config(legacy, lambda d: d.pop(HASH_KEY))

@@ -241,8 +241,12 @@ def read_native_weights(path: str | os.PathLike, prefixes: Iterable[str] | None 
 
 
 def load_weights_into(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load a native directory's weights into an already-built ``model``, requiring full coverage."""
-    load_state_dict_strict(model, read_native_weights(path), what=str(path))
+    """Load a native directory's weights into an already-built ``model``, requiring full coverage
+    (a directory's weights are checked against the hash its ``config.yaml`` records)."""
+    state = read_native_weights(path)
+    if Path(path).is_dir() and (Path(path) / CONFIG_NAME).is_file():
+        check_weights(Path(path) / WEIGHTS_NAME, Path(path) / CONFIG_NAME)
+    load_state_dict_strict(model, state, what=str(path))
 
 
 def load_native(directory: str | os.PathLike, load_weights: bool = True,
