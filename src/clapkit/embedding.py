@@ -7,7 +7,9 @@ to the output (``<output>.parts/``). The pieces:
 - **parts**: the file list is cut into parts of ``part_size`` files by position, so a part's
   content never depends on how many processes ran or where a run stopped. Each part is written
   atomically as it finishes; its name carries a key of (model fingerprint, part size, file
-  list), so parts of another model or another folder are never reused.
+  list), so parts of another model or another folder are never reused, and a key of its own
+  files' sizes and modification times (``st_mtime_ns``), so a part whose file was replaced after
+  it finished is embedded again while the other parts are reused.
 - **resume**: a rerun skips every part already on disk, so after a kill (even ``SIGKILL``) only
   the unfinished part is redone, and the merged index is the same as an uninterrupted run's.
 - **data parallel**: rank ``r`` of ``W`` embeds the parts ``k`` with ``k % W == r`` (rank and
@@ -120,6 +122,7 @@ class PartStore:
         for name in self.files:
             digest.update(name.encode() + b"\n")
         self.key = digest.hexdigest()[:16]
+        self._stamps: dict[int, str] = {}
 
     @property
     def num_parts(self) -> int:
@@ -128,8 +131,31 @@ class PartStore:
     def part_files(self, part: int) -> list[str]:
         return self.files[part * self.part_size : (part + 1) * self.part_size]
 
+    def stamp(self, part: int) -> str:
+        """A key of the part's files' sizes and modification times, taken once (before the part
+        is decoded), so a file that changes after its part is written makes the part stale."""
+        if part not in self._stamps:
+            digest = hashlib.sha256()
+            for name in self.part_files(part):
+                try:
+                    info = os.stat(name)
+                    digest.update(f"{info.st_size} {info.st_mtime_ns}\n".encode())
+                except OSError:
+                    digest.update(b"missing\n")  # decoding it reports the problem
+            self._stamps[part] = digest.hexdigest()[:12]
+        return self._stamps[part]
+
     def path(self, part: int) -> Path:
-        return self.directory / f"{self.key}-{part:06d}.parquet"
+        return self.directory / f"{self.key}-{part:06d}-{self.stamp(part)}.parquet"
+
+    def _stale(self, part: int) -> list[Path]:
+        """This job's files of ``part`` written for other versions of its files."""
+        if not self.directory.is_dir():
+            return []
+        current = self.path(part)
+        found = list(self.directory.glob(f"{self.key}-{part:06d}-*.parquet"))
+        found += [p for p in [self.directory / f"{self.key}-{part:06d}.parquet"] if p.exists()]  # older clapkit
+        return [p for p in found if p != current]
 
     def done(self, part: int) -> bool:
         # Parts are published by rename, so an existing file is a complete one.
@@ -149,6 +175,8 @@ class PartStore:
         path = self.path(part)
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
+        for stale in self._stale(part):
+            stale.unlink(missing_ok=True)
         return path
 
     def read(self, part: int) -> np.ndarray:
@@ -164,8 +192,9 @@ class PartStore:
 
     def remove(self) -> None:
         """Delete this job's parts (and the folder when nothing else is left in it)."""
-        for k in range(self.num_parts):
-            self.path(k).unlink(missing_ok=True)
+        if self.directory.is_dir():
+            for path in self.directory.glob(f"{self.key}-*.parquet"):  # stale versions included
+                path.unlink(missing_ok=True)
         with_others = self.directory.is_dir() and any(self.directory.iterdir())
         if self.directory.is_dir() and not with_others:
             shutil.rmtree(self.directory, ignore_errors=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -28,7 +29,11 @@ from clapkit.encoders.tower import TowerSet
 from clapkit.finite import NonFiniteError, require_finite
 from clapkit.precision import AUTOCAST, PRECISIONS, resolve_precision, store_in_dtype
 
-__all__ = ["AudioInput", "CLAPModel", "InferenceConfig", "audio_files", "resolve_device"]
+__all__ = ["AudioInput", "CLAPModel", "InferenceConfig", "UnknownTokensWarning", "audio_files", "resolve_device"]
+
+
+class UnknownTokensWarning(UserWarning):
+    """A text query made only of symbols its tokenizer does not know (see :meth:`CLAPModel.embed_text`)."""
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -215,11 +220,16 @@ class CLAPModel:
         batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> torch.Tensor:
-        """L2-normalised text embeddings ``[N, D]`` (float32, CPU)."""
+        """L2-normalised text embeddings ``[N, D]`` (float32, CPU).
+
+        A text its tokenizer turns into nothing but the unknown token (a script a WordPiece
+        vocabulary lacks) gets an :class:`UnknownTokensWarning` naming it: every such text embeds
+        the same."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
         if bad:
             raise TypeError(f"embed_text expects strings; item {bad[0]} is {type(texts[bad[0]]).__name__}")
+        self._warn_unknown_only(texts)
         batch_size = batch_size or self.batch_size
         outputs = []
         for start in range(0, len(texts), batch_size):
@@ -297,6 +307,20 @@ class CLAPModel:
         return int(tower.output_dim) if tower is not None else 0
 
     # ------------------------------------------------------------------ internals
+
+    def unknown_only(self, texts: Sequence[str]) -> list[str]:
+        """The texts the text tower's tokenizer turns into nothing but its unknown token (none
+        for byte-level tokenizers, which know every byte)."""
+        check = getattr(getattr(self._tower(self.text_tower), "encoder", None), "unknown_only", None)
+        return check(list(texts)) if check is not None else []
+
+    def _warn_unknown_only(self, texts: list[str]) -> None:
+        encoder = getattr(self._tower(self.text_tower), "encoder", None)
+        unknown = getattr(getattr(encoder, "tokenizer", None), "unk_token", None)
+        for text in self.unknown_only(texts):
+            warnings.warn(f"text {text[:200]!r} tokenizes to nothing but the unknown token {unknown!r}: its "
+                          "embedding is the same as that of any other text the tokenizer knows no symbol of",
+                          UnknownTokensWarning, stacklevel=3)
 
     def _tower(self, name: str):
         if name not in self.model.towers and self._tower_loader is not None:

@@ -35,6 +35,14 @@ from clapkit.audio.preprocess import CONFIG_NAME, InferenceConfig
 from clapkit.checkpoint import PretrainedError, load_state_dict_strict, unique_tensors
 from clapkit.trust import ALLOWED_CLASS_PATHS as ALLOWED_CLASS_PATHS  # re-exported; it lives in clapkit.trust
 from clapkit.trust import check_code_values, check_resolved_names, read_untrusted_config
+from clapkit.consistency import check_model
+from clapkit.identity import (
+    HASH_KEY,
+    check_weights,
+    file_sha256,
+    files_fingerprint,
+    native_fingerprint,
+)
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
@@ -141,12 +149,15 @@ def save_pretrained(
                         overwrite=overwrite) as tmp:
         for name, source in (assets or {}).items():
             _copy_asset(Path(source), tmp / name)
-        document = {"clapkit_format": FORMAT_VERSION, "model": config, "inference": inference.to_dict()}
-        (tmp / CONFIG_NAME).write_text(yaml.safe_dump(plain(document), sort_keys=False))
         from safetensors.torch import save_file
 
-        save_file(unique_tensors(model.state_dict()), str(tmp / WEIGHTS_NAME),
-                  metadata={"format": "pt", "clapkit_format": str(FORMAT_VERSION)})
+        state = unique_tensors(model.state_dict())
+        check_model(model, inference, state, where=f"{directory}: the model to save")
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "clapkit_format": str(FORMAT_VERSION)})
+        # The exact identity of the weights, hashed once here and verified whenever they are read.
+        document = {"clapkit_format": FORMAT_VERSION, "model": config, "inference": inference.to_dict(),
+                    HASH_KEY: file_sha256(tmp / WEIGHTS_NAME)}
+        (tmp / CONFIG_NAME).write_text(yaml.safe_dump(plain(document), sort_keys=False))
     return directory
 
 
@@ -231,8 +242,12 @@ def read_native_weights(path: str | os.PathLike, prefixes: Iterable[str] | None 
 
 
 def load_weights_into(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load a native directory's weights into an already-built ``model``, requiring full coverage."""
-    load_state_dict_strict(model, read_native_weights(path), what=str(path))
+    """Load a native directory's weights into an already-built ``model``, requiring full coverage
+    (a directory's weights are checked against the hash its ``config.yaml`` records)."""
+    state = read_native_weights(path)
+    if Path(path).is_dir() and (Path(path) / CONFIG_NAME).is_file():
+        check_weights(Path(path) / WEIGHTS_NAME, Path(path) / CONFIG_NAME)
+    load_state_dict_strict(model, state, what=str(path))
 
 
 def load_native(directory: str | os.PathLike, load_weights: bool = True,
@@ -275,9 +290,12 @@ def load_directory(directory: str | os.PathLike, build: Callable[[dict[str, Any]
     # The strict load below overwrites every weight: drawing random ones first is wasted time.
     with skip_random_init() if load_weights else contextlib.nullcontext():
         module = build(config, lambda p: str((directory / p).resolve()))
-    if load_weights:
-        load_state_dict_strict(module, read_native_weights(weights, prefixes(module)),
-                               what=f"{weights} (for the model in {CONFIG_NAME})")
+    state = read_native_weights(weights, prefixes(module)) if load_weights else None
+    if load_weights:  # every byte of the weights, against the hash recorded at save (clapkit.identity)
+        check_weights(weights, directory / CONFIG_NAME)
+    check_model(module, inference, state, where=str(directory / CONFIG_NAME))
+    if state is not None:
+        load_state_dict_strict(module, state, what=f"{weights} (for the model in {CONFIG_NAME})")
     return module.eval(), config, inference
 
 
@@ -373,19 +391,14 @@ def _copy_asset(source: Path, target: Path) -> None:
         raise PretrainedError(f"{source}: asset not found")
 
 
-def file_fingerprint(*paths: Path, sample_bytes: int = 1 << 20) -> str:
-    """A short hash identifying model files (size + first and last MiB of each), cheap even for
-    GB checkpoints; embeddings files record it so a retrieval index is never searched with a
-    different model."""
-    import hashlib
+def file_fingerprint(*paths: Path) -> str:
+    """The exact identity of model files: the sha256 of every byte of each (see
+    :mod:`clapkit.identity`); embeddings files record it so a retrieval index is never searched
+    with a different model."""
+    return files_fingerprint(*paths)
 
-    digest = hashlib.sha256()
-    for path in paths:
-        size = path.stat().st_size
-        digest.update(str(size).encode())
-        with open(path, "rb") as handle:
-            digest.update(handle.read(sample_bytes))
-            if size > sample_bytes:
-                handle.seek(max(sample_bytes, size - sample_bytes))
-                digest.update(handle.read())
-    return digest.hexdigest()[:16]
+
+def model_fingerprint(directory: str | os.PathLike) -> str:
+    """The fingerprint of a native model directory (its ``config.yaml`` and verified weights)."""
+    directory = Path(directory)
+    return native_fingerprint(directory / CONFIG_NAME, directory / WEIGHTS_NAME)

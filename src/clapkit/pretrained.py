@@ -59,6 +59,7 @@ from clapkit.native import (
     load_weights_into,
     map_paths,
     model_config_of,
+    model_fingerprint,
     native_model_tree,
     plain,
     portable,
@@ -85,7 +86,7 @@ __all__ = [
     "CheckpointError", "CheckpointFormat", "Converted", "InferenceConfig", "PretrainedError", "build_converted",
     "check_class_paths", "checkpoint_format", "compact_buffers", "convert_checkpoint", "detect_format",
     "file_fingerprint", "instantiate_model", "is_native", "load", "load_native", "load_state_dict_strict",
-    "load_weights_into", "model_config_of", "native_model_tree", "read_checkpoint", "read_model_section",
+    "load_weights_into", "model_config_of", "model_fingerprint", "native_model_tree", "read_checkpoint", "read_model_section",
     "read_native_config", "read_native_weights", "read_state_dict", "save_converted", "save_pretrained",
     "unwrap_state_dict",
 ]
@@ -169,7 +170,7 @@ def _load(path: Path, *, text_model, device, precision, batch_size, trust_pickle
             if is_separation_task(model):
                 return SeparationModel(model, inference, device=device, batch_size=16 if batch_size is None else batch_size,
                                        precision=precision)
-        fingerprint = file_fingerprint(path / CONFIG_NAME, path / WEIGHTS_NAME)
+        fingerprint = model_fingerprint(path)
         if towers is not None:
             lazy = tower_loader(path, allow, replace)
     elif path.is_file():

@@ -55,7 +55,13 @@ def main(argv: list[str]) -> int:
                            f"{model.embedding_dim}; embed the folder with this model first")
     made_by = metadata.get("fingerprint")
     if made_by and getattr(model, "fingerprint", "") and made_by != model.fingerprint:
-        raise CommandError(f"{args.index}: was embedded with a different model ({metadata.get('model', '?')}); "
+        from clapkit.identity import is_exact
+
+        if not is_exact(made_by):  # an older clapkit's sampled hash: it cannot prove the same weights
+            raise CommandError(f"{args.index}: was embedded by an older clapkit whose model fingerprint ({made_by}) "
+                               "does not cover every weight; re-embed the folder with this model")
+        raise CommandError(f"{args.index}: was embedded with a different model ({metadata.get('model', '?')}, "
+                           f"fingerprint {made_by[:23]}...; --model {args.model} is {model.fingerprint[:23]}...); "
                            "re-embed the folder with this model")
     if args.nprobe < 1:
         raise CommandError(f"--nprobe must be at least 1, got {args.nprobe}")

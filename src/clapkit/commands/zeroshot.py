@@ -61,6 +61,15 @@ def read_labels(path: str | None, extra: list[str]) -> list[str]:
     return unique
 
 
+def case_duplicates(labels: list[str]) -> list[list[str]]:
+    """Groups of labels that differ only in case (``Dog`` / ``dog``): each is kept and scored,
+    so they split one sound's probability between them."""
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        groups.setdefault(label.casefold(), []).append(label)
+    return [group for group in groups.values() if len(group) > 1]
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.model is None:
@@ -81,10 +90,17 @@ def main(argv: list[str]) -> int:
         except ValueError as exc:
             raise CommandError(str(exc)) from None
     labels = read_labels(args.labels, args.label)
+    for group in case_duplicates(labels):
+        _shared.eprint(f"clapkit zeroshot: warning: labels {' and '.join(map(repr, group))} differ only in case; "
+                       "both are kept and split the probability between them")
     files = _shared.discover_audio(args.audio)
     _shared.refuse_overwriting_inputs([output], [args.labels, *files])
     _shared.check_headers(files)
     model = _shared.load_model(args.model, args)
+    for label in getattr(model, "unknown_only", lambda labels: [])(labels):
+        # Inside the template the prompt has known words, so embed_text cannot tell; the label itself can.
+        _shared.eprint(f"clapkit zeroshot: warning: label {label!r} tokenizes to nothing but the unknown token; "
+                       "it scores the same as any other label the tokenizer knows no symbol of")
     text = model.embed_text([args.template.replace("{}", label) for label in labels])
     audio = _shared.embed_files(model, files, workers=args.workers, quiet=args.quiet)
     similarity = model.similarity(audio, text)

@@ -51,6 +51,9 @@ class LogMel(nn.Module):
         pad_mode: padding mode when centring.
     """
 
+    #: State-dict key (below this module) of the mel filterbank saved with the weights.
+    FILTERBANK = "mel.mel_scale.fb"
+
     def __init__(
         self,
         sample_rate: int = 48000,
@@ -73,6 +76,7 @@ class LogMel(nn.Module):
         self.hop_length = hop_length
         self.n_mels = n_mels
         self.amin = amin
+        self._f_max = f_max
         self.top_db = top_db
         self.power = power
         self.mel = deps.torchaudio().transforms.MelSpectrogram(
@@ -93,6 +97,15 @@ class LogMel(nn.Module):
     def num_frames(self, num_samples: int) -> int:
         """Frames produced for a waveform of ``num_samples`` (centred STFT)."""
         return num_samples // self.hop_length + 1
+
+    def filterbank(self, sample_rate: int | None = None) -> torch.Tensor:
+        """The mel filterbank ``[bins, n_mels]`` these settings build at ``sample_rate`` (default:
+        the front end's own), to compare with one saved in a model's weights."""
+        scale = self.mel.mel_scale
+        rate = self.sample_rate if sample_rate is None else sample_rate
+        f_max = self._f_max if getattr(self, "_f_max", None) is not None else float(rate // 2)
+        return deps.torchaudio().functional.melscale_fbanks(scale.n_stft, scale.f_min, f_max, scale.n_mels, rate,
+                                                            scale.norm, scale.mel_scale)
 
     @fp32
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
@@ -144,6 +157,9 @@ class ConvLogMel(nn.Module):
         center: reflect-pad ``n_fft // 2`` on both sides so frame ``t`` is centred at ``t * hop``.
     """
 
+    #: State-dict key (below this module) of the mel filterbank saved with the weights.
+    FILTERBANK = "melW"
+
     def __init__(
         self,
         sample_rate: int = 48000,
@@ -162,13 +178,11 @@ class ConvLogMel(nn.Module):
         self.n_mels = n_mels
         self.amin = amin
         self.center = center
-        bins = n_fft // 2 + 1
+        self.f_min, self.f_max = f_min, f_max
         # Built on the CPU even inside a meta-device context (converters read shapes that way).
         with torch.device("cpu"):
             real, imag = windowed_dft(torch.hann_window(n_fft, periodic=True, dtype=torch.float64))
-            fbank = deps.torchaudio().functional.melscale_fbanks(
-                bins, f_min, f_max, n_mels, sample_rate, norm="slaney", mel_scale="slaney"
-            )
+            fbank = self.filterbank()
         self.register_buffer("conv_real", real.float().unsqueeze(1))
         self.register_buffer("conv_imag", imag.float().unsqueeze(1))
         self.register_buffer("melW", fbank.float())  # [bins, n_mels]
@@ -177,6 +191,13 @@ class ConvLogMel(nn.Module):
     def num_frames(self, num_samples: int) -> int:
         """Frames produced for a waveform of ``num_samples`` (centred STFT)."""
         return num_samples // self.hop_length + 1
+
+    def filterbank(self, sample_rate: int | None = None) -> torch.Tensor:
+        """The Slaney mel filterbank ``[bins, n_mels]`` these settings build at ``sample_rate``
+        (default: the front end's own), to compare with one saved in a model's weights."""
+        rate = self.sample_rate if sample_rate is None else sample_rate
+        return deps.torchaudio().functional.melscale_fbanks(
+            self.n_fft // 2 + 1, self.f_min, self.f_max, self.n_mels, rate, norm="slaney", mel_scale="slaney")
 
     def fft_window(self) -> torch.Tensor | None:
         """The analysis window when the kernels are a windowed DFT, else ``None``.

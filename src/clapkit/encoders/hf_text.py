@@ -210,6 +210,16 @@ class HFTextEncoder(TextEncoder):
         )
         return {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask")}
 
+    def unknown_only(self, texts: list[str]) -> list[str]:
+        """The texts the tokenizer turns into nothing but its unknown token (a script it lacks):
+        they all get one and the same embedding. Empty for byte-level tokenizers (RoBERTa,
+        GPT-2), which have a token for every byte and never produce the unknown token."""
+        unknown = getattr(self.tokenizer, "unk_token_id", None)
+        if unknown is None or not texts:
+            return []
+        rows = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return [text for text, ids in zip(texts, rows) if all(i == unknown for i in ids)]
+
     def forward(self, texts: list[str] | dict[str, torch.Tensor]) -> EncoderOutput:
         tokens = self.tokenize(texts) if isinstance(texts, (list, tuple)) else texts
         device = module_device(self)
