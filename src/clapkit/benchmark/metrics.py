@@ -124,7 +124,7 @@ def multilabel_map(scores: torch.Tensor | np.ndarray, targets: np.ndarray) -> di
     if not present.any():
         raise ValueError("no class has a positive clip")
     per_class = average_precision_score(targets[:, present], scores[:, present], average=None)
-    return {"mAP": float(np.mean(per_class)), "classes": float(present.sum())}
+    return {"mAP": float(np.mean(per_class))}
 
 
 def linear_probe(embeddings: np.ndarray, labels: Sequence[int], folds: Sequence[int], *, c: float = 1.0,

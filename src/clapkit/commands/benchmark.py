@@ -40,8 +40,7 @@ def build_parser():
     parser.add_argument("--data-root", default=None, help="the same as ROOT")
     parser.add_argument("--datasets", default=None, metavar="YAML", help="per-dataset folders (name: path)")
     parser.add_argument("-o", "--output", required=True, metavar="REPORT_DIR", help="folder for the report")
-    parser.add_argument("--protocol", default="laion-clap",
-                        choices=[name for name, p in PROTOCOLS.items() if not p.separation],
+    parser.add_argument("--protocol", default="laion-clap", choices=list(PROTOCOLS),
                         help="the reference's protocol (prompt and tasks)")
     parser.add_argument("--task", action="append", default=None, choices=list(TASKS),
                         help="run only this task (repeatable)")
