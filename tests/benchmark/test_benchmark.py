@@ -181,4 +181,25 @@ def test_a_separation_protocol_on_a_clap_model_is_refused(model_dir, tmp_path, c
     assert main(["benchmark", "--model", str(model_dir), str(tmp_path), "-o", str(tmp_path / "r"),
                  "--protocol", "clapsep", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "--protocol clapsep evaluates a separation model" in err and len(err.splitlines()) == 1
+    assert "not a separation model; --protocol clapsep needs one" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow  # ~25 s on the shared 2-core machine (a separation model's load and 15 separations)
+def test_clapsep_protocol_on_a_tiny_separation_model(tmp_path):
+    from helpers.separation import save_tiny_model
+
+    model = tmp_path / "sep"
+    save_tiny_model(model)
+    root = tmp_path / "data"
+    layouts.audiocaps(root / "AudioCaps", clips={"test": 3}, missing=0)
+    report_dir = tmp_path / "report"
+    assert main(["benchmark", "--model", str(model), str(root), "-o", str(report_dir), "--protocol", "clapsep",
+                 "--max-targets", "1", "--device", "cpu", "-q"]) == 0
+    results = json.loads((report_dir / "results.json").read_text())
+    (result,) = results["results"]
+    assert result["task"] == "separation-audiocaps" and result["clips"] == 5  # 5 mixtures per target
+    assert set(result["metrics"]) == {"SDRi", "SI-SDRi", "SDRi_pos+neg", "SI-SDRi_pos+neg", "SDRi_audio",
+                                      "SI-SDRi_audio"}
+    assert all(np.isfinite(v) for v in result["metrics"].values())
+    assert result["figures"]["SDRi"][0]["value"] == pytest.approx(10.08)
+    assert "| 10.08 dB |" in (report_dir / "results.md").read_text()

@@ -63,8 +63,9 @@ TASKS: dict[str, Task] = {task.name: task for task in (
          ("accuracy",)),
     Task("linear-probe-us8k", "linear-probe", "us8k", "UrbanSound8K linear probe, 10-fold cross-validation", None,
          ("accuracy",)),
-    Task("separation-audiocaps", "separation", "clapsep-mixtures", "CLAPSep mixtures (0 dB), text queries",
-         None, ("SDRi", "SI-SDRi")),
+    Task("separation-audiocaps", "separation", "audiocaps",
+         "CLAPSep mixtures of AudioCaps test (0 dB, 5 per target): text, text + negative, audio queries", None,
+         ("SDRi", "SI-SDRi", "SDRi_pos+neg", "SI-SDRi_pos+neg", "SDRi_audio", "SI-SDRi_audio")),
 )}
 
 CLIP_TASKS = tuple(name for name, task in TASKS.items() if task.kind != "separation")

@@ -24,6 +24,7 @@ from clapkit.benchmark.cache import EmbeddingCache, EmbeddingCounts, ProgressFac
 from clapkit.benchmark.datasets import DATASETS, LoadedDataset, load_datasets, read_paths_file
 from clapkit.benchmark.metrics import laion_retrieval, linear_probe, multilabel_map, zeroshot_logits, zeroshot_scores
 from clapkit.benchmark.protocols import PROTOCOLS, TASKS, Protocol, Task, prompts_for, protocol
+from clapkit.benchmark.separation import separation_scores
 
 
 class BenchmarkError(ValueError):
@@ -213,6 +214,8 @@ def run_benchmark(
     reference: str | None = None,
     prompt_ensemble: bool = False,
     cache_dir: str | os.PathLike | None = None,
+    mixtures_csv: str | os.PathLike | None = None,
+    max_targets: int | None = None,
     workers: int = 0,
     progress: ProgressFactory | None = None,
     log: Callable[[str], None] | None = None,
@@ -220,15 +223,20 @@ def run_benchmark(
     """Run a protocol's tasks on the datasets present and return the report (nothing written).
 
     Args:
-        model: a model directory / checkpoint (loaded with :func:`clapkit.load`) or a loaded
-            :class:`~clapkit.inference.CLAPModel`.
+        model: a model directory / checkpoint (loaded with :func:`clapkit.load`), a loaded
+            :class:`~clapkit.inference.CLAPModel`, or a :class:`~clapkit.separator.SeparationModel`
+            (CLAPSep protocol).
         data_root: folder holding the datasets (each found by its published metadata file).
-        protocol_name: ``laion-clap`` (default for a contrastive model), ``ms-clap``, ``audioclip``.
+        protocol_name: ``laion-clap`` (default for a contrastive model), ``ms-clap``, ``audioclip``;
+            ``clapsep`` (default for a separation model).
         paths: per-dataset folders (a YAML file or its parsed mapping), beside or instead of ``data_root``.
         tasks: run only these tasks (default: all of the protocol's).
         reference: the reference model whose figures are shown first (default: the protocol's).
         prompt_ensemble: average the embeddings of several prompt templates per class.
         cache_dir: embeddings cache (``None``: a temporary folder, nothing reused).
+        mixtures_csv: separation only: the published fixed mixture list (``read_specs_csv``
+            format) instead of mixtures drawn from the AudioCaps test clips.
+        max_targets: separation only: use at most this many target clips.
         workers: decoding processes ahead of the model.
         progress: progress bar factory ``(description, total) -> context yielding advance(n)``.
         log: called with one line per dataset or task skipped.
@@ -240,9 +248,8 @@ def run_benchmark(
         from clapkit.pretrained import load
 
         model = load(model)
-    if not hasattr(model, "embed_text"):
-        raise BenchmarkError(f"{source}: a separation model; run it with --protocol clapsep")
-    proto = _clip_protocol(protocol_name)
+    separation = hasattr(model, "separate_batch")
+    proto = _protocol_for(protocol_name, separation)
     if reference is not None and reference not in published.references():
         raise BenchmarkError(f"unknown reference {reference!r}; known: {', '.join(published.references())}")
     selected = [TASKS[name] for name in (tasks or proto.tasks) if _known_task(name)]
@@ -270,7 +277,7 @@ def run_benchmark(
             report.captions = sum(len(r.texts) for r in data.clips.records) if spec.published_captions else 0
             report.left_out = dict(data.left_out)
             try:
-                audio = cache.audio(name, [r.path for r in data.clips.records], spec.title)
+                audio = None if separation else cache.audio(name, [r.path for r in data.clips.records], spec.title)
             except ValueError as exc:  # a clip that cannot be decoded past its header
                 report.problem = f"{spec.title}: {str(exc).splitlines()[0]}"
                 say(f"skipped {report.problem}")
@@ -281,7 +288,12 @@ def run_benchmark(
                     skipped.append(f"{task.title}: no clip of folds {list(task.folds or ())} is present")
                     say(f"skipped {skipped[-1]}")
                     continue
-                metrics, captions = RUNNERS[task.kind](task, data, audio, ctx)
+                if separation:
+                    metrics, clips = separation_scores(model, data.clips, mixtures_csv=mixtures_csv,
+                                                       max_targets=max_targets, progress=progress)
+                    captions = 0
+                else:
+                    metrics, captions = RUNNERS[task.kind](task, data, audio, ctx)
                 results.append(TaskResult(task.name, task.title, task.kind, name, clips, captions, metrics,
                                           list(task.metrics),
                                           {m: _figure_refs(task, m, proto, reference) for m in task.metrics}))
@@ -296,14 +308,17 @@ def run_benchmark(
     )
 
 
-def _clip_protocol(name: str | None) -> Protocol:
+def _protocol_for(name: str | None, separation: bool) -> Protocol:
+    """The protocol called ``name`` (default: ``clapsep`` for a separation model, else
+    ``laion-clap``), refused when it does not fit the model's kind."""
     try:
-        proto = protocol(name or "laion-clap")
+        proto = protocol(name or ("clapsep" if separation else "laion-clap"))
     except ValueError as exc:
         raise BenchmarkError(str(exc)) from None
-    if proto.separation:
-        raise BenchmarkError(f"--protocol {proto.name} evaluates a separation model; this is a contrastive model "
-                             f"(protocols: {', '.join(p for p, v in PROTOCOLS.items() if not v.separation)})")
+    if proto.separation != separation:
+        fitting = ", ".join(p for p, v in PROTOCOLS.items() if v.separation == separation)
+        kind = "a separation model" if separation else "a contrastive model"
+        raise BenchmarkError(f"--protocol {proto.name} does not fit {kind} (protocols for it: {fitting})")
     return proto
 
 

@@ -17,6 +17,9 @@ protocols:
               captions per clip, LAION-CLAP's R@k and mAP@10); linear probes (ESC-50, US8K)
   ms-clap     the same tasks with prompt "this is the sound of {}"
   audioclip   zero-shot and linear probe on ESC-50 and US8K, the class name as prompt
+  clapsep     a separation model: mixtures of AudioCaps test clips at 0 dB (5 per target, fixed
+              seed, or the published list with --mixtures CSV), text, text + negative and audio
+              queries, SDRi and SI-SDRi averaged over all mixtures
 
 example:
   clapkit benchmark --model models/clap-630k data/ -o reports/clap-630k --protocol laion-clap
@@ -48,6 +51,9 @@ def build_parser():
                         help="reference model whose figures are shown first (keys in reference_figures.yaml)")
     parser.add_argument("--prompt-ensemble", action="store_true",
                         help="average several prompt templates per class (a clapkit option, not a published protocol)")
+    parser.add_argument("--mixtures", default=None, metavar="CSV",
+                        help="clapsep: fixed mixture list (source_file, positive_caption, noise_file, negative_caption)")
+    parser.add_argument("--max-targets", type=int, default=None, help="clapsep: use at most this many target clips")
     parser.add_argument("--cache", default=None, metavar="DIR", help="embeddings cache (default: REPORT_DIR/cache)")
     parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier report")
     _shared.add_model_options(parser)
@@ -65,6 +71,8 @@ def main(argv: list[str]) -> int:
         raise CommandError("no data: give the data ROOT and/or --datasets YAML")
     if root is not None and not Path(root).is_dir():
         raise CommandError(f"{root}: no such data folder")
+    if args.mixtures is not None and not Path(args.mixtures).is_file():
+        raise CommandError(f"{args.mixtures}: no such mixtures file")
     if args.datasets is not None and not Path(args.datasets).is_file():
         raise CommandError(f"{args.datasets}: no such datasets file")
     output = Path(args.output)
@@ -80,7 +88,7 @@ def main(argv: list[str]) -> int:
     from clapkit.benchmark import BenchmarkError, run_benchmark, write_report
     from clapkit.datamodules.clips import LayoutError
 
-    model = _shared.load_model(args.model, args)
+    model = _load(args)
     workers = max(0, args.workers) if args.workers > 1 else 0
 
     def progress(description: str, total: int):
@@ -89,7 +97,8 @@ def main(argv: list[str]) -> int:
     try:
         report = run_benchmark(model, root, protocol_name=args.protocol, paths=args.datasets, tasks=args.task,
                                reference=args.reference, prompt_ensemble=args.prompt_ensemble,
-                               cache_dir=args.cache or output / "cache", workers=workers, progress=progress,
+                               cache_dir=args.cache or output / "cache", mixtures_csv=args.mixtures,
+                               max_targets=args.max_targets, workers=workers, progress=progress,
                                log=None if args.quiet else _shared.eprint)
     except (BenchmarkError, LayoutError) as exc:
         raise CommandError(str(exc)) from None
@@ -100,3 +109,26 @@ def main(argv: list[str]) -> int:
         _shared.eprint(f"{len(report.results)} tasks on {len(ran)} datasets ({report.embeddings.audio_embedded} clips "
                        f"embedded, {report.embeddings.audio_cached} from the cache) -> {output / 'results.md'}")
     return 0
+
+
+def _load(args):
+    """The model: a contrastive one through the shared loader; a separation model (its own
+    kind) for ``--protocol clapsep``."""
+    if args.protocol != "clapsep":
+        try:
+            return _shared.load_model(args.model, args)
+        except CommandError as exc:
+            if "a separation model" in str(exc):
+                raise CommandError(f"{args.model}: a separation model; benchmark it with --protocol clapsep") from None
+            raise
+    from clapkit.pretrained import PretrainedError, load
+
+    _shared.check_device(args.device)
+    _shared.check_model_path(args.model)
+    try:
+        model = load(args.model, device=args.device, precision=args.precision, batch_size=args.batch_size)
+    except (PretrainedError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from None
+    if not hasattr(model, "separate_batch"):
+        raise CommandError(f"{args.model}: not a separation model; --protocol clapsep needs one (CLAPSep)")
+    return model
