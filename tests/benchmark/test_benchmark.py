@@ -5,7 +5,6 @@ and a rerun embeds nothing (measured by counting calls into the model's towers).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

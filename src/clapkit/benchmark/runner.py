@@ -13,7 +13,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,13 @@ import torch
 from clapkit.benchmark import figures as published
 from clapkit.benchmark.cache import EmbeddingCache, EmbeddingCounts, ProgressFactory
 from clapkit.benchmark.datasets import DATASETS, LoadedDataset, load_datasets, read_paths_file
-from clapkit.benchmark.metrics import laion_retrieval, linear_probe, multilabel_map, zeroshot_logits, zeroshot_scores
+from clapkit.benchmark.metrics import (
+    laion_retrieval,
+    linear_probe,
+    multilabel_map,
+    zeroshot_logits,
+    zeroshot_scores,
+)
 from clapkit.benchmark.protocols import PROTOCOLS, TASKS, Protocol, Task, prompts_for, protocol
 from clapkit.benchmark.separation import separation_scores
 
@@ -304,7 +309,7 @@ def run_benchmark(
         prompt_ensemble=prompt_ensemble, reference=reference or published.default_references(proto.name)[0],
         datasets=reports, results=results, skipped=skipped, embeddings=cache.counts,
         seconds=time.perf_counter() - start,
-        date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )
 
 
