@@ -202,3 +202,27 @@ def test_clapsep_protocol_on_a_tiny_separation_model(tmp_path):
     assert all(np.isfinite(v) for v in result["metrics"].values())
     assert result["figures"]["SDRi"][0]["value"] == pytest.approx(10.08)
     assert "| 10.08 dB |" in (report_dir / "results.md").read_text()
+
+
+def test_a_crash_mid_dataset_redoes_only_the_unfinished_part(data, model_dir, tmp_path, monkeypatch):
+    import clapkit
+    import clapkit.benchmark.cache as cache_module
+
+    root, _ = data
+    monkeypatch.setattr(cache_module, "PART_SIZE", 4)  # ESC-50 replica: 15 clips in 4 parts
+
+    class Crashing(_Counting):
+        def embed_prepared(self, clips, **kwargs):
+            if self.clips >= 8:
+                raise KeyboardInterrupt  # killed while embedding the third part
+            return super().embed_prepared(clips, **kwargs)
+
+    crashing = Crashing(clapkit.load(model_dir))
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(crashing, root, tasks=["zeroshot-esc50"], cache_dir=tmp_path / "cache")
+    assert crashing.clips == 8
+    resumed = _Counting(clapkit.load(model_dir))
+    report = run_benchmark(resumed, root, tasks=["zeroshot-esc50"], cache_dir=tmp_path / "cache")
+    assert resumed.clips == 15 - 8 and report.embeddings.audio_cached == 8
+    fresh = run_benchmark(clapkit.load(model_dir), root, tasks=["zeroshot-esc50"], cache_dir=tmp_path / "fresh")
+    assert report.results[0].metrics == fresh.results[0].metrics
