@@ -293,12 +293,17 @@ def run_benchmark(
                     skipped.append(f"{task.title}: no clip of folds {list(task.folds or ())} is present")
                     say(f"skipped {skipped[-1]}")
                     continue
-                if separation:
-                    metrics, clips = separation_scores(model, data.clips, mixtures_csv=mixtures_csv,
-                                                       max_targets=max_targets, progress=progress)
-                    captions = 0
-                else:
-                    metrics, captions = RUNNERS[task.kind](task, data, audio, ctx)
+                try:
+                    if separation:
+                        metrics, clips = separation_scores(model, data.clips, mixtures_csv=mixtures_csv,
+                                                           max_targets=max_targets, progress=progress)
+                        captions = 0
+                    else:
+                        metrics, captions = RUNNERS[task.kind](task, data, audio, ctx)
+                except ValueError as exc:  # e.g. a clip without captions, a probe fold with one class
+                    skipped.append(f"{task.title}: {str(exc).splitlines()[0]}")
+                    say(f"skipped {skipped[-1]}")
+                    continue
                 results.append(TaskResult(task.name, task.title, task.kind, name, clips, captions, metrics,
                                           list(task.metrics),
                                           {m: _figure_refs(task, m, proto, reference) for m in task.metrics}))
