@@ -149,12 +149,22 @@ def read_paths_file(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _subfolders(folder: Path) -> list[Path]:
+    # scandir's entry types come from the directory listing: a folder of 200,000 clips is
+    # listed, not stat-ed file by file.
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(Path(e.path) for e in entries if e.is_dir())
+    except OSError:
+        return []
+
+
 def _find(root: Path, spec: DatasetSpec) -> Path | None:
     """The first folder (the root, then one and two levels below, sorted) holding a marker."""
     levels = [[root]]
     if root.is_dir():
-        first = sorted(p for p in root.iterdir() if p.is_dir())
-        levels += [first, sorted(q for p in first for q in p.iterdir() if q.is_dir())]
+        first = _subfolders(root)
+        levels += [first, [q for p in first for q in _subfolders(p)]]
     for level in levels:
         for folder in level:
             if any((folder / marker).is_file() for marker in spec.markers):
