@@ -31,6 +31,8 @@ class DatasetSpec:
         read: ``(folder, options) -> ClipSet`` of the evaluation split.
         published_clips: clips of the published evaluation split (``None``: not stated here).
         published_captions: captions of that split (retrieval sets).
+        captioned: a caption set (its records' texts are human captions, counted in the report;
+            a label set's texts are templates).
     """
 
     name: str
@@ -39,6 +41,7 @@ class DatasetSpec:
     read: Callable[[Path, dict[str, Any]], ClipSet]
     published_clips: int | None = None
     published_captions: int | None = None
+    captioned: bool = False
 
 
 def _esc50(root: Path, options: dict[str, Any]) -> ClipSet:
@@ -97,8 +100,8 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec("vggsound", "VGGSound test", ("vggsound.csv",), _vggsound),
     DatasetSpec("fsd50k", "FSD50K eval", ("FSD50K.ground_truth/eval.csv",), _fsd50k, 10231),
     DatasetSpec("audioset", "AudioSet eval segments", ("metadata/eval_segments.csv", "eval_segments.csv"), _audioset),
-    DatasetSpec("audiocaps", "AudioCaps test", ("test.csv",), _audiocaps, 975, 4875),
-    DatasetSpec("clotho", "Clotho v2.1 evaluation", ("clotho_captions_evaluation.csv",), _clotho, 1045, 5225),
+    DatasetSpec("audiocaps", "AudioCaps test", ("test.csv",), _audiocaps, 975, 4875, True),
+    DatasetSpec("clotho", "Clotho v2.1 evaluation", ("clotho_captions_evaluation.csv",), _clotho, 1045, 5225, True),
 )}
 
 

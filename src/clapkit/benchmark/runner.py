@@ -279,7 +279,7 @@ def run_benchmark(
                 say(f"skipped {report.problem}")
                 continue
             report.clips = len(data.clips)
-            report.captions = sum(len(r.texts) for r in data.clips.records) if spec.published_captions else 0
+            report.captions = sum(len(r.texts) for r in data.clips.records) if spec.captioned else 0
             report.left_out = dict(data.left_out)
             try:
                 audio = None if separation else cache.audio(name, [r.path for r in data.clips.records], spec.title)
