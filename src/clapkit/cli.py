@@ -39,6 +39,7 @@ INFERENCE_COMMANDS: dict[str, tuple[str, str]] = {
     "make-shards": ("make_shards", "write webdataset shards from a manifest of audio + text"),
     "separate": ("separate", "extract the sound a query describes from mixtures"),
     "query": ("query", "cross-modal search (text, image or audio query) over a folder"),
+    "benchmark": ("benchmark", "run the published protocols on a model, report beside the papers' figures"),
 }
 
 

@@ -278,3 +278,31 @@ def clotho(root: Path) -> Replica:
                     ["file_name", "keywords", "sound_id", "sound_link", "start_end_samples", "manufacturer",
                      "license"], meta_rows, encoding="latin-1")
     return out
+
+
+# -- VGGSound ---------------------------------------------------------------------------------
+VGG_LABELS = ["dog barking", "people marching", "playing acoustic guitar", "rain on surface"]
+
+
+def vggsound(root: Path, missing: int = 1) -> Replica:
+    """``vggsound.csv`` (no header: youtube_id,start_seconds,label,split), train (4) and test (4)
+    rows, clips as ``{youtube_id}_{start:06d}.wav`` in ``video_audio/`` subfolders; ``missing``
+    test rows have no audio (unavailable videos)."""
+    out = Replica(root, class_names=sorted(VGG_LABELS))
+    rows, i = [], 0
+    for split, n in (("train", 4), ("test", 4 + missing)):
+        for j in range(n):
+            label = VGG_LABELS[j % len(VGG_LABELS)]
+            ytid, start = f"-{split[:2]}{j:02d}-AbCdE"[:11], 10 * j + 1
+            rows.append([ytid, start, label, split])
+            if split == "test" and j >= n - missing:
+                continue
+            write_clip(root / "video_audio" / split / f"{ytid}_{start:06d}.wav", i, 16000, seconds=0.05)
+            key = f"{ytid}_{start}"
+            out.splits.setdefault(split, []).append(key)
+            out.labels[key] = sorted(VGG_LABELS).index(label)
+            i += 1
+        if split == "test":
+            out.missing[split] = missing
+    write_table(root / "vggsound.csv", None, rows)
+    return out

@@ -11,6 +11,10 @@ Layouts (as distributed):
   ``train``/``val`` in dev.csv), ``FSD50K.ground_truth/vocabulary.csv`` (no header:
   index,label,mid), clips ``FSD50K.dev_audio/{fname}.wav`` and
   ``FSD50K.eval_audio/{fname}.wav``; 200 classes, multi-label.
+- VGGSound: ``vggsound.csv`` (no header: youtube_id,start_seconds,label,split with split
+  ``train``/``test``); the audio is not distributed with it, so clips are looked up anywhere
+  under the dataset folder by a name template (default ``{youtube_id}_{start:06d}.wav``, the
+  name the dataset's own tools give a clip); 309 classes, single-label.
 
 Zero-shot evaluation uses ``class_names`` (underscores replaced by spaces) and integer labels
 (multi-hot for FSD50K). Training batches carry template captions ("The sound of dog"), so the
@@ -32,6 +36,7 @@ from clapkit.datamodules.clips import (
     select_folds,
 )
 
+VGGSOUND_FIELDS = ("youtube_id", "start", "label", "split")
 ESC50_COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
 US8K_COLUMNS = ("slice_file_name", "fsID", "start", "end", "salience", "fold", "classID", "class")
 
@@ -128,6 +133,54 @@ def read_fsd50k(root: str | Path, split: str, template: CaptionTemplate | None =
             meta={"split": r.get("split", "eval")},
         ))
     return ClipSet(records, names, multi_label=True)
+
+
+def read_vggsound(root: str | Path, split: str = "test", audio_name: str = "{youtube_id}_{start:06d}.wav",
+                  template: CaptionTemplate | None = None, drop_missing: bool = True) -> ClipSet:
+    """VGGSound ``split`` (``train`` or ``test``) from ``vggsound.csv``.
+
+    Class ids are the sorted label strings of the whole table (train and test), so both splits
+    share one label space. ``audio_name`` is a template over ``youtube_id``, ``start`` (an int)
+    and ``label``; files are found anywhere under ``root`` (the folder is indexed once). Clips
+    without a file are left out and counted (``left_out['missing']``).
+    """
+    import csv as csv_module
+    from collections import Counter
+
+    from clapkit.datamodules.audioset import index_audio_folder
+    from clapkit.datamodules.captionsets import check_template
+
+    root = Path(root)
+    table = root / "vggsound.csv"
+    if not table.is_file():
+        raise LayoutError(f"{table}: file not found (expected youtube_id,start_seconds,label,split rows, no header)")
+    check_template(audio_name, list(VGGSOUND_FIELDS[:3]), f"{table}: audio_name {audio_name!r}")
+    rows = []
+    for line_no, row in enumerate(csv_module.reader(decode_table(table).splitlines()), 1):
+        if not row:
+            continue
+        if len(row) != 4 or not row[1].strip().lstrip("-").isdigit():
+            raise LayoutError(f"{table}:{line_no}: expected 'youtube_id,start_seconds,label,split', got {row}")
+        rows.append((row[0], int(row[1]), row[2].strip(), row[3].strip()))
+    names = sorted({label for _, _, label, _ in rows})
+    ids = {name: i for i, name in enumerate(names)}
+    template = template or CaptionTemplate()
+    index = index_audio_folder(root)
+    records, missing = [], 0
+    for ytid, start, label, row_split in rows:
+        if row_split != split:
+            continue
+        name = audio_name.format(youtube_id=ytid, start=start, label=label)
+        if drop_missing and name not in index:
+            missing += 1
+            continue
+        records.append(ClipRecord(path=index.get(name, root / name), texts=[template([label])], label=ids[label],
+                                  key=f"{ytid}_{start}", meta={"split": split, "start": start}))
+    problem = None
+    if missing and not records:
+        problem = (f"{table}: none of its {missing} {split} clips has an audio file under {root} "
+                   f"(searched recursively for names like {audio_name!r})")
+    return ClipSet(records, names, left_out=Counter(missing=missing) if missing else Counter(), problem=problem)
 
 
 class ESC50DataModule(ClipDataModule):
