@@ -23,7 +23,7 @@ import yaml
 import clapkit
 from clapkit.audio import save_audio
 from clapkit.cli import main
-from clapkit.commands._shared import read_embeddings
+from clapkit.commands._shared import model_metadata, read_embeddings, write_embeddings
 from clapkit.embedding import embed_corpus
 from clapkit.identity import HASH_KEY, file_sha256, files_fingerprint
 from clapkit.inference import UnknownTokensWarning
@@ -101,8 +101,9 @@ def twins(tmp_path_factory):
     (b / WEIGHTS_NAME).write_bytes(bytes(data))
     _edit_config(b, lambda d: d.update({HASH_KEY: file_sha256(b / WEIGHTS_NAME)}))
     clips = write_wav_folder(root / "clips", count=3)
-    index = root / "a.parquet"
-    assert main(["embed", "--model", str(a), str(root / "clips"), "-o", str(index), "-q"]) == 0
+    index = root / "a.parquet"  # what `clapkit embed --model A` writes, without the command's start-up
+    model = clapkit.load(a, towers=("audio",))
+    write_embeddings(index, [str(c) for c in clips], model.embed_audio(clips).numpy(), model_metadata(model, a))
     return a, b, clips, index
 
 
@@ -242,8 +243,9 @@ def test_contradictions_are_refused_at_load_naming_both_values(case, plain_and_f
         clapkit.load(directory)
     assert all(text in str(caught.value) for text in expected), str(caught.value)
     assert str(caught.value).startswith(str(directory / CONFIG_NAME))
-    with pytest.raises(PretrainedError, match="contradicts|says sample_rate"):
-        load_native(directory)  # the task is built through the same check
+    if which == "plain" and "rate" in case:
+        with pytest.raises(PretrainedError, match="contradicts|says sample_rate"):
+            load_native(directory)  # the task (training, conversion) is built through the same check
     clip = save_audio(tmp_path / "clip.wav", tone(0.5, SR), SR)
     assert main(["embed", "--model", str(directory), str(clip), "-o", str(tmp_path / "e.npy"), "-q"]) == 2
     line = _one_error_line(capsys)
