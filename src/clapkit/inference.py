@@ -146,7 +146,8 @@ class CLAPModel:
         The result has exactly ``clip_samples`` samples, except with fusion, where clips longer
         than the window stay whole.
         """
-        return _prepare_audio(audio, self.inference, sample_rate, name=name, max_seconds=self.max_seconds)
+        return _prepare_audio(audio, self.inference, sample_rate, name=name,
+                              max_seconds=getattr(self, "max_seconds", DEFAULT_MAX_SECONDS))
 
     def embed_audio(
         self,
