@@ -23,7 +23,6 @@ import contextlib
 import io
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
@@ -83,7 +82,7 @@ def open_audio(source: str | os.PathLike | bytes | BinaryIO, label: str) -> Iter
     try:
         reader = sf.SoundFile(str(handle) if isinstance(handle, (str, os.PathLike)) else handle)
     except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError/TypeError
-        if isinstance(source, (str, os.PathLike)) and not Path(source).exists():
+        if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
             raise AudioLoadError(label, "no such file") from None
         raise AudioLoadError(label, f"unreadable: {short_error(exc)}") from None
     with reader:

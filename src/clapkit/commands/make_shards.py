@@ -239,8 +239,10 @@ def plan_rows(manifest: Iterable[dict[str, Any] | None], audio_root: Path, width
             meta["tag"] = _listish(tags, ";")
         meta.update({k: v for k, v in entry.items() if v not in (None, "")})
         meta["original_filename"] = source
-        path = Path(source) if Path(source).is_absolute() else audio_root / source
-        yield Row(f"{i:0{width}d}", str(path), source, meta)
+        # os.path, not Path: pathlib interns every component it parses, a table that grows
+        # with the number of distinct file names in the manifest.
+        path = source if os.path.isabs(source) else os.path.join(audio_root, source)
+        yield Row(f"{i:0{width}d}", path, source, meta)
 
 
 # -- one shard (runs in a worker process) --------------------------------------------------------
