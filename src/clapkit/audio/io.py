@@ -18,6 +18,7 @@ from clapkit.audio.stream import (
     AudioLoadError,
     check_duration,
     check_rate,
+    downmix,
     open_audio,
     output_length,
     read_span,
@@ -99,22 +100,6 @@ def load_audio(
     if reject_silent and not np.any(wave):
         raise AudioLoadError(label, "silent (all samples are zero)")
     return wave, target
-
-
-def downmix(wave: np.ndarray) -> np.ndarray:
-    """``[C, T]`` float32 -> the channel mean ``[T]`` (``[T]`` passes through).
-
-    Equal to ``wave.mean(axis=0)`` in value, but decoded files are ``[T, C]`` in memory and a
-    numpy mean over that strided axis took as long as decoding a stereo FLAC; one and two
-    channels (nearly every file) are summed directly, in the order the mean sums them.
-    """
-    if wave.ndim == 1:
-        return wave
-    if wave.shape[0] == 1:
-        return wave[0]
-    if wave.shape[0] == 2:
-        return (wave[0] + wave[1]) * np.float32(0.5)
-    return wave.mean(axis=0)
 
 
 def save_audio(path: str | os.PathLike, wave, sample_rate: int, subtype: str | None = None) -> Path:

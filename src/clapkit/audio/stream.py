@@ -102,8 +102,6 @@ def read_span(reader: sf.SoundFile, label: str, target: int, start: int, stop: i
     slicing; fewer samples come back if the file ends first. Raises :class:`AudioLoadError` for
     NaN or Inf in the decoded blocks.
     """
-    from clapkit.audio.io import downmix
-
     rate = int(reader.samplerate)
     channels = 1 if mono else int(reader.channels)
     length = max(stop - start, 0)
@@ -138,6 +136,22 @@ def read_span(reader: sf.SoundFile, label: str, target: int, start: int, stop: i
             filled = hi - start
         produced += made.shape[-1]
     return _shape(out[:, :filled], mono)
+
+
+def downmix(wave: np.ndarray) -> np.ndarray:
+    """``[C, T]`` float32 -> the channel mean ``[T]`` (``[T]`` passes through).
+
+    Equal to ``wave.mean(axis=0)`` in value, but decoded files are ``[T, C]`` in memory and a
+    numpy mean over that strided axis took as long as decoding a stereo FLAC; one and two
+    channels (nearly every file) are summed directly, in the order the mean sums them.
+    """
+    if wave.ndim == 1:
+        return wave
+    if wave.shape[0] == 1:
+        return wave[0]
+    if wave.shape[0] == 2:
+        return (wave[0] + wave[1]) * np.float32(0.5)
+    return wave.mean(axis=0)
 
 
 def _block(reader: sf.SoundFile, frames: int, label: str) -> np.ndarray:
