@@ -138,6 +138,20 @@ def test_a_fusion_model_refuses_a_file_over_the_cap_in_one_line_and_the_cap_rise
         prepare_audio(clip_path, spec, max_seconds=60)
 
 
+def test_a_huge_rate_and_many_channels_cannot_hold_more_than_the_cap_allows(tmp_path):
+    """12 s of 8-channel silence at FLAC's top rate (655,350 Hz) is 63 million samples (252 MB of
+    float32) from a file of tens of KB: over the cap's 600 s of 48 kHz stereo when kept whole;
+    resampled to a model's rate (mono, streamed) it costs its 12 s at that rate."""
+    path = tmp_path / "wide.flac"
+    with sf.SoundFile(path, "w", samplerate=655350, channels=8, format="FLAC", subtype="PCM_16") as handle:
+        for _ in range(12):
+            handle.write(np.zeros((655350, 8), dtype=np.int16))
+    with pytest.raises(AudioLoadError, match="over the cap of 600 s of 48 kHz stereo"):
+        load_audio(path, mono=False)
+    (wave, rate), peak = traced_peak(lambda: load_audio(path, 16000))
+    assert rate == 16000 and wave.shape == (16000 * 12,) and peak < 24 * MB
+
+
 @pytest.mark.parametrize("crop", ["start", "center", "seeded"])
 @pytest.mark.parametrize("rate,channels", [(16000, 1), (44100, 2), (22050, 3), (8000, 1)])
 def test_reading_only_the_window_is_bit_identical_to_decoding_the_whole_file(tmp_path, crop, rate, channels):
@@ -179,10 +193,10 @@ def test_separation_overlap_add_streams_and_matches_whole_signal_weights():
 
 
 def write_manifest(path: Path, rows: int, real: Path) -> Path:
-    """``rows`` JSONL rows: every 1000th names a real file, the others missing files (skipped)."""
+    """``rows`` JSONL rows: every 500th names a real file, the others missing files (skipped)."""
     with open(path, "w", encoding="utf-8") as handle:
         for i in range(rows):
-            audio = str(real) if i % 1000 == 0 else f"missing/{i}.wav"
+            audio = str(real) if i % 500 == 0 else f"missing/{i}.wav"
             handle.write(json.dumps({"audio": audio, "text": f"caption {i}"}) + "\n")
     return path
 
@@ -193,16 +207,16 @@ def test_make_shards_memory_does_not_grow_with_the_manifest(tmp_path):
     real = tmp_path / "tone.wav"
     sf.write(real, np.sin(np.arange(1600) * 0.1).astype(np.float32) * 0.3, 16000)
     peaks = {}
-    for rows, name in ((1_000, "warm-up"), (1_000, "small"), (5_000, "large")):
+    for rows, name in ((500, "warm-up"), (500, "small"), (2_500, "large")):
         manifest = write_manifest(tmp_path / f"m{rows}.jsonl", rows, real)
         out = tmp_path / f"shards-{name}"
         args = [str(manifest), "-o", str(out), "--sample-rate", "16000", "--shard-size", "500", "--workers", "1", "-q"]
         code, peaks[name] = traced_peak(lambda: main(args)) if name != "warm-up" else (main(args), 0)  # noqa: B023
         assert code == 0
         sizes = json.loads((out / "sizes.json").read_text())
-        assert sum(sizes.values()) == rows // 1000
+        assert sum(sizes.values()) == rows // 500
         with open(out / "skipped.csv", encoding="utf-8") as handle:
-            assert sum(1 for _ in handle) == 1 + rows - rows // 1000
+            assert sum(1 for _ in handle) == 1 + rows - rows // 500
     # five times the rows: the same working set (a shard's rows and one file), not five times it
     # (the whole-manifest plan took about 800 bytes a row)
     assert peaks["large"] < peaks["small"] + 512 * 1024, peaks

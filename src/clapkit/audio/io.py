@@ -91,7 +91,8 @@ def load_audio(
         target = rate if sample_rate is None else int(sample_rate)
         total = output_length(int(reader.frames), rate, target)
         if max_frames is None:
-            check_duration(int(reader.frames), rate, label, max_seconds)
+            check_duration(int(reader.frames), rate, label, max_seconds,
+                           samples=total * (1 if mono else int(reader.channels)))
         else:
             total = min(total, max_frames)
         wave = read_span(reader, label, target, 0, total, mono=mono)

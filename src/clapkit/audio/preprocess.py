@@ -168,7 +168,7 @@ def _read_clip(path: str | os.PathLike, spec: InferenceConfig, label: str, max_s
             start = crop_start(total - window, spec.crop, seed=0)
             wave = read_span(reader, label, spec.sample_rate, start, start + window)
         else:
-            check_duration(frames, rate, label, max_seconds)
+            check_duration(frames, rate, label, max_seconds, samples=total)
             wave = read_span(reader, label, spec.sample_rate, 0, total)
     if wave.size == 0:
         raise AudioLoadError(label, "empty (no samples)")

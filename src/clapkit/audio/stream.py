@@ -37,6 +37,10 @@ MIN_SAMPLE_RATE = 1000
 #: decoders); a model reading a fixed window reads that window only, whatever the file's length.
 DEFAULT_MAX_SECONDS = 600.0
 
+#: Samples a second of the decoding cap allows (48 kHz stereo): the cap bounds the samples held,
+#: not only the seconds, whatever rate and channel count a header claims.
+CAP_SAMPLES_PER_SECOND = 2 * 48000
+
 #: Frames decoded at a time.
 BLOCK = 1 << 16
 
@@ -68,11 +72,22 @@ def check_rate(rate: int, label: str) -> None:
                                     "(a corrupt or hostile header)")
 
 
-def check_duration(frames: int, rate: int, label: str, max_seconds: float | None) -> None:
-    """Refuse decoding more than ``max_seconds`` of audio whole (``None``: no cap)."""
-    if max_seconds is not None and frames > max_seconds * rate:
+def check_duration(frames: int, rate: int, label: str, max_seconds: float | None, *, samples: int | None = None) -> None:
+    """Refuse decoding more than ``max_seconds`` of audio whole (``None``: no cap).
+
+    ``samples``: what the decoding will hold (output frames times channels); it may be at most
+    ``max_seconds`` of 48 kHz stereo (:data:`CAP_SAMPLES_PER_SECOND`), so a file at a huge rate
+    or with many channels cannot hold more than an ordinary one of the same duration.
+    """
+    if max_seconds is None:
+        return
+    if frames > max_seconds * rate:
         raise AudioLoadError(label, f"{frames / rate:.0f} s of audio is over the {max_seconds:g} s cap on decoded "
                                     "duration (raise it with --max-decode-seconds, or max_seconds= in Python)")
+    if samples is not None and samples > max_seconds * CAP_SAMPLES_PER_SECOND:
+        raise AudioLoadError(label, f"{samples} samples to decode ({frames / rate:.0f} s at {rate} Hz) are over the cap "
+                                    f"of {max_seconds:g} s of 48 kHz stereo (raise it with --max-decode-seconds, or "
+                                    "max_seconds= in Python)")
 
 
 @contextlib.contextmanager
@@ -108,8 +123,9 @@ def read_span(reader: sf.SoundFile, label: str, target: int, start: int, stop: i
     out = np.empty((channels, length), dtype=np.float32)
     filled = 0
     if rate == target:
-        reader.seek(min(start, reader.frames) if reader.seekable() else 0)
-        if not reader.seekable():
+        if reader.seekable():
+            reader.seek(min(start, reader.frames))
+        else:
             _skip(reader, start, label)
         while filled < length:
             block = _block(reader, min(BLOCK, length - filled), label)
