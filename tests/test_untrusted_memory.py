@@ -192,11 +192,11 @@ def test_separation_overlap_add_streams_and_matches_whole_signal_weights():
 # --------------------------------------------------------------------------- item 11: rows and labels
 
 
-def write_manifest(path: Path, rows: int, real: Path) -> Path:
-    """``rows`` JSONL rows: every 500th names a real file, the others missing files (skipped)."""
+def write_manifest(path: Path, rows: int, real: Path, every: int = 500) -> Path:
+    """``rows`` JSONL rows: every ``every``-th names a real file, the others missing files (skipped)."""
     with open(path, "w", encoding="utf-8") as handle:
         for i in range(rows):
-            audio = str(real) if i % 500 == 0 else f"missing/{i}.wav"
+            audio = str(real) if i % every == 0 else f"missing/{i}.wav"
             handle.write(json.dumps({"audio": audio, "text": f"caption {i}"}) + "\n")
     return path
 
@@ -363,7 +363,7 @@ def test_make_shards_rss_on_half_a_million_rows(tmp_path):
     sf.write(real, np.sin(np.arange(1600) * 0.1).astype(np.float32) * 0.3, 16000)
 
     def shards(rows: int):
-        manifest = write_manifest(tmp_path / f"m{rows}.jsonl", rows, real)
+        manifest = write_manifest(tmp_path / f"m{rows}.jsonl", rows, real, every=1000)
         return measured(["make-shards", str(manifest), "-o", str(tmp_path / f"s{rows}"), "--sample-rate", "16000",
                          "--workers", "1", "-q"], tmp_path)
 
