@@ -25,6 +25,7 @@ from torch import nn
 from clapkit.audio.io import audio_files
 from clapkit.audio.preprocess import AudioInput, InferenceConfig
 from clapkit.audio.preprocess import prepare_audio as _prepare_audio
+from clapkit.audio.stream import DEFAULT_MAX_SECONDS
 from clapkit.encoders.tower import TowerSet
 from clapkit.finite import NonFiniteError, require_finite
 from clapkit.precision import AUTOCAST, PRECISIONS, resolve_precision, store_in_dtype
@@ -63,6 +64,9 @@ class CLAPModel:
         tower_loader: ``name -> tower`` for a tower ``model`` lacks, called the first time that
             tower is used (``clapkit.load(path, towers=("audio",))`` passes one that builds the
             tower from the directory), so audio-only work never builds the text tower.
+        max_seconds: the cap on audio decoded whole (a fusion model takes long files whole; a
+            model reading one window decodes only that window whatever the file's length);
+            longer files are refused. ``None``: no cap. Also settable as an attribute.
     """
 
     def __init__(
@@ -76,8 +80,10 @@ class CLAPModel:
         audio_tower: str = "audio",
         text_tower: str = "text",
         tower_loader: Callable[[str], nn.Module] | None = None,
+        max_seconds: float | None = DEFAULT_MAX_SECONDS,
     ):
         self.device = resolve_device(device)
+        self.max_seconds = max_seconds
         if batch_size is None:
             batch_size = 8 if self.device.type == "cpu" else 16
         if batch_size < 1:
@@ -145,7 +151,8 @@ class CLAPModel:
         The result has exactly ``clip_samples`` samples, except with fusion, where clips longer
         than the window stay whole.
         """
-        return _prepare_audio(audio, self.inference, sample_rate, name=name)
+        return _prepare_audio(audio, self.inference, sample_rate, name=name,
+                              max_seconds=getattr(self, "max_seconds", DEFAULT_MAX_SECONDS))
 
     def embed_audio(
         self,

@@ -12,6 +12,7 @@ channel count and length. ``clapkit separate`` is this class over files.
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import torch
 
 from clapkit.audio import resample
 from clapkit.audio.preprocess import AudioInput, InferenceConfig, load_waveform
+from clapkit.audio.stream import DEFAULT_MAX_SECONDS
 from clapkit.encoders.separation import CLAPSep, QueryNetwork
 from clapkit.encoders.separation.network import SeparationNetwork
 from clapkit.finite import NonFiniteError, require_finite
@@ -34,26 +36,70 @@ def chunk_windows(total: int, chunk: int, hop: int) -> list[tuple[int, np.ndarra
 
     Interior chunks use a periodic Hann window (which sums to 1 at 50 % overlap); the first
     chunk is flat on its leading half and the last on its trailing half, so the signal edges
-    keep full weight. Without overlap the weights are rectangular.
+    keep full weight. Without overlap the weights are rectangular. (Every chunk's weights at
+    once: :func:`chunk_starts` and :func:`chunk_weight` give them one at a time.)
     """
+    starts = chunk_starts(total, chunk, hop)
+    return [(start, chunk_weight(starts, i, chunk, hop)) for i, start in enumerate(starts)]
+
+
+def chunk_starts(total: int, chunk: int, hop: int) -> list[int]:
+    """Start sample of each chunk of :func:`chunk_windows`."""
     if total <= chunk:
-        return [(0, np.ones(chunk, dtype=np.float64))]
-    starts = sorted(set(list(range(0, total - chunk, hop)) + [total - chunk]))
-    weights = []
-    for i, start in enumerate(starts):
-        if hop >= chunk:
-            w = np.ones(chunk)
-        else:
-            w = (np.hanning(chunk + 1)[:-1] if chunk % 2 == 0 else np.hanning(chunk)).astype(np.float64)
-            if i == 0:
-                w[: chunk // 2] = 1.0
-            if i == len(starts) - 1:
-                w[chunk // 2 :] = 1.0
-        weights.append((start, w))
-    norm = np.zeros(total)
-    for start, w in weights:
-        norm[start : start + chunk] += w
-    return [(start, w / norm[start : start + chunk]) for start, w in weights]
+        return [0]
+    return sorted(set(list(range(0, total - chunk, hop)) + [total - chunk]))
+
+
+def chunk_weight(starts: list[int], i: int, chunk: int, hop: int) -> np.ndarray:
+    """The normalised float64 weights of chunk ``i`` of ``starts`` (equal to :func:`chunk_windows`'),
+    computed from the chunks that overlap it only, so a long input never holds every chunk's."""
+    if len(starts) == 1:
+        return np.ones(chunk, dtype=np.float64)
+    start = starts[i]
+    norm = np.zeros(chunk)
+    # the same additions, in the same order, as a whole-signal normaliser would make here
+    for j in range(bisect.bisect_right(starts, start - chunk), bisect.bisect_left(starts, start + chunk)):
+        other = starts[j]
+        lo, hi = max(start, other), min(start, other) + chunk
+        norm[lo - start:hi - start] += _raw_weight(len(starts), j, chunk, hop)[lo - other:hi - other]
+    return _raw_weight(len(starts), i, chunk, hop) / norm
+
+
+def _raw_weight(count: int, i: int, chunk: int, hop: int) -> np.ndarray:
+    if hop >= chunk:
+        return np.ones(chunk)
+    w = (np.hanning(chunk + 1)[:-1] if chunk % 2 == 0 else np.hanning(chunk)).astype(np.float64)
+    if i == 0:
+        w[: chunk // 2] = 1.0
+    if i == count - 1:
+        w[chunk // 2 :] = 1.0
+    return w
+
+
+class _OverlapAdd:
+    """Float64 overlap-add of chunks given channel by channel in start order into float32 ``out``."""
+
+    def __init__(self, out: np.ndarray, chunk: int):
+        self.out, self.chunk = out, chunk
+        self.span = np.zeros(2 * chunk)
+        self.channel, self.base = 0, 0
+
+    def add(self, channel: int, start: int, values: np.ndarray) -> None:
+        if channel != self.channel:
+            self.finish()
+            self.channel, self.base = channel, 0
+        if start + self.chunk > self.base + self.span.size:
+            done = start - self.base
+            self.out[self.channel, self.base:start] = self.span[:done]
+            self.span[:-done] = self.span[done:].copy()
+            self.span[-done:] = 0.0
+            self.base = start
+        self.span[start - self.base:start - self.base + self.chunk] += values
+
+    def finish(self) -> None:
+        end = min(self.base + self.span.size, self.out.shape[1])
+        self.out[self.channel, self.base:end] = self.span[:end - self.base]
+        self.span[:] = 0.0
 
 
 def is_separation_task(model: torch.nn.Module) -> bool:
@@ -96,10 +142,12 @@ class SeparationModel:
         overlap: chunk overlap fraction in ``[0, 1)``.
         precision: ``32``, ``bf16`` or ``16``: autocast dtype of the forward pass (the STFT and
             the overlap-add stay fp32).
+        max_seconds: a file longer than this is refused (separation decodes whole files; the
+            cap on decoded duration, ``None``: no cap). Also settable as an attribute.
     """
 
     def __init__(self, task, inference: InferenceConfig, device: str | torch.device = "cpu", batch_size: int = 4,
-                 overlap: float = 0.5, precision: str = "32"):
+                 overlap: float = 0.5, precision: str = "32", max_seconds: float | None = DEFAULT_MAX_SECONDS):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if not 0.0 <= overlap < 1.0:
@@ -116,6 +164,7 @@ class SeparationModel:
         self.inference = inference
         self.batch_size = batch_size
         self.overlap = overlap
+        self.max_seconds = max_seconds
         self._last_chunk_starts: list[int] = []  # chunk plan of the latest input (for masks)
 
     @property
@@ -192,7 +241,7 @@ class SeparationModel:
                 the model); nothing is returned.
         """
         mono = not isinstance(audio, (str, os.PathLike)) and np.ndim(audio) == 1
-        wave, sample_rate = load_waveform(audio, sample_rate, mono=False)
+        wave, sample_rate = load_waveform(audio, sample_rate, mono=False, max_seconds=self.max_seconds)
         if condition is None:
             condition = self.condition(**query)
         estimate = self._separate_at_model_rate(resample(wave, sample_rate, self.sample_rate), condition, _masks)
@@ -202,7 +251,8 @@ class SeparationModel:
             raise (exc.named(str(audio)) if isinstance(audio, (str, os.PathLike)) else exc) from None
         estimate = resample(estimate, self.sample_rate, sample_rate)
         length = wave.shape[-1]
-        estimate = np.pad(estimate, ((0, 0), (0, max(0, length - estimate.shape[-1]))))[:, :length]
+        if estimate.shape[-1] != length:
+            estimate = np.pad(estimate, ((0, 0), (0, max(0, length - estimate.shape[-1]))))[:, :length]
         return estimate[0] if mono else estimate
 
     def condition_from_embeddings(self, positive: torch.Tensor | None = None,
@@ -264,24 +314,29 @@ class SeparationModel:
         channels, total = wave.shape
         chunk = self.chunk
         hop = max(1, int(round(chunk * (1.0 - self.overlap))))
-        plan = chunk_windows(total, chunk, hop)
-        self._last_chunk_starts = [start for start, _ in plan]
-        padded = np.pad(wave, ((0, 0), (0, max(0, chunk - total))))
-        items = [(c, start, w) for c in range(channels) for start, w in plan]
-        out = np.zeros((channels, max(total, chunk)), dtype=np.float64)
+        starts = chunk_starts(total, chunk, hop)
+        self._last_chunk_starts = list(starts)
+        padded = np.pad(wave, ((0, 0), (0, chunk - total))) if total < chunk else wave
+        items = [(c, i) for c in range(channels) for i in range(len(starts))]
+        out = np.zeros((channels, max(total, chunk)), dtype=np.float32)
+        # Overlap-add in float64 over a sliding span of two chunks: samples before the current
+        # chunk's start get no more terms, so they are rounded to float32 and written out (the
+        # same values a whole-signal float64 buffer gives, at two chunks' memory).
+        adder = _OverlapAdd(out, chunk)
         condition = condition.to(self.device)
-        for i in range(0, len(items), self.batch_size):
-            group = items[i : i + self.batch_size]
-            batch = torch.from_numpy(np.stack([padded[c, s : s + chunk] for c, s, _ in group])).float()
+        for first in range(0, len(items), self.batch_size):
+            group = items[first : first + self.batch_size]
+            batch = torch.from_numpy(np.stack([padded[c, starts[i] : starts[i] + chunk] for c, i in group])).float()
             dtype = PRECISIONS[self.precision]
             with torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 out_batch = self.network(batch.to(self.device), condition.expand(len(group), -1))
             est = out_batch.waveform
             if masks is not None:
                 masks.append(out_batch.mask.float().cpu().numpy())
-            for (c, s, w), row in zip(group, est.float().cpu().numpy()):
-                out[c, s : s + chunk] += w * row
-        return out[:, :total].astype(np.float32)
+            for (c, i), row in zip(group, est.float().cpu().numpy()):
+                adder.add(c, starts[i], chunk_weight(starts, i, chunk, hop) * row)
+        adder.finish()
+        return np.ascontiguousarray(out[:, :total])
 
     def _embed_examples(self, examples: Sequence[AudioQuery], sample_rate: int | None) -> torch.Tensor | None:
         if not examples:

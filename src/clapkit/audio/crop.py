@@ -50,6 +50,11 @@ def fit_length(
     return _pad(wave, length, pad)
 
 
+def crop_start(slack: int, crop: CropMode, rng: np.random.Generator | None = None, seed: int | None = None) -> int:
+    """Where :func:`fit_length` cuts a clip ``slack`` samples longer than the window."""
+    return _crop_start(slack, crop, rng, seed)
+
+
 def _crop_start(slack: int, crop: CropMode, rng, seed) -> int:
     if crop == "start":
         return 0

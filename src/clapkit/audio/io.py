@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,23 +12,23 @@ import numpy as np
 import soundfile as sf
 
 from clapkit.atomic import atomic_path
-from clapkit.audio.resample import resample
+from clapkit.audio.stream import (
+    DEFAULT_MAX_SECONDS,
+    MIN_SAMPLE_RATE,
+    AudioLoadError,
+    check_duration,
+    check_rate,
+    downmix,
+    open_audio,
+    output_length,
+    read_span,
+    short_error,
+)
+
+__all__ = ["AUDIO_EXTENSIONS", "DEFAULT_MAX_SECONDS", "MIN_SAMPLE_RATE", "AudioInfo", "AudioLoadError", "audio_files",
+           "audio_info", "downmix", "load_audio", "save_audio"]
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
-
-
-class AudioLoadError(ValueError):
-    """A file (or in-memory blob) could not be used as audio.
-
-    Attributes:
-        source: the path or key of the offending input.
-        reason: a short human-readable cause ("empty", "contains NaN", "unreadable: ...").
-    """
-
-    def __init__(self, source: str | os.PathLike, reason: str):
-        self.source = str(source)
-        self.reason = reason
-        super().__init__(f"{self.source}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -46,11 +45,13 @@ class AudioInfo:
 
 
 def audio_info(path: str | os.PathLike) -> AudioInfo:
-    """Read the header of ``path``; raises :class:`AudioLoadError` if it is not audio."""
+    """Read the header of ``path``; raises :class:`AudioLoadError` if it is not audio or its
+    sample rate is below :data:`~clapkit.audio.stream.MIN_SAMPLE_RATE`."""
     try:
         info = sf.info(str(path))
     except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError/TypeError
-        raise AudioLoadError(path, f"unreadable: {_short(exc)}") from None
+        raise AudioLoadError(path, f"unreadable: {short_error(exc)}") from None
+    check_rate(int(info.samplerate), str(path))
     return AudioInfo(int(info.samplerate), int(info.frames), int(info.channels))
 
 
@@ -61,8 +62,10 @@ def load_audio(
     *,
     name: str | None = None,
     reject_silent: bool = False,
+    max_seconds: float | None = DEFAULT_MAX_SECONDS,
+    max_frames: int | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Decode audio to float32.
+    """Decode audio to float32, the header first (see :mod:`clapkit.audio.stream`).
 
     Args:
         source: a path, raw file bytes (for example a webdataset member) or a binary file object.
@@ -70,49 +73,34 @@ def load_audio(
         mono: average channels to one; the result is ``[T]``. Otherwise ``[C, T]``.
         name: what to call the input in errors (defaults to the path).
         reject_silent: also refuse a signal that is exactly zero everywhere.
+        max_seconds: refuse a file longer than this (the cap on decoded duration; ``None``: no
+            cap). Not applied with ``max_frames``, which bounds the decoding itself.
+        max_frames: keep only the first ``max_frames`` samples (at the output rate); only those
+            are decoded.
 
     Returns:
         ``(samples, rate)``.
 
     Raises:
-        AudioLoadError: unreadable, empty, non-finite (or silent with ``reject_silent``).
+        AudioLoadError: unreadable, a sample rate below the floor, longer than ``max_seconds``,
+            empty, non-finite (or silent with ``reject_silent``).
     """
     label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "<bytes>")
-    handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
-    try:
-        data, rate = sf.read(handle if not isinstance(handle, os.PathLike) else str(handle),
-                             dtype="float32", always_2d=True)
-    except Exception as exc:
-        if isinstance(source, (str, os.PathLike)) and not Path(source).exists():
-            raise AudioLoadError(label, "no such file") from None
-        raise AudioLoadError(label, f"unreadable: {_short(exc)}") from None
-    if data.size == 0 or data.shape[0] == 0:
+    with open_audio(source, label) as reader:
+        rate = int(reader.samplerate)
+        target = rate if sample_rate is None else int(sample_rate)
+        total = output_length(int(reader.frames), rate, target)
+        if max_frames is None:
+            check_duration(int(reader.frames), rate, label, max_seconds,
+                           samples=total * (1 if mono else int(reader.channels)))
+        else:
+            total = min(total, max_frames)
+        wave = read_span(reader, label, target, 0, total, mono=mono)
+    if wave.size == 0:
         raise AudioLoadError(label, "empty (no samples)")
-    if not np.isfinite(data).all():
-        raise AudioLoadError(label, "contains NaN or Inf samples")
-    if reject_silent and not np.any(data):
+    if reject_silent and not np.any(wave):
         raise AudioLoadError(label, "silent (all samples are zero)")
-    wave = downmix(data.T) if mono else data.T  # [T] or [C, T]
-    if sample_rate is not None and sample_rate != rate:
-        wave = resample(wave, rate, sample_rate)
-        rate = sample_rate
-    return np.ascontiguousarray(wave, dtype=np.float32), int(rate)
-
-
-def downmix(wave: np.ndarray) -> np.ndarray:
-    """``[C, T]`` float32 -> the channel mean ``[T]`` (``[T]`` passes through).
-
-    Equal to ``wave.mean(axis=0)`` in value, but decoded files are ``[T, C]`` in memory and a
-    numpy mean over that strided axis took as long as decoding a stereo FLAC; one and two
-    channels (nearly every file) are summed directly, in the order the mean sums them.
-    """
-    if wave.ndim == 1:
-        return wave
-    if wave.shape[0] == 1:
-        return wave[0]
-    if wave.shape[0] == 2:
-        return (wave[0] + wave[1]) * np.float32(0.5)
-    return wave.mean(axis=0)
+    return wave, target
 
 
 def save_audio(path: str | os.PathLike, wave, sample_rate: int, subtype: str | None = None) -> Path:
@@ -124,11 +112,6 @@ def save_audio(path: str | os.PathLike, wave, sample_rate: int, subtype: str | N
     with atomic_path(path, suffix=path.suffix) as tmp:
         sf.write(tmp, array, sample_rate, format=fmt, subtype=subtype)
     return path
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
 
 
 def audio_files(inputs: Sequence[str | os.PathLike], extensions: Sequence[str] | None = None) -> list[Path]:

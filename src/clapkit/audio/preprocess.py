@@ -16,9 +16,17 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
-from clapkit.audio.crop import CropMode, PadMode, fit_length, int16_roundtrip
+from clapkit.audio.crop import CropMode, PadMode, crop_start, fit_length, int16_roundtrip
 from clapkit.audio.io import downmix, load_audio
 from clapkit.audio.resample import resample
+from clapkit.audio.stream import (
+    DEFAULT_MAX_SECONDS,
+    AudioLoadError,
+    check_duration,
+    open_audio,
+    output_length,
+    read_span,
+)
 from clapkit.deps import is_tensor
 
 if TYPE_CHECKING:
@@ -93,18 +101,19 @@ def read_inference_config(directory: str | os.PathLike) -> InferenceConfig | Non
 
 
 def load_waveform(audio: AudioInput, sample_rate: int | None = None, *, mono: bool = True,
-                  name: str | None = None) -> tuple[np.ndarray, int]:
+                  name: str | None = None, max_seconds: float | None = DEFAULT_MAX_SECONDS) -> tuple[np.ndarray, int]:
     """A path, ``[T]`` or ``[C, T]`` samples -> ``(float32 samples, rate)``.
 
     Files carry their own rate; arrays need ``sample_rate``. With ``mono`` channels are
-    averaged (``[T]``), otherwise the result is ``[C, T]`` (``[1, T]`` for mono input).
+    averaged (``[T]``), otherwise the result is ``[C, T]`` (``[1, T]`` for mono input). A file
+    longer than ``max_seconds`` is refused (the cap on decoded duration; ``None``: no cap).
 
     Raises:
         ValueError: no ``sample_rate`` for samples, a wrong shape, no samples, NaN or Inf.
         clapkit.audio.AudioLoadError: an unreadable file.
     """
     if isinstance(audio, (str, os.PathLike)):
-        wave, rate = load_audio(audio, mono=mono)
+        wave, rate = load_audio(audio, mono=mono, max_seconds=max_seconds)
         return wave, rate
     label = name or "waveform"
     if sample_rate is None:
@@ -125,17 +134,42 @@ def load_waveform(audio: AudioInput, sample_rate: int | None = None, *, mono: bo
 
 
 def prepare_audio(audio: AudioInput, spec: InferenceConfig, sample_rate: int | None = None, *,
-                  name: str | None = None) -> np.ndarray:
+                  name: str | None = None, max_seconds: float | None = DEFAULT_MAX_SECONDS) -> np.ndarray:
     """One clip -> float32 mono model input as ``spec`` says.
 
     The result has exactly ``spec.clip_samples`` samples, except with ``spec.fusion``, where
     clips longer than the window stay whole (the fusion tower takes them as they are).
+
+    A file is read header first: without fusion only the window the crop keeps is decoded
+    (bit-identical to decoding, resampling and cropping the whole file), so its length costs
+    time, not memory; a clip taken whole (fusion) longer than ``max_seconds`` is refused.
     """
-    wave, rate = load_waveform(audio, sample_rate, mono=True, name=name)
-    wave = resample(wave, rate, spec.sample_rate)
+    if isinstance(audio, (str, os.PathLike)):
+        wave = _read_clip(audio, spec, name or str(audio), max_seconds)
+    else:
+        wave, rate = load_waveform(audio, sample_rate, mono=True, name=name)
+        wave = resample(wave, rate, spec.sample_rate)
     if spec.int16_roundtrip:
         wave = int16_roundtrip(wave)
     if spec.fusion and wave.shape[-1] > spec.clip_samples:
         return np.ascontiguousarray(wave, dtype=np.float32)
     wave = fit_length(wave, spec.clip_samples, pad=spec.pad, crop=spec.crop, seed=0)
     return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def _read_clip(path: str | os.PathLike, spec: InferenceConfig, label: str, max_seconds: float | None) -> np.ndarray:
+    """The samples of ``path`` (mono, at the model's rate) that :func:`prepare_audio` uses."""
+    with open_audio(path, label) as reader:
+        frames, rate = int(reader.frames), int(reader.samplerate)
+        total = output_length(frames, rate, spec.sample_rate)
+        window = spec.clip_samples
+        if total > window and not spec.fusion:
+            # the same offset fit_length would cut at, from the length the whole file resamples to
+            start = crop_start(total - window, spec.crop, seed=0)
+            wave = read_span(reader, label, spec.sample_rate, start, start + window)
+        else:
+            check_duration(frames, rate, label, max_seconds, samples=total)
+            wave = read_span(reader, label, spec.sample_rate, 0, total)
+    if wave.size == 0:
+        raise AudioLoadError(label, "empty (no samples)")
+    return wave

@@ -57,7 +57,27 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="official checkpoints only: allow unpickling code (only for files you trust)")
     group.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                        help="decoders ahead of the model (processes for embed, threads elsewhere)")
+    add_decode_cap_option(group)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def add_decode_cap_option(group) -> None:
+    """``--max-decode-seconds``: the cap on audio decoded whole (see :mod:`clapkit.audio.stream`)."""
+    from clapkit.audio.stream import DEFAULT_MAX_SECONDS
+
+    group.add_argument("--max-decode-seconds", type=_positive_seconds, default=DEFAULT_MAX_SECONDS, metavar="S",
+                       help="refuse a file longer than this where it is decoded whole (fusion models, "
+                            "separation); a model reading one window decodes only that window")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
 
 
 def add_precision_option(group) -> None:
@@ -99,6 +119,8 @@ def load_model(path: str | os.PathLike, args: argparse.Namespace, towers: Sequen
         raise CommandError(f"{path}: not a model clapkit can load ({type(exc).__name__}: {exc})") from None
     if not hasattr(model, "embed_prepared"):
         raise CommandError(f"{path}: a separation model; use it with clapkit separate --model {path}")
+    if hasattr(args, "max_decode_seconds"):
+        model.max_seconds = args.max_decode_seconds
     return model
 
 

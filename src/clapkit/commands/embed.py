@@ -64,9 +64,11 @@ def _load_onnx(path, args):
     from clapkit.pretrained import PretrainedError
 
     try:
-        return OnnxCLAPModel(path, batch_size=16 if args.batch_size is None else args.batch_size)
+        model = OnnxCLAPModel(path, batch_size=16 if args.batch_size is None else args.batch_size)
     except (PretrainedError, ValueError) as exc:
         raise CommandError(str(exc)) from None
+    model.max_seconds = args.max_decode_seconds
+    return model
 
 
 def main(argv: list[str]) -> int:
@@ -86,7 +88,7 @@ def main(argv: list[str]) -> int:
     spec = read_inference_config(args.model) if args.runtime == "torch" and args.workers > 1 else None
     lengths = _lengths(spec, files)
     # Still no torch here: the early worker forks from a process without torch's threads.
-    early = EarlyDecoder(functools.partial(prepare_audio, spec=spec),
+    early = EarlyDecoder(functools.partial(prepare_audio, spec=spec, max_seconds=args.max_decode_seconds),
                          decode_order(files, part_size=args.part_size, ranks=ranks,
                                       lengths=lengths)) if spec is not None else None
     try:

@@ -12,7 +12,9 @@ Each shard ``NNNNNN.tar`` holds ``<key>.flac`` (mono, resampled with soxr to
 stable. ``sizes.json`` lists the samples per shard, as LAION-CLAP's loader expects.
 
 Shards are written by --workers processes, each to a temporary file renamed into place when
-complete; re-running the same command skips complete shards (resume after a kill). Files
+complete; re-running the same command skips complete shards (resume after a kill). The
+manifest is read one row at a time, so memory does not grow with its length; --max-seconds
+decodes only the start it keeps, and a whole file longer than --max-decode-seconds is skipped. Files
 that cannot be used (missing, corrupt, empty, silent, NaN, samples far outside [-1, 1]) and
 manifest rows that are not UTF-8 or lack a caption are skipped and listed in
 ``skipped.csv`` and in the summary.
@@ -24,17 +26,18 @@ example:
 from __future__ import annotations
 
 import argparse
-import csv
 import errno
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
 import sys
 import tempfile
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,20 +47,20 @@ import soundfile as sf
 
 from clapkit.atomic import SHARD_FOLDER, check_target, output_lock, publish, write_csv, write_text, writing
 from clapkit.commands import CommandError
+from clapkit.commands._manifest import (  # noqa: F401 - read_manifest* are this module's API too
+    Row,
+    iter_manifest,
+    plan_rows,
+    read_manifest,
+    read_manifest_rows,
+    scan_manifest,
+)
 
 STATE_DIR = ".make_shards"
 SHARD_NAME = re.compile(r"\d{6,}\.tar")
 SUBTYPES = {16: "PCM_16", 24: "PCM_24"}
 # Peaks above this (40 dB over full scale) are broken data: skipped, not clipped to a square wave.
 MAX_PEAK = 100.0
-
-
-@dataclass
-class Row:
-    key: str
-    path: str
-    source: str
-    meta: dict[str, Any]
 
 
 @dataclass
@@ -69,7 +72,7 @@ class ShardResult:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from clapkit.commands._shared import Parser
+    from clapkit.commands._shared import Parser, add_decode_cap_option
 
     parser = Parser(
         prog="clapkit make-shards", description=__doc__,
@@ -84,140 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     parser.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
                         help="parallel writer processes")
-    parser.add_argument("--max-seconds", type=float, default=None, help="keep at most this much of each file")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="keep at most this much of each file (only that much is decoded)")
+    add_decode_cap_option(parser)
     parser.add_argument("--bits", type=int, default=16, choices=sorted(SUBTYPES), help="FLAC sample depth")
     parser.add_argument("--overwrite", action="store_true",
                         help="discard existing shards written from a different manifest or settings")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
-
-
-# -- manifest ----------------------------------------------------------------------------------
-def _listish(value: Any, split: str | None) -> list[str] | str:
-    if isinstance(value, list):
-        return [str(v) for v in value]
-    text = str(value).strip()
-    if text.startswith("["):
-        try:
-            parsed = json.loads(text)
-            if isinstance(parsed, list):
-                return [str(v) for v in parsed]
-        except ValueError:
-            pass
-    if split is not None:
-        return [t.strip() for t in text.split(split) if t.strip()]
-    return text
-
-
-def read_manifest(path: Path, audio_column: str = "audio", text_column: str = "text") -> list[dict[str, Any]]:
-    """The usable rows of a CSV or JSONL manifest (see :func:`read_manifest_rows`)."""
-    return [row for row in read_manifest_rows(path, audio_column, text_column)[0] if row is not None]
-
-
-def read_manifest_rows(path: Path, audio_column: str = "audio", text_column: str = "text",
-                       ) -> tuple[list[dict[str, Any] | None], list[tuple[str, str]]]:
-    """Rows of a CSV or JSONL manifest, and the rows skipped with their reasons.
-
-    ``audio_column`` / ``text_column`` name the manifest's columns for the audio path and the
-    caption (``file``, ``caption``...); rows come back with them as ``audio`` and ``text``.
-
-    A row that is not UTF-8, not valid JSON, or lacks ``audio`` or ``text`` is skipped and
-    counted (``None`` at its position, so the other rows keep their keys), like a bad audio
-    file; a manifest that cannot be read at all (missing, no header columns, no usable row) is
-    refused naming the file.
-    """
-    if not path.is_file():
-        raise CommandError(f"{path}: manifest not found")
-    data = path.read_bytes()
-    rows: list[dict[str, Any] | None] = []
-    skipped: list[tuple[str, str]] = []
-
-    def skip(where: str, reason: str) -> None:
-        rows.append(None)
-        skipped.append((f"{path}:{where}", reason))
-
-    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        for line_no, raw in enumerate(data.splitlines(), 1):
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                skip(f"line {line_no}", "manifest row is not UTF-8 text")
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                skip(f"line {line_no}", f"manifest row is not valid JSON ({exc})")
-                continue
-            if not isinstance(row, dict):
-                skip(f"line {line_no}", "manifest row is not a JSON object")
-                continue
-            rows.append(row)
-    else:
-        # surrogateescape keeps undecodable bytes inside their cell, so one bad byte costs one row.
-        text = data.decode("utf-8", errors="surrogateescape")
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        columns = reader.fieldnames or []
-        if not {audio_column, text_column} <= set(columns):
-            raise CommandError(f"{path}: needs columns {audio_column!r} and {text_column!r}; found {columns} "
-                               "(--audio-column / --text-column name other columns)")
-        for record in reader:
-            row = dict(record)
-            values = [v for v in row.values() if isinstance(v, str)] + [k for k in row if isinstance(k, str)]
-            if any(_has_surrogates(v) for v in values):
-                skip(f"line {reader.line_num}", "manifest row is not UTF-8 text")
-                continue
-            rows.append(row)
-    for i, row in enumerate(rows):
-        if row is None:
-            continue
-        if (audio_column, text_column) != ("audio", "text"):
-            row = {k: v for k, v in row.items() if k not in ("audio", "text", audio_column, text_column)} | {
-                "audio": row.get(audio_column), "text": row.get(text_column)}
-            rows[i] = row
-        if not row.get("audio") or not _has_caption(row.get("text")):
-            rows[i] = None
-            what = "audio" if not row.get("audio") else "text"
-            skipped.append((str(row.get("audio") or f"{path}: row {i + 1}"), f"manifest row has no {what}"))
-    if not rows:
-        raise CommandError(f"{path}: manifest has no rows")
-    if all(row is None for row in rows):
-        raise CommandError(f"{path}: no usable row ({len(skipped)} skipped, first: {skipped[0][1]})")
-    return rows, skipped
-
-
-def _has_surrogates(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def _has_caption(text: Any) -> bool:
-    if isinstance(text, list):
-        return any(str(t).strip() for t in text)
-    return text is not None and str(text).strip() not in ("", "[]")
-
-
-def plan_rows(manifest: list[dict[str, Any] | None], audio_root: Path) -> list[Row]:
-    width = max(6, len(str(len(manifest))))
-    out = []
-    for i, entry in enumerate(manifest):
-        if entry is None:  # a skipped manifest row keeps its number, so later keys stay stable
-            continue
-        entry = dict(entry)
-        source = str(entry.pop("audio"))
-        meta: dict[str, Any] = {"text": _listish(entry.pop("text"), None)}
-        tags = entry.pop("tags", None) or entry.pop("tag", None)
-        if tags:
-            meta["tag"] = _listish(tags, ";")
-        meta.update({k: v for k, v in entry.items() if v not in (None, "")})
-        meta["original_filename"] = source
-        path = Path(source) if Path(source).is_absolute() else audio_root / source
-        out.append(Row(f"{i:0{width}d}", str(path), source, meta))
-    return out
 
 
 # -- one shard (runs in a worker process) --------------------------------------------------------
@@ -228,7 +105,7 @@ def encode_flac(wave: np.ndarray, rate: int, bits: int) -> bytes:
 
 
 def write_shard(index: int, rows: list[Row], out_dir: str, sample_rate: int, bits: int,
-                max_seconds: float | None) -> ShardResult:
+                max_seconds: float | None, max_decode_seconds: float | None = None) -> ShardResult:
     """Write ``NNNNNN.tar`` atomically, then its state file; returns counts and skips."""
     from webdataset import TarWriter
 
@@ -243,7 +120,10 @@ def write_shard(index: int, rows: list[Row], out_dir: str, sample_rate: int, bit
         with writing(out / name), os.fdopen(fd, "wb") as handle, TarWriter(handle, encoder=False) as writer:
             for row in rows:
                 try:
-                    wave, _ = load_audio(row.path, sample_rate, mono=True, reject_silent=True)
+                    # With --max-seconds only the kept start is decoded; whole files are capped.
+                    wave, _ = load_audio(row.path, sample_rate, mono=True, reject_silent=True,
+                                         max_seconds=max_decode_seconds,
+                                         max_frames=None if max_seconds is None else int(max_seconds * sample_rate))
                 except (AudioLoadError, OSError) as exc:
                     skipped.append((row.source, _missing_reason(row.path) or getattr(exc, "reason", str(exc))))
                     continue
@@ -252,8 +132,6 @@ def write_shard(index: int, rows: list[Row], out_dir: str, sample_rate: int, bit
                     # FLAC would clip it to a square wave: broken data, not a level to keep.
                     skipped.append((row.source, f"samples far outside [-1, 1] (peak {peak:.3g})"))
                     continue
-                if max_seconds is not None:
-                    wave = wave[: int(max_seconds * sample_rate)]
                 meta = dict(row.meta, duration=round(len(wave) / sample_rate, 6), sample_rate=sample_rate)
                 writer.write({"__key__": row.key, "flac": encode_flac(wave, sample_rate, bits),
                               "json": json.dumps(meta, ensure_ascii=False).encode("utf-8")})
@@ -313,7 +191,10 @@ def _completed(out: Path, index: int) -> ShardResult | None:
 
 
 def _fingerprint(manifest: Path, args: argparse.Namespace, audio_root: Path) -> str:
-    digest = hashlib.sha256(manifest.read_bytes())
+    digest = hashlib.sha256()
+    with open(manifest, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
     settings = [str(audio_root.resolve()), args.sample_rate, args.shard_size, args.bits, args.max_seconds]
     if (args.audio_column, args.text_column) != ("audio", "text"):  # default runs keep their old fingerprint
         settings.append([args.audio_column, args.text_column])
@@ -359,47 +240,90 @@ def main(argv: list[str]) -> int:
 
 
 def _make_shards(args: argparse.Namespace, manifest_path: Path, audio_root: Path, out: Path) -> int:
-    manifest, manifest_skipped = read_manifest_rows(manifest_path, args.audio_column, args.text_column)
-    rows = plan_rows(manifest, audio_root)
+    scan = scan_manifest(manifest_path, args.audio_column, args.text_column)
     out.mkdir(parents=True, exist_ok=True)
     (out / STATE_DIR).mkdir(exist_ok=True)  # marks the folder as ours before any shard is written
     # A run killed mid-shard leaves its temporary file; under the lock nobody else is writing here.
     _remove_leftovers(out)
     _check_plan(out, _fingerprint(manifest_path, args, audio_root), args.overwrite)
 
-    chunks = [rows[i : i + args.shard_size] for i in range(0, len(rows), args.shard_size)]
-    results: dict[int, ShardResult] = {}
-    todo = []
-    for index in range(len(chunks)):
-        done = _completed(out, index)
-        if done is not None:
-            results[index] = done
-        else:
-            todo.append(index)
-    with _progress(args.quiet, len(rows), sum(len(chunks[i]) for i in results)) as advance:
-        jobs = [(i, chunks[i], str(out), args.sample_rate, args.bits, args.max_seconds) for i in todo]
-        if args.workers == 1 or len(jobs) <= 1:
-            for job in jobs:
-                results[job[0]] = write_shard(*job)
-                advance(len(job[1]))
-        else:
-            with ProcessPoolExecutor(max_workers=min(args.workers, len(jobs))) as pool:
-                futures = {pool.submit(write_shard, *job): job for job in jobs}
-                for future in as_completed(futures):
-                    job = futures[future]
-                    results[job[0]] = future.result()
-                    advance(len(job[1]))
+    # The manifest is streamed (memory flat in its rows): shards are cut as rows are read, at
+    # most a few are in flight, and only per-shard counts are kept; skips go to state files.
+    width = max(6, len(str(scan.positions)))
+    columns = (args.audio_column, args.text_column)
+    rows = plan_rows((row for row, _ in iter_manifest(manifest_path, *columns)), audio_root, width)
+    shards = (list(itertools.islice(rows, args.shard_size)) for _ in itertools.count())
+    shards = itertools.takewhile(bool, shards)
+    num_shards = -(-scan.usable // args.shard_size)
+    results: dict[int, tuple[int, bool]] = {}  # index -> (samples, resumed)
+    with _progress(args.quiet, scan.usable, 0) as advance:
+        def jobs():
+            for index, chunk in enumerate(shards):
+                done = _completed(out, index)
+                if done is not None:
+                    results[index] = (done.count, True)
+                    advance(len(chunk))
+                else:
+                    yield (index, chunk, str(out), args.sample_rate, args.bits, args.max_seconds,
+                           args.max_decode_seconds)
 
-    sizes = {f"{i:06d}.tar": results[i].count for i in sorted(results) if results[i].count}
+        def finished(job, result: ShardResult) -> None:
+            results[job[0]] = (result.count, False)
+            advance(len(job[1]))
+
+        _run_jobs(jobs(), 1 if num_shards <= 1 else args.workers, finished)
+
+    sizes = {f"{i:06d}.tar": results[i][0] for i in sorted(results) if results[i][0]}
     _write_json(out / "sizes.json", sizes)
-    skipped = manifest_skipped + [(src, reason) for i in sorted(results) for src, reason in results[i].skipped]
-    _write_skipped(out / "skipped.csv", skipped)
+    skipped = _Skips()
+    write_csv(out / "skipped.csv", ["audio", "reason"], skipped.rows(manifest_path, out, sorted(results), columns))
     _summary(results, skipped, out, args.quiet)
     return 0
 
 
-def _write_skipped(path: Path, skipped: list[tuple[str, str]]) -> None:
-    write_csv(path, ["audio", "reason"], skipped)
+def _run_jobs(jobs: Iterator[tuple], workers: int, finished: Callable[[tuple, ShardResult], None]) -> None:
+    """Run :func:`write_shard` over ``jobs`` with ``workers`` processes, at most two per worker queued."""
+    if workers == 1:
+        for job in jobs:
+            finished(job, write_shard(*job))
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        pending: dict = {}
+        for job in jobs:
+            pending[pool.submit(write_shard, *job)] = job
+            if len(pending) >= 2 * workers:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    finished(pending.pop(future), future.result())
+        for future in as_completed(pending):
+            finished(pending[future], future.result())
+
+
+class _Skips:
+    """Skipped rows streamed into ``skipped.csv``, counted by reason with the first few kept for the summary."""
+
+    def __init__(self, keep: int = 10):
+        self.total, self.keep = 0, keep
+        self.reasons: Counter = Counter()
+        self.first: list[tuple[str, str]] = []
+
+    def rows(self, manifest: Path, out: Path, indices: list[int],
+             columns: tuple[str, str] = ("audio", "text")) -> Iterator[tuple[str, str]]:
+        entries = itertools.chain((skip for _, skip in iter_manifest(manifest, *columns) if skip is not None),
+                                  (tuple(s) for i in indices for s in _state_skips(out, i)))
+        for source, reason in entries:
+            self.total += 1
+            self.reasons[reason.split(":")[0].split(" (")[0]] += 1
+            if len(self.first) < self.keep:
+                self.first.append((source, reason))
+            yield source, reason
+
+
+def _state_skips(out: Path, index: int) -> list:
+    try:
+        return json.loads((out / STATE_DIR / f"{index:06d}.json").read_text(encoding="utf-8"))["skipped"]
+    except (OSError, ValueError, KeyError):
+        return []
 
 
 class _progress:
@@ -425,21 +349,20 @@ class _progress:
         return False
 
 
-def _summary(results: dict[int, ShardResult], skipped: list[tuple[str, str]], out: Path, quiet: bool) -> None:
-    written = sum(1 for r in results.values() if r.count and not r.resumed)
-    resumed = sum(1 for r in results.values() if r.count and r.resumed)
-    samples = sum(r.count for r in results.values())
+def _summary(results: dict[int, tuple[int, bool]], skipped: _Skips, out: Path, quiet: bool) -> None:
+    written = sum(1 for count, resumed in results.values() if count and not resumed)
+    resumed = sum(1 for count, was_resumed in results.values() if count and was_resumed)
+    samples = sum(count for count, _ in results.values())
     lines = [f"{samples} samples in {written + resumed} shards under {out} "
              f"({written} written, {resumed} already complete)"]
-    if skipped:
-        reasons = Counter(reason.split(":")[0].split(" (")[0] for _, reason in skipped)
-        lines.append(f"skipped {len(skipped)} files: "
-                     + ", ".join(f"{n} {r}" for r, n in reasons.most_common())
+    if skipped.total:
+        lines.append(f"skipped {skipped.total} files: "
+                     + ", ".join(f"{n} {r}" for r, n in skipped.reasons.most_common())
                      + f" (list in {out / 'skipped.csv'})")
-        lines += [f"  {src}: {reason}" for src, reason in skipped[:10]]
-        if len(skipped) > 10:
-            lines.append(f"  ... and {len(skipped) - 10} more")
-    if not quiet or skipped:
+        lines += [f"  {src}: {reason}" for src, reason in skipped.first]
+        if skipped.total > len(skipped.first):
+            lines.append(f"  ... and {skipped.total - len(skipped.first)} more")
+    if not quiet or skipped.total:
         print("\n".join(lines), file=sys.stderr)
 
 

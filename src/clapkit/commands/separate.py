@@ -31,6 +31,7 @@ from clapkit.audio import AudioLoadError, load_audio, save_audio
 from clapkit.audio.io import AUDIO_EXTENSIONS
 from clapkit.commands import CommandError
 from clapkit.commands._shared import (
+    add_decode_cap_option,
     add_precision_option,
     check_headers,
     check_writable_folder,
@@ -61,6 +62,7 @@ def build_parser():
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     add_precision_option(parser)
     parser.add_argument("--batch-size", type=int, default=4, help="chunks per forward pass")
+    add_decode_cap_option(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--plot", default=None, metavar="PNG",
@@ -159,7 +161,7 @@ def _load_model(args):
         kind = str(config.get("class_path", type(model).__name__)).rpartition(".")[2]
         raise CommandError(f"{args.model}: a {kind}, not a separation model (SeparationTask)")
     return SeparationModel(model, inference, device=args.device, batch_size=args.batch_size, overlap=args.overlap,
-                           precision=args.precision)
+                           precision=args.precision, max_seconds=args.max_decode_seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     with staged_outputs(targets) as stage, progress_bar(len(files), "separating", args.quiet) as advance:
         for file, target in zip(files, targets):
             try:
-                wave, rate = load_audio(file, mono=False)
+                wave, rate = load_audio(file, mono=False, max_seconds=args.max_decode_seconds)
             except AudioLoadError as exc:
                 raise CommandError(str(exc)) from None
             try:

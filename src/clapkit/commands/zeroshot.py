@@ -40,6 +40,32 @@ def build_parser():
     return parser
 
 
+#: Prompts per text forward pass (at least the model's batch size): many labels embed in
+#: batches of this many, so memory stays one batch's activations whatever the label count.
+TEXT_BATCH = 64
+#: Label counts from which embedding them shows its own progress bar.
+LABELS_BAR = 256
+#: Similarities held at once when ranking (files x labels), so many files times many labels
+#: never make one matrix.
+SCORE_CELLS = 1 << 22
+
+
+def top_labels(model, audio: torch.Tensor, text: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per file, the ``k`` most probable labels: ``(probabilities, label indices, similarities)``,
+    each ``[N, k]``, computed a block of files at a time (the same values as one softmax over
+    the whole ``[N, labels]`` matrix: each file's softmax is over its own row)."""
+    rows = max(1, SCORE_CELLS // max(text.shape[0], 1))
+    values, indices, similarity = [], [], []
+    for start in range(0, audio.shape[0], rows):
+        block = audio[start:start + rows]
+        sim = model.similarity(block, text)
+        top = torch.topk(model.classify(block, text), k, dim=-1)
+        values.append(top.values)
+        indices.append(top.indices)
+        similarity.append(torch.gather(sim, 1, top.indices))
+    return torch.cat(values), torch.cat(indices), torch.cat(similarity)
+
+
 def read_labels(path: str | None, extra: list[str]) -> list[str]:
     """Labels from a file (one per line, ``#`` comments) followed by ``--label`` values, deduplicated."""
     labels: list[str] = []
@@ -101,22 +127,23 @@ def main(argv: list[str]) -> int:
         # Inside the template the prompt has known words, so embed_text cannot tell; the label itself can.
         _shared.eprint(f"clapkit zeroshot: warning: label {label!r} tokenizes to nothing but the unknown token; "
                        "it scores the same as any other label the tokenizer knows no symbol of")
-    text = model.embed_text([args.template.replace("{}", label) for label in labels])
+    prompts = [args.template.replace("{}", label) for label in labels]
+    with _shared.progress_bar(len(prompts), "labels", args.quiet or len(prompts) < LABELS_BAR) as advance:
+        text = model.embed_text(prompts, batch_size=max(model.batch_size, TEXT_BATCH), progress=advance)
     audio = _shared.embed_files(model, files, workers=args.workers, quiet=args.quiet)
-    similarity = model.similarity(audio, text)
-    probability = model.classify(audio, text)
     k = min(args.top_k, len(labels))
-    top = torch.topk(probability, k, dim=-1)
+    top_values, top_indices, top_similarity = top_labels(model, audio, text, k)
     rows = []
     for i, path in enumerate(files):
-        for rank, (p, j) in enumerate(zip(top.values[i].tolist(), top.indices[i].tolist()), start=1):
-            rows.append([str(path), rank, labels[j], f"{p:.6f}", f"{float(similarity[i, j]):.6f}"])
+        for rank, (p, j, sim) in enumerate(zip(top_values[i].tolist(), top_indices[i].tolist(),
+                                               top_similarity[i].tolist()), start=1):
+            rows.append([str(path), rank, labels[j], f"{p:.6f}", f"{sim:.6f}"])
     write_csv(output, ["path", "rank", "label", "probability", "similarity"], rows)
     if args.plot:
-        from clapkit.plots import top_labels
+        from clapkit.plots import top_labels as plot_top_labels
 
-        top_labels([str(p) for p in files], [[labels[j] for j in row] for row in top.indices.tolist()],
-                   top.values.tolist(), args.plot)
+        plot_top_labels([str(p) for p in files], [[labels[j] for j in row] for row in top_indices.tolist()],
+                        top_values.tolist(), args.plot)
         if not args.quiet:
             _shared.eprint(f"plot -> {args.plot}")
     if not args.quiet:
