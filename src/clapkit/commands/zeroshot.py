@@ -7,8 +7,9 @@ starting with ``#`` are skipped) and/or repeated ``--label``. INPUTS are audio f
 folders (``--audio INPUT...`` is accepted too).
 
 The CSV has one row per (file, rank): ``path, rank, label, probability, similarity``
-(rank 1 is the best label; similarity is the raw cosine). It is written atomically; a
-corrupt or empty audio file stops the command before anything is written.
+(rank 1 is the best label; similarity is the raw cosine). It is written atomically; an
+existing CSV (or ``--plot`` picture) is refused unless ``--overwrite``; a corrupt or empty
+audio file stops the command before anything is written.
 
 example:
   clapkit zeroshot --model models/clap --labels labels.txt recordings/ -o tags.csv --top-k 5
@@ -29,13 +30,14 @@ def build_parser():
     _shared.add_model_and_inputs(parser)
     parser.add_argument("--audio", nargs="+", default=[], metavar="INPUT",
                         help="audio files and/or folders (the same as INPUTS; kept for older command lines)")
-    parser.add_argument("--labels", help="text file with one label per line")
+    parser.add_argument("--labels", metavar="FILE", help="text file with one label per line")
     parser.add_argument("--label", action="append", default=[], help="a label (repeatable)")
     parser.add_argument("--template", default="This is a sound of {}.", help="prompt; {} is replaced by the label")
     parser.add_argument("--top-k", type=int, default=5, help="labels kept per file")
     parser.add_argument("-o", "--output", required=True, help="CSV file to write")
     parser.add_argument("--plot", default=None, metavar="PNG",
                         help="bar chart of the top labels of each file (the first 12 files)")
+    _shared.add_overwrite_option(parser)
     _shared.add_model_options(parser)
     return parser
 
@@ -45,6 +47,9 @@ def read_labels(path: str | None, extra: list[str]) -> list[str]:
     labels: list[str] = []
     if path is not None:
         file = Path(path)
+        if file.is_dir():
+            raise CommandError(f"{file}: is a directory; --labels takes a text file with one label per line "
+                               "(audio folders are INPUTS)")
         if not file.is_file():
             raise CommandError(f"{file}: no such labels file")
         try:
@@ -64,7 +69,7 @@ def read_labels(path: str | None, extra: list[str]) -> list[str]:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.model is None:
-        raise CommandError("--model is required")
+        raise CommandError("--model is required: clapkit zeroshot --model MODEL --labels FILE INPUTS... -o OUT.csv")
     args.audio = [*args.inputs, *args.audio]
     if not args.audio:
         raise CommandError("no audio INPUTS given")
@@ -72,10 +77,11 @@ def main(argv: list[str]) -> int:
         raise CommandError(f"--top-k must be at least 1, got {args.top_k}")
     if "{}" not in args.template:
         raise CommandError(f"--template {args.template!r} has no {{}} placeholder for the label")
-    output = _shared.check_output(args.output, (".csv",))
+    output = _shared.check_output(args.output, (".csv",), overwrite=args.overwrite)
     if args.plot:
         from clapkit.plots import check_plot_path
 
+        _shared.refuse_existing(args.plot, args.overwrite)
         try:
             check_plot_path(args.plot)
         except ValueError as exc:
