@@ -235,7 +235,7 @@ def test_convert_suggests_hf_clap_for_a_directory(tmp_path, capsys):
 def test_convert_without_text_model_gives_the_command_line_flag(laion_small, tmp_path, capsys):
     assert main(["convert", "laion-clap", "--model", str(laion_small.checkpoint), "-o", str(tmp_path / "o")]) == 2
     err = _err(capsys)
-    assert "pass --text-model DIR (" in err and "text_model=" not in err
+    assert "pass --text-model DIR, a local directory" in err and "text_model=" not in err
 
 
 @pytest.mark.parametrize("sub", ["onnx", "hf"])

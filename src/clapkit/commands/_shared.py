@@ -104,8 +104,9 @@ def refuse_training_checkpoint(path: str | os.PathLike, command: str) -> None:
 
 
 def cli_message(text: str) -> str:
-    """A library error in the command line's spelling: ``text_model=<...>`` becomes ``--text-model DIR``."""
-    return re.sub(r"pass text_model=<([^>]*)>", r"pass --text-model DIR (\1)", text)
+    """A library error in the command line's spelling: ``text_model=<...>`` becomes ``--text-model DIR``
+    (the keyword stays in brackets for those who call :func:`clapkit.load`)."""
+    return re.sub(r"pass text_model=<([^>]*)>", r"pass --text-model DIR, a \1 (in Python: text_model)", text)
 
 
 def deprecated_alias(old: str, new: str) -> None:

@@ -49,12 +49,13 @@ def main(argv: list[str]) -> int:
         raise CommandError("--model is required: clapkit retrieve --model MODEL --index EMBEDDINGS --query TEXT")
     if args.top_k < 1:
         raise CommandError(f"--top-k must be at least 1, got {args.top_k}")
-    output = _shared.check_output(args.output, (".csv",), overwrite=args.overwrite) if args.output else None
+    output = _shared.check_output(args.output, (".csv",)) if args.output else None
     queries = [q for q in args.query if q.strip()]
     if not queries:
         raise CommandError("--query is empty")
     if output is not None:
         _shared.refuse_overwriting_inputs([output], [args.index])
+        _shared.refuse_existing(output, args.overwrite)
     paths, index, metadata = _shared.read_embeddings(args.index)
     if not paths:
         raise CommandError(f"{args.index}: the index is empty")

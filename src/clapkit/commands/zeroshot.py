@@ -77,18 +77,19 @@ def main(argv: list[str]) -> int:
         raise CommandError(f"--top-k must be at least 1, got {args.top_k}")
     if "{}" not in args.template:
         raise CommandError(f"--template {args.template!r} has no {{}} placeholder for the label")
-    output = _shared.check_output(args.output, (".csv",), overwrite=args.overwrite)
+    output = _shared.check_output(args.output, (".csv",))
     if args.plot:
         from clapkit.plots import check_plot_path
 
-        _shared.refuse_existing(args.plot, args.overwrite)
         try:
             check_plot_path(args.plot)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
+        _shared.refuse_existing(args.plot, args.overwrite)
     labels = read_labels(args.labels, args.label)
     files = _shared.discover_audio(args.audio)
     _shared.refuse_overwriting_inputs([output], [args.labels, *files])
+    _shared.refuse_existing(output, args.overwrite)
     _shared.check_headers(files)
     model = _shared.load_model(args.model, args)
     text = model.embed_text([args.template.replace("{}", label) for label in labels])
