@@ -24,9 +24,9 @@ onnxruntime.
 example:
   clapkit fit --config configs/quickstart/clap.yaml
   clapkit export outputs/quickstart/lightning_logs/version_0/checkpoints/last.ckpt -o models/quickstart
-  clapkit zeroshot --model models/quickstart --labels labels.txt --audio clips/ -o tags.csv
-  clapkit export onnx models/quickstart -o models/quickstart-onnx --audio-input waveform mel
-  clapkit embed --runtime onnx models/quickstart-onnx clips/ -o embeddings.npy
+  clapkit zeroshot --model models/quickstart --labels labels.txt clips/ -o tags.csv
+  clapkit export onnx --model models/quickstart -o models/quickstart-onnx --audio-input waveform mel
+  clapkit embed --runtime onnx --model models/quickstart-onnx clips/ -o embeddings.npy
 """
 
 from __future__ import annotations
