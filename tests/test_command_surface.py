@@ -161,16 +161,14 @@ def test_embed_refuses_to_replace_an_existing_output(clap_dir, tmp_path, capsys)
 
 
 def test_embed_still_resumes_an_unfinished_run(clap_dir, tmp_path):
-    from clapkit.embedding import embed_corpus
     import clapkit
+    from clapkit.embedding import RankSlice, embed_corpus
 
     folder = tmp_path / "clips"
     files = write_wav_folder(folder, count=3, sample_rate=16000)
     out = tmp_path / "e.parquet"
     model = clapkit.load(clap_dir, device="cpu", precision="32")
     # A data-parallel rank that finished its parts: the output does not exist yet, parts do.
-    from clapkit.embedding import RankSlice
-
     partial = embed_corpus(model, sorted(files), out, part_size=1, ranks=RankSlice(0, 2), resume=True, workers=1)
     assert partial.embeddings is None and not out.exists()
     assert main(["embed", "--model", str(clap_dir), str(folder), "-o", str(out), "-q", "--device", "cpu",
