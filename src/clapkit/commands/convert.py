@@ -50,7 +50,7 @@ def build_parser():
     parser.add_argument("checkpoint", nargs="?", default=None,
                         help="official checkpoint file (hf-clap: the ClapModel directory); or --model")
     parser.add_argument("--model", default=None, metavar="CHECKPOINT", help="the same as CHECKPOINT")
-    parser.add_argument("--text-dir", help="local directory with the text tower's tokenizer and config "
+    parser.add_argument("--text-model", help="local directory with the text tower's tokenizer and config "
                         "(LAION-CLAP and MS-CLAP; AudioCLIP's CLIP tokenizer ships with open_clip)")
     parser.add_argument("--config", help="clapsep: LightningCLI config whose model section builds the separator")
     parser.add_argument("--clap", help="clapsep: the query CLAP (converted directory, or official .pt with "
