@@ -23,7 +23,7 @@ onnxruntime.
 
 example:
   clapkit fit --config configs/quickstart/clap.yaml
-  clapkit export outputs/quickstart/lightning_logs/version_0/checkpoints/last.ckpt -o models/quickstart
+  clapkit export outputs/quickstart/lightning_logs/version_0/checkpoints/epoch=4-step=640.ckpt -o models/quickstart
   clapkit zeroshot --model models/quickstart --labels labels.txt clips/ -o tags.csv
   clapkit export onnx --model models/quickstart -o models/quickstart-onnx --audio-input waveform mel
   clapkit embed --runtime onnx --model models/quickstart-onnx clips/ -o embeddings.npy
