@@ -20,7 +20,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock demo docs-images test test-all test-gpu lint bench fit slurm sweep agent torchrun clean
+.PHONY: help install lock demo docs-images docs-test test test-all test-gpu lint bench fit slurm sweep agent torchrun clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ docs-images: install ## Rerun the CLAP and CLAPSep demos and refresh the picture
 
 test: install ## Run the test suite (excludes slow and gpu tests)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+docs-test: install ## Run every command and snippet of README.md and docs/*.md, slow (training) blocks included
+	$(PY) -m pytest -q -m "not gpu" tests/test_docs.py $(PYTEST_ARGS)
 
 test-all: install ## Run every test, slow ones included
 	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)

@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -94,6 +95,46 @@ def add_model_and_inputs(parser: argparse.ArgumentParser, inputs_help: str = "au
     parser.add_argument("inputs", nargs="*", metavar="INPUTS", help=inputs_help)
 
 
+def add_overwrite_option(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite``: the same flag on every command that writes (an existing output is refused without it)."""
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def refuse_existing(path: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse to replace an existing output file unless ``--overwrite`` was given."""
+    path = Path(path)
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise CommandError(f"{path}: already exists (pass --overwrite to replace it)")
+
+
+def model_argument(option: str | None, positional: str | None, usage: str) -> str:
+    """The model from ``--model`` or from the positional alias a command kept; one of them, once."""
+    if option is not None and positional is not None:
+        raise CommandError(f"give the model once: --model {option} or {positional}, not both")
+    if option is None and positional is None:
+        raise CommandError(f"--model is required: {usage}")
+    return option if option is not None else positional
+
+
+def refuse_training_checkpoint(path: str | os.PathLike, command: str) -> None:
+    """A Lightning ``.ckpt`` of ``clapkit fit`` is not a model yet: say how to make it one."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".ckpt":
+        raise CommandError(f"{path}: a training checkpoint, not a model; export the checkpoint first "
+                           f"(clapkit export {path} -o MODEL_DIR), then run clapkit {command} --model MODEL_DIR")
+
+
+def cli_message(text: str) -> str:
+    """A library error in the command line's spelling: ``text_model=<...>`` becomes ``--text-model DIR``
+    (the keyword stays in brackets for those who call :func:`clapkit.load`)."""
+    return re.sub(r"pass text_model=<([^>]*)>", r"pass --text-model DIR, a \1 (in Python: text_model)", text)
+
+
+def deprecated_alias(old: str, new: str) -> None:
+    """One line on stderr for an option spelling that still works but is on its way out."""
+    eprint(f"warning: {old} is deprecated, use {new}")
+
+
 def load_model(path: str | os.PathLike, args: argparse.Namespace, towers: Sequence[str] | None = None):
     """``clapkit.load`` with the command-line options; user errors become :class:`CommandError`.
 
@@ -109,7 +150,7 @@ def load_model(path: str | os.PathLike, args: argparse.Namespace, towers: Sequen
         model = load(path, text_model=args.text_model, device=args.device, precision=args.precision,
                      batch_size=args.batch_size, trust_pickle=args.trust_checkpoint, towers=towers)
     except (PretrainedError, FileNotFoundError) as exc:
-        raise CommandError(str(exc)) from None
+        raise CommandError(cli_message(str(exc))) from None
     except (RuntimeError, ValueError) as exc:
         if "CUDA" in str(exc) or "device" in str(exc).lower():
             raise CommandError(f"--device {args.device}: {str(exc).splitlines()[0]}") from None
@@ -149,6 +190,9 @@ def check_model_path(path: str | os.PathLike) -> None:
     path = Path(path)
     if not path.exists():
         raise CommandError(f"{path}: no such model directory or checkpoint file")
+    if path.is_file() and path.suffix.lower() == ".ckpt":
+        raise CommandError(f"{path}: a training checkpoint, not a model; export the checkpoint first "
+                           f"(clapkit export {path} -o MODEL_DIR) and pass --model MODEL_DIR")
     if path.is_file() and path.suffix.lower() in AUDIO_EXTENSIONS:
         raise CommandError(f"{path}: an audio file, not a model (pass the model directory or checkpoint first)")
 
@@ -239,13 +283,16 @@ def _prefetch(pool: ThreadPoolExecutor, fn, items, ahead: int):
 # --------------------------------------------------------------------------- writers
 
 
-def check_output(path: str | os.PathLike, suffixes: Sequence[str]) -> Path:
-    """Validate an output path's extension and that its folder can be created."""
+def check_output(path: str | os.PathLike, suffixes: Sequence[str], overwrite: bool | None = None) -> Path:
+    """Validate an output path's extension and that its folder can be created; with ``overwrite``
+    given (the command's ``--overwrite``), an existing file is refused unless it is True."""
     path = Path(path)
     if path.suffix.lower() not in suffixes:
         raise CommandError(f"{path}: output must end in {' or '.join(suffixes)}")
     if path.is_dir():
         raise CommandError(f"{path}: is a directory, expected a file name")
+    if overwrite is not None:
+        refuse_existing(path, overwrite)
     check_writable_folder(path.parent)
     return path
 

@@ -30,6 +30,7 @@ example:
   clapkit convert laion-clap music_audioset_epoch_15_esc_90.14.pt --text-model hf/roberta-base \\
       -o checkpoints/clap_htsat_base
   clapkit convert hf-clap hf/clap-htsat-fused -o models/clap-htsat-fused
+  clapkit convert laion-clap --model 630k-audioset-best.pt --text-model hf/roberta-base -o models/clap
   clapkit convert clapsep best_model.ckpt --config configs/clapsep/base.yaml --clap models/clap_htsat_base \
       -o models/clapsep
 """
@@ -47,7 +48,9 @@ def build_parser():
 
     parser = _shared.make_parser("convert", __doc__)
     parser.add_argument("format", choices=[*CHECKPOINT_FORMATS, "hf-clap", "clapsep", "auto"], help="checkpoint family")
-    parser.add_argument("checkpoint", help="official checkpoint file (hf-clap: the ClapModel directory)")
+    parser.add_argument("checkpoint", nargs="?", default=None,
+                        help="official checkpoint file (hf-clap: the ClapModel directory); or --model")
+    parser.add_argument("--model", default=None, metavar="CHECKPOINT", help="the same as CHECKPOINT")
     parser.add_argument("--text-model", help="local directory with the text tower's tokenizer and config "
                         "(LAION-CLAP and MS-CLAP; AudioCLIP's CLIP tokenizer ships with open_clip)")
     parser.add_argument("--config", help="clapsep: LightningCLI config whose model section builds the separator")
@@ -68,6 +71,8 @@ def main(argv: list[str]) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.checkpoint = _shared.model_argument(args.model, args.checkpoint,
+                                             "clapkit convert FORMAT CHECKPOINT -o DIR (or --model CHECKPOINT)")
     # Before any work: the output may not be, contain or lie inside an input, and --overwrite
     # replaces only a model directory (clapkit.atomic.check_target; checked again under its lock).
     check_target(args.output, inputs=_inputs(args), overwrite=args.overwrite)
@@ -77,12 +82,13 @@ def main(argv: list[str]) -> int:
         return _convert_clapsep(args)
     if args.format == "hf-clap" or (args.format == "auto" and Path(args.checkpoint).is_dir()):
         return _convert_hf_clap(args)
+    _refuse_directory(args.format, Path(args.checkpoint))
     try:
         converted = convert_checkpoint(args.checkpoint, format=None if args.format == "auto" else args.format,
                                        text_model=args.text_model, trust_pickle=args.trust_checkpoint)
         out = save_converted(converted, args.output, overwrite=args.overwrite, inputs=_inputs(args))
     except (PretrainedError, FileNotFoundError) as exc:
-        raise CommandError(str(exc)) from None
+        raise CommandError(_shared.cli_message(str(exc))) from None
     if not args.quiet:
         _shared.eprint(f"{args.checkpoint}: {converted.description} -> {out}")
     return 0
@@ -91,6 +97,20 @@ def main(argv: list[str]) -> int:
 def _inputs(args) -> list[str | None]:
     """What this conversion reads: the output may not be, contain or lie inside any of it."""
     return [args.checkpoint, args.text_model, args.config, args.clap]
+
+
+def _refuse_directory(format: str, checkpoint: Path) -> None:
+    """The official formats are single files; a directory given there is usually another layout."""
+    from clapkit.pretrained import is_native
+
+    if not checkpoint.is_dir():
+        return
+    if is_native(checkpoint):
+        raise CommandError(f"{checkpoint}: already a clapkit model directory; use it as --model directly")
+    if (checkpoint / "config.json").is_file():
+        raise CommandError(f"{checkpoint}: a directory, not a {format} checkpoint file; a Hugging Face "
+                           f"ClapModel directory converts with: clapkit convert hf-clap {checkpoint} -o DIR")
+    raise CommandError(f"{checkpoint}: a directory, not a {format} checkpoint file")
 
 
 def _convert_clapsep(args) -> int:

@@ -88,7 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", default=None, help="LightningCLI YAML to train (default: the family's quick start)")
     parser.add_argument(
-        "--output-dir", default=None, help="where logs, checkpoint and config go (default: the config's)"
+        "-o", "--output-dir", default=None,
+        help="where logs, checkpoint and config go (default: the config's); a training run folder, like "
+        "fit's: a rerun adds a new version there instead of replacing the last one"
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the pictures")
     parser.add_argument("--pictures", default=None, metavar="DIR",

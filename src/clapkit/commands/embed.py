@@ -7,8 +7,9 @@ or fused as the model requires; embeddings are L2-normalised.
 
 Output: ``.parquet`` (columns ``path`` and ``embedding``; usable as ``clapkit retrieve
 --index``) or ``.npy`` (the [N, D] float32 array, plus ``<stem>.paths.txt`` with one path per
-row and ``<stem>.meta.json``). Outputs are written atomically; a corrupt or empty audio file
-stops the command before the output is written.
+row and ``<stem>.meta.json``). Outputs are written atomically; an existing output is refused
+unless ``--overwrite``; a corrupt or empty audio file stops the command before the output is
+written.
 
 Large folders: embeddings stream to parquet parts in ``<output>.parts/`` (``--part-size``
 files each) while worker processes decode ahead of the model. With a native model directory
@@ -53,6 +54,7 @@ def build_parser():
     parser.add_argument("--part-size", type=int, default=1024,
                         help="files per streamed part (the unit of resuming and of data-parallel slices)")
     parser.add_argument("--no-resume", action="store_true", help="redo parts a killed run left behind")
+    _shared.add_overwrite_option(parser)
     _shared.add_model_options(parser)
     parser.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                         help="onnx: MODEL is a `clapkit export onnx` directory, run with onnxruntime")
@@ -79,7 +81,9 @@ def main(argv: list[str]) -> int:
         args.model, args.inputs = args.inputs[0], args.inputs[1:]
     elif not args.inputs:
         raise CommandError("no audio INPUTS given")
-    output = _shared.check_output(args.output, _shared.EMBEDDING_SUFFIXES)
+    # An unfinished run's parts live in <output>.parts/ and the output itself does not exist
+    # yet, so refusing an existing output never blocks resuming.
+    output = _shared.check_output(args.output, _shared.EMBEDDING_SUFFIXES, overwrite=args.overwrite)
     if args.part_size < 1:
         raise CommandError(f"--part-size must be at least 1, got {args.part_size}")
     files = _shared.discover_audio(args.inputs)

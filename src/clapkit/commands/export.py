@@ -4,6 +4,9 @@
   clapkit export onnx MODEL_DIR -o DIR  audio (waveform or mel in) and text towers as ONNX graphs
   clapkit export hf MODEL_DIR -o DIR    a transformers ClapModel directory (see `clapkit export hf --help`)
 
+(``onnx`` and ``hf`` also take the model as ``--model MODEL_DIR``; a training checkpoint is
+exported to a model directory first.)
+
 CKPT: the run's resolved config (``config.yaml``, which ``clapkit fit`` saves in the log
 directory) is found beside the checkpoint or up to three folders above it (or given with
 ``--config``); the model is rebuilt from its ``model:`` section and every checkpoint weight
@@ -20,10 +23,10 @@ onnxruntime.
 
 example:
   clapkit fit --config configs/quickstart/clap.yaml
-  clapkit export outputs/quickstart/lightning_logs/version_0/checkpoints/last.ckpt -o models/quickstart
-  clapkit zeroshot --model models/quickstart --labels labels.txt --audio clips/ -o tags.csv
-  clapkit export onnx models/quickstart -o models/quickstart-onnx --audio-input waveform mel
-  clapkit embed --runtime onnx models/quickstart-onnx clips/ -o embeddings.npy
+  clapkit export outputs/quickstart/lightning_logs/version_0/checkpoints/epoch=4-step=640.ckpt -o models/quickstart
+  clapkit zeroshot --model models/quickstart --labels labels.txt clips/ -o tags.csv
+  clapkit export onnx --model models/quickstart -o models/quickstart-onnx --audio-input waveform mel
+  clapkit embed --runtime onnx --model models/quickstart-onnx clips/ -o embeddings.npy
 """
 
 from __future__ import annotations
@@ -54,7 +57,9 @@ def build_parser():
 
 def build_onnx_parser():
     parser = _shared.make_parser("export onnx", __doc__)
-    parser.add_argument("model", help="native CLAP model directory (or a checkpoint clapkit.load reads)")
+    parser.add_argument("model_arg", nargs="?", default=None, metavar="MODEL",
+                        help="native CLAP model directory (or a checkpoint clapkit.load reads); or --model")
+    parser.add_argument("--model", default=None, help="the same as MODEL")
     parser.add_argument("-o", "--output", required=True, help="directory for the ONNX graphs")
     parser.add_argument("--audio-input", nargs="+", choices=["waveform", "mel"], default=["waveform"],
                         help="audio graphs to write: waveform in (audio.onnx), mel in (audio_mel.onnx)")
@@ -108,6 +113,8 @@ def _export_onnx(argv: list[str]) -> int:
     from clapkit.pretrained import PretrainedError, load
 
     args = build_onnx_parser().parse_args(argv)
+    args.model = _shared.model_argument(args.model, args.model_arg, "clapkit export onnx --model MODEL_DIR -o DIR")
+    _shared.refuse_training_checkpoint(args.model, "export onnx")
     inputs = [args.model, args.text_model]
     check_target(args.output, inputs=inputs, overwrite=args.overwrite)  # before the model loads
     try:
@@ -115,7 +122,7 @@ def _export_onnx(argv: list[str]) -> int:
         result = export_onnx(model, args.output, audio_inputs=args.audio_input, text=not args.no_text,
                              overwrite=args.overwrite, inputs=inputs)
     except (PretrainedError, FileNotFoundError) as exc:
-        raise CommandError(str(exc)) from None
+        raise CommandError(_shared.cli_message(str(exc))) from None
     if not args.quiet:
         names = ", ".join(path.name for path in result.files.values())
         print(f"{args.model} -> {result.directory} ({names}; embedding dim {result.embedding_dim})", file=sys.stderr)

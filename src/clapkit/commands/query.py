@@ -1,16 +1,18 @@
 """Cross-modal search with a tri-modal model (AudioCLIP): one query, ranked items of another modality.
 
-The query is a text (``--text``), an image file (``--image``) or an audio file (``--audio``).
+The query is a text (``--text`` or ``--query``), an image file (``--image`` or ``--query-image``) or
+an audio file (``--query-audio``; the older ``--audio`` still works but is deprecated, since
+every other command's ``--audio`` names input files).
 The items are the audio or image files of FOLDER (or ``--folder``; searched recursively; which modality
 is decided by ``--target`` or, by default, by the files found) or the lines of ``--texts``
 (one candidate text per line). Items are ranked by cosine similarity of the model's
 embeddings; the top-k are printed (``rank<TAB>score<TAB>item``) and, with ``-o``, written
-atomically as CSV (``rank, item, score``).
+atomically as CSV (``rank, item, score``; an existing CSV is refused unless ``--overwrite``).
 
 example:
   clapkit convert audioclip AudioCLIP-Full-Training.pt -o models/audioclip
   clapkit query --model models/audioclip --text "a dog barking" recordings/
-  clapkit query --model models/audioclip --audio bark.wav photos/ --top-k 5
+  clapkit query --model models/audioclip --query-audio bark.wav photos/ --top-k 5
   clapkit query --model models/audioclip --image cat.jpg --texts labels.txt -o ranked.csv
 """
 
@@ -34,9 +36,12 @@ def build_parser():
     parser = _shared.make_parser("query", __doc__)
     parser.add_argument("--model", required=True, help="native model directory (or official checkpoint)")
     query = parser.add_mutually_exclusive_group(required=True)
-    query.add_argument("--text", help="text query")
-    query.add_argument("--image", help="image file query")
-    query.add_argument("--audio", help="audio file query")
+    query.add_argument("--text", "--query", dest="text", help="text query")
+    query.add_argument("--image", "--query-image", dest="image", metavar="FILE", help="image file query")
+    query.add_argument("--query-audio", dest="audio", metavar="FILE", help="audio file query")
+    # `--audio` names the input files in every other command; here it was the query clip.
+    query.add_argument("--audio", dest="old_audio", metavar="FILE",
+                       help="deprecated spelling of --query-audio (elsewhere --audio means input files)")
     parser.add_argument("inputs", nargs="?", default=None, metavar="FOLDER",
                         help="folder of audio or image files to rank")
     items = parser.add_mutually_exclusive_group()
@@ -46,6 +51,7 @@ def build_parser():
                         help="modality of --folder files (auto: whichever kind the folder holds)")
     parser.add_argument("--top-k", type=int, default=10, help="results to show and write")
     parser.add_argument("-o", "--output", default=None, help="also write the ranking to this CSV")
+    _shared.add_overwrite_option(parser)
     _shared.add_model_options(parser)
     return parser
 
@@ -111,6 +117,9 @@ class _Embedder:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.old_audio is not None:
+        _shared.deprecated_alias("--audio", "--query-audio")
+        args.audio = args.old_audio
     if args.inputs is not None:
         if args.folder is not None or args.texts is not None:
             raise CommandError("give the items once: FOLDER, --folder or --texts")
@@ -119,7 +128,7 @@ def main(argv: list[str]) -> int:
         raise CommandError("give the items to rank: FOLDER (or --folder) or --texts FILE")
     if args.top_k < 1:
         raise CommandError(f"--top-k must be at least 1, got {args.top_k}")
-    output = _shared.check_output(args.output, (".csv",)) if args.output else None
+    output = _shared.check_output(args.output, (".csv",), overwrite=args.overwrite) if args.output else None
     if args.text is not None:
         if not args.text.strip():
             raise CommandError("--text is empty")

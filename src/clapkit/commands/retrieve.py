@@ -3,14 +3,15 @@
 ``--index`` is an embeddings file written by ``clapkit embed`` with the same model (``.parquet``,
 or ``.npy`` with its ``.paths.txt``). Each ``--query`` is embedded with the model's text tower
 and the top-k files by cosine similarity are printed (``query<TAB>rank<TAB>score<TAB>path``)
-and, with ``-o``, written atomically as CSV (``query, rank, path, score``).
+and, with ``-o``, written atomically as CSV (``query, rank, path, score``; an existing CSV is
+refused unless ``--overwrite``). The model may also be given first, without ``--model``.
 
 Search is exact below 100k embeddings; above (or with ``--search ann``) a faiss IVF index is
 built once, cached next to the index file (``<index>.<key>.faiss``) and searched with
 ``--nprobe`` lists per query (the ``index`` extra installs faiss).
 
 example:
-  clapkit embed models/clap recordings/ -o index.parquet
+  clapkit embed --model models/clap recordings/ -o index.parquet
   clapkit retrieve --model models/clap --index index.parquet --query "a dog barking" --top-k 10
 """
 
@@ -24,11 +25,14 @@ from clapkit.search import NearestNeighbours
 
 def build_parser():
     parser = _shared.make_parser("retrieve", __doc__)
-    parser.add_argument("--model", required=True, help="native model directory or official checkpoint")
+    parser.add_argument("--model", default=None, help="native model directory or official checkpoint")
+    parser.add_argument("model_arg", nargs="?", default=None, metavar="MODEL",
+                        help="the same as --model (as in clapkit embed MODEL ...)")
     parser.add_argument("--index", required=True, help="embeddings written by clapkit embed (.parquet or .npy)")
     parser.add_argument("--query", action="append", required=True, help="text query (repeatable)")
     parser.add_argument("--top-k", type=int, default=10, help="results per query")
     parser.add_argument("-o", "--output", default=None, help="also write the results to this CSV")
+    _shared.add_overwrite_option(parser)
     parser.add_argument("--search", default="auto", choices=["auto", "exact", "ann"],
                         help="exact top-k, or a faiss IVF index (auto: ann from 100k embeddings)")
     parser.add_argument("--nprobe", type=int, default=32, help="ann: inverted lists visited per query")
@@ -38,6 +42,11 @@ def build_parser():
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.model is not None and args.model_arg is not None:
+        raise CommandError(f"give the model once: --model {args.model} or {args.model_arg}, not both")
+    args.model = args.model or args.model_arg
+    if args.model is None:
+        raise CommandError("--model is required: clapkit retrieve --model MODEL --index EMBEDDINGS --query TEXT")
     if args.top_k < 1:
         raise CommandError(f"--top-k must be at least 1, got {args.top_k}")
     output = _shared.check_output(args.output, (".csv",)) if args.output else None
@@ -46,6 +55,7 @@ def main(argv: list[str]) -> int:
         raise CommandError("--query is empty")
     if output is not None:
         _shared.refuse_overwriting_inputs([output], [args.index])
+        _shared.refuse_existing(output, args.overwrite)
     paths, index, metadata = _shared.read_embeddings(args.index)
     if not paths:
         raise CommandError(f"{args.index}: the index is empty")

@@ -7,8 +7,9 @@ starting with ``#`` are skipped) and/or repeated ``--label``. INPUTS are audio f
 folders (``--audio INPUT...`` is accepted too).
 
 The CSV has one row per (file, rank): ``path, rank, label, probability, similarity``
-(rank 1 is the best label; similarity is the raw cosine). It is written atomically; a
-corrupt or empty audio file stops the command before anything is written.
+(rank 1 is the best label; similarity is the raw cosine). It is written atomically; an
+existing CSV (or ``--plot`` picture) is refused unless ``--overwrite``; a corrupt or empty
+audio file stops the command before anything is written.
 
 example:
   clapkit zeroshot --model models/clap --labels labels.txt recordings/ -o tags.csv --top-k 5
@@ -29,13 +30,14 @@ def build_parser():
     _shared.add_model_and_inputs(parser)
     parser.add_argument("--audio", nargs="+", default=[], metavar="INPUT",
                         help="audio files and/or folders (the same as INPUTS; kept for older command lines)")
-    parser.add_argument("--labels", help="text file with one label per line")
+    parser.add_argument("--labels", metavar="FILE", help="text file with one label per line")
     parser.add_argument("--label", action="append", default=[], help="a label (repeatable)")
     parser.add_argument("--template", default="This is a sound of {}.", help="prompt; {} is replaced by the label")
     parser.add_argument("--top-k", type=int, default=5, help="labels kept per file")
     parser.add_argument("-o", "--output", required=True, help="CSV file to write")
     parser.add_argument("--plot", default=None, metavar="PNG",
                         help="bar chart of the top labels of each file (the first 12 files)")
+    _shared.add_overwrite_option(parser)
     _shared.add_model_options(parser)
     return parser
 
@@ -71,6 +73,9 @@ def read_labels(path: str | None, extra: list[str]) -> list[str]:
     labels: list[str] = []
     if path is not None:
         file = Path(path)
+        if file.is_dir():
+            raise CommandError(f"{file}: is a directory; --labels takes a text file with one label per line "
+                               "(audio folders are INPUTS)")
         if not file.is_file():
             raise CommandError(f"{file}: no such labels file")
         try:
@@ -99,7 +104,7 @@ def case_duplicates(labels: list[str]) -> list[list[str]]:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.model is None:
-        raise CommandError("--model is required")
+        raise CommandError("--model is required: clapkit zeroshot --model MODEL --labels FILE INPUTS... -o OUT.csv")
     args.audio = [*args.inputs, *args.audio]
     if not args.audio:
         raise CommandError("no audio INPUTS given")
@@ -115,12 +120,14 @@ def main(argv: list[str]) -> int:
             check_plot_path(args.plot)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
+        _shared.refuse_existing(args.plot, args.overwrite)
     labels = read_labels(args.labels, args.label)
     for group in case_duplicates(labels):
         _shared.eprint(f"clapkit zeroshot: warning: labels {' and '.join(map(repr, group))} differ only in case; "
                        "both are kept and split the probability between them")
     files = _shared.discover_audio(args.audio)
     _shared.refuse_overwriting_inputs([output], [args.labels, *files])
+    _shared.refuse_existing(output, args.overwrite)
     _shared.check_headers(files)
     model = _shared.load_model(args.model, args)
     for label in getattr(model, "unknown_only", lambda labels: [])(labels):

@@ -29,7 +29,7 @@ class MaskNet(nn.Module):
             initialisation) when given. CLAPSep's mask head sees the query only through the
             decoder's frame features (``None``, the default); a small decoder squeezes the
             query into a few features per frame, and the quick start's mask head learned
-            to follow it only with this direct path (docs/BENCHMARKS.md, "Session 5").
+            to follow it only with this direct path (docs/BENCHMARKS.md, "CLAPSep quick start: reaching +15 dB").
     """
 
     def __init__(
