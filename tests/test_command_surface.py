@@ -104,6 +104,7 @@ SURFACE = {
     "export onnx": (lambda: _parser("export", "build_onnx_parser"), "alias", "refuses"),
     "export hf": (lambda: _parser("export_hf"), "alias", "refuses"),
     "make-shards": (lambda: _parser("make_shards"), None, "refuses"),
+    "benchmark": (lambda: _parser("benchmark"), "option", "refuses"),
     "demo": (lambda: _parser("demo", "_parser"), None, "run-folder"),
 }
 
