@@ -41,6 +41,7 @@ def models(tmp_path_factory, laion_small):
     nn.Module.__init__(reference)
     reference.enable_fusion, reference.model, reference.model_cfg = False, ref_model, ref_model.model_cfg
     reference.tokenize = RobertaTokenizer.from_pretrained(str(text_dir))
+    laion.assert_tokenizer_not_degenerate(reference.tokenize)  # what the reference's text path reads
     ours = laion_clap.CLAP_Module(enable_fusion=False, amodel=None, device="cpu", text_model=text_dir)
     ours.load_ckpt(checkpoint, verbose=False)
     return reference, ours, root
