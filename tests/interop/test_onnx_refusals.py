@@ -27,7 +27,7 @@ def exported(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("onnx_refusals")
     model_dir = save_tiny_native(root / "model", sample_rate=RATE)
-    export_onnx(model_dir, root / "onnx", audio_inputs=("waveform", "mel"))
+    export_onnx(model_dir, root / "onnx")
     return root / "onnx"
 
 
@@ -56,10 +56,10 @@ def test_wrong_dtype_and_shape_are_one_line_errors(exported):
     from clapkit.interop.onnx import OnnxCLAPModel
 
     runtime = OnnxCLAPModel(exported, threads=1)
-    mel_shape = (2, runtime.meta["graphs"]["audio_mel"]["n_mels"], runtime.meta["graphs"]["audio_mel"]["frames"])
-    _one_line(lambda: runtime._run("audio_mel", {"mel": np.zeros(mel_shape, np.float64)}),
-              "audio_mel.onnx", "'mel'", "float32", "float64")
-    _one_line(lambda: runtime.embed_mel(np.zeros((2, 3), np.float32)), "audio_mel.onnx", "does not fit")
+    _one_line(lambda: runtime._run("audio", {"waveform": np.zeros((2, RATE), np.float64)}),
+              "audio.onnx", "'waveform'", "float32", "float64")
+    _one_line(lambda: runtime._run("text", {"input_ids": np.zeros((2, 3), np.int64)}), "'attention_mask' is missing")
+    _one_line(lambda: runtime.embed_mel(np.zeros((2, 3), np.float32)), "no audio_mel graph")
     _one_line(lambda: runtime._run("audio", {"waveform": np.zeros((1, RATE + 1), np.float32)}),
               "audio.onnx", f"[1, {RATE + 1}]", f"[batch, {RATE}]")
     _one_line(lambda: runtime._run("audio", {}), "'waveform' is missing")
