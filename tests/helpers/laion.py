@@ -116,9 +116,12 @@ def roberta_tokenizer(text_dir: Path):
     return RobertaTokenizerFast.from_pretrained(str(text_dir))
 
 
-def assert_embeddings_differ(embeddings: torch.Tensor, what: str, min_distance: float = 1e-3) -> None:
+def assert_embeddings_differ(embeddings: torch.Tensor, what: str, min_distance: float = 5e-4) -> None:
     """Guard for random-weight fixtures: embeddings of different inputs are not all the same vector
-    (a collapsed model would make every parity comparison pass trivially)."""
+    (a collapsed model would make every parity comparison pass trivially). ``min_distance`` is
+    five times the parity tests' 1e-4 tolerance: a mix-up of inputs cannot hide in the tolerance.
+    (Random PANN-14 without calibrated BatchNorm statistics comes closest: 7.7e-4 between a 3 s
+    and a 10 s clip.)"""
     embeddings = torch.nn.functional.normalize(embeddings.detach().float(), dim=-1)
     distance = torch.cdist(embeddings, embeddings)
     off = distance[~torch.eye(len(embeddings), dtype=torch.bool)]
