@@ -176,3 +176,35 @@ def _check_every_format(model: Official, waves: list[np.ndarray], tmp_path: Path
                 features = native.model.towers["audio"].encoder.frontend(clips)
             for batch in (1, 3):
                 _assert_close(runtime.embed_mel(features[:batch]), want_audio[:batch], f"onnx mel, batch {batch}")
+
+
+@pytest.mark.slow
+def test_fused_htsat_tiny_graphs_run_at_any_batch(tmp_path):
+    """A fused HTSAT in the official tiny geometry (built by clapkit, one-second window): the
+    waveform and mel graphs take batches 1 and 3, equal to PyTorch."""
+    from clapkit.interop.onnx import OnnxCLAPModel, export_onnx
+    from clapkit.pretrained import InferenceConfig, instantiate_model, save_pretrained
+    from helpers.models import tiny_clap_config
+
+    config = tiny_clap_config(sample_rate=RATE)
+    config["init_args"]["towers"]["audio"]["init_args"]["encoder"] = {
+        "class_path": "clapkit.encoders.htsat.HTSAT",
+        "init_args": {"variant": "tiny", "clip_samples": RATE, "fusion": True}}
+    torch.manual_seed(0)
+    inference = InferenceConfig(sample_rate=RATE, clip_samples=RATE, fusion=True)
+    with laion.single_thread():
+        model = clapkit.load(save_pretrained(instantiate_model(config), tmp_path / "model", inference, config))
+        export_onnx(model, tmp_path / "onnx", audio_inputs=("waveform", "mel"), text=False)
+        assert isinstance(_dynamic_axes(tmp_path / "onnx" / "audio.onnx")["waveform"][0], str)
+        assert isinstance(_dynamic_axes(tmp_path / "onnx" / "audio_mel.onnx")["mel"][0], str)
+        runtime = OnnxCLAPModel(tmp_path / "onnx", threads=1)
+        rng = np.random.default_rng(0)
+        waves = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (20000, RATE, 30000)]
+        expected = model.embed_audio(waves, RATE)
+        clips = torch.from_numpy(np.stack([model.prepare_audio(w, RATE) for w in waves]))
+        with torch.no_grad():
+            mel = model.model.towers["audio"].encoder.frontend(clips)
+        for batch in (1, 3):
+            _assert_close(runtime.embed_audio(waves[:batch], RATE, batch_size=batch), expected[:batch],
+                          f"fused waveform graph, batch {batch}")
+            _assert_close(runtime.embed_mel(mel[:batch]), expected[:batch], f"fused mel graph, batch {batch}")
