@@ -41,6 +41,7 @@ def models(tmp_path_factory, laion_small):
     nn.Module.__init__(reference)
     reference.enable_fusion, reference.model, reference.model_cfg = False, ref_model, ref_model.model_cfg
     reference.tokenize = RobertaTokenizer.from_pretrained(str(text_dir))
+    laion.assert_tokenizer_not_degenerate(reference.tokenize)  # what the reference's text path reads
     ours = laion_clap.CLAP_Module(enable_fusion=False, amodel=None, device="cpu", text_model=text_dir)
     ours.load_ckpt(checkpoint, verbose=False)
     return reference, ours, root
@@ -92,7 +93,42 @@ def test_get_audio_embedding_from_filelist(models):
         as_tensor = ours.get_audio_embedding_from_filelist(files, use_tensor=True)
     assert got.dtype == np.float32 and got.shape == want.shape == (3, 512)
     assert np.abs(got - want).max() <= TOL
-    assert isinstance(as_tensor, torch.Tensor) and np.abs(as_tensor.numpy() - got).max() == 0
+    # use_tensor keeps the autograd graph (as the reference does), and with gradients on HTSAT
+    # takes its training kernels: equal to float rounding, no longer bit for bit
+    assert isinstance(as_tensor, torch.Tensor) and as_tensor.requires_grad
+    assert np.abs(as_tensor.detach().numpy() - got).max() <= 1e-6
+
+
+def test_use_tensor_outputs_require_grad_as_the_reference_does(models):
+    """Every ``use_tensor=True`` path returns what laion_clap returns regarding ``requires_grad``
+    (it runs without ``no_grad``, so the result carries the graph to the parameters), and both
+    return a detached result under the caller's ``torch.no_grad()``."""
+    reference, ours, root = models
+    waves = _waves()[:2]
+    files = []
+    for i, wave in enumerate(waves):
+        path = root / f"grad{i}.wav"
+        sf.write(path, wave, 48000, subtype="FLOAT")
+        files.append(str(path))
+    x = torch.from_numpy(np.stack([waves[1], waves[1][::-1].copy()]))
+    calls = {
+        "filelist": lambda m: m.get_audio_embedding_from_filelist(files, use_tensor=True),
+        "data": lambda m: m.get_audio_embedding_from_data(x.clone(), use_tensor=True),
+        "text": lambda m: m.get_text_embedding(TEXTS, tokenizer=reference.tokenizer, use_tensor=True),
+    }
+    with laion.single_thread(), laion.deterministic_reference_crops():
+        for name, call in calls.items():
+            want, got = call(reference), call(ours)
+            assert isinstance(got, torch.Tensor) and got.requires_grad == want.requires_grad, name
+            assert want.requires_grad, f"{name}: the reference keeps gradients"
+            assert (got.detach() - want.detach()).abs().max() <= TOL, name
+            with torch.no_grad():
+                assert not call(reference).requires_grad and not call(ours).requires_grad, name
+    # the graph reaches the audio tower's parameters
+    ours.get_audio_embedding_from_filelist(files, use_tensor=True).sum().backward()
+    grads = [p.grad for p in ours.clap.model.towers["audio"].parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    ours.clap.model.zero_grad(set_to_none=True)
 
 
 def test_get_text_embedding(models):

@@ -19,7 +19,7 @@ from unittest import mock
 import numpy as np
 import torch
 
-from helpers.laion import write_roberta_dir
+from helpers.laion import assert_tokenizer_not_degenerate, write_roberta_dir
 
 SAMPLE_RATE = 48000
 WINDOW = 480000
@@ -71,6 +71,7 @@ def write_hf_clap_dir(path: Path, geometry: str = "test", fusion: bool = False, 
     _randomise(model, seed)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    assert_tokenizer_not_degenerate(RobertaTokenizerFast.from_pretrained(str(path)))
     ClapFeatureExtractor(truncation="fusion" if fusion else "rand_trunc", frequency_min=50, frequency_max=14000,
                          padding=padding).save_pretrained(path)
     return path

@@ -57,29 +57,75 @@ def reference():
     return model_module, data_module
 
 
+def roberta_bpe(vocab_size: int = 400):
+    """A RoBERTa-style byte-level BPE ``tokenizers.Tokenizer`` trained on :data:`CORPUS`.
+
+    Built as a tokenizer object because transformers 5.x's ``RobertaTokenizerFast(vocab_file=,
+    merges_file=)`` silently ignores both files (a 5-token tokenizer mapping every text to
+    ``[<s>, </s>]``); the object carries the vocabulary, merges and RoBERTa's
+    ``<s> ... </s>`` template into ``tokenizer.json``.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=1, show_progress=False,
+                                  special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS * 4, trainer)
+    tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")),
+                                                      ("<s>", tok.token_to_id("<s>")))
+    return tok
+
+
 def write_roberta_dir(path: Path, with_config: bool = True, vocab_size: int = 400) -> Path:
-    """A RoBERTa-compatible text-model directory: byte-level BPE (vocab.json + merges.txt) and config."""
-    from tokenizers import ByteLevelBPETokenizer
+    """A RoBERTa-compatible text-model directory: ``tokenizer.json`` (plus ``vocab.json`` and
+    ``merges.txt``, as roberta-base carries) and config; the tokenizer is checked not to be degenerate."""
     from transformers import RobertaConfig, RobertaTokenizerFast
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(CORPUS * 4, vocab_size=vocab_size, min_frequency=1,
-                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
-    bpe.save_model(str(path))
-    tokenizer = RobertaTokenizerFast(vocab_file=str(path / "vocab.json"), merges_file=str(path / "merges.txt"))
+    bpe = roberta_bpe(vocab_size)
+    bpe.model.save(str(path))
+    tokenizer = RobertaTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                                     cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
     tokenizer.save_pretrained(path)
+    assert (path / "tokenizer.json").is_file()
+    assert_tokenizer_not_degenerate(roberta_tokenizer(path))
     if with_config:
         RobertaConfig(vocab_size=len(tokenizer), layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0,
                       eos_token_id=2, **ROBERTA_SHAPES).save_pretrained(path)
     return path
 
 
+def assert_tokenizer_not_degenerate(tokenizer, texts: tuple[str, str] = (CORPUS[0], CORPUS[3])) -> None:
+    """Guard for every shared text fixture: two different sentences get different ids, each more
+    than the special tokens (a tokenizer that lost its vocabulary maps every text to ``[<s>, </s>]``)."""
+    specials = set(tokenizer.all_special_ids)
+    ids = [tokenizer(text)["input_ids"] for text in texts]
+    assert ids[0] != ids[1], f"{type(tokenizer).__name__} maps {texts} to the same ids {ids[0]}"
+    for text, seq in zip(texts, ids):
+        assert len([i for i in seq if i not in specials]) >= 2, f"{text!r} -> {seq}: only special tokens"
+    assert len(tokenizer) > 50, f"a {len(tokenizer)}-token vocabulary"
+
+
 def roberta_tokenizer(text_dir: Path):
     from transformers import RobertaTokenizerFast
 
     return RobertaTokenizerFast.from_pretrained(str(text_dir))
+
+
+def assert_embeddings_differ(embeddings: torch.Tensor, what: str, min_distance: float = 5e-4) -> None:
+    """Guard for random-weight fixtures: embeddings of different inputs are not all the same vector
+    (a collapsed model would make every parity comparison pass trivially). ``min_distance`` is
+    five times the parity tests' 1e-4 tolerance: a mix-up of inputs cannot hide in the tolerance.
+    (Random PANN-14 without calibrated BatchNorm statistics comes closest: 7.7e-4 between a 3 s
+    and a 10 s clip.)"""
+    embeddings = torch.nn.functional.normalize(embeddings.detach().float(), dim=-1)
+    distance = torch.cdist(embeddings, embeddings)
+    off = distance[~torch.eye(len(embeddings), dtype=torch.bool)]
+    assert off.numel() and off.min() > min_distance, f"{what}: different inputs embed alike (min distance {off.min():.2e})"
 
 
 def build_reference(amodel: str, fusion: bool, text_dir: Path, seed: int = 0, htsat_geometry: dict | None = None,

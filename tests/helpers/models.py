@@ -27,7 +27,16 @@ def write_bert_dir(path: Path, hidden: int = 32, layers: int = 1, heads: int = 2
         vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=2 * hidden, max_position_embeddings=max_positions,
     ).save_pretrained(path)
+    _check_tokenizer(path)
     return path
+
+
+def _check_tokenizer(path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from helpers.laion import assert_tokenizer_not_degenerate
+
+    assert_tokenizer_not_degenerate(AutoTokenizer.from_pretrained(str(path)))
 
 
 def byte_level_gpt2_tokenizer():
@@ -73,6 +82,7 @@ def write_gpt2_dir(path: Path, hidden: int = 32, layers: int = 1, heads: int = 2
         vocab_size=len(tokenizer), n_embd=hidden, n_layer=layers, n_head=heads, n_positions=max_positions,
         bos_token_id=256, eos_token_id=256,
     ).save_pretrained(path)
+    _check_tokenizer(path)
     return path
 
 

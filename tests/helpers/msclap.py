@@ -89,6 +89,18 @@ def _rebuild_narrow_heads(model, version: str) -> None:
     model.audio_encoder.projection = Projection(width, 1024)
 
 
+def _guard_audio(encoder, samples: int) -> None:
+    """A random reference must tell clips apart, or parity with it proves nothing."""
+    from helpers.laion import assert_embeddings_differ
+
+    clips = np.stack([tone(samples / SR, SR, f, 7 + i) for i, f in enumerate([440.0, 1200.0])])
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        assert_embeddings_differ(encoder(torch.from_numpy(clips))[0], "msclap reference audio")
+    encoder.train(was_training)
+
+
 def build_reference(version: str, tmp: Path, narrow: bool = True) -> MsclapReference:
     """Build msclap's CLAP with random weights and a small text model, save it in the official
     layout under ``tmp`` and load it back through msclap's own ``CLAPWrapper``."""
@@ -130,6 +142,7 @@ def build_reference(version: str, tmp: Path, narrow: bool = True) -> MsclapRefer
         calibration = np.stack([tone(args["duration"], SR, f, i) * gain
                                 for i, (f, gain) in enumerate([(220, 1.0), (3000, 0.1)])])
         calibrate_batchnorm(model.audio_encoder, model.audio_encoder, torch.from_numpy(calibration))
+        _guard_audio(model.audio_encoder, args["duration"] * SR)
         with torch.no_grad():
             model.logit_scale.fill_(3.1)
         checkpoint = tmp / f"CLAP_weights_{version}.pth"

@@ -74,6 +74,16 @@ def roberta_dir(tmp_path_factory, _reference_guard) -> Path:
     return path
 
 
+def guard_laion_reference(model: torch.nn.Module, text_dir: Path) -> None:
+    """A random reference must tell inputs apart, or parity with it proves nothing: two clips and
+    two sentences (of different token lengths, so padded) embed differently."""
+    waves = laion.test_waves(seconds=(3.0, 10.0))
+    laion.assert_embeddings_differ(laion.reference_audio_embeddings(model, waves, fusion=False), "reference audio")
+    texts = [laion.CORPUS[0], laion.CORPUS[3]]
+    laion.assert_embeddings_differ(laion.reference_text_embeddings(model, laion.roberta_tokenizer(text_dir), texts),
+                                   "reference text")
+
+
 @dataclasses.dataclass(frozen=True)
 class LaionReference:
     """A reference ``CLAP`` (eval mode) and its official-layout checkpoint (``module.`` prefix,
@@ -97,6 +107,7 @@ def laion_small(tmp_path_factory, roberta_dir, _reference_guard) -> LaionReferen
         pytest.skip(f"laion-clap reference package unavailable: {exc}")
     with laion.single_thread():
         model = laion.build_reference("HTSAT-tiny", False, roberta_dir, htsat_geometry=SMALL_HTSAT)
+        guard_laion_reference(model, roberta_dir)
     checkpoint = laion.save_official(model, tmp_path_factory.mktemp("laion_small") / "630k-small.pt")
     _reference_guard.watch("laion_small", model, checkpoint)
     return LaionReference(model, checkpoint, roberta_dir)

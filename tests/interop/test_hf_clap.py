@@ -27,7 +27,7 @@ from clapkit.interop.hf_clap import read_hf_clap_dir
 from clapkit.interop.keymap import CheckpointError
 from clapkit.pretrained import PretrainedError
 from helpers.hf_clap import SAMPLE_RATE, clips, reference_audio, reference_text, write_hf_clap_dir
-from helpers.laion import CORPUS, single_thread, write_roberta_dir
+from helpers.laion import CORPUS, assert_embeddings_differ, single_thread, write_roberta_dir
 
 pytestmark = pytest.mark.parity
 
@@ -77,6 +77,8 @@ def _build(root: Path, geometry: str, fusion: bool) -> Case:
         hf_dir = write_hf_clap_dir(root / "hf", geometry, fusion, seed=1)
         audio = reference_audio(hf_dir, clips())
         text = reference_text(hf_dir, TEXTS)
+        assert_embeddings_differ(audio, "transformers audio")  # parity with a collapsed model
+        assert_embeddings_differ(text, "transformers text")  # would prove nothing
         # ``auto`` must detect the directory too; one configuration checks it.
         fmt = "auto" if fusion else "hf-clap"
         assert convert.main([fmt, str(hf_dir), "-o", str(root / "native"), "-q"]) == 0

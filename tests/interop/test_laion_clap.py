@@ -89,6 +89,8 @@ def _run_case(name, spec, text_dir, tmp_path_factory, shared=None):
     waves = laion.test_waves()
     ref_audio = laion.reference_audio_embeddings(ref, waves, spec["fusion"])
     ref_text = laion.reference_text_embeddings(ref, laion.roberta_tokenizer(text_dir), TEXTS)
+    laion.assert_embeddings_differ(ref_audio, f"{name} reference audio")  # parity with a collapsed
+    laion.assert_embeddings_differ(ref_text, f"{name} reference text")  # model would prove nothing
     batch, lengths = _padded(waves)
     with torch.no_grad():
         ours_audio = task.towers["audio"](batch, lengths=lengths).embedding

@@ -108,12 +108,16 @@ def main(argv: list[str]) -> int:
                 early.close()  # decode again
                 early = None
             lengths = _lengths(model.inference, files)
+        from clapkit.checkpoint import PretrainedError
+
         with _shared.progress_bar(len(files), "embedding", args.quiet) as advance:
             try:
                 run = embed_corpus(model, files, output, part_size=args.part_size, workers=args.workers,
                                    ranks=ranks, resume=not args.no_resume, lengths=lengths,
                                    progress=advance, early=early)
             except EmbeddingInputError as exc:
+                raise CommandError(str(exc)) from None
+            except PretrainedError as exc:  # the model refused the input (an ONNX graph's shapes)
                 raise CommandError(str(exc)) from None
     finally:
         if early is not None:

@@ -111,10 +111,23 @@ class CLAP_Module(nn.Module):  # noqa: N801 - the reference's name
     def get_audio_embedding_from_filelist(self, x: Sequence[str | os.PathLike], use_tensor: bool = False):
         """L2-normalised embeddings ``[N, D]`` of audio files (any rate and length).
 
-        Returns ``np.float32`` or, with ``use_tensor``, a tensor on the model's device.
+        Returns ``np.float32`` or, with ``use_tensor``, a tensor on the model's device that
+        keeps the graph to the model's parameters (as the reference, which runs without
+        ``no_grad``), so a loss on it trains the audio tower.
         """
-        embedding = self._clap().embed_audio([os.fspath(f) for f in x])
-        return self._output(embedding, use_tensor)
+        clap = self._clap()
+        files = [os.fspath(f) for f in x]
+        if not use_tensor:
+            return self._output(clap.embed_audio(files), use_tensor)
+        # One batch, like the reference's get_audio_embedding(audio_input): a training loop
+        # calling this expects one graph, not per-chunk ones built under no_grad.
+        clips = [clap.prepare_audio(f, name=f) for f in files]
+        if not clips:
+            return torch.zeros(0, clap.embedding_dim, device=clap.device)
+        lengths = [c.shape[-1] for c in clips]
+        wave = torch.from_numpy(np.stack([np.pad(c, (0, max(lengths) - n)) for c, n in zip(clips, lengths)]))
+        kwargs = {} if len(set(lengths)) == 1 else {"lengths": torch.tensor(lengths, device=clap.device)}
+        return clap.model.embed(clap.audio_tower, wave.to(clap.device), **kwargs)
 
     def get_audio_embedding_from_data(self, x, use_tensor: bool = False):
         """L2-normalised embeddings ``[N, D]`` of mono 48 kHz waveforms ``[N, T]``.

@@ -164,9 +164,11 @@ class WindowAttention(nn.Module):
         nw = mask.shape[0]
         b = windows // nw
         qkv = fused_linear.linear(x, self.qkv).reshape(b, nw, n, 3, heads, dim)
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             # Inference: one attention call per clip over strided views of qkv, with the
-            # [nW, heads, N, N] bias as is: no copy of qkv to fold windows into heads.
+            # [nW, heads, N, N] bias as is: no copy of qkv to fold windows into heads. Not while
+            # tracing (torch.export / ONNX / torch.compile): a loop over the batch would be
+            # unrolled and fix the traced graph's batch size (an ONNX export took batch 2 only).
             per_clip = bias.view(nw, heads, n, n)
             out = torch.empty(b, nw, n, heads, dim, dtype=qkv.dtype, device=qkv.device)
             for i in range(b):

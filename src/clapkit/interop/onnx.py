@@ -266,9 +266,12 @@ class OnnxCLAPModel:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self._sessions = {
-            name: ort.InferenceSession(str(path), options, providers=list(providers)) for name, path in graphs.items()
-        }
+        self._sessions = {}
+        for name, path in graphs.items():
+            try:
+                self._sessions[name] = ort.InferenceSession(str(path), options, providers=list(providers))
+            except Exception as exc:  # onnxruntime's pybind errors share no public base class
+                raise PretrainedError(f"{path}: onnxruntime cannot load it ({_first_line(exc)})") from None
         self._tokenizer = None
 
     def _inside(self, name: str, key: str) -> Path:
@@ -313,10 +316,9 @@ class OnnxCLAPModel:
         """Embed clips from :meth:`prepare_audio` (any iterable, consumed lazily)."""
         from clapkit.inference import _batches
 
-        session = self._session("audio")
         outputs = []
         for batch in _batches(clips, batch_size or self.batch_size):
-            (embedding,) = session.run(None, {"waveform": np.stack(batch).astype(np.float32, copy=False)})
+            embedding = self._run("audio", {"waveform": np.stack(batch).astype(np.float32, copy=False)})
             outputs.append(torch.from_numpy(embedding))
             if progress is not None:
                 progress(len(batch))
@@ -327,14 +329,14 @@ class OnnxCLAPModel:
     def embed_mel(self, mel: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Embeddings of front-end outputs ``[B, n_mels, frames]`` through ``audio_mel.onnx``."""
         array = mel.detach().cpu().numpy() if isinstance(mel, torch.Tensor) else np.asarray(mel)
-        (embedding,) = self._session("audio_mel").run(None, {"mel": array.astype(np.float32, copy=False)})
+        embedding = self._run("audio_mel", {"mel": array.astype(np.float32, copy=False)})
         return F.normalize(torch.from_numpy(embedding).float(), dim=-1)
 
     def embed_text(self, texts: str | Sequence[str], *, batch_size: int | None = None,
                    progress: Callable[[int], None] | None = None) -> torch.Tensor:
         """L2-normalised text embeddings ``[N, D]`` through ``text.onnx``."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        session = self._session("text")
+        self._session("text")
         settings = self.meta["tokenizer"]
         tokenizer = self._load_tokenizer()
         size = batch_size or self.batch_size
@@ -345,7 +347,7 @@ class OnnxCLAPModel:
                                 truncation=True, max_length=settings["max_length"], return_tensors="np")
             feeds = {"input_ids": encoded["input_ids"].astype(np.int64),
                      "attention_mask": encoded["attention_mask"].astype(np.int64)}
-            (embedding,) = session.run(None, feeds)
+            embedding = self._run("text", feeds)
             outputs.append(torch.from_numpy(embedding))
             if progress is not None:
                 progress(len(chunk))
@@ -363,6 +365,21 @@ class OnnxCLAPModel:
                                   f"(it holds {', '.join(self._sessions) or 'none'})")
         return self._sessions[name]
 
+    def _run(self, name: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One graph run; an input the graph does not take, or anything onnxruntime refuses,
+        is one :class:`PretrainedError` line naming the graph file (not a runtime traceback)."""
+        session = self._session(name)
+        path = self.directory / self.meta["graphs"][name]["file"]
+        for spec in session.get_inputs():
+            problem = _input_problem(spec, feeds.get(spec.name))
+            if problem:
+                raise PretrainedError(f"{path}: input {spec.name!r} {problem}")
+        try:
+            (output,) = session.run(None, feeds)
+        except Exception as exc:  # onnxruntime's pybind errors share no public base class
+            raise PretrainedError(f"{path}: onnxruntime refused the input ({_first_line(exc)})") from None
+        return output
+
     def _load_tokenizer(self):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
@@ -371,3 +388,31 @@ class OnnxCLAPModel:
 
             self._tokenizer = from_pretrained(AutoTokenizer, self._inside(self.meta["tokenizer"]["directory"], "tokenizer.directory"))
         return self._tokenizer
+
+
+#: onnxruntime's type names of the graphs' inputs.
+_ORT_DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(int64)": np.dtype(np.int64)}
+
+
+def _input_problem(spec, array: np.ndarray | None) -> str:
+    """What is wrong with ``array`` as the graph input ``spec`` (empty: nothing)."""
+    if array is None:
+        return "is missing"
+    want = _ORT_DTYPES.get(spec.type)
+    if want is not None and array.dtype != want:
+        return f"must be {want}, got {array.dtype}"
+    shape = list(spec.shape)
+    fixed = [d if isinstance(d, int) else None for d in shape]
+    if len(shape) != array.ndim or any(d is not None and d != n for d, n in zip(fixed, array.shape)):
+        expected = "[" + ", ".join(str(d) if isinstance(d, int) else (d or "?") for d in shape) + "]"
+        hint = ""
+        if fixed and fixed[0] is not None and len(shape) == array.ndim:
+            # graphs from older exports of HTSAT fixed the batch it was traced with
+            hint = f"; the graph takes batches of exactly {fixed[0]}: export it again with clapkit export onnx"
+        return f"of shape {list(array.shape)} does not fit the graph's {expected}{hint}"
+    return ""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
