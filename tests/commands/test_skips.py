@@ -124,3 +124,41 @@ def test_embed_resume_does_not_retry_recorded_skips(setup, tmp_path, monkeypatch
     assert _listed(tmp_path / "r.parquet.skipped.csv").keys() == BAD.keys()
     assert main([*common, "--no-resume"]) == PARTIAL  # a fresh run decodes it again
     assert "d_truncated.flac" not in _listed(tmp_path / "r.parquet.skipped.csv")
+
+
+def test_zeroshot_skips_bad_files_and_tags_the_good_ones_as_alone(setup, tmp_path, capsys):
+    model, mixed, only_good, good, _ = setup
+    out, alone = tmp_path / "tags.csv", tmp_path / "alone.csv"
+    common = ["zeroshot", "--model", str(model), "--label", "dog", "--label", "rain", "--workers", "2"]
+    assert main([*common, str(mixed), "-o", str(out)]) == PARTIAL
+    _check_listed(tmp_path / "tags.csv.skipped.csv", capsys.readouterr().err)
+    assert main([*common, str(only_good), "-o", str(alone), "-q"]) == 0
+    with open(out, newline="") as a, open(alone, newline="") as b:
+        rows, expected = list(csv.DictReader(a)), list(csv.DictReader(b))
+    assert [Path(r["path"]).name for r in rows] == [Path(r["path"]).name for r in expected]
+    assert {Path(r["path"]).name for r in rows} == {p.name for p in good}
+    for r, e in zip(rows, expected):
+        assert r["label"] == e["label"] and float(r["similarity"]) == pytest.approx(float(e["similarity"]), abs=1e-5)
+    assert main([*common, str(mixed), "-o", str(tmp_path / "s.csv"), "--strict"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "b_corrupt.wav" in err[0] and not (tmp_path / "s.csv").exists()
+
+
+def test_separate_skips_bad_files_and_separates_the_good_ones(tmp_path, capsys):
+    from helpers.separation import save_tiny_model
+
+    model = tmp_path / "sep"
+    save_tiny_model(model)
+    good, _ = write_mixed_folder(tmp_path / "mixed")
+    out = tmp_path / "out"
+    common = ["separate", "--model", str(model), "--query", "dog", "--device", "cpu"]
+    assert main([*common, str(tmp_path / "mixed"), "-o", str(out)]) == PARTIAL
+    captured = capsys.readouterr()
+    _check_listed(tmp_path / "out.skipped.csv", captured.err)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.with_suffix(".wav").name for p in good)
+    for path in good:
+        assert np.isfinite(sf.read(out / path.with_suffix(".wav").name)[0]).all()
+    strict_out = tmp_path / "strict"
+    assert main([*common, str(tmp_path / "mixed"), "-o", str(strict_out), "--strict", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "b_corrupt.wav" in err[0] and not strict_out.exists()

@@ -7,8 +7,12 @@ starting with ``#`` are skipped) and/or repeated ``--label``. INPUTS are audio f
 folders (``--audio INPUT...`` is accepted too).
 
 The CSV has one row per (file, rank): ``path, rank, label, probability, similarity``
-(rank 1 is the best label; similarity is the raw cosine). It is written atomically; a
-corrupt or empty audio file stops the command before anything is written.
+(rank 1 is the best label; similarity is the raw cosine). It is written atomically.
+
+Bad files inside a folder (unreadable, truncated, empty, NaN or Inf samples) are skipped:
+each is printed on stderr with its reason and listed in ``<output>.skipped.csv``, every good
+file is tagged, and the exit status is 3 (0 when nothing was skipped). ``--strict`` refuses
+the run at the first bad file (exit 2, nothing written), as does a bad file named directly.
 
 example:
   clapkit zeroshot --model models/clap --labels labels.txt recordings/ -o tags.csv --top-k 5
@@ -21,7 +25,7 @@ from pathlib import Path
 import torch
 
 from clapkit.atomic import write_csv
-from clapkit.commands import CommandError, _shared
+from clapkit.commands import CommandError, _shared, _skipping
 
 
 def build_parser():
@@ -36,6 +40,7 @@ def build_parser():
     parser.add_argument("-o", "--output", required=True, help="CSV file to write")
     parser.add_argument("--plot", default=None, metavar="PNG",
                         help="bar chart of the top labels of each file (the first 12 files)")
+    _skipping.add_strict_option(parser)
     _shared.add_model_options(parser)
     return parser
 
@@ -81,12 +86,13 @@ def main(argv: list[str]) -> int:
         except ValueError as exc:
             raise CommandError(str(exc)) from None
     labels = read_labels(args.labels, args.label)
-    files = _shared.discover_audio(args.audio)
+    files, skips = _skipping.usable_files(args.audio, args.strict)
     _shared.refuse_overwriting_inputs([output], [args.labels, *files])
-    _shared.check_headers(files)
+    _skipping.refuse_if_none(files, skips, output, args.quiet)
     model = _shared.load_model(args.model, args)
     text = model.embed_text([args.template.replace("{}", label) for label in labels])
-    audio = _shared.embed_files(model, files, workers=args.workers, quiet=args.quiet)
+    files, audio = _skipping.embed_files_skipping(model, files, skips, workers=args.workers, quiet=args.quiet)
+    _skipping.refuse_if_none(files, skips, output, args.quiet)
     similarity = model.similarity(audio, text)
     probability = model.classify(audio, text)
     k = min(args.top_k, len(labels))
@@ -105,4 +111,4 @@ def main(argv: list[str]) -> int:
             _shared.eprint(f"plot -> {args.plot}")
     if not args.quiet:
         _shared.eprint(f"tagged {len(files)} files with {len(labels)} labels -> {output}")
-    return 0
+    return _skipping.finish(skips, output, args.quiet)
