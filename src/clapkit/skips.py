@@ -86,18 +86,20 @@ class SkipList:
     def __bool__(self) -> bool:
         return bool(self.items)
 
-    def report(self, output: str | os.PathLike, quiet: bool = False) -> Path | None:
+    def report(self, output: str | os.PathLike | None, quiet: bool = False) -> Path | None:
         """Write ``<output>.skipped.csv`` (atomically) and print one line per file on stderr.
 
         Returns the CSV's path, or ``None`` when nothing was skipped (a stale list from an
-        earlier run of the same output is removed then, so it cannot be mistaken for this run's).
+        earlier run of the same output is removed then, so it cannot be mistaken for this run's)
+        or there is no output file (``output=None``: the stderr lines only).
         """
-        target = skipped_csv(output)
+        target = skipped_csv(output) if output is not None else None
         if not self.items:
-            if _is_skip_list(target):  # a stale list of an earlier run, never another file
+            if target is not None and _is_skip_list(target):  # a stale list of an earlier run only
                 target.unlink()
             return None
-        write_csv(target, ["path", "reason"], [(s.path, s.reason) for s in self.items])
+        if target is not None:
+            write_csv(target, ["path", "reason"], [(s.path, s.reason) for s in self.items])
         if not quiet:
             for item in self.items:
                 print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
@@ -109,7 +111,8 @@ class SkipList:
             return ""
         reasons = Counter(s.reason.split(":")[0].split(" (")[0] for s in self.items)
         counts = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
-        return f"skipped {len(self.items)} file{'s' if len(self.items) != 1 else ''} ({counts}; list in {csv_path})"
+        where = f"; list in {csv_path}" if csv_path is not None else ""
+        return f"skipped {len(self.items)} file{'s' if len(self.items) != 1 else ''} ({counts}{where})"
 
 
 def _is_skip_list(path: Path) -> bool:

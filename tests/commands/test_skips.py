@@ -162,3 +162,29 @@ def test_separate_skips_bad_files_and_separates_the_good_ones(tmp_path, capsys):
     assert main([*common, str(tmp_path / "mixed"), "-o", str(strict_out), "--strict", "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "b_corrupt.wav" in err[0] and not strict_out.exists()
+
+
+def test_query_ranks_the_good_audio_of_a_folder_and_lists_the_bad(tmp_path, capsys):
+    from clapkit.interop.audioclip import convert_audioclip
+    from clapkit.pretrained import save_converted
+    from helpers.audioclip import official_audioclip_state_dict
+
+    converted = convert_audioclip(official_audioclip_state_dict(tiny=True), audio_variant="tiny",
+                                  clip_arch="tiny", sample_rate=16000, clip_seconds=0.25)
+    model = save_converted(converted, tmp_path / "audioclip")
+    good, _ = write_mixed_folder(tmp_path / "mixed")
+    only_good = tmp_path / "good"
+    only_good.mkdir()
+    for path in good:
+        shutil.copy(path, only_good / path.name)
+    out, alone = tmp_path / "ranked.csv", tmp_path / "alone.csv"
+    common = ["query", "--model", str(model), "--text", "a dog", "--top-k", "20"]
+    assert main([*common, str(tmp_path / "mixed"), "-o", str(out)]) == PARTIAL
+    _check_listed(tmp_path / "ranked.csv.skipped.csv", capsys.readouterr().err)
+    assert main([*common, str(only_good), "-o", str(alone), "-q"]) == 0
+    with open(out, newline="") as a, open(alone, newline="") as b:
+        rows, expected = list(csv.DictReader(a)), list(csv.DictReader(b))
+    assert [Path(r["item"]).name for r in rows] == [Path(r["item"]).name for r in expected]
+    assert len(rows) == len(good)
+    assert main([*common, str(tmp_path / "mixed"), "--strict", "-q"]) == 2
+    assert "b_corrupt.wav" in capsys.readouterr().err

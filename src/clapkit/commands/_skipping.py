@@ -28,7 +28,17 @@ def usable_files(inputs: Sequence[str], strict: bool) -> tuple[list[Path], SkipL
     """The audio files of INPUTS whose header is readable, and the skip list of the others
     (a bad file named directly, or any with ``strict``, is refused in one line)."""
     skips = SkipList.for_inputs(inputs, strict=strict)
-    return screen_headers(_shared.discover_audio(inputs), skips), skips
+    return screen(_shared.discover_audio(inputs), skips), skips
+
+
+def screen(files: Sequence[Path], skips: SkipList) -> list[Path]:
+    """:func:`clapkit.skips.screen_headers`, a refusal as a :class:`CommandError`."""
+    from clapkit.audio import AudioLoadError
+
+    try:
+        return screen_headers(files, skips)
+    except AudioLoadError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def refuse_if_none(files: Sequence[Path], skips: SkipList, output, quiet: bool) -> None:

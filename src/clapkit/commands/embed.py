@@ -39,8 +39,8 @@ from __future__ import annotations
 import functools
 
 from clapkit.audio.preprocess import prepare_audio, read_inference_config
-from clapkit.commands import CommandError, _shared
-from clapkit.skips import PARTIAL, SkipList, Skipped, screen_headers
+from clapkit.commands import CommandError, _shared, _skipping
+from clapkit.skips import PARTIAL, Skipped
 from clapkit.embedding import (
     EarlyDecoder,
     EmbeddingInputError,
@@ -61,8 +61,7 @@ def build_parser():
     parser.add_argument("--part-size", type=int, default=1024,
                         help="files per streamed part (the unit of resuming and of data-parallel slices)")
     parser.add_argument("--no-resume", action="store_true", help="redo parts a killed run left behind")
-    parser.add_argument("--strict", action="store_true",
-                        help="refuse the whole run at the first bad file instead of skipping it (exit 2, nothing written)")
+    _skipping.add_strict_option(parser)
     _shared.add_model_options(parser)
     parser.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                         help="onnx: MODEL is a `clapkit export onnx` directory, run with onnxruntime")
@@ -90,8 +89,7 @@ def main(argv: list[str]) -> int:
     output = _shared.check_output(args.output, _shared.EMBEDDING_SUFFIXES)
     if args.part_size < 1:
         raise CommandError(f"--part-size must be at least 1, got {args.part_size}")
-    skips = SkipList.for_inputs(args.inputs, strict=args.strict)
-    files = screen_headers(_shared.discover_audio(args.inputs), skips)
+    files, skips = _skipping.usable_files(args.inputs, args.strict)
     if not files:
         raise CommandError(f"no usable audio file: {skips.summary(skips.report(output, args.quiet))}")
     ranks = rank_from_env()
