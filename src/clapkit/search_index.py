@@ -51,8 +51,8 @@ PATHS_FILE = "paths.parquet"
 INFO_FILE = "index.json"
 #: Below this many rows the index is exact (``IndexFlatIP``): a scan is fast and needs no training.
 EXACT_BELOW = 20_000
-#: Rows per record batch read from the parquet (64k x 512 float32: 128 MB at most at once).
-BATCH_ROWS = 32_768
+#: Rows per record batch read from the parquet (16k x 512 float32: 32 MiB per copy).
+BATCH_ROWS = 16_384
 #: Training points per inverted list (faiss wants at least 39).
 TRAIN_PER_LIST = 50
 KINDS = ("auto", "flat", "ivf-flat", "ivf-sq8", "ivf-pq", "hnsw")
@@ -209,7 +209,10 @@ def _sample(path: Path, dim: int, count: int, size: int, rng: np.random.Generato
         stop = start + len(batch)
         lo, hi = np.searchsorted(chosen, [start, stop])
         if hi > lo:
-            out.append(_vectors(batch.take(chosen[lo:hi] - start), dim))
+            rows = _vectors(batch.take(chosen[lo:hi] - start), dim)
+            if not np.isfinite(rows).all():
+                raise SearchIndexError(f"{path}: non-finite embeddings (NaN or Inf); re-embed those files")
+            out.append(rows)
         start = stop
     return np.concatenate(out) if out else np.empty((0, dim), np.float32)
 
@@ -302,24 +305,57 @@ def build_index(embeddings: str | os.PathLike, output: str | os.PathLike, *, mem
 
 
 def _fill(index, source: Path, dim: int, paths_out: Path, progress) -> None:
-    """Add every row batch by batch, writing the row -> path table alongside."""
+    """Add every row batch by batch, writing the row -> path table alongside.
+
+    IVF kinds take two passes: the first assigns every vector to its list and reserves each
+    list's exact size, the second adds the vectors with those assignments. Growing the lists
+    one batch at a time instead would let each over-allocate (vectors double their capacity),
+    up to twice the finished index's size at the peak.
+    """
+    import faiss
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    added = 0
+    ivf = faiss.try_extract_index_ivf(index)
+    assigned = _assign(ivf, source, dim) if ivf is not None else None
+    start = 0
     with pq.ParquetWriter(paths_out, pa.schema([("path", pa.string())])) as writer:
         for batch in _batches(source, ["path", "embedding"]):
             vectors = _vectors(batch, dim)
-            finite = np.isfinite(vectors).all(axis=1)
-            if not finite.all():
-                row = int(np.flatnonzero(~finite)[0])
-                name = batch.column(batch.schema.get_field_index("path"))[row].as_py()
-                raise SearchIndexError(f"{source}: non-finite embedding (NaN or Inf) for {name}; re-embed that file")
-            index.add(vectors)
+            if assigned is None:
+                _require_finite(vectors, batch, source)
+                index.add(vectors)
+            else:
+                lists = np.ascontiguousarray(assigned[start : start + len(batch)])
+                ivf.add_core(len(vectors), faiss.swig_ptr(vectors), None, faiss.swig_ptr(lists))
             writer.write_table(pa.Table.from_batches([batch.select(["path"])]))
-            added += len(batch)
+            start += len(batch)
             if progress is not None:
                 progress(len(batch))
+
+
+def _assign(ivf, source: Path, dim: int) -> np.ndarray:
+    """Each row's inverted list (one streamed pass), with every list's capacity reserved."""
+    parts = []
+    for batch in _batches(source, ["path", "embedding"]):
+        vectors = _vectors(batch, dim)
+        _require_finite(vectors, batch, source)
+        parts.append(ivf.quantizer.assign(vectors, 1).reshape(-1).astype(np.int64))
+    assigned = np.concatenate(parts)
+    invlists = ivf.invlists
+    for number, size in enumerate(np.bincount(assigned, minlength=ivf.nlist).tolist()):
+        if size:  # resize up allocates exactly; resize down keeps that capacity
+            invlists.resize(number, size)
+            invlists.resize(number, 0)
+    return assigned
+
+
+def _require_finite(vectors: np.ndarray, batch, source: Path) -> None:
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        name = batch.column(batch.schema.get_field_index("path"))[row].as_py()
+        raise SearchIndexError(f"{source}: non-finite embedding (NaN or Inf) for {name}; re-embed that file")
 
 
 def _tune(faiss, index, info: IndexInfo, source: Path, dim: int, queries: int, target: float,
