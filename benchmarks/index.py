@@ -24,14 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from clapkit.search_index import SearchIndex, exact_top_k, recall_at_k  # noqa: E402
 from helpers.vectors import clustered_unit_vectors, write_clustered_parquet  # noqa: E402
-
-from clapkit.search_index import SearchIndex, _exact_top, recall_at_k  # noqa: E402
 
 
 def main() -> None:
@@ -70,7 +67,7 @@ def main() -> None:
 
     # Fresh queries from the same mixture (rows past the end of the set, so not in the index).
     queries = clustered_unit_vectors(args.queries, args.dim, args.centres, seed=0, start=args.rows + 10_000_000)
-    truth = _exact_top(source, args.dim, queries, 10)
+    truth = exact_top_k(source, args.dim, queries, 10)
     results = []
     for nprobe in sorted({1, 2, 4, 8, 16, 32, 64, 128, info["nprobe"] or 1}):
         index = SearchIndex(index_dir, nprobe=nprobe)

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from clapkit import search_index
-from clapkit.search_index import SearchIndex, SearchIndexError, build_index, choose_kind, parse_bytes, recall_at_k
+from clapkit.search_index import (
+    SearchIndex,
+    SearchIndexError,
+    build_index,
+    choose_kind,
+    parse_bytes,
+    recall_at_k,
+)
 from helpers.vectors import read_all, write_clustered_parquet
 
 
@@ -91,3 +98,16 @@ def test_200k_by_512_with_1000_centres_recalls(tmp_path):
     queries = vectors[np.random.default_rng(2).choice(len(vectors), 200, replace=False)]
     hits = SearchIndex(tmp_path / "ix").search(queries, 10)
     assert recall_at_k(hits.indices, _exact(vectors, queries, 10)) >= 0.95
+
+
+def test_a_nan_embedding_is_refused_naming_its_file(tmp_path):
+    import pyarrow.parquet as pq
+
+    from clapkit.embedding import embedding_table
+
+    vectors = np.eye(40, 8, dtype=np.float32)
+    vectors[7, 0] = np.nan
+    pq.write_table(embedding_table([f"f{i}.wav" for i in range(40)], vectors), tmp_path / "e.parquet")
+    with pytest.raises(SearchIndexError, match="f7.wav"):
+        build_index(tmp_path / "e.parquet", tmp_path / "ix", kind="ivf-flat")
+    assert not (tmp_path / "ix").exists()

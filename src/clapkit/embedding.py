@@ -26,6 +26,7 @@ to the output (``<output>.parts/``). The pieces:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -33,7 +34,6 @@ import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -302,7 +302,7 @@ def _embed_skipping(model, decoder: _Decoder, paths: list[str], order: list[int]
     while True:
         kept: list[int] = []
 
-        def clips() -> Iterator[np.ndarray]:
+        def clips(kept: list[int] = kept) -> Iterator[np.ndarray]:
             wanted = [i for i in order if i not in bad]
             for i, clip in zip(wanted, decoder.map([paths[i] for i in wanted], ahead=ahead, settle=True)):
                 if isinstance(clip, Unusable):

@@ -217,7 +217,7 @@ def _sample(path: Path, dim: int, count: int, size: int, rng: np.random.Generato
     return np.concatenate(out) if out else np.empty((0, dim), np.float32)
 
 
-def _exact_top(path: Path, dim: int, queries: np.ndarray, k: int) -> np.ndarray:
+def exact_top_k(path: Path, dim: int, queries: np.ndarray, k: int) -> np.ndarray:
     """Row numbers of the exact top-``k`` inner products of ``queries``, one streamed pass."""
     best_scores = np.full((len(queries), k), -np.inf, np.float32)
     best_rows = np.full((len(queries), k), -1, np.int64)
@@ -363,7 +363,7 @@ def _tune(faiss, index, info: IndexInfo, source: Path, dim: int, queries: int, t
     """Smallest search depth whose recall@10 on sample queries reaches ``target`` (else the best)."""
     sample = _sample(source, dim, info.count, queries, rng)
     k = min(10, info.count)
-    truth = _exact_top(source, dim, sample, k)
+    truth = exact_top_k(source, dim, sample, k)
     if info.kind == "flat":
         info.recall_at_10 = recall_at_k(index.search(sample, k)[1], truth)
         return

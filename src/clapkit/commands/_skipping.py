@@ -81,7 +81,7 @@ def embed_files_skipping(model, files: Sequence[Path], skips: SkipList, *, worke
             wanted = [f for f in files if f not in bad]
             kept: list[Path] = []
 
-            def clips(pool):
+            def clips(pool, wanted=wanted, kept=kept):
                 results = (prefetched(lambda p: pool.submit(prepare, p), wanted, max(workers, 2 * model.batch_size))
                            if pool is not None else (prepare(p) for p in wanted))
                 for path, clip in zip(wanted, results):

@@ -40,7 +40,6 @@ import functools
 
 from clapkit.audio.preprocess import prepare_audio, read_inference_config
 from clapkit.commands import CommandError, _shared, _skipping
-from clapkit.skips import PARTIAL, Skipped
 from clapkit.embedding import (
     EarlyDecoder,
     EmbeddingInputError,
@@ -49,6 +48,7 @@ from clapkit.embedding import (
     embed_corpus,
     rank_from_env,
 )
+from clapkit.skips import PARTIAL, Skipped
 
 #: Embedding audio files needs the audio tower only: the text tower is neither built nor read.
 AUDIO_ONLY = ("audio",)
