@@ -36,7 +36,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--centres", type=int, default=1000)
-    parser.add_argument("--chunk", type=int, default=50_000, help="rows generated and written at a time")
+    parser.add_argument("--chunk", type=int, default=16_384,
+                        help="rows generated and written at a time (one row group each, as clapkit embed writes)")
     parser.add_argument("--memory-budget", default="1G")
     parser.add_argument("--kind", default="auto")
     parser.add_argument("--queries", type=int, default=200)

@@ -52,6 +52,11 @@ PART_SIZE = 1024
 EARLY_FILES = 64
 
 
+#: Rows per parquet row group of an embeddings file: a reader decodes a whole row group at once
+#: (``clapkit index`` streams the file batch by batch), so one group of a million 512-d rows
+#: would cost it 2 GB; 16k rows cost 32 MiB.
+ROW_GROUP_ROWS = 16_384
+
 #: Part metadata key of the files a part skipped (a JSON list of ``[path, reason]``).
 SKIPPED_KEY = "clapkit.skipped"
 

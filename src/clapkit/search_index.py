@@ -43,7 +43,7 @@ import numpy as np
 
 from clapkit.atomic import normal_permissions
 
-__all__ = ["IndexInfo", "SearchIndex", "SearchIndexError", "build_index", "choose_kind", "describe_embeddings",
+__all__ = ["IndexInfo", "SearchIndex", "SearchIndexError", "build_index", "choose_kind", "describe_embeddings", "exact_top_k", "recall_at_k",
            "is_index_dir", "parse_bytes"]
 
 INDEX_FILE = "index.faiss"

@@ -26,7 +26,7 @@ def clustered_unit_vectors(count: int, dim: int, centres: int, seed: int = 0, sp
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
-def write_clustered_parquet(path: Path, count: int, dim: int, centres: int, *, chunk: int = 50_000,
+def write_clustered_parquet(path: Path, count: int, dim: int, centres: int, *, chunk: int = 16_384,
                             seed: int = 0, metadata: dict[str, str] | None = None) -> Path:
     """An embeddings parquet (``path``, ``embedding``) of ``count`` clustered unit vectors, generated
     and written ``chunk`` rows at a time (one row group each), never all in memory."""
