@@ -224,10 +224,12 @@ def exact_top_k(path: Path, dim: int, queries: np.ndarray, k: int) -> np.ndarray
     start = 0
     for batch in _batches(path, ["embedding"]):
         scores = queries @ _vectors(batch, dim).T
-        rows = np.broadcast_to(np.arange(start, start + len(batch)), scores.shape)
-        both_s = np.concatenate([best_scores, scores], axis=1)
-        both_r = np.concatenate([best_rows, rows], axis=1)
-        top = np.argpartition(-both_s, min(k, both_s.shape[1] - 1), axis=1)[:, :k]
+        # The batch's own top-k first, so the merge below handles [Q, 2k], not [Q, batch].
+        kk = min(k, scores.shape[1])
+        own = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        both_s = np.concatenate([best_scores, np.take_along_axis(scores, own, axis=1)], axis=1)
+        both_r = np.concatenate([best_rows, own + start], axis=1)
+        top = np.argpartition(-both_s, k - 1, axis=1)[:, :k]
         best_scores = np.take_along_axis(both_s, top, axis=1)
         best_rows = np.take_along_axis(both_r, top, axis=1)
         start += len(batch)
