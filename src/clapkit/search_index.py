@@ -205,13 +205,13 @@ def _sample(path: Path, dim: int, count: int, size: int, rng: np.random.Generato
     """``size`` rows drawn without replacement, read batch by batch (sorted row numbers)."""
     chosen = np.sort(rng.choice(count, size=min(size, count), replace=False))
     out, start = [], 0
-    for batch in _batches(path, ["embedding"]):
+    for batch in _batches(path, ["path", "embedding"]):
         stop = start + len(batch)
         lo, hi = np.searchsorted(chosen, [start, stop])
         if hi > lo:
-            rows = _vectors(batch.take(chosen[lo:hi] - start), dim)
-            if not np.isfinite(rows).all():
-                raise SearchIndexError(f"{path}: non-finite embeddings (NaN or Inf); re-embed those files")
+            taken = batch.take(chosen[lo:hi] - start)
+            rows = _vectors(taken, dim)
+            _require_finite(rows, taken, path)
             out.append(rows)
         start = stop
     return np.concatenate(out) if out else np.empty((0, dim), np.float32)
