@@ -51,7 +51,7 @@ def test_budget_picks_the_coding(corpus):
     assert choose_kind(10_000, 64, 1 << 30)[0] == "flat"
     assert choose_kind(1_000_000, 512, parse_bytes("4G"))[0] == "ivf-flat"
     assert choose_kind(1_000_000, 512, parse_bytes("1G")) == ("ivf-sq8", "IVF1000,SQ8")
-    assert choose_kind(1_000_000, 512, parse_bytes("200M")) == ("ivf-pq", "IVF1000,PQ128")
+    assert choose_kind(1_000_000, 512, parse_bytes("200M")) == ("ivf-pq", "IVF1000,PQ128np")
     with pytest.raises(ValueError, match="budget"):
         choose_kind(1_000_000, 512, parse_bytes("5M"))
     assert parse_bytes("1.5k") == 1536 and parse_bytes("2GiB") == 2 << 30

@@ -12,7 +12,7 @@ kind       faiss                                    bytes/vector   read at query
 flat       ``IndexFlatIP`` (exact; < 20,000 rows)   4 D            ``IO_FLAG_MMAP_IFC``
 ivf-flat   ``IVF<n>,Flat``                          4 D + 8        ``IO_FLAG_MMAP``
 ivf-sq8    ``IVF<n>,SQ8`` (8-bit scalar quantiser)  D + 8          ``IO_FLAG_MMAP``
-ivf-pq     ``IVF<n>,PQ<m>`` (m bytes per vector)    m + 8          ``IO_FLAG_MMAP``
+ivf-pq     ``IVF<n>,PQ<m>np`` (m bytes per vector)  m + 8          ``IO_FLAG_MMAP``
 hnsw       ``HNSW32,Flat`` (only when asked)        4 D + ~260     ``IO_FLAG_MMAP_IFC``
 ========== ======================================== ============== =====================
 
@@ -116,7 +116,7 @@ def choose_kind(count: int, dim: int, budget: int) -> tuple[str, str]:
         return "ivf-sq8", f"IVF{nlist},SQ8"
     for m in _pq_sizes(dim):
         if count * (m + 8) <= budget:
-            return "ivf-pq", f"IVF{nlist},PQ{m}"
+            return "ivf-pq", f"IVF{nlist},PQ{m}np"
     raise ValueError(f"{count} vectors of dim {dim} need at least {count * 12 / 2**20:.0f} MiB "
                      f"(4-byte product codes), more than the budget of {budget / 2**20:.0f} MiB")
 
@@ -129,11 +129,13 @@ def factory_for(kind: str, count: int, dim: int, budget: int) -> str:
     if kind == "ivf-pq":
         fitting = [m for m in _pq_sizes(dim) if count * (m + 8) <= budget]
         m = fitting[0] if fitting else _pq_sizes(dim)[-1]
-        return f"IVF{nlist},PQ{m}"
+        return f"IVF{nlist},PQ{m}np"
     return {"flat": "Flat", "ivf-flat": f"IVF{nlist},Flat", "ivf-sq8": f"IVF{nlist},SQ8",
             "hnsw": "HNSW32,Flat"}[kind]
 
 
+# Product codes are trained without faiss' polysemous step (``np``): it only serves Hamming
+# pre-filtering, which clapkit does not use, and took minutes on a 20k x 64 set.
 def _pq_sizes(dim: int) -> list[int]:
     """Product-code sizes to try, most precise first: D/2, D/4, ... bytes, each dividing D, at least 4."""
     sizes, m = [], dim // 2
