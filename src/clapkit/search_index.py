@@ -203,8 +203,9 @@ def describe_embeddings(path: Path) -> tuple[int, int, dict[str, str]]:
     return handle.metadata.num_rows, kind.list_size, metadata
 
 
-def _sample(path: Path, dim: int, count: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """``size`` rows drawn without replacement, read batch by batch (sorted row numbers)."""
+def _sample(path: Path, dim: int, count: int, size: int, rng: np.random.Generator, with_rows: bool = False):
+    """``size`` rows drawn without replacement, read batch by batch (sorted row numbers);
+    with ``with_rows``, ``(row numbers, rows)``."""
     chosen = np.sort(rng.choice(count, size=min(size, count), replace=False))
     out, start = [], 0
     for batch in _batches(path, ["path", "embedding"]):
@@ -216,7 +217,8 @@ def _sample(path: Path, dim: int, count: int, size: int, rng: np.random.Generato
             _require_finite(rows, taken, path)
             out.append(rows)
         start = stop
-    return np.concatenate(out) if out else np.empty((0, dim), np.float32)
+    vectors = np.concatenate(out) if out else np.empty((0, dim), np.float32)
+    return (chosen, vectors) if with_rows else vectors
 
 
 def exact_top_k(path: Path, dim: int, queries: np.ndarray, k: int) -> np.ndarray:
@@ -364,12 +366,20 @@ def _require_finite(vectors: np.ndarray, batch, source: Path) -> None:
 
 def _tune(faiss, index, info: IndexInfo, source: Path, dim: int, queries: int, target: float,
           rng: np.random.Generator) -> None:
-    """Smallest search depth whose recall@10 on sample queries reaches ``target`` (else the best)."""
-    sample = _sample(source, dim, info.count, queries, rng)
-    k = min(10, info.count)
-    truth = exact_top_k(source, dim, sample, k)
+    """Smallest search depth whose recall@10 on sample queries reaches ``target`` (else the best).
+
+    The queries are rows of the set, each left out of its own results: a row is always its own
+    nearest neighbour, and counting that hit overstated recall for fresh queries (0.955 on rows
+    against 0.945 on fresh draws of the same mixture at 1M x 512).
+    """
+    if info.count < 2:
+        info.recall_at_10 = 1.0
+        return
+    rows, sample = _sample(source, dim, info.count, queries, rng, with_rows=True)
+    k = min(10, info.count - 1)
+    truth = _leave_out(exact_top_k(source, dim, sample, k + 1), rows, k)
     if info.kind == "flat":
-        info.recall_at_10 = recall_at_k(index.search(sample, k)[1], truth)
+        info.recall_at_10 = recall_at_k(_leave_out(index.search(sample, k + 1)[1], rows, k), truth)
         return
     if info.kind == "hnsw":
         depths, attribute = [16, 32, 64, 128, 256, 512, 1024], "ef_search"
@@ -378,11 +388,21 @@ def _tune(faiss, index, info: IndexInfo, source: Path, dim: int, queries: int, t
         depths = sorted({min(2 ** i, nlist) for i in range(0, int(math.log2(nlist)) + 2)})
         attribute = "nprobe"
     for depth in depths:
-        recall = recall_at_k(_search(faiss, index, info.kind, sample, k, depth), truth)
+        found = _leave_out(_search(faiss, index, info.kind, sample, k + 1, depth), rows, k)
+        recall = recall_at_k(found, truth)
         setattr(info, attribute, depth)
         info.recall_at_10 = recall
         if recall >= target:
             break
+
+
+def _leave_out(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """Each query's results without the query's own row, cut to ``k``."""
+    out = np.full((len(found), k), -1, np.int64)
+    for q, (hits, own) in enumerate(zip(found, rows)):
+        kept = hits[hits != own][:k]
+        out[q, : len(kept)] = kept
+    return out
 
 
 def _search(faiss, index, kind: str, queries: np.ndarray, k: int, depth: int) -> np.ndarray:
