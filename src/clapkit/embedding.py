@@ -216,7 +216,7 @@ class EmbedRun:
         num_parts: parts of the whole job.
         store: the parts folder (call ``store.remove()`` once the output is written).
         skipped: ``(path, reason)`` of the files left out (their rows of ``embeddings`` are NaN),
-            from every part once the corpus is complete, else from this rank's parts.
+            from every part once the corpus is complete (empty while ``embeddings`` is ``None``).
     """
 
     embeddings: np.ndarray | None
