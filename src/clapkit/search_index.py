@@ -175,9 +175,12 @@ def _vectors(batch, dim: int) -> np.ndarray:
     values = column.flatten()
     if values.type != pa.float32():
         values = values.cast(pa.float32())
-    flat = values.to_numpy(zero_copy_only=False)
-    array = np.ascontiguousarray(flat, dtype=np.float32).reshape(len(batch), dim)
-    return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
+    # One copy (the arrow buffer is read-only), normalised in place: np.linalg.norm and a
+    # division would each add a batch-sized temporary at the build's peak.
+    array = np.array(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(batch), dim)
+    norms = np.sqrt(np.einsum("ij,ij->i", array, array))
+    array /= np.maximum(norms, 1e-12)[:, None]
+    return array
 
 
 def describe_embeddings(path: Path) -> tuple[int, int, dict[str, str]]:
