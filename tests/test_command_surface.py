@@ -105,6 +105,7 @@ SURFACE = {
     "export hf": (lambda: _parser("export_hf"), "alias", "refuses"),
     "make-shards": (lambda: _parser("make_shards"), None, "refuses"),
     "benchmark": (lambda: _parser("benchmark"), "option", "refuses"),
+    "index": (lambda: _parser("index"), None, "refuses"),
     "demo": (lambda: _parser("demo", "_parser"), None, "run-folder"),
 }
 

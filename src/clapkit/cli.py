@@ -34,6 +34,7 @@ INFERENCE_COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("embed", "embed audio files or folders to .npy / parquet"),
     "zeroshot": ("zeroshot", "zero-shot tag audio files with a list of labels, write CSV"),
     "retrieve": ("retrieve", "rank an embedded folder against a text query"),
+    "index": ("index", "build an on-disk faiss index of embeddings for retrieve --index"),
     "convert": ("convert", "convert an official checkpoint to clapkit's native format"),
     "export": ("export", "training checkpoint -> model directory; model -> ONNX or Hugging Face"),
     "make-shards": ("make_shards", "write webdataset shards from a manifest of audio + text"),

@@ -28,7 +28,9 @@ to the output (``<output>.parts/``). The pieces:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import json
 import multiprocessing
 import os
 import shutil
@@ -50,6 +52,22 @@ PART_SIZE = 1024
 
 #: Files an :class:`EarlyDecoder` decodes ahead at most (64 ten-second clips at 48 kHz: 123 MB).
 EARLY_FILES = 64
+
+
+#: Rows per parquet row group of an embeddings file: a reader decodes a whole row group at once
+#: (``clapkit index`` streams the file batch by batch), so one group of a million 512-d rows
+#: would cost it 2 GB; 16k rows cost 32 MiB.
+ROW_GROUP_ROWS = 16_384
+
+#: Part metadata key of the files a part skipped (a JSON list of ``[path, reason]``).
+SKIPPED_KEY = "clapkit.skipped"
+
+
+@dataclass(frozen=True)
+class Unusable:
+    """A file the decoder could not turn into a clip, in place of its clip (skipping runs)."""
+
+    reason: str
 
 
 class EmbeddingInputError(ValueError):
@@ -164,14 +182,19 @@ class PartStore:
     def complete(self) -> bool:
         return all(self.done(k) for k in range(self.num_parts))
 
-    def write(self, part: int, embeddings: np.ndarray) -> Path:
-        """Write one part's ``[n, D]`` float32 embeddings (with its paths) atomically."""
+    def write(self, part: int, embeddings: np.ndarray, skipped: Sequence[tuple[str, str]] = ()) -> Path:
+        """Write one part's ``[n, D]`` float32 embeddings (with its paths) atomically.
+
+        ``skipped``: ``(path, reason)`` of the part's files that could not be embedded (their
+        rows are NaN); kept in the part's metadata, so a resumed run does not decode them again.
+        """
         pa, pq = _pyarrow()
         array = np.ascontiguousarray(embeddings, dtype=np.float32)
         paths = self.part_files(part)
         if array.shape[0] != len(paths):
             raise ValueError(f"part {part}: {array.shape[0]} embeddings for {len(paths)} files")
-        table = embedding_table(paths, array)
+        metadata = {SKIPPED_KEY: json.dumps([list(s) for s in skipped])} if skipped else None
+        table = embedding_table(paths, array, metadata)
         path = self.path(part)
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
@@ -187,8 +210,18 @@ class PartStore:
         return array
 
     def merge(self) -> np.ndarray:
-        """Every part's embeddings in file order ``[N, D]``."""
+        """Every part's embeddings in file order ``[N, D]`` (NaN rows for skipped files)."""
         return np.concatenate([self.read(k) for k in range(self.num_parts)])
+
+    def skipped(self) -> list[tuple[str, str]]:
+        """``(path, reason)`` of every file the done parts skipped, in file order."""
+        _, pq = _pyarrow()
+        found: list[tuple[str, str]] = []
+        for k in range(self.num_parts):
+            if self.done(k):
+                raw = (pq.read_schema(self.path(k)).metadata or {}).get(SKIPPED_KEY.encode())
+                found += [(str(p), str(r)) for p, r in json.loads(raw)] if raw else []
+        return found
 
     def remove(self) -> None:
         """Delete this job's parts (and the folder when nothing else is left in it)."""
@@ -211,6 +244,8 @@ class EmbedRun:
         parts_skipped: parts of this rank found done on disk (resumed).
         num_parts: parts of the whole job.
         store: the parts folder (call ``store.remove()`` once the output is written).
+        skipped: ``(path, reason)`` of the files left out (their rows of ``embeddings`` are NaN),
+            from every part once the corpus is complete (empty while ``embeddings`` is ``None``).
     """
 
     embeddings: np.ndarray | None
@@ -218,6 +253,7 @@ class EmbedRun:
     parts_skipped: int
     num_parts: int
     store: PartStore
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 def embed_corpus(
@@ -232,6 +268,7 @@ def embed_corpus(
     lengths: Sequence[int] | None = None,
     progress: Callable[[int], None] | None = None,
     early: EarlyDecoder | None = None,
+    may_skip: Callable[[str], bool] | None = None,
 ) -> EmbedRun:
     """Embed ``files`` with ``model`` (a :class:`~clapkit.inference.CLAPModel`) into parts.
 
@@ -247,9 +284,13 @@ def embed_corpus(
         progress: called with the number of files finished (done parts count at once).
         early: decoding started before the model was loaded (its clips are used where they
             match; it is closed here). It must decode as ``model.prepare_audio`` does.
+        may_skip: ``path -> bool``: a file that cannot be decoded or embedded (non-finite
+            output) is skipped when this says so: its row is NaN, the part records it and the
+            part is done (a resume does not retry it). ``None``: nothing is skipped.
 
     Raises:
-        EmbeddingInputError: a file cannot be decoded (parts finished before it are kept).
+        EmbeddingInputError: a file cannot be decoded and may not be skipped (parts finished
+            before it are kept).
     """
     ranks = ranks or rank_from_env()
     names = [str(f) for f in files]
@@ -260,24 +301,70 @@ def embed_corpus(
     if progress is not None and skipped:
         progress(sum(len(store.part_files(k)) for k in mine if k not in todo))
     with _Decoder(model.prepare_audio, workers, early) as decoder:
+        ahead = max(2 * model.batch_size, workers)
         for part in todo:
             paths, order = _part_plan(names, part, part_size, lengths)
-            clips = decoder.map([paths[i] for i in order], ahead=max(2 * model.batch_size, workers))
-            try:
-                embedded = model.embed_prepared(clips, progress=progress)
-            except NonFiniteError as exc:  # huge samples overflowed the model: name the file
-                name = paths[order[exc.index]] if exc.index is not None else f"a file of part {part}"
-                raise EmbeddingInputError(str(exc.named(name))) from None
-            result = np.empty((len(paths), embedded.shape[1]), dtype=np.float32)
-            result[order] = embedded.numpy()
-            store.write(part, result)
-    embeddings = None
+            if may_skip is None:
+                clips = decoder.map([paths[i] for i in order], ahead=ahead)
+                try:
+                    embedded = model.embed_prepared(clips, progress=progress)
+                except NonFiniteError as exc:  # huge samples overflowed the model: name the file
+                    name = paths[order[exc.index]] if exc.index is not None else f"a file of part {part}"
+                    raise EmbeddingInputError(str(exc.named(name))) from None
+                result = np.empty((len(paths), embedded.shape[1]), dtype=np.float32)
+                result[order] = embedded.numpy()
+                store.write(part, result)
+            else:
+                store.write(part, *_embed_skipping(model, decoder, paths, order, ahead, may_skip, progress))
+    embeddings, left_out = None, []
     if store.complete():
         try:
-            embeddings = store.merge()
+            embeddings, left_out = store.merge(), store.skipped()
         except FileNotFoundError:
             embeddings = None  # another rank finished at the same moment, merged and cleaned up
-    return EmbedRun(embeddings, len(todo), skipped, store.num_parts, store)
+    return EmbedRun(embeddings, len(todo), skipped, store.num_parts, store, left_out)
+
+
+def _embed_skipping(model, decoder: _Decoder, paths: list[str], order: list[int], ahead: int,
+                    may_skip: Callable[[str], bool], progress) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """One part's ``[n, D]`` embeddings with NaN rows for the files skipped, and those files.
+
+    A file whose embedding is not finite is found only after its batch ran: the part is then
+    embedded again without it (each retry removes one file, so it ends).
+    """
+    bad: dict[int, str] = {}
+    while True:
+        kept: list[int] = []
+
+        def clips(kept: list[int] = kept) -> Iterator[np.ndarray]:
+            wanted = [i for i in order if i not in bad]
+            for i, clip in zip(wanted, decoder.map([paths[i] for i in wanted], ahead=ahead, settle=True)):
+                if isinstance(clip, Unusable):
+                    if not may_skip(paths[i]):
+                        raise EmbeddingInputError(clip.reason)
+                    bad[i] = clip.reason
+                    if progress is not None:
+                        progress(1)
+                    continue
+                kept.append(i)
+                yield clip
+
+        try:
+            embedded = model.embed_prepared(clips(), progress=progress)
+        except NonFiniteError as exc:
+            if exc.index is None or not may_skip(paths[kept[exc.index]]):
+                name = paths[kept[exc.index]] if exc.index is not None else "a file of this part"
+                raise EmbeddingInputError(str(exc.named(name))) from None
+            bad[kept[exc.index]] = str(exc.named(paths[kept[exc.index]]))
+            continue
+        result = np.full((len(paths), embedded.shape[1]), np.nan, dtype=np.float32)
+        if kept:
+            result[kept] = embedded.numpy()
+        return result, [(paths[i], _reason(paths[i], bad[i])) for i in sorted(bad)]
+
+
+def _reason(path: str, message: str) -> str:
+    return message[len(path) + 2:] if message.startswith(f"{path}: ") else message
 
 
 def _part_plan(names: Sequence[str], part: int, part_size: int,
@@ -476,12 +563,30 @@ class _Decoder:
             return self.pool.submit(_prepare_in_worker, path)
         return self.pool.submit(_prepare_checked, self.prepare, path)
 
-    def map(self, paths: Iterable[str], ahead: int) -> Iterator[np.ndarray]:
+    def map(self, paths: Iterable[str], ahead: int, settle: bool = False) -> Iterator[np.ndarray | Unusable]:
+        """Clips of ``paths`` in order; with ``settle``, a file that cannot be decoded gives an
+        :class:`Unusable` in place of its clip instead of raising."""
         if self.pool is None and self.early is None:
             for path in paths:
-                yield _prepare_checked(self.prepare, path)
+                yield _settled_call(_prepare_checked, self.prepare, path) if settle else \
+                    _prepare_checked(self.prepare, path)
             return
-        yield from prefetched(self._submit, paths, ahead if self.pool is not None else 1)
+        yield from prefetched(self._submit, paths, ahead if self.pool is not None else 1,
+                              result=_settled_result if settle else None)
+
+
+def _settled_call(fn: Callable, *args) -> np.ndarray | Unusable:
+    try:
+        return fn(*args)
+    except EmbeddingInputError as exc:
+        return Unusable(str(exc))
+
+
+def _settled_result(future: Future) -> np.ndarray | Unusable:
+    try:
+        return future.result()
+    except EmbeddingInputError as exc:
+        return Unusable(str(exc))
 
 
 def embedding_table(paths: Sequence[str], embeddings: np.ndarray, metadata: Mapping[str, str] | None = None):
@@ -532,9 +637,11 @@ def _pyarrow():
     return pa, pq
 
 
-def prefetched(submit: Callable[[Any], Future], items: Iterable[Any], ahead: int) -> Iterator[Any]:
+def prefetched(submit: Callable[[Any], Future], items: Iterable[Any], ahead: int,
+               result: Callable[[Future], Any] | None = None) -> Iterator[Any]:
     """Results of ``submit(item)`` in input order, keeping ``ahead`` submissions in flight so
-    decoding overlaps with whatever consumes the results."""
+    decoding overlaps with whatever consumes the results. ``result``: how a finished future
+    becomes the value yielded (default ``future.result()``)."""
     pending: list[Future] = []
     iterator = iter(items)
     for item in iterator:
@@ -542,8 +649,9 @@ def prefetched(submit: Callable[[Any], Future], items: Iterable[Any], ahead: int
         if len(pending) >= ahead:
             break
     while pending:
-        result = pending.pop(0).result()
+        future = pending.pop(0)
+        value = future.result() if result is None else result(future)
         nxt = next(iterator, None)
         if nxt is not None:
             pending.append(submit(nxt))
-        yield result
+        yield value

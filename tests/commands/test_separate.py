@@ -85,7 +85,8 @@ def test_inputs_stream_one_at_a_time_and_a_late_bad_file_writes_nothing(tmp_path
     monkeypatch.setattr(separate, "load_audio", load)
     out = tmp_path / "out"
     with pytest.raises(CommandError, match="c.wav"):
-        main([str(folder), "--model", str(model_dir), "--query", "x", "-o", str(out), "-q"])
+        # --strict: a bad file inside a folder is skipped by default; refused with nothing written here
+        main([str(folder), "--model", str(model_dir), "--query", "x", "-o", str(out), "-q", "--strict"])
     # a, b were separated (and staged) before c was read; nothing reached -o, no staging is left
     assert order == [("a.wav", 0), ("b.wav", 1), ("c.wav", 2)]
     assert not out.exists() and not list(tmp_path.glob(".clapkit-separate-*"))

@@ -19,7 +19,7 @@ import numpy as np
 from clapkit.atomic import atomic_path
 from clapkit.audio import AudioLoadError, audio_info
 from clapkit.commands import CommandError
-from clapkit.embedding import embedding_columns, embedding_table, read_table
+from clapkit.embedding import ROW_GROUP_ROWS, embedding_columns, embedding_table, read_table
 
 if TYPE_CHECKING:
     import torch
@@ -345,7 +345,7 @@ def write_embeddings(path: str | os.PathLike, files: Sequence[str], embeddings: 
         _, pq = _pyarrow()
         table = embedding_table(files, array, {f"clapkit.{k}": str(v) for k, v in metadata.items()})
         with atomic_path(path) as tmp:
-            pq.write_table(table, tmp)
+            pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
         return [path]
     sidecar, meta = paths_sidecar(path), path.with_name(path.stem + ".meta.json")
     with atomic_path(path) as tmp_array, atomic_path(sidecar) as tmp_paths, atomic_path(meta) as tmp_meta:

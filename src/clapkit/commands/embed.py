@@ -8,8 +8,15 @@ or fused as the model requires; embeddings are L2-normalised.
 Output: ``.parquet`` (columns ``path`` and ``embedding``; usable as ``clapkit retrieve
 --index``) or ``.npy`` (the [N, D] float32 array, plus ``<stem>.paths.txt`` with one path per
 row and ``<stem>.meta.json``). Outputs are written atomically; an existing output is refused
-unless ``--overwrite``; a corrupt or empty audio file stops the command before the output is
-written.
+unless ``--overwrite``.
+
+Bad files (unreadable, truncated, empty, NaN or Inf samples, or an embedding that overflows)
+found inside a folder are skipped: each is printed on stderr with its reason and listed in
+``<output>.skipped.csv`` (columns path, reason), the output holds every good file in order,
+and the exit status is 3 ("done, N files skipped"; 0 when nothing was skipped). ``--strict``
+refuses the run at the first bad file instead (exit 2, nothing written); a bad file named on
+the command line itself is always refused. A part that skipped files records them, so a
+resumed run does not decode them again (``--no-resume`` retries them).
 
 Large folders: embeddings stream to parquet parts in ``<output>.parts/`` (``--part-size``
 files each) while worker processes decode ahead of the model. With a native model directory
@@ -33,7 +40,7 @@ from __future__ import annotations
 import functools
 
 from clapkit.audio.preprocess import prepare_audio, read_inference_config
-from clapkit.commands import CommandError, _shared
+from clapkit.commands import CommandError, _shared, _skipping
 from clapkit.embedding import (
     EarlyDecoder,
     EmbeddingInputError,
@@ -42,6 +49,7 @@ from clapkit.embedding import (
     embed_corpus,
     rank_from_env,
 )
+from clapkit.skips import PARTIAL, Skipped
 
 #: Embedding audio files needs the audio tower only: the text tower is neither built nor read.
 AUDIO_ONLY = ("audio",)
@@ -55,6 +63,7 @@ def build_parser():
                         help="files per streamed part (the unit of resuming and of data-parallel slices)")
     parser.add_argument("--no-resume", action="store_true", help="redo parts a killed run left behind")
     _shared.add_overwrite_option(parser)
+    _skipping.add_strict_option(parser)
     _shared.add_model_options(parser)
     parser.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                         help="onnx: MODEL is a `clapkit export onnx` directory, run with onnxruntime")
@@ -86,8 +95,9 @@ def main(argv: list[str]) -> int:
     output = _shared.check_output(args.output, _shared.EMBEDDING_SUFFIXES, overwrite=args.overwrite)
     if args.part_size < 1:
         raise CommandError(f"--part-size must be at least 1, got {args.part_size}")
-    files = _shared.discover_audio(args.inputs)
-    _shared.check_headers(files)
+    files, skips = _skipping.usable_files(args.inputs, args.strict)
+    if not files:
+        raise CommandError(f"no usable audio file: {skips.summary(skips.report(output, args.quiet))}")
     ranks = rank_from_env()
     spec = read_inference_config(args.model) if args.runtime == "torch" and args.workers > 1 else None
     lengths = _lengths(spec, files)
@@ -114,7 +124,7 @@ def main(argv: list[str]) -> int:
             try:
                 run = embed_corpus(model, files, output, part_size=args.part_size, workers=args.workers,
                                    ranks=ranks, resume=not args.no_resume, lengths=lengths,
-                                   progress=advance, early=early)
+                                   progress=advance, early=early, may_skip=skips.may_skip)
             except EmbeddingInputError as exc:
                 raise CommandError(str(exc)) from None
             except PretrainedError as exc:  # the model refused the input (an ONNX graph's shapes)
@@ -127,13 +137,21 @@ def main(argv: list[str]) -> int:
             _shared.eprint(f"rank {ranks.rank}/{ranks.world_size}: parts done in {run.store.directory}; "
                            f"the last rank to finish writes {output}")
         return 0
-    written = _shared.write_embeddings(output, [str(f) for f in files], run.embeddings,
+    skips.extend([Skipped(path, reason) for path, reason in run.skipped])
+    left_out = {path for path, _ in run.skipped}
+    keep = [i for i, f in enumerate(files) if str(f) not in left_out]
+    if not keep:
+        raise CommandError(f"no usable audio file: {skips.summary(skips.report(output, args.quiet))}")
+    written = _shared.write_embeddings(output, [str(files[i]) for i in keep], run.embeddings[keep],
                                        _shared.model_metadata(model, args.model))
     run.store.remove()
+    listed = skips.report(output, args.quiet)
     if not args.quiet:
         resumed = f" ({run.parts_skipped} of {run.num_parts} parts resumed)" if run.parts_skipped else ""
-        _shared.eprint(f"wrote {len(files)} embeddings of dim {run.embeddings.shape[1]} to {written[0]}{resumed}")
-    return 0
+        _shared.eprint(f"wrote {len(keep)} embeddings of dim {run.embeddings.shape[1]} to {written[0]}{resumed}")
+        if skips:
+            _shared.eprint(skips.summary(listed))
+    return PARTIAL if skips else 0
 
 
 def _lengths(spec, files):

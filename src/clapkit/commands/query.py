@@ -9,6 +9,11 @@ is decided by ``--target`` or, by default, by the files found) or the lines of `
 embeddings; the top-k are printed (``rank<TAB>score<TAB>item``) and, with ``-o``, written
 atomically as CSV (``rank, item, score``; an existing CSV is refused unless ``--overwrite``).
 
+Bad audio files in FOLDER (unreadable, truncated, empty, NaN or Inf samples) are skipped:
+each is printed on stderr with its reason (and listed in ``<output>.skipped.csv`` with
+``-o``), the others are ranked, and the exit status is 3 (0 when nothing was skipped).
+``--strict`` refuses the run at the first bad file instead (exit 2).
+
 example:
   clapkit convert audioclip AudioCLIP-Full-Training.pt -o models/audioclip
   clapkit query --model models/audioclip --text "a dog barking" recordings/
@@ -26,8 +31,9 @@ import torch.nn.functional as F
 from clapkit.atomic import write_csv
 from clapkit.audio import AudioLoadError
 from clapkit.audio.io import AUDIO_EXTENSIONS
-from clapkit.commands import CommandError, _shared
+from clapkit.commands import CommandError, _shared, _skipping
 from clapkit.finite import NonFiniteError
+from clapkit.skips import SkipList
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -52,6 +58,7 @@ def build_parser():
     parser.add_argument("--top-k", type=int, default=10, help="results to show and write")
     parser.add_argument("-o", "--output", default=None, help="also write the ranking to this CSV")
     _shared.add_overwrite_option(parser)
+    _skipping.add_strict_option(parser)
     _shared.add_model_options(parser)
     return parser
 
@@ -149,7 +156,15 @@ def main(argv: list[str]) -> int:
     embed.require(query_modality, "query")
     embed.require(target, "items")
     query_embedding = F.normalize(embed(query_modality, [query]).float(), dim=-1)
-    item_embeddings = F.normalize(embed(target, items).float(), dim=-1)
+    skips = SkipList(strict=args.strict)
+    if target == "audio":  # bad files of the folder are skipped, listed and counted
+        files = _skipping.screen([Path(i) for i in items], skips)
+        _skipping.refuse_if_none(files, skips, output, args.quiet)
+        kept, audio = _skipping.embed_files_skipping(model, files, skips, workers=args.workers, quiet=args.quiet)
+        _skipping.refuse_if_none(kept, skips, output, args.quiet)
+        items, item_embeddings = [str(p) for p in kept], F.normalize(audio.float(), dim=-1)
+    else:
+        item_embeddings = F.normalize(embed(target, items).float(), dim=-1)
     scores = (query_embedding @ item_embeddings.T)[0]
     k = min(args.top_k, len(items))
     top = torch.topk(scores, k)
@@ -159,5 +174,5 @@ def main(argv: list[str]) -> int:
         print(f"{rank}\t{score}\t{item}")
     if output is not None:
         write_csv(output, ["rank", "item", "score"], rows)
-    return 0
+    return _skipping.finish(skips, output, args.quiet)
 

@@ -1,7 +1,8 @@
 """Text-to-audio retrieval: rank an embedded folder against text queries.
 
 ``--index`` is an embeddings file written by ``clapkit embed`` with the same model (``.parquet``,
-or ``.npy`` with its ``.paths.txt``). Each ``--query`` is embedded with the model's text tower
+or ``.npy`` with its ``.paths.txt``), or an index folder written by ``clapkit index`` (searched
+memory-mapped, with the search depth tuned at build time unless ``--nprobe`` is given). Each ``--query`` is embedded with the model's text tower
 and the top-k files by cosine similarity are printed (``query<TAB>rank<TAB>score<TAB>path``)
 and, with ``-o``, written atomically as CSV (``query, rank, path, score``; an existing CSV is
 refused unless ``--overwrite``). The model may also be given first, without ``--model``.
@@ -21,6 +22,7 @@ from clapkit.atomic import write_csv
 from clapkit.commands import CommandError, _shared
 from clapkit.finite import NonFiniteError, nonfinite_rows
 from clapkit.search import NearestNeighbours
+from clapkit.search_index import SearchIndex, SearchIndexError, is_index_dir
 
 
 def build_parser():
@@ -28,14 +30,16 @@ def build_parser():
     parser.add_argument("--model", default=None, help="native model directory or official checkpoint")
     parser.add_argument("model_arg", nargs="?", default=None, metavar="MODEL",
                         help="the same as --model (as in clapkit embed MODEL ...)")
-    parser.add_argument("--index", required=True, help="embeddings written by clapkit embed (.parquet or .npy)")
+    parser.add_argument("--index", required=True, 
+                        help="embeddings written by clapkit embed (.parquet or .npy), or a clapkit index folder")
     parser.add_argument("--query", action="append", required=True, help="text query (repeatable)")
     parser.add_argument("--top-k", type=int, default=10, help="results per query")
     parser.add_argument("-o", "--output", default=None, help="also write the results to this CSV")
     _shared.add_overwrite_option(parser)
     parser.add_argument("--search", default="auto", choices=["auto", "exact", "ann"],
                         help="exact top-k, or a faiss IVF index (auto: ann from 100k embeddings)")
-    parser.add_argument("--nprobe", type=int, default=32, help="ann: inverted lists visited per query")
+    parser.add_argument("--nprobe", type=int, default=None,
+                        help="ann: inverted lists visited per query (default 32; an index folder: its tuned value)")
     _shared.add_model_options(parser)
     return parser
 
@@ -56,25 +60,15 @@ def main(argv: list[str]) -> int:
     if output is not None:
         _shared.refuse_overwriting_inputs([output], [args.index])
         _shared.refuse_existing(output, args.overwrite)
+    if args.nprobe is not None and args.nprobe < 1:
+        raise CommandError(f"--nprobe must be at least 1, got {args.nprobe}")
+    if is_index_dir(args.index):
+        return _search_index_dir(args, queries, output)
     paths, index, metadata = _shared.read_embeddings(args.index)
     if not paths:
         raise CommandError(f"{args.index}: the index is empty")
     model = _shared.load_model(args.model, args)
-    if index.shape[1] != model.embedding_dim:
-        raise CommandError(f"{args.index}: embeddings have dim {index.shape[1]} but the model's is "
-                           f"{model.embedding_dim}; embed the folder with this model first")
-    made_by = metadata.get("fingerprint")
-    if made_by and getattr(model, "fingerprint", "") and made_by != model.fingerprint:
-        from clapkit.identity import is_exact
-
-        if not is_exact(made_by):  # an older clapkit's sampled hash: it cannot prove the same weights
-            raise CommandError(f"{args.index}: was embedded by an older clapkit whose model fingerprint ({made_by}) "
-                               "does not cover every weight; re-embed the folder with this model")
-        raise CommandError(f"{args.index}: was embedded with a different model ({metadata.get('model', '?')}, "
-                           f"fingerprint {made_by[:23]}...; --model {args.model} is {model.fingerprint[:23]}...); "
-                           "re-embed the folder with this model")
-    if args.nprobe < 1:
-        raise CommandError(f"--nprobe must be at least 1, got {args.nprobe}")
+    _check_model(args.index, index.shape[1], metadata, model)
     bad = nonfinite_rows(index)
     if bad:
         # A NaN score would rank first (topk puts NaN above every number): refuse the index.
@@ -85,8 +79,46 @@ def main(argv: list[str]) -> int:
         text = model.embed_text(queries)
     except NonFiniteError as exc:
         raise CommandError(f"--query {exc}") from None
-    searcher = NearestNeighbours(index, args.search, nprobe=args.nprobe, cache=args.index)
-    hits = searcher.search(text.numpy(), args.top_k)
+    searcher = NearestNeighbours(index, args.search, nprobe=args.nprobe or 32, cache=args.index)
+    _report(queries, searcher.search(text.numpy(), args.top_k), paths, output)
+    return 0
+
+
+def _search_index_dir(args, queries, output) -> int:
+    """``--index`` is a folder written by ``clapkit index``: search it memory-mapped."""
+    try:
+        searcher = SearchIndex(args.index, nprobe=args.nprobe)
+    except SearchIndexError as exc:
+        raise CommandError(str(exc)) from None
+    model = _shared.load_model(args.model, args)
+    _check_model(args.index, searcher.dim, searcher.metadata, model)
+    try:
+        text = model.embed_text(queries)
+    except NonFiniteError as exc:
+        raise CommandError(f"--query {exc}") from None
+    _report(queries, searcher.search(text.numpy(), args.top_k), searcher.paths, output)
+    return 0
+
+
+def _check_model(index, dim: int, metadata: dict, model) -> None:
+    """Refuse embeddings of another width or another model's fingerprint."""
+    if dim != model.embedding_dim:
+        raise CommandError(f"{index}: embeddings have dim {dim} but the model's is "
+                           f"{model.embedding_dim}; embed the folder with this model first")
+    made_by = metadata.get("fingerprint")
+    if made_by and getattr(model, "fingerprint", "") and made_by != model.fingerprint:
+        from clapkit.identity import is_exact
+
+        if not is_exact(made_by):  # an older clapkit's sampled hash: it cannot prove the same weights
+            raise CommandError(f"{index}: was embedded by an older clapkit whose model fingerprint ({made_by}) "
+                               "does not cover every weight; re-embed the folder with this model")
+        raise CommandError(f"{index}: was embedded with a different model ({metadata.get('model', '?')}, "
+                           f"fingerprint {made_by[:23]}...; the model is {model.fingerprint[:23]}...); "
+                           "re-embed the folder with this model")
+
+
+def _report(queries, hits, paths, output) -> None:
+    """Print ``query, rank, score, path`` lines and write the CSV."""
     rows = []
     for qi, query in enumerate(queries):
         found = [(s, j) for s, j in zip(hits.scores[qi].tolist(), hits.indices[qi].tolist()) if j >= 0]
@@ -96,4 +128,3 @@ def main(argv: list[str]) -> int:
         print(f"{query}\t{rank}\t{score}\t{path}")
     if output is not None:
         write_csv(output, ["query", "rank", "path", "score"], rows)
-    return 0

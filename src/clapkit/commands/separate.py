@@ -13,8 +13,13 @@ model's rate, cut into model-length chunks (10 s for CLAPSep) with 50 % overlap,
 overlap-added with complementary Hann windows, resampled back and written with the input's
 rate, channels and length. A folder is processed recursively into ``-o`` (a folder), keeping
 relative paths. Inputs are read one at a time; every input header is checked before any model
-work, and outputs are staged and moved into place at the end, so a corrupt file stops the run
-with nothing written.
+work, and outputs are staged and moved into place at the end.
+
+Bad files inside a folder (unreadable, truncated, empty, NaN or Inf samples, or samples that
+overflow the model) are skipped: each is printed on stderr with its reason and listed in
+``<output>.skipped.csv``, every good file is separated, and the exit status is 3 (0 when
+nothing was skipped). ``--strict`` refuses the run at the first bad file with nothing
+written, as does a bad file named directly.
 """
 
 from __future__ import annotations
@@ -29,13 +34,11 @@ from pathlib import Path
 from clapkit.atomic import writing
 from clapkit.audio import AudioLoadError, load_audio, save_audio
 from clapkit.audio.io import AUDIO_EXTENSIONS
-from clapkit.commands import CommandError
+from clapkit.commands import CommandError, _skipping
 from clapkit.commands._shared import (
     add_decode_cap_option,
     add_precision_option,
-    check_headers,
     check_writable_folder,
-    discover_audio,
     make_parser,
     progress_bar,
     refuse_overwriting_inputs,
@@ -69,6 +72,7 @@ def build_parser():
                         help="draw mixture / estimate (/ --reference) spectrograms of the first input here")
     parser.add_argument("--reference", default=None, metavar="FILE",
                         help="the true source of the first input, drawn beside it with --plot")
+    _skipping.add_strict_option(parser)
     return parser
 
 
@@ -173,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.query or args.negative or args.query_audio or args.negative_audio):
         raise CommandError("give a query: --query, --negative, --query-audio or --negative-audio")
     check_plot(args)
-    files = discover_audio(args.inputs)
-    check_headers(files)
+    files, skips = _skipping.usable_files(args.inputs, args.strict)
+    _skipping.refuse_if_none(files, skips, args.output, args.quiet)
     targets = output_paths(files, args.inputs, args.output)
     refuse_overwriting_inputs(targets, [*files, *args.query_audio, *args.negative_audio])
     for folder in sorted({t.parent for t in targets}):
@@ -192,27 +196,33 @@ def main(argv: list[str] | None = None) -> int:
         raise CommandError(f"query: {exc.reason}") from None
     first = None
     # One file at a time (a folder of long recordings never sits in memory at once); outputs
-    # are staged and moved into place at the end, so a file whose header was fine but whose
-    # data is not still stops the run with nothing written.
+    # are staged and moved into place at the end, so a file that may not be skipped (named
+    # directly, or --strict) whose header was fine but whose data is not still stops the run
+    # with nothing written.
+    written = 0
     with staged_outputs(targets) as stage, progress_bar(len(files), "separating", args.quiet) as advance:
         for file, target in zip(files, targets):
             try:
                 wave, rate = load_audio(file, mono=False, max_seconds=args.max_decode_seconds)
-            except AudioLoadError as exc:
-                raise CommandError(str(exc)) from None
-            try:
                 estimate = model.separate(wave, rate, condition=condition)
-            except NonFiniteError as exc:  # huge samples overflow the model: nothing is written
-                raise CommandError(str(exc.named(str(file)))) from None
+            except (AudioLoadError, NonFiniteError) as exc:  # NaN samples; huge ones overflow the model
+                message = str(exc.named(str(file))) if isinstance(exc, NonFiniteError) else str(exc)
+                if not skips.may_skip(file):
+                    raise CommandError(message) from None
+                skips.add(file, message)
+                advance(1)
+                continue
             subtype = "FLOAT" if target.suffix.lower() == ".wav" else None
             with writing(target):  # disk full names the output, not the staging file
                 save_audio(stage(target), estimate if estimate.shape[0] > 1 else estimate[0], rate, subtype=subtype)
             first = first or (wave, rate, estimate)
+            written += 1
             advance(1)
+        _skipping.refuse_if_none(files[:written], skips, args.output, args.quiet)
     if args.plot:
         picture = draw_plot(args, first[0], first[1], first[2])
         if not args.quiet:
             print(f"plot: {picture}")
     if not args.quiet:
-        print(f"wrote {len(targets)} file(s) under {os.path.commonpath([str(t.parent) for t in targets])}")
-    return 0
+        print(f"wrote {written} file(s) under {os.path.commonpath([str(t.parent) for t in targets])}")
+    return _skipping.finish(skips, args.output, args.quiet)

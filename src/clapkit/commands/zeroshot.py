@@ -8,8 +8,12 @@ folders (``--audio INPUT...`` is accepted too).
 
 The CSV has one row per (file, rank): ``path, rank, label, probability, similarity``
 (rank 1 is the best label; similarity is the raw cosine). It is written atomically; an
-existing CSV (or ``--plot`` picture) is refused unless ``--overwrite``; a corrupt or empty
-audio file stops the command before anything is written.
+existing CSV (or ``--plot`` picture) is refused unless ``--overwrite``.
+
+Bad files inside a folder (unreadable, truncated, empty, NaN or Inf samples) are skipped:
+each is printed on stderr with its reason and listed in ``<output>.skipped.csv``, every good
+file is tagged, and the exit status is 3 (0 when nothing was skipped). ``--strict`` refuses
+the run at the first bad file (exit 2, nothing written), as does a bad file named directly.
 
 example:
   clapkit zeroshot --model models/clap --labels labels.txt recordings/ -o tags.csv --top-k 5
@@ -22,7 +26,7 @@ from pathlib import Path
 import torch
 
 from clapkit.atomic import write_csv
-from clapkit.commands import CommandError, _shared
+from clapkit.commands import CommandError, _shared, _skipping
 
 
 def build_parser():
@@ -38,6 +42,7 @@ def build_parser():
     parser.add_argument("--plot", default=None, metavar="PNG",
                         help="bar chart of the top labels of each file (the first 12 files)")
     _shared.add_overwrite_option(parser)
+    _skipping.add_strict_option(parser)
     _shared.add_model_options(parser)
     return parser
 
@@ -125,10 +130,10 @@ def main(argv: list[str]) -> int:
     for group in case_duplicates(labels):
         _shared.eprint(f"clapkit zeroshot: warning: labels {' and '.join(map(repr, group))} differ only in case; "
                        "both are kept and split the probability between them")
-    files = _shared.discover_audio(args.audio)
+    files, skips = _skipping.usable_files(args.audio, args.strict)
     _shared.refuse_overwriting_inputs([output], [args.labels, *files])
     _shared.refuse_existing(output, args.overwrite)
-    _shared.check_headers(files)
+    _skipping.refuse_if_none(files, skips, output, args.quiet)
     model = _shared.load_model(args.model, args)
     for label in getattr(model, "unknown_only", lambda labels: [])(labels):
         # Inside the template the prompt has known words, so embed_text cannot tell; the label itself can.
@@ -137,7 +142,8 @@ def main(argv: list[str]) -> int:
     prompts = [args.template.replace("{}", label) for label in labels]
     with _shared.progress_bar(len(prompts), "labels", args.quiet or len(prompts) < LABELS_BAR) as advance:
         text = model.embed_text(prompts, batch_size=max(model.batch_size, TEXT_BATCH), progress=advance)
-    audio = _shared.embed_files(model, files, workers=args.workers, quiet=args.quiet)
+    files, audio = _skipping.embed_files_skipping(model, files, skips, workers=args.workers, quiet=args.quiet)
+    _skipping.refuse_if_none(files, skips, output, args.quiet)
     k = min(args.top_k, len(labels))
     top_values, top_indices, top_similarity = top_labels(model, audio, text, k)
     rows = []
@@ -155,4 +161,4 @@ def main(argv: list[str]) -> int:
             _shared.eprint(f"plot -> {args.plot}")
     if not args.quiet:
         _shared.eprint(f"tagged {len(files)} files with {len(labels)} labels -> {output}")
-    return 0
+    return _skipping.finish(skips, output, args.quiet)
