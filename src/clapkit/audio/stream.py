@@ -124,7 +124,7 @@ def read_span(reader: sf.SoundFile, label: str, target: int, start: int, stop: i
     filled = 0
     if rate == target:
         if reader.seekable():
-            reader.seek(min(start, reader.frames))
+            _seek(reader, min(start, reader.frames), label)
         else:
             _skip(reader, start, label)
         while filled < length:
@@ -178,6 +178,13 @@ def _block(reader: sf.SoundFile, frames: int, label: str) -> np.ndarray:
     if not np.isfinite(block).all():
         raise AudioLoadError(label, "contains NaN or Inf samples")
     return block
+
+
+def _seek(reader: sf.SoundFile, frame: int, label: str) -> None:
+    try:
+        reader.seek(frame)
+    except Exception as exc:  # a truncated stream whose header promises frames it does not hold
+        raise AudioLoadError(label, f"unreadable: {short_error(exc)}") from None
 
 
 def _skip(reader: sf.SoundFile, frames: int, label: str) -> None:
