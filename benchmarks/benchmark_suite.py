@@ -56,21 +56,11 @@ def setup(root: Path, clips: int, layers: int) -> tuple[Path, Path, Path]:
     """``(model dir, replicas root, ESC-50-layout folder)``, created once."""
     import numpy as np
     import soundfile as sf
-    from embed import roberta_base_dir
+    from embed import converted_htsat_tiny
 
-    from clapkit.cli import main as clapkit_main
     from helpers import layouts
-    from helpers.laion import build_reference, save_official
 
-    root.mkdir(parents=True, exist_ok=True)
-    text_dir = roberta_base_dir(root / "roberta", layers)
-    ckpt = root / "laion_htsat_tiny.pt"
-    if not ckpt.is_file():
-        save_official(build_reference("HTSAT-tiny", False, text_dir), ckpt)
-    model_dir = root / "clapkit_model"
-    if not (model_dir / "config.yaml").is_file():
-        assert clapkit_main(["convert", "laion-clap", str(ckpt), "--text-model", str(text_dir), "-o", str(model_dir),
-                             "--overwrite", "-q"]) == 0
+    _, _, model_dir = converted_htsat_tiny(root, layers)
     replicas = root / "replicas"
     if not replicas.is_dir():
         for folder, build in (("ESC-50-master", layouts.esc50), ("UrbanSound8K", layouts.urbansound8k),

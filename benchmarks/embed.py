@@ -79,23 +79,29 @@ def offline_reference_patches(text_dir: Path):
             mock.patch.object(RobertaTokenizer, "from_pretrained", tokenizer)]
 
 
-def setup(root: Path, files: int, layers: int) -> tuple[Path, Path, Path, list[Path]]:
-    """``(text_dir, official checkpoint, clapkit model dir, FLAC files)``, created once."""
-    import soundfile as sf
-
+def converted_htsat_tiny(root: Path, layers: int) -> tuple[Path, Path, Path]:
+    """A random-weight LAION-CLAP HTSAT-tiny checkpoint in the official layout under ``root`` and
+    its ``clapkit convert`` model directory (both reused when present): ``(text_dir, ckpt, model_dir)``."""
     from clapkit.cli import main as clapkit_main
+    from helpers.laion import build_reference, save_official
 
     root.mkdir(parents=True, exist_ok=True)
     text_dir = roberta_base_dir(root / "roberta", layers)
     ckpt = root / "laion_htsat_tiny.pt"
     if not ckpt.is_file():
-        from helpers.laion import build_reference, save_official
-
         save_official(build_reference("HTSAT-tiny", False, text_dir), ckpt)
     model_dir = root / "clapkit_model"
     if not (model_dir / "config.yaml").is_file():
         assert clapkit_main(["convert", "laion-clap", str(ckpt), "--text-model", str(text_dir), "-o", str(model_dir),
                              "--overwrite", "-q"]) == 0
+    return text_dir, ckpt, model_dir
+
+
+def setup(root: Path, files: int, layers: int) -> tuple[Path, Path, Path, list[Path]]:
+    """``(text_dir, official checkpoint, clapkit model dir, FLAC files)``, created once."""
+    import soundfile as sf
+
+    text_dir, ckpt, model_dir = converted_htsat_tiny(root, layers)
     folder = root / f"flac{files}"
     folder.mkdir(exist_ok=True)
     rng = np.random.default_rng(0)

@@ -33,8 +33,6 @@ from torch import nn
 from clapkit.atomic import MODEL_DIRECTORY, replace_output
 from clapkit.audio.preprocess import CONFIG_NAME, InferenceConfig
 from clapkit.checkpoint import PretrainedError, load_state_dict_strict, unique_tensors
-from clapkit.trust import ALLOWED_CLASS_PATHS as ALLOWED_CLASS_PATHS  # re-exported; it lives in clapkit.trust
-from clapkit.trust import check_code_values, check_resolved_names, read_untrusted_config
 from clapkit.consistency import check_model
 from clapkit.identity import (
     HASH_KEY,
@@ -43,6 +41,8 @@ from clapkit.identity import (
     files_fingerprint,
     native_fingerprint,
 )
+from clapkit.trust import ALLOWED_CLASS_PATHS as ALLOWED_CLASS_PATHS  # re-exported; it lives in clapkit.trust
+from clapkit.trust import check_code_values, check_resolved_names, read_untrusted_config
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"

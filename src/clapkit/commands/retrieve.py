@@ -30,7 +30,7 @@ def build_parser():
     parser.add_argument("--model", default=None, help="native model directory or official checkpoint")
     parser.add_argument("model_arg", nargs="?", default=None, metavar="MODEL",
                         help="the same as --model (as in clapkit embed MODEL ...)")
-    parser.add_argument("--index", required=True, 
+    parser.add_argument("--index", required=True,
                         help="embeddings written by clapkit embed (.parquet or .npy), or a clapkit index folder")
     parser.add_argument("--query", action="append", required=True, help="text query (repeatable)")
     parser.add_argument("--top-k", type=int, default=10, help="results per query")
