@@ -97,3 +97,18 @@ def test_demo_trains_and_beats_the_targets(tmp_path, capsys):
     assert code == 0, out
     assert "zero-shot top-1" in out and "text -> audio R@1" in out and "audio -> text R@1" in out
     assert list(tmp_path.rglob("*.ckpt")) and list(tmp_path.rglob("config.yaml"))
+
+
+def test_clapkit_warnings_print_as_one_line_in_commands(capsys):
+    import warnings
+
+    from clapkit.cli import one_line_warnings
+    from clapkit.inference import UnknownTokensWarning
+
+    with one_line_warnings("retrieve"), warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("query '\u0f00' is only unknown tokens", UnknownTokensWarning, stacklevel=1)
+        warnings.warn("another library's", FutureWarning, stacklevel=1)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "clapkit retrieve: warning: query '\u0f00' is only unknown tokens"
+    assert not any("another library" in line for line in err)  # left to Python (here: pytest records it)

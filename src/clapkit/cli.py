@@ -8,10 +8,12 @@ stays fast and one broken optional dependency never takes the trainer down.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import sys
+import warnings
 
 from clapkit.commands import CommandError
 from clapkit.deps import DependencyError
@@ -215,6 +217,25 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def one_line_warnings(command: str):
+    """clapkit's own warnings (an unknown-token query, ...) as ``clapkit CMD: warning: ...``, one
+    line each, like its errors; other libraries' warnings keep Python's format."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.split(".")[0] == "clapkit":
+            print(f"clapkit {command}: warning: {message}", file=sys.stderr)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``clapkit`` console script and ``python -m clapkit``."""
     _offline_defaults()
@@ -231,7 +252,8 @@ def main(args: list[str] | None = None) -> int:
     if command in INFERENCE_COMMANDS:
         module = importlib.import_module(f"clapkit.commands.{INFERENCE_COMMANDS[command][0]}")
         try:
-            return int(module.main(argv[1:]) or 0)
+            with one_line_warnings(command):
+                return int(module.main(argv[1:]) or 0)
         except USER_ERRORS as exc:
             return _one_line(command, exc)
     if command not in TRAINER_COMMANDS and not command.startswith("-"):
