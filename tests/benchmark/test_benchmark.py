@@ -226,3 +226,29 @@ def test_a_crash_mid_dataset_redoes_only_the_unfinished_part(data, model_dir, tm
     assert resumed.clips == 15 - 8 and report.embeddings.audio_cached == 8
     fresh = run_benchmark(clapkit.load(model_dir), root, tasks=["zeroshot-esc50"], cache_dir=tmp_path / "fresh")
     assert report.results[0].metrics == fresh.results[0].metrics
+
+
+@pytest.mark.slow  # a separation model's load and 3 x 2 separations
+def test_clapsep_protocol_on_a_fixed_mixture_list(tmp_path):
+    import csv
+
+    from helpers.separation import save_tiny_model
+
+    model = tmp_path / "sep"
+    save_tiny_model(model)
+    root = tmp_path / "data"
+    layouts.audiocaps(root / "AudioCaps", clips={"test": 3}, missing=0)
+    clips = sorted((root / "AudioCaps").rglob("*.wav"))
+    assert len(clips) == 3
+    mixtures = tmp_path / "mixtures.csv"
+    with open(mixtures, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["source_file", "positive_caption", "noise_file", "negative_caption"])
+        writer.writerow([clips[0], "a dog barks", clips[1], "rain falls"])
+        writer.writerow([clips[2], "a car passes", clips[0], "a dog barks"])
+    report_dir = tmp_path / "report"
+    assert main(["benchmark", "--model", str(model), str(root), "-o", str(report_dir), "--protocol", "clapsep",
+                 "--mixtures", str(mixtures), "--device", "cpu", "-q"]) == 0
+    (result,) = json.loads((report_dir / "results.json").read_text())["results"]
+    assert result["clips"] == 2  # exactly the listed mixtures, none drawn
+    assert all(np.isfinite(v) for v in result["metrics"].values())
