@@ -9,11 +9,17 @@ from clapkit.cli import lightning_main
 from clapkit.model_preprocessing import apply_model_preprocessing, explicit_keys
 from clapkit.pretrained import InferenceConfig, instantiate_model, save_pretrained
 from helpers import layouts
-from helpers.models import tiny_clap_config
+from helpers.models import tiny_clap_config, tiny_fusion_clap_config
 
 
 def _model_dir(path, **inference):
-    config = tiny_clap_config(sample_rate=inference.get("sample_rate", 16000))
+    rate = inference.get("sample_rate", 16000)
+    if inference.get("fusion"):  # a model directory must agree with itself: fusion needs a fusion encoder
+        config = tiny_fusion_clap_config(sample_rate=rate)
+        config["init_args"]["towers"]["audio"]["init_args"]["encoder"]["init_args"]["clip_samples"] = (
+            inference["clip_samples"])
+    else:
+        config = tiny_clap_config(sample_rate=rate)
     return save_pretrained(instantiate_model(config), path, InferenceConfig(**inference), config)
 
 

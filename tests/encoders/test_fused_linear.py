@@ -13,7 +13,7 @@ from torch import nn
 from clapkit.encoders import fused_linear
 from clapkit.encoders.htsat import HTSAT, Mlp
 
-pytestmark = pytest.mark.skipif(not fused_linear.AVAILABLE, reason="this torch build has no oneDNN linear ops")
+pytestmark = pytest.mark.skipif(not fused_linear.AVAILABLE, reason="this torch build or CPU has no oneDNN bf16 linears (AVX-512 or AVX-NE-CONVERT)")
 
 
 def _layer(n_in=48, n_out=96, bias=True):

@@ -24,12 +24,23 @@ import torch
 from torch import nn
 
 _OPS = getattr(torch.ops, "mkldnn", None)
-AVAILABLE = bool(
-    torch.backends.mkldnn.is_available()
-    and _OPS is not None
-    and hasattr(_OPS, "_linear_pointwise")
-    and hasattr(_OPS, "_reorder_linear_weight")
-)
+
+
+def _cpu_runs_it() -> bool:
+    """Whether this CPU runs oneDNN's bf16 linears: the operators exist in every x86 build, but
+    their bf16 path needs AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT and refuses AVX2-only CPUs at the
+    first reorder, so ask the operator itself once."""
+    if not (torch.backends.mkldnn.is_available() and _OPS is not None
+            and hasattr(_OPS, "_linear_pointwise") and hasattr(_OPS, "_reorder_linear_weight")):
+        return False
+    try:
+        _OPS._reorder_linear_weight(torch.zeros(8, 8, dtype=torch.bfloat16), 1)
+    except RuntimeError:
+        return False
+    return True
+
+
+AVAILABLE = _cpu_runs_it()
 
 #: nn.Linear -> (weight key, packed weight); weak so a dropped model frees its packed copy.
 _PACKED: weakref.WeakKeyDictionary[nn.Linear, tuple[tuple, torch.Tensor]] = weakref.WeakKeyDictionary()
