@@ -1,4 +1,4 @@
-"""The import graph follows DESIGN.md 6b: no cycle inside clapkit, encoders below Lightning and
+"""The import graph follows docs/ARCHITECTURE.md: no cycle inside clapkit, encoders below Lightning and
 interop, inference objects free of LightningModules (issue 16)."""
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ class CLAPModel:
             (the audio trunk stored in bf16, front end and head fp32); ``auto`` (``bf16-true``
             on a CPU with bf16 matrix units, else ``32``). See :mod:`clapkit.precision`.
         batch_size: clips or texts per forward pass; ``None``: 8 on a CPU (ten-second clips
-            embedded fastest in batches of 4-8 on the 2-core benchmark machine: the activations
+            embedded fastest in batches of 4-8 on a 2-core CPU, docs/BENCHMARKS.md: the activations
             stay in cache), 16 on an accelerator.
         audio_tower: name of the audio tower.
         text_tower: name of the text tower.

@@ -38,7 +38,7 @@ class Row:
     ratio: bool = True
 
 
-CLAP_ROWS = (  # the quick start's targets (issue 17), absolute
+CLAP_ROWS = (  # the quick start's targets, absolute
     Row("zeroshot_top1", "zero-shot top-1 (held-out classes)", 0.85, ratio=False),
     Row("t2a_R@1", "text -> audio R@1", 0.35, ratio=False),
     Row("a2t_R@1", "audio -> text R@1", 0.35, ratio=False),
