@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import textwrap
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +38,8 @@ REPO = doc_fixtures.REPO
 DOCS = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
 SHELL = {"bash", "sh", "shell"}
 OUTPUT = {"text"}
-FENCE = re.compile(r"^```(?P<lang>[\w-]*)[ \t]*\n(?P<body>.*?)^```[ \t]*$", re.S | re.M)
+# A fence may be indented (a block inside a list item); its body is dedented by the same amount.
+FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)[ \t]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$", re.S | re.M)
 MARKER = re.compile(r"^<!--\s*doc-test:\s*(?P<kind>skip|xfail|slow)\s*(?:\((?P<reason>.*)\))?\s*-->\s*$")
 
 #: What ``clapkit fit|validate|test`` get in a block: a few steps instead of a full run.
@@ -79,7 +81,8 @@ def blocks(doc: str) -> list[Block]:
             kind, reason = "run", ""
         else:
             kind, reason = "unmarked", ""
-        found.append(Block(doc, index, text[:match.start()].count("\n") + 1, lang, match.group("body"), kind, reason))
+        body = textwrap.dedent(match.group("body")) if match.group("indent") else match.group("body")
+        found.append(Block(doc, index, text[:match.start()].count("\n") + 1, lang, body, kind, reason))
     return found
 
 
