@@ -116,12 +116,14 @@ def model_argument(option: str | None, positional: str | None, usage: str) -> st
     return option if option is not None else positional
 
 
-def refuse_training_checkpoint(path: str | os.PathLike, command: str) -> None:
-    """A Lightning ``.ckpt`` of ``clapkit fit`` is not a model yet: say how to make it one."""
+def refuse_training_checkpoint(path: str | os.PathLike, command: str | None = None) -> None:
+    """A Lightning ``.ckpt`` of ``clapkit fit`` is not a model yet: say how to make it one
+    (``command``: the subcommand to name in the advice, e.g. ``export onnx``)."""
     path = Path(path)
     if path.is_file() and path.suffix.lower() == ".ckpt":
+        then = f", then run clapkit {command} --model MODEL_DIR" if command else " and pass --model MODEL_DIR"
         raise CommandError(f"{path}: a training checkpoint, not a model; export the checkpoint first "
-                           f"(clapkit export {path} -o MODEL_DIR), then run clapkit {command} --model MODEL_DIR")
+                           f"(clapkit export {path} -o MODEL_DIR){then}")
 
 
 def cli_message(text: str) -> str:
@@ -190,9 +192,7 @@ def check_model_path(path: str | os.PathLike) -> None:
     path = Path(path)
     if not path.exists():
         raise CommandError(f"{path}: no such model directory or checkpoint file")
-    if path.is_file() and path.suffix.lower() == ".ckpt":
-        raise CommandError(f"{path}: a training checkpoint, not a model; export the checkpoint first "
-                           f"(clapkit export {path} -o MODEL_DIR) and pass --model MODEL_DIR")
+    refuse_training_checkpoint(path)
     if path.is_file() and path.suffix.lower() in AUDIO_EXTENSIONS:
         raise CommandError(f"{path}: an audio file, not a model (pass the model directory or checkpoint first)")
 
