@@ -10,14 +10,12 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from clapkit.atomic import atomic_path
-from clapkit.audio import AudioLoadError, audio_info
 from clapkit.commands import CommandError
 from clapkit.embedding import ROW_GROUP_ROWS, embedding_columns, embedding_table, read_table
 
@@ -210,17 +208,6 @@ def discover_audio(inputs: Sequence[str]) -> list[Path]:
     return files
 
 
-def check_headers(files: Sequence[Path]) -> None:
-    """Refuse unreadable or empty files before any model work (cheap: headers only)."""
-    for path in files:
-        try:
-            info = audio_info(path)
-        except AudioLoadError as exc:
-            raise CommandError(str(exc)) from None
-        if info.frames == 0:
-            raise CommandError(f"{path}: empty (no samples)")
-
-
 @contextlib.contextmanager
 def progress_bar(total: int, description: str, quiet: bool = False) -> Iterator[Callable[[int], None]]:
     """A rich progress bar on stderr; yields ``advance(n)``."""
@@ -243,41 +230,6 @@ def progress_bar(total: int, description: str, quiet: bool = False) -> Iterator[
     with Progress(*columns, console=console, transient=not console.is_terminal) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n: progress.advance(task, n)
-
-
-def embed_files(model, files: Sequence[Path], *, workers: int = 1, quiet: bool = False,
-                description: str = "embedding") -> torch.Tensor:
-    """Embed audio files with ``model`` (a CLAPModel), decoding ahead in threads.
-
-    A file that cannot be decoded, or whose embedding is not finite (huge samples that
-    overflow the model), stops everything with a :class:`CommandError` naming it.
-    """
-    from clapkit.finite import NonFiniteError
-
-    def prepare(path: Path) -> np.ndarray:
-        try:
-            return model.prepare_audio(path)
-        except AudioLoadError as exc:
-            raise CommandError(str(exc)) from None
-        except ValueError as exc:
-            raise CommandError(f"{path}: {exc}") from None
-
-    with progress_bar(len(files), description, quiet) as advance:
-        try:
-            if workers <= 1:
-                return model.embed_prepared((prepare(p) for p in files), progress=advance)
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                # Bounded look-ahead: at most a few batches of decoded audio in memory.
-                ahead = max(workers, 2 * model.batch_size)
-                return model.embed_prepared(_prefetch(pool, prepare, files, ahead), progress=advance)
-        except NonFiniteError as exc:
-            raise CommandError(str(exc.named(str(files[exc.index])))) from None
-
-
-def _prefetch(pool: ThreadPoolExecutor, fn, items, ahead: int):
-    from clapkit.embedding import prefetched
-
-    return prefetched(lambda item: pool.submit(fn, item), items, ahead)
 
 
 # --------------------------------------------------------------------------- writers
