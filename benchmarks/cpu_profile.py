@@ -1,7 +1,7 @@
 """Where CPU inference time goes: top operators per precision, FLOPs, and the matmul peak.
 
 HTSAT-tiny audio tower + projection (LAION-CLAP geometry, random weights), one batch of 10 s
-clips at 48 kHz through :class:`clapkit.inference.CLAPModel` in each precision. Prints, per
+clips at 48 kHz through :class:`clapkit.inference.clap.CLAPModel` in each precision. Prints, per
 precision, the median wall time over ``--repeats`` (precisions interleaved), the achieved
 GFLOP/s (FLOPs counted once with ``torch.utils.flop_counter``) and the ``torch.profiler`` top
 operators by self CPU time; then the machine's measured matmul peak (a square ``--n`` matmul,
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
     from train_step import build_clapkit
 
-    from clapkit.inference import CLAPModel
-    from clapkit.pretrained import InferenceConfig
+    from clapkit.inference.clap import CLAPModel
+    from clapkit.inference.load import InferenceConfig
 
     torch.manual_seed(0)
     wave = 0.1 * torch.randn(args.batch_size, 480000)
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
     print(json.dumps(result, indent=1))
     if args.json:
-        from clapkit.atomic import write_text
+        from clapkit.utils.atomic import write_text
 
         write_text(args.json, json.dumps(result, indent=1) + "\n")
     return result

@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["load_average_after"] = os.getloadavg()[0]
     print(json.dumps(results, indent=2))
     if args.json:
-        from clapkit.atomic import write_text
+        from clapkit.utils.atomic import write_text
 
         write_text(args.json, json.dumps(results, indent=2) + "\n")
     return results

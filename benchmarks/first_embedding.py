@@ -41,10 +41,10 @@ CHILD = r"""
 import json, sys, time
 start = time.perf_counter()
 import clapkit.cli, clapkit.commands.embed  # what `clapkit embed` imports before loading
-import clapkit.pretrained, inspect
+import clapkit.inference.load, inspect
 imported = time.perf_counter()
 model_dir, audio = sys.argv[1], sys.argv[2]
-kwargs = {"towers": ("audio",)} if "towers" in inspect.signature(clapkit.pretrained.load).parameters else {}
+kwargs = {"towers": ("audio",)} if "towers" in inspect.signature(clapkit.inference.load.load).parameters else {}
 
 def first():
     t0 = time.perf_counter()
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps({n: {k: v for k, v in s.items() if k != "all"} for n, s in results["contenders"].items()},
                      indent=2))
     if args.json:
-        from clapkit.atomic import write_text
+        from clapkit.utils.atomic import write_text
 
         write_text(args.json, json.dumps(results, indent=2) + "\n")
     return results

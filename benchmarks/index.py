@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from clapkit.search_index import SearchIndex, exact_top_k, recall_at_k  # noqa: E402
+from clapkit.inference.search_index import SearchIndex, exact_top_k, recall_at_k  # noqa: E402
 from helpers.vectors import clustered_unit_vectors, write_clustered_parquet  # noqa: E402
 
 

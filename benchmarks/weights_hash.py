@@ -1,10 +1,10 @@
-"""Cost of verifying a model's weights hash at load (``clapkit.identity``).
+"""Cost of verifying a model's weights hash at load (``clapkit.io.identity``).
 
 Builds a native model directory whose weights are about the size of a released CLAP (a random
 BERT-base-sized text tower, 110M parameters, plus a tiny audio tower), then times, each in a
 fresh process so no hash is cached:
 
-- ``sha256``: :func:`clapkit.identity.file_sha256` of ``model.safetensors`` alone;
+- ``sha256``: :func:`clapkit.io.identity.file_sha256` of ``model.safetensors`` alone;
 - ``load``: ``clapkit.load(DIR)`` as shipped, ``import clapkit`` not counted;
 - ``load-unverified``: the same with the verification and the fingerprint stubbed out.
 
@@ -29,10 +29,10 @@ TESTS = str(Path(__file__).resolve().parents[1] / "tests")
 
 #: name -> (set-up, timed code) run in a fresh process.
 CHILD = {
-    "sha256": ("from clapkit.identity import file_sha256", "file_sha256(DIR + '/model.safetensors')"),
+    "sha256": ("from clapkit.io.identity import file_sha256", "file_sha256(DIR + '/model.safetensors')"),
     "load": ("import clapkit", "clapkit.load(DIR)"),
     "load-unverified": (
-        "import clapkit, clapkit.native as n, clapkit.pretrained as p\n"
+        "import clapkit, clapkit.hub.native as n, clapkit.inference.load as p\n"
         "n.check_weights = lambda *a, **k: 'x'\n"
         "p.model_fingerprint = lambda path: ''", "clapkit.load(DIR)"),
 }
@@ -44,7 +44,7 @@ def build(directory: Path) -> None:
     sys.path[:0] = [SRC, TESTS]
     import torch
 
-    from clapkit.pretrained import InferenceConfig, instantiate_model, save_pretrained
+    from clapkit.inference.load import InferenceConfig, instantiate_model, save_pretrained
     from helpers.models import tiny_clap_config, write_bert_dir
 
     text = write_bert_dir(directory.parent / f"{directory.name}-bert", hidden=768, layers=12, heads=12)

@@ -9,8 +9,8 @@ import torch
 
 import clapkit
 from clapkit.cli import main
+from clapkit.inference.load import save_converted
 from clapkit.interop.audioclip import convert_audioclip
-from clapkit.pretrained import save_converted
 from helpers.audioclip import official_audioclip_state_dict
 from helpers.models import write_wav_folder
 
@@ -54,7 +54,7 @@ def test_tagger_classify_and_tag(tagger_dir):
 
 
 def test_tagger_refuses_to_embed_in_one_line(tagger_dir, tmp_path, capsys):
-    from clapkit.tagger import NotAnEmbeddingModel
+    from clapkit.inference.tagger import NotAnEmbeddingModel
 
     directory, _ = tagger_dir
     tagger = clapkit.load(directory)
@@ -70,9 +70,9 @@ def test_tagger_refuses_to_embed_in_one_line(tagger_dir, tmp_path, capsys):
 
 def test_class_names_are_kept_and_checked():
     from clapkit.encoders.esresnext import ESResNeXtFBSP
+    from clapkit.inference.load import InferenceConfig
+    from clapkit.inference.tagger import TaggerModel
     from clapkit.lightning_modules.classification import ClassificationTask
-    from clapkit.pretrained import InferenceConfig
-    from clapkit.tagger import TaggerModel
 
     encoder = ESResNeXtFBSP("tiny", sample_rate=16000)
     task = ClassificationTask(encoder, num_classes=2, class_names=["dog", "rain"], multi_label=False)

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from clapkit.atomic import atomic_path, write_csv, write_text
+from clapkit.utils.atomic import atomic_path, write_csv, write_text
 
 
 def test_published_files_get_normal_permissions(tmp_path):

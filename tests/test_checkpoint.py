@@ -1,4 +1,4 @@
-"""clapkit.checkpoint: the one-line key report of strict loading (shared with the key maps)."""
+"""clapkit.io.checkpoint: the one-line key report of strict loading (shared with the key maps)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from clapkit.checkpoint import PretrainedError, describe_problems, load_state_dict_strict
+from clapkit.io.checkpoint import PretrainedError, describe_problems, load_state_dict_strict
 
 
 def test_describe_problems_counts_previews_and_skips_empty_lists():

@@ -103,7 +103,7 @@ def test_clapkit_warnings_print_as_one_line_in_commands(capsys):
     import warnings
 
     from clapkit.cli import one_line_warnings
-    from clapkit.inference import UnknownTokensWarning
+    from clapkit.inference.clap import UnknownTokensWarning
 
     with one_line_warnings("retrieve"), warnings.catch_warnings():
         warnings.simplefilter("always")

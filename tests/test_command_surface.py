@@ -164,7 +164,7 @@ def test_embed_refuses_to_replace_an_existing_output(clap_dir, tmp_path, capsys)
 
 def test_embed_still_resumes_an_unfinished_run(clap_dir, tmp_path):
     import clapkit
-    from clapkit.embedding import RankSlice, embed_corpus
+    from clapkit.inference.embedding import RankSlice, embed_corpus
 
     folder = tmp_path / "clips"
     files = write_wav_folder(folder, count=3, sample_rate=16000)

@@ -17,7 +17,7 @@ import clapkit
 from clapkit.audio.preprocess import prepare_audio, read_inference_config
 from clapkit.cli import main
 from clapkit.commands._shared import read_embeddings
-from clapkit.embedding import (
+from clapkit.inference.embedding import (
     EarlyDecoder,
     EmbeddingInputError,
     PartStore,
@@ -125,7 +125,7 @@ def test_embed_command_decodes_before_importing_torch(corpus, tmp_path):
     """The command's early decoder is built while torch is not imported (forked without its threads)."""
     model_dir, clips, (paths, reference, _) = corpus
     out = tmp_path / "early.parquet"
-    hook = ("import sys, clapkit.embedding as e; init = e.EarlyDecoder.__init__\n"
+    hook = ("import sys, clapkit.inference.embedding as e; init = e.EarlyDecoder.__init__\n"
             "def spy(self, *a, **k): print('torch at early decoding:', 'torch' in sys.modules); init(self, *a, **k)\n"
             "e.EarlyDecoder.__init__ = spy\n")
     code = hook + f"import sys; from clapkit.cli import main; sys.exit(main({['embed', str(model_dir), str(clips), '-o', str(out), '-q', '--part-size', '2']!r}))"
@@ -144,7 +144,7 @@ def test_embed_command_buckets_a_fusion_model_by_length_through_the_early_decode
     import torch
 
     from clapkit.audio import save_audio
-    from clapkit.pretrained import InferenceConfig, instantiate_model, save_pretrained
+    from clapkit.inference.load import InferenceConfig, instantiate_model, save_pretrained
     from helpers.models import tiny_fusion_clap_config, tone
 
     rate = 16000
@@ -165,7 +165,7 @@ def test_embed_command_buckets_a_fusion_model_by_length_through_the_early_decode
 
 def _cli(args: list[str], env: dict | None = None, slow_parts: bool = False) -> subprocess.Popen:
     """``clapkit embed`` in a fresh process; ``slow_parts`` sleeps after each part it writes."""
-    hook = ("import time, clapkit.embedding as e; w = e.PartStore.write\n"
+    hook = ("import time, clapkit.inference.embedding as e; w = e.PartStore.write\n"
             "def slow(self, *a): p = w(self, *a); time.sleep(0.5); return p\n"
             "e.PartStore.write = slow\n") if slow_parts else ""
     code = hook + f"import sys; from clapkit.cli import main; sys.exit(main({args!r}))"

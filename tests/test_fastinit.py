@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 import clapkit
-from clapkit.fastinit import skip_random_init
-from clapkit.pretrained import instantiate_model, read_native_config, read_native_weights
+from clapkit.inference.load import instantiate_model, read_native_config, read_native_weights
+from clapkit.utils.fastinit import skip_random_init
 from helpers.models import save_tiny_native, tone
 
 
@@ -29,5 +29,5 @@ def test_load_gives_the_weights_of_a_normally_built_model(tmp_path):
     for (name, a), (_, b) in zip(plain.state_dict().items(), fast.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     wave = tone(1.0, 16000)
-    expected = clapkit.inference.CLAPModel(plain.eval(), fast.inference).embed_audio(wave, 16000)
+    expected = clapkit.inference.clap.CLAPModel(plain.eval(), fast.inference).embed_audio(wave, 16000)
     assert torch.equal(fast.embed_audio(wave, 16000), expected)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from clapkit import deps
+from clapkit.utils import deps
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements" / "lock.txt"
@@ -100,7 +100,7 @@ def test_optional_import_names_the_extra():
 
 
 def test_quickstart_configs_ship_in_the_package():
-    from clapkit.resources import packaged_config
+    from clapkit.utils.resources import packaged_config
 
     for name in ("configs/quickstart/clap.yaml", "quickstart/clapsep"):
         assert packaged_config(name).is_file()

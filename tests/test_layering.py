@@ -97,8 +97,8 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_sees_the_package():
     graph, _ = _graph()
-    assert {"clapkit.pretrained", "clapkit.native", "clapkit.checkpoint", "clapkit.encoders.htsat"} <= set(graph)
-    assert "clapkit.native" in graph["clapkit.pretrained"] and "clapkit.checkpoint" in graph["clapkit.native"]
+    assert {"clapkit.inference.load", "clapkit.hub.native", "clapkit.io.checkpoint", "clapkit.encoders.htsat"} <= set(graph)
+    assert "clapkit.hub.native" in graph["clapkit.inference.load"] and "clapkit.io.checkpoint" in graph["clapkit.hub.native"]
 
 
 def test_no_import_cycle_inside_clapkit():
@@ -131,7 +131,7 @@ for info in pkgutil.walk_packages(clapkit.encoders.__path__, "clapkit.encoders."
     importlib.import_module(info.name)
 encoders = sorted(m for m in sys.modules if m.split(".")[0] in ("lightning", "pytorch_lightning", "torchmetrics")
                   or m.startswith(("clapkit.interop", "clapkit.lightning_modules")))
-import clapkit.inference, clapkit.separator
+import clapkit.inference.clap, clapkit.inference.separation
 inference = sorted(m for m in sys.modules if m.split(".")[0] in ("lightning", "pytorch_lightning", "torchmetrics")
                    or m.startswith("clapkit.lightning_modules"))
 print(json.dumps({"encoders": encoders, "inference": inference, "n": len(sys.modules)}))

@@ -10,8 +10,8 @@ import yaml
 
 import clapkit
 from clapkit.cli import _native_model_args as native_model_args
-from clapkit.native import check_class_paths, load_native, native_model_tree
-from clapkit.pretrained import PretrainedError
+from clapkit.hub.native import check_class_paths, load_native, native_model_tree
+from clapkit.inference.load import PretrainedError
 
 MODULE = "clapkit_test_planted_module"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from clapkit.model_assets import bundle_assets
+from clapkit.hub.assets import bundle_assets
 
 
 def test_paths_become_assets_weights_are_dropped_words_stay(tmp_path):

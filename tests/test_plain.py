@@ -18,12 +18,12 @@ import torch
 import clapkit
 from clapkit.audio import load_audio, save_audio
 from clapkit.encoders.hf_text import HFTextEncoder
-from clapkit.inference import CLAPModel
-from clapkit.native import plain
-from clapkit.plain import PLAIN_BUILDERS, TASK_DEFAULTS, task_name
-from clapkit.pretrained import load_native, save_converted
-from clapkit.separator import SeparationModel
-from clapkit.tagger import TaggerModel
+from clapkit.hub.native import plain
+from clapkit.hub.plain import PLAIN_BUILDERS, TASK_DEFAULTS, task_name
+from clapkit.inference.clap import CLAPModel
+from clapkit.inference.load import load_native, save_converted
+from clapkit.inference.separation import SeparationModel
+from clapkit.inference.tagger import TaggerModel
 from helpers.counting import count_constructions
 from helpers.models import save_tiny_native
 
@@ -163,7 +163,7 @@ def test_old_directories_load_as_plain_modules_with_the_same_outputs(inference_p
 
 
 def test_audio_only_load_builds_and_reads_no_text_tower(saved, monkeypatch):
-    import clapkit.native as native_module  # load_plain reads through native.load_directory
+    import clapkit.hub.native as native_module  # load_plain reads through native.load_directory
 
     read = []
     original_read = native_module.read_native_weights
@@ -197,7 +197,7 @@ def test_full_load_builds_every_tower_once(saved, monkeypatch):
 
 
 def test_an_unknown_tower_is_refused(saved):
-    with pytest.raises(clapkit.pretrained.PretrainedError, match="no tower 'image'"):
+    with pytest.raises(clapkit.inference.load.PretrainedError, match="no tower 'image'"):
         clapkit.load(saved["dirs"]["clap"], towers=("image",))
 
 

@@ -1,4 +1,4 @@
-"""clapkit.plots: every picture is a decodable, non-empty PNG; bad destinations are refused."""
+"""clapkit.utils.plots: every picture is a decodable, non-empty PNG; bad destinations are refused."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clapkit import plots
+from clapkit.utils import plots
 
 
 def assert_png(path, min_width=200):

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 import clapkit
-from clapkit import precision as policy
-from clapkit.inference import CLAPModel
-from clapkit.pretrained import InferenceConfig
+from clapkit.inference.clap import CLAPModel
+from clapkit.inference.load import InferenceConfig
+from clapkit.utils import precision as policy
 from helpers.models import save_tiny_native, tone
 
 

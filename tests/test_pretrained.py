@@ -12,8 +12,8 @@ import yaml
 
 import clapkit
 from clapkit.audio import save_audio
-from clapkit.inference import CLAPModel
-from clapkit.pretrained import (
+from clapkit.inference.clap import CLAPModel
+from clapkit.inference.load import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     InferenceConfig,
@@ -157,7 +157,7 @@ def test_config_from_lightning_cli_file(saved, tmp_path):
     cli_yaml = tmp_path / "fit.yaml"
     cli_yaml.write_text(yaml.safe_dump({"model": config, "trainer": {"max_epochs": 1}}))
     save_pretrained(task, tmp_path / "m", INFERENCE, cli_yaml, assets={"text_model": directory / "text_model"})
-    from clapkit.pretrained import _portable
+    from clapkit.inference.load import _portable
 
     tree = {"init_args": {"model": str(directory / "text_model"), "load_weights": True, "other": ["x"]}}
     assert _portable(tree, {"text_model": directory / "text_model"}) == {

@@ -14,7 +14,7 @@ import yaml
 
 from clapkit.cli import main
 from clapkit.commands._shared import write_embeddings
-from clapkit.resources import packaged_config
+from clapkit.utils.resources import packaged_config
 from helpers.models import save_tiny_native, write_wav_folder
 from helpers.separation import save_tiny_model
 
@@ -64,7 +64,7 @@ def test_huge_finite_audio_refused_by_embed_zeroshot_separate(clap_dir, sep_dir,
 
 def test_library_names_the_input_of_a_nonfinite_embedding(clap_dir, tmp_path):
     import clapkit
-    from clapkit.finite import NonFiniteError
+    from clapkit.utils.finite import NonFiniteError
 
     model = clapkit.load(clap_dir)
     good = write_wav_folder(tmp_path, count=1, sample_rate=16000)[0]

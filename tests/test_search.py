@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clapkit import search
-from clapkit.search import NearestNeighbours
+from clapkit.inference import search
+from clapkit.inference.search import NearestNeighbours
 
 pytest.importorskip("faiss")
 

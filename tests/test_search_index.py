@@ -1,4 +1,4 @@
-"""``clapkit.search_index``: on-disk faiss indexes built batch by batch from an embeddings parquet."""
+"""``clapkit.inference.search_index``: on-disk faiss indexes built batch by batch from an embeddings parquet."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from clapkit import search_index
-from clapkit.search_index import (
+from clapkit.inference import search_index
+from clapkit.inference.search_index import (
     SearchIndex,
     SearchIndexError,
     build_index,
@@ -103,7 +103,7 @@ def test_200k_by_512_with_1000_centres_recalls(tmp_path):
 def test_a_nan_embedding_is_refused_naming_its_file(tmp_path):
     import pyarrow.parquet as pq
 
-    from clapkit.embedding import embedding_table
+    from clapkit.inference.embedding import embedding_table
 
     vectors = np.eye(40, 8, dtype=np.float32)
     vectors[7, 0] = np.nan

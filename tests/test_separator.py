@@ -10,7 +10,7 @@ import torch
 import clapkit
 from clapkit.audio import save_audio
 from clapkit.commands.separate import main
-from clapkit.separator import SeparationModel
+from clapkit.inference.separation import SeparationModel
 from helpers.separation import save_tiny_model
 
 

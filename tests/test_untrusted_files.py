@@ -24,15 +24,15 @@ import soundfile as sf
 import torch
 import yaml
 
-from clapkit import atomic
-from clapkit.atomic import (
+from clapkit.cli import main
+from clapkit.utils import atomic
+from clapkit.utils.atomic import (
     OutputError,
     check_target,
     is_disk_full,
     output_lock,
     replace_output,
 )
-from clapkit.cli import main
 from helpers.models import randomize_norm_stats, save_tiny_native, tiny_clap_config
 
 RATE = 16000
@@ -66,7 +66,7 @@ def workspace(tmp_path_factory):
     run = root / "run"
     config = tiny_clap_config(sample_rate=RATE)
     torch.manual_seed(0)
-    from clapkit.pretrained import instantiate_model
+    from clapkit.inference.load import instantiate_model
 
     task = instantiate_model(config)
     randomize_norm_stats(task)

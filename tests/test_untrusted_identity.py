@@ -24,10 +24,9 @@ import clapkit
 from clapkit.audio import save_audio
 from clapkit.cli import main
 from clapkit.commands._shared import model_metadata, read_embeddings, write_embeddings
-from clapkit.embedding import embed_corpus
-from clapkit.identity import HASH_KEY, file_sha256, files_fingerprint
-from clapkit.inference import UnknownTokensWarning
-from clapkit.pretrained import (
+from clapkit.inference.clap import UnknownTokensWarning
+from clapkit.inference.embedding import embed_corpus
+from clapkit.inference.load import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     InferenceConfig,
@@ -37,6 +36,7 @@ from clapkit.pretrained import (
     load_weights_into,
     save_pretrained,
 )
+from clapkit.io.identity import HASH_KEY, file_sha256, files_fingerprint
 from helpers.models import (
     randomize_norm_stats,
     save_tiny_native,

@@ -169,7 +169,7 @@ def test_reading_only_the_window_is_bit_identical_to_decoding_the_whole_file(tmp
 
 def test_separation_overlap_add_streams_and_matches_whole_signal_weights():
     """Per-chunk weights (computed from the neighbours only) equal the whole-signal normaliser's."""
-    from clapkit.separator import _OverlapAdd, chunk_starts, chunk_weight
+    from clapkit.inference.separation import _OverlapAdd, chunk_starts, chunk_weight
 
     total, chunk, hop = 10_037, 400, 200
     starts = chunk_starts(total, chunk, hop)
@@ -292,7 +292,7 @@ def models(tmp_path_factory):
     """A plain and a fusion tiny CLAP (16 kHz, one-second window) in native directories."""
     import torch
 
-    from clapkit.pretrained import instantiate_model, save_pretrained
+    from clapkit.inference.load import instantiate_model, save_pretrained
     from helpers.models import save_tiny_native, tiny_fusion_clap_config
 
     root = tmp_path_factory.mktemp("models")

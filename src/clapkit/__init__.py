@@ -9,7 +9,7 @@ __all__ = ["__version__", "load"]
 
 def load(path, **kwargs):
     """Load a model saved in clapkit's native format (a directory with ``config.yaml`` and
-    ``model.safetensors``) or an official checkpoint; see :func:`clapkit.pretrained.load`."""
-    from clapkit.pretrained import load as _load
+    ``model.safetensors``) or an official checkpoint; see :func:`clapkit.inference.load.load`."""
+    from clapkit.inference.load import load as _load
 
     return _load(path, **kwargs)

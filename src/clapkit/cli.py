@@ -16,13 +16,13 @@ import sys
 import warnings
 
 from clapkit.commands import CommandError
-from clapkit.deps import DependencyError
+from clapkit.utils.deps import DependencyError
 
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from clapkit.audio import AudioLoadError
-    from clapkit.finite import NonFiniteError
+    from clapkit.utils.finite import NonFiniteError
 
     # OSError: an output in an unwritable place, an existing file where a folder is needed...
     return (CommandError, DependencyError, AudioLoadError, NonFiniteError, OSError)
@@ -98,7 +98,7 @@ def _native_model_args(argv: list[str]) -> list[str]:
     """Rewrite ``--model DIR`` (a native clapkit model directory) into the model's own config
     tree plus ``--weights DIR``, so ``clapkit validate --config eval.yaml --model DIR`` evaluates
     a saved or converted model without the user copying its config by hand."""
-    from clapkit.pretrained import is_native, native_model_tree
+    from clapkit.inference.load import is_native, native_model_tree
 
     out: list[str] = []
     index = 0
@@ -139,7 +139,7 @@ def lightning_main(args: list[str] | None = None, run: bool = True):
             )
 
         def _load_weights(self) -> None:
-            from clapkit.pretrained import load_weights_into
+            from clapkit.inference.load import load_weights_into
 
             weights = self.config[self.subcommand].get("weights") if self.subcommand else None
             if weights:
@@ -159,7 +159,7 @@ def lightning_main(args: list[str] | None = None, run: bool = True):
         def before_instantiate_classes(self) -> None:
             # A native model directory's own preprocessing beats the data config's audio values.
             from clapkit.commands.trainer_errors import wandb_offline_fallback
-            from clapkit.model_preprocessing import apply_model_preprocessing
+            from clapkit.datamodules.model_preprocessing import apply_model_preprocessing
 
             config = self.config[self.subcommand] if self.subcommand else self.config
             apply_model_preprocessing(config, given)
@@ -244,7 +244,7 @@ def main(args: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] in ("-V", "--version"):
-        from clapkit.deps import versions
+        from clapkit.utils.deps import versions
 
         print(" ".join(f"{name} {version}" for name, version in versions().items()))
         return 0
@@ -308,7 +308,7 @@ def _trainer_errors() -> tuple[type[BaseException], ...]:
     import argparse
     import pickle
 
-    from clapkit.pretrained import PretrainedError
+    from clapkit.inference.load import PretrainedError
 
     errors: tuple[type[BaseException], ...] = (*USER_ERRORS, PretrainedError, pickle.UnpicklingError,
                                                 argparse.ArgumentError)
@@ -349,7 +349,7 @@ def _check_trainer_args(argv: list[str]) -> None:
 def _check_task_matches_data(model, datamodule, source: str | None) -> None:
     """A separation model evaluated on clip data (or a CLAP on mixtures) fails deep inside the
     loop; say so up front, naming the model."""
-    from clapkit.separator import is_separation_task
+    from clapkit.inference.separation import is_separation_task
 
     try:
         from clapkit.datamodules.mixtures import MixtureDataModule

@@ -12,8 +12,8 @@ import yaml
 
 from clapkit.cli import main
 from clapkit.encoders.separation import build_condition
+from clapkit.inference.load import instantiate_model, load_native
 from clapkit.interop.clapsep import released_layout
-from clapkit.pretrained import instantiate_model, load_native
 from helpers.separation import EMBED_DIM, pretrained_separator_config, save_tiny_clap, tiny_batch
 
 

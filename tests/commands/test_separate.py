@@ -11,7 +11,7 @@ import soundfile as sf
 from clapkit.audio import save_audio
 from clapkit.commands import CommandError
 from clapkit.commands.separate import main
-from clapkit.separator import chunk_windows
+from clapkit.inference.separation import chunk_windows
 from helpers.separation import save_tiny_model
 
 

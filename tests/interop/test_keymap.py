@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from clapkit.inference.load import PretrainedError
 from clapkit.interop.keymap import (
     CheckpointError,
     KeyMap,
@@ -13,7 +14,6 @@ from clapkit.interop.keymap import (
     target_shapes,
     unwrap_state_dict,
 )
-from clapkit.pretrained import PretrainedError
 
 W = torch.zeros(2, 3)
 

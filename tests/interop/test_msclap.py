@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import clapkit
-from clapkit.pretrained import PretrainedError, convert_checkpoint
+from clapkit.inference.load import PretrainedError, convert_checkpoint
 from helpers.models import tone, write_gpt2_dir
 
 SR = 44100

@@ -11,8 +11,8 @@ import shutil
 import numpy as np
 import pytest
 
-from clapkit.checkpoint import PretrainedError
 from clapkit.cli import main
+from clapkit.io.checkpoint import PretrainedError
 from helpers.models import save_tiny_native, write_wav_folder
 
 pytest.importorskip("onnxruntime")

@@ -18,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 
-from clapkit.deps import is_tensor
+from clapkit.utils.deps import is_tensor
 
 PadMode = Literal["pad", "repeatpad", "repeat"]
 #: ``around`` (pad both sides at the crop offset) serves waveform augmentation; the encoders'

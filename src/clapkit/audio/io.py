@@ -11,7 +11,6 @@ from typing import BinaryIO
 import numpy as np
 import soundfile as sf
 
-from clapkit.atomic import atomic_path
 from clapkit.audio.stream import (
     DEFAULT_MAX_SECONDS,
     MIN_SAMPLE_RATE,
@@ -24,6 +23,7 @@ from clapkit.audio.stream import (
     read_span,
     short_error,
 )
+from clapkit.utils.atomic import atomic_path
 
 __all__ = ["AUDIO_EXTENSIONS", "DEFAULT_MAX_SECONDS", "MIN_SAMPLE_RATE", "AudioInfo", "AudioLoadError", "audio_files",
            "audio_info", "downmix", "load_audio", "save_audio"]

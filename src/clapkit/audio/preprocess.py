@@ -27,7 +27,7 @@ from clapkit.audio.stream import (
     output_length,
     read_span,
 )
-from clapkit.deps import is_tensor
+from clapkit.utils.deps import is_tensor
 
 if TYPE_CHECKING:
     import torch
@@ -40,7 +40,7 @@ CONFIG_NAME = "config.yaml"
 
 @dataclass
 class InferenceConfig:
-    """How :class:`~clapkit.inference.CLAPModel` turns raw audio and text into model inputs.
+    """How :class:`~clapkit.inference.clap.CLAPModel` turns raw audio and text into model inputs.
 
     Attributes:
         sample_rate: rate the audio tower expects; inputs are resampled to it.

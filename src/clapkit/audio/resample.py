@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-from clapkit import deps
+from clapkit.utils import deps
 
 
 def resample(wave, orig_sr: int, target_sr: int, quality: str = "HQ"):

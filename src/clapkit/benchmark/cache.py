@@ -1,6 +1,6 @@
 """Embeddings cached per dataset and model fingerprint, so a rerun embeds nothing twice.
 
-Audio goes through :func:`clapkit.embedding.embed_corpus` into
+Audio goes through :func:`clapkit.inference.embedding.embed_corpus` into
 ``<cache>/<fingerprint>/<dataset>/audio.parquet.parts/``: parts of 256 clips written atomically
 as they finish, their names keyed by the fingerprint and the clip list, so a run killed halfway
 redoes only the unfinished part and a changed dataset or model never reuses stale rows. Text
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clapkit.atomic import atomic_path
+from clapkit.utils.atomic import atomic_path
 
 PART_SIZE = 256
 
@@ -49,7 +49,7 @@ class EmbeddingCache:
     """Cached audio and text embeddings of one model.
 
     Args:
-        model: a :class:`~clapkit.inference.CLAPModel`.
+        model: a :class:`~clapkit.inference.clap.CLAPModel`.
         directory: cache root (``None``: a temporary folder removed by :meth:`close`).
         workers: decoding processes ahead of the model (``<= 1``: decode inline).
         progress: progress bar factory (``None``: silent).
@@ -74,7 +74,7 @@ class EmbeddingCache:
 
     def audio(self, dataset: str, files: Sequence[str | os.PathLike], description: str) -> np.ndarray:
         """``[N, D]`` embeddings of ``files`` in order (parts found on disk are not embedded)."""
-        from clapkit.embedding import PartStore, RankSlice, embed_corpus
+        from clapkit.inference.embedding import PartStore, RankSlice, embed_corpus
 
         output = self.root / dataset / "audio.parquet"
         names = [str(f) for f in files]

@@ -8,8 +8,8 @@ import json
 import os
 from pathlib import Path
 
-from clapkit.atomic import write_text
 from clapkit.benchmark.runner import BenchmarkReport, TaskResult
+from clapkit.utils.atomic import write_text
 
 OUTPUT_NAMES = ("results.json", "results.md", "results.png")
 
@@ -69,8 +69,8 @@ def markdown(report: BenchmarkReport) -> str:
 
 def chart(report: BenchmarkReport, path: str | os.PathLike) -> Path:
     """Horizontal bars: this model and the first published figure, per task and main metric."""
-    from clapkit.deps import optional_import
-    from clapkit.plots import save_figure
+    from clapkit.utils.deps import optional_import
+    from clapkit.utils.plots import save_figure
 
     optional_import("matplotlib", "plots", "drawing the benchmark chart").use("Agg", force=True)
     import matplotlib.pyplot as plt

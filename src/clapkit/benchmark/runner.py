@@ -229,7 +229,7 @@ def run_benchmark(
 
     Args:
         model: a model directory / checkpoint (loaded with :func:`clapkit.load`), a loaded
-            :class:`~clapkit.inference.CLAPModel`, or a :class:`~clapkit.separator.SeparationModel`
+            :class:`~clapkit.inference.clap.CLAPModel`, or a :class:`~clapkit.inference.separation.SeparationModel`
             (CLAPSep protocol).
         data_root: folder holding the datasets (each found by its published metadata file).
         protocol_name: ``laion-clap`` (default for a contrastive model), ``ms-clap``, ``audioclip``;
@@ -250,7 +250,7 @@ def run_benchmark(
     say = log or (lambda line: None)
     source = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
     if isinstance(model, (str, os.PathLike)):
-        from clapkit.pretrained import load
+        from clapkit.inference.load import load
 
         model = load(model)
     separation = hasattr(model, "separate_batch")

@@ -38,7 +38,7 @@ def separation_scores(model, clips: ClipSet | None, *, mixtures_csv: str | None 
                       seed: int = 0, max_targets: int | None = None, batch_size: int = 4,
                       progress=None) -> tuple[dict[str, float], int]:
     """``({"SDRi": .., "SI-SDRi": .., "SDRi_pos+neg": .., ...}, mixtures)`` of a
-    :class:`~clapkit.separator.SeparationModel` on the mixtures of ``clips`` (or of ``mixtures_csv``)."""
+    :class:`~clapkit.inference.separation.SeparationModel` on the mixtures of ``clips`` (or of ``mixtures_csv``)."""
     from clapkit.datamodules.mix_sources import ClipSetSource
     from clapkit.datamodules.mixtures import ClipPolicy, MixtureDataModule
     from clapkit.lightning_modules.sep_metrics import separation_metrics

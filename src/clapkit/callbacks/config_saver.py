@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-from clapkit.atomic import write_text
+from clapkit.utils.atomic import write_text
 
 
 def _plain(value: Any) -> Any:

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clapkit.atomic import atomic_path
 from clapkit.commands import CommandError
-from clapkit.embedding import ROW_GROUP_ROWS, embedding_columns, embedding_table, read_table
+from clapkit.inference.embedding import ROW_GROUP_ROWS, embedding_columns, embedding_table, read_table
+from clapkit.utils.atomic import atomic_path
 
 if TYPE_CHECKING:
     import torch
@@ -140,7 +140,7 @@ def load_model(path: str | os.PathLike, args: argparse.Namespace, towers: Sequen
 
     ``towers``: build only these towers of a native contrastive model now (``("audio",)`` for
     audio-only commands); see :func:`clapkit.load`."""
-    from clapkit.pretrained import PretrainedError, load
+    from clapkit.inference.load import PretrainedError, load
 
     if args.batch_size is not None and args.batch_size < 1:
         raise CommandError(f"--batch-size must be at least 1, got {args.batch_size}")

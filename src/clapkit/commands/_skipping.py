@@ -1,5 +1,5 @@
 """Folder runs that skip bad files: the screening, embedding and report steps the inference
-commands share (the rule itself is documented in :mod:`clapkit.skips`)."""
+commands share (the rule itself is documented in :mod:`clapkit.inference.skips`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clapkit.commands import CommandError, _shared
-from clapkit.skips import PARTIAL, SkipList, screen_headers
+from clapkit.inference.skips import PARTIAL, SkipList, screen_headers
 
 if TYPE_CHECKING:
     import torch
@@ -32,7 +32,7 @@ def usable_files(inputs: Sequence[str], strict: bool) -> tuple[list[Path], SkipL
 
 
 def screen(files: Sequence[Path], skips: SkipList) -> list[Path]:
-    """:func:`clapkit.skips.screen_headers`, a refusal as a :class:`CommandError`."""
+    """:func:`clapkit.inference.skips.screen_headers`, a refusal as a :class:`CommandError`."""
     from clapkit.audio import AudioLoadError
 
     try:
@@ -63,8 +63,8 @@ def embed_files_skipping(model, files: Sequence[Path], skips: SkipList, *, worke
     (named on the command line, or ``--strict``) stops the run with a :class:`CommandError`.
     """
     from clapkit.audio import AudioLoadError
-    from clapkit.embedding import Unusable, prefetched
-    from clapkit.finite import NonFiniteError
+    from clapkit.inference.embedding import Unusable, prefetched
+    from clapkit.utils.finite import NonFiniteError
 
     def prepare(path: Path):
         try:

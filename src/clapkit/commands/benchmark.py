@@ -121,7 +121,7 @@ def _load(args):
             if "a separation model" in str(exc):
                 raise CommandError(f"{args.model}: a separation model; benchmark it with --protocol clapsep") from None
             raise
-    from clapkit.pretrained import PretrainedError, load
+    from clapkit.inference.load import PretrainedError, load
 
     _shared.check_device(args.device)
     _shared.check_model_path(args.model)

@@ -39,12 +39,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clapkit.atomic import check_target
 from clapkit.commands import CommandError, _shared
+from clapkit.utils.atomic import check_target
 
 
 def build_parser():
-    from clapkit.pretrained import CHECKPOINT_FORMATS
+    from clapkit.inference.load import CHECKPOINT_FORMATS
 
     parser = _shared.make_parser("convert", __doc__)
     parser.add_argument("format", choices=[*CHECKPOINT_FORMATS, "hf-clap", "clapsep", "auto"], help="checkpoint family")
@@ -67,14 +67,14 @@ def build_parser():
 
 
 def main(argv: list[str]) -> int:
-    from clapkit.pretrained import PretrainedError, convert_checkpoint, save_converted
+    from clapkit.inference.load import PretrainedError, convert_checkpoint, save_converted
 
     parser = build_parser()
     args = parser.parse_args(argv)
     args.checkpoint = _shared.model_argument(args.model, args.checkpoint,
                                              "clapkit convert FORMAT CHECKPOINT -o DIR (or --model CHECKPOINT)")
     # Before any work: the output may not be, contain or lie inside an input, and --overwrite
-    # replaces only a model directory (clapkit.atomic.check_target; checked again under its lock).
+    # replaces only a model directory (clapkit.utils.atomic.check_target; checked again under its lock).
     check_target(args.output, inputs=_inputs(args), overwrite=args.overwrite)
     if args.format == "clapsep":
         if args.config is None:
@@ -101,7 +101,7 @@ def _inputs(args) -> list[str | None]:
 
 def _refuse_directory(format: str, checkpoint: Path) -> None:
     """The official formats are single files; a directory given there is usually another layout."""
-    from clapkit.pretrained import is_native
+    from clapkit.inference.load import is_native
 
     if not checkpoint.is_dir():
         return
@@ -116,8 +116,8 @@ def _refuse_directory(format: str, checkpoint: Path) -> None:
 def _convert_clapsep(args) -> int:
     import tempfile
 
+    from clapkit.inference.load import PretrainedError, instantiate_model, read_model_section
     from clapkit.interop.clapsep import load_clapsep_report
-    from clapkit.pretrained import PretrainedError, instantiate_model, read_model_section
 
     with tempfile.TemporaryDirectory(prefix="clapkit-clap-") as scratch:
         try:
@@ -144,7 +144,7 @@ def _convert_clapsep(args) -> int:
 
 def _clap_directory(args, scratch: Path) -> str:
     """``--clap`` as a native directory: converted on the fly when it is an official checkpoint."""
-    from clapkit.pretrained import convert_checkpoint, is_native, save_converted
+    from clapkit.inference.load import convert_checkpoint, is_native, save_converted
 
     clap = Path(args.clap)
     if is_native(clap):
@@ -158,8 +158,8 @@ def _clap_directory(args, scratch: Path) -> str:
 def _convert_hf_clap(args) -> int:
     import shutil
 
+    from clapkit.inference.load import PretrainedError, save_converted
     from clapkit.interop.hf_clap import TEXT_ASSET, convert_hf_clap
-    from clapkit.pretrained import PretrainedError, save_converted
 
     try:
         converted = convert_hf_clap(args.checkpoint)

@@ -130,7 +130,7 @@ def _resolve_config(path: str) -> Path:
     if config.is_file():
         return config
     # Outside a checkout (an installed wheel) the quick-start configs ship in the package.
-    from clapkit.resources import packaged_config
+    from clapkit.utils.resources import packaged_config
 
     try:
         return packaged_config(path)
@@ -238,8 +238,8 @@ def results_table(results: dict[str, float], rows: tuple[Row, ...], title: str):
 
 def _pictures(model, datamodule, trainer, kind: str, console, out_dir: str | None = None) -> list[Path]:
     """Draw the family's pictures; a missing matplotlib is one line, not a failed demo."""
-    from clapkit import quickstart
-    from clapkit.deps import DependencyError
+    from clapkit.commands import quickstart
+    from clapkit.utils.deps import DependencyError
 
     try:
         if kind == "SeparationTask":

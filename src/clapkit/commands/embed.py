@@ -41,7 +41,7 @@ import functools
 
 from clapkit.audio.preprocess import prepare_audio, read_inference_config
 from clapkit.commands import CommandError, _shared, _skipping
-from clapkit.embedding import (
+from clapkit.inference.embedding import (
     EarlyDecoder,
     EmbeddingInputError,
     decode_order,
@@ -49,7 +49,7 @@ from clapkit.embedding import (
     embed_corpus,
     rank_from_env,
 )
-from clapkit.skips import PARTIAL, Skipped
+from clapkit.inference.skips import PARTIAL, Skipped
 
 #: Embedding audio files needs the audio tower only: the text tower is neither built nor read.
 AUDIO_ONLY = ("audio",)
@@ -71,8 +71,8 @@ def build_parser():
 
 
 def _load_onnx(path, args):
+    from clapkit.inference.load import PretrainedError
     from clapkit.interop.onnx import OnnxCLAPModel
-    from clapkit.pretrained import PretrainedError
 
     try:
         model = OnnxCLAPModel(path, batch_size=16 if args.batch_size is None else args.batch_size)
@@ -118,7 +118,7 @@ def main(argv: list[str]) -> int:
                 early.close()  # decode again
                 early = None
             lengths = _lengths(model.inference, files)
-        from clapkit.checkpoint import PretrainedError
+        from clapkit.io.checkpoint import PretrainedError
 
         with _shared.progress_bar(len(files), "embedding", args.quiet) as advance:
             try:

@@ -35,8 +35,8 @@ import argparse
 import importlib
 import sys
 
-from clapkit.atomic import check_target
 from clapkit.commands import CommandError, _shared
+from clapkit.utils.atomic import check_target
 
 
 def build_parser():
@@ -93,8 +93,8 @@ def main(argv: list[str]) -> int:
 
 
 def _export_checkpoint(argv: list[str]) -> int:
-    from clapkit.pretrained import PretrainedError
-    from clapkit.run_export import export_checkpoint
+    from clapkit.hub.run_export import export_checkpoint
+    from clapkit.inference.load import PretrainedError
 
     args = build_parser().parse_args(argv)
     try:
@@ -109,8 +109,8 @@ def _export_checkpoint(argv: list[str]) -> int:
 
 
 def _export_onnx(argv: list[str]) -> int:
+    from clapkit.inference.load import PretrainedError, load
     from clapkit.interop.onnx import export_onnx
-    from clapkit.pretrained import PretrainedError, load
 
     args = build_onnx_parser().parse_args(argv)
     args.model = _shared.model_argument(args.model, args.model_arg, "clapkit export onnx --model MODEL_DIR -o DIR")

@@ -25,7 +25,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from clapkit.commands import CommandError, _shared
-from clapkit.search_index import KINDS, SearchIndexError, build_index, describe_embeddings, parse_bytes
+from clapkit.inference.search_index import (
+    KINDS,
+    SearchIndexError,
+    build_index,
+    describe_embeddings,
+    parse_bytes,
+)
 
 
 def build_parser():

@@ -45,7 +45,6 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from clapkit.atomic import SHARD_FOLDER, check_target, output_lock, publish, write_csv, write_text, writing
 from clapkit.commands import CommandError
 from clapkit.commands._manifest import (  # noqa: F401 - read_manifest* are this module's API too
     Row,
@@ -54,6 +53,15 @@ from clapkit.commands._manifest import (  # noqa: F401 - read_manifest* are this
     read_manifest,
     read_manifest_rows,
     scan_manifest,
+)
+from clapkit.utils.atomic import (
+    SHARD_FOLDER,
+    check_target,
+    output_lock,
+    publish,
+    write_csv,
+    write_text,
+    writing,
 )
 
 STATE_DIR = ".make_shards"

@@ -28,12 +28,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from clapkit.atomic import write_csv
 from clapkit.audio import AudioLoadError
 from clapkit.audio.io import AUDIO_EXTENSIONS
 from clapkit.commands import CommandError, _shared, _skipping
-from clapkit.finite import NonFiniteError
-from clapkit.skips import SkipList
+from clapkit.inference.skips import SkipList
+from clapkit.utils.atomic import write_csv
+from clapkit.utils.finite import NonFiniteError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -95,7 +95,7 @@ def _items(args) -> tuple[str, list[str]]:
 
 
 class _Embedder:
-    """Embeds any modality with a loaded model (a :class:`~clapkit.inference.CLAPModel`)."""
+    """Embeds any modality with a loaded model (a :class:`~clapkit.inference.clap.CLAPModel`)."""
 
     def __init__(self, model, batch_size: int):
         self.model = model

@@ -18,11 +18,11 @@ example:
 
 from __future__ import annotations
 
-from clapkit.atomic import write_csv
 from clapkit.commands import CommandError, _shared
-from clapkit.finite import NonFiniteError, nonfinite_rows
-from clapkit.search import NearestNeighbours
-from clapkit.search_index import SearchIndex, SearchIndexError, is_index_dir
+from clapkit.inference.search import NearestNeighbours
+from clapkit.inference.search_index import SearchIndex, SearchIndexError, is_index_dir
+from clapkit.utils.atomic import write_csv
+from clapkit.utils.finite import NonFiniteError, nonfinite_rows
 
 
 def build_parser():
@@ -107,7 +107,7 @@ def _check_model(index, dim: int, metadata: dict, model) -> None:
                            f"{model.embedding_dim}; embed the folder with this model first")
     made_by = metadata.get("fingerprint")
     if made_by and getattr(model, "fingerprint", "") and made_by != model.fingerprint:
-        from clapkit.identity import is_exact
+        from clapkit.io.identity import is_exact
 
         if not is_exact(made_by):  # an older clapkit's sampled hash: it cannot prove the same weights
             raise CommandError(f"{index}: was embedded by an older clapkit whose model fingerprint ({made_by}) "

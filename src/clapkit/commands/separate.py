@@ -31,7 +31,6 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from clapkit.atomic import writing
 from clapkit.audio import AudioLoadError, load_audio, save_audio
 from clapkit.audio.io import AUDIO_EXTENSIONS
 from clapkit.commands import CommandError, _skipping
@@ -43,7 +42,8 @@ from clapkit.commands._shared import (
     progress_bar,
     refuse_overwriting_inputs,
 )
-from clapkit.finite import NonFiniteError
+from clapkit.utils.atomic import writing
+from clapkit.utils.finite import NonFiniteError
 
 
 def build_parser():
@@ -81,7 +81,7 @@ def check_plot(args) -> None:
     if args.reference and not args.plot:
         raise CommandError("--reference is only drawn with --plot PNG")
     if args.plot:
-        from clapkit.plots import check_plot_path
+        from clapkit.utils.plots import check_plot_path
 
         try:
             check_plot_path(args.plot)
@@ -93,7 +93,7 @@ def check_plot(args) -> None:
 
 def draw_plot(args, wave, rate: int, estimate) -> Path:
     """Spectrograms of the first input, its estimate and the reference when given."""
-    from clapkit import plots
+    from clapkit.utils import plots
 
     waves = {"mixture": wave, "estimate": estimate}
     if args.reference:
@@ -151,9 +151,9 @@ def staged_outputs(targets: Sequence[Path]):
 def _load_model(args):
     from clapkit.commands._shared import check_device, check_model_path
     from clapkit.encoders.separation.network import SeparationNetwork
-    from clapkit.plain import load_plain
-    from clapkit.pretrained import PretrainedError
-    from clapkit.separator import SeparationModel
+    from clapkit.hub.plain import load_plain
+    from clapkit.inference.load import PretrainedError
+    from clapkit.inference.separation import SeparationModel
 
     check_device(args.device)
     check_model_path(args.model)

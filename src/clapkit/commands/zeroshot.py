@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from clapkit.atomic import write_csv
 from clapkit.commands import CommandError, _shared, _skipping
+from clapkit.utils.atomic import write_csv
 
 
 def build_parser():
@@ -119,7 +119,7 @@ def main(argv: list[str]) -> int:
         raise CommandError(f"--template {args.template!r} has no {{}} placeholder for the label")
     output = _shared.check_output(args.output, (".csv",))
     if args.plot:
-        from clapkit.plots import check_plot_path
+        from clapkit.utils.plots import check_plot_path
 
         try:
             check_plot_path(args.plot)
@@ -153,7 +153,7 @@ def main(argv: list[str]) -> int:
             rows.append([str(path), rank, labels[j], f"{p:.6f}", f"{sim:.6f}"])
     write_csv(output, ["path", "rank", "label", "probability", "similarity"], rows)
     if args.plot:
-        from clapkit.plots import top_labels as plot_top_labels
+        from clapkit.utils.plots import top_labels as plot_top_labels
 
         plot_top_labels([str(p) for p in files], [[labels[j] for j in row] for row in top_indices.tolist()],
                         top_values.tolist(), args.plot)

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from clapkit.inference import CLAPModel
-from clapkit.pretrained import is_native
+from clapkit.inference.clap import CLAPModel
+from clapkit.inference.load import is_native
 
 SAMPLE_RATE = 48000
 
@@ -90,8 +90,8 @@ class CLAP_Module(nn.Module):  # noqa: N801 - the reference's name
                                  f"{'uses' if clap.inference.fusion else 'does not use'} fusion")
             description = str(ckpt)
         else:
+            from clapkit.inference.load import build_converted
             from clapkit.interop.laion_clap import convert_laion_clap
-            from clapkit.pretrained import build_converted
 
             converted = convert_laion_clap(ckpt, self.text_model, amodel=self.amodel,
                                            enable_fusion=self.enable_fusion)

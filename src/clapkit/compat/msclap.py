@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clapkit.inference import CLAPModel
+from clapkit.inference.clap import CLAPModel
 
 VERSIONS = {"2022": 5, "2023": 7}  # version -> window in seconds
 

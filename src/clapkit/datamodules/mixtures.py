@@ -32,13 +32,13 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from clapkit import deps
-from clapkit.atomic import write_csv
 from clapkit.audio import fit_length, load_audio, resample
 from clapkit.audio.crop import CropMode, PadMode
 from clapkit.datamodules.mix_sources import MixSource, source_metadata
 from clapkit.datamodules.pipeline import AudioPolicy
 from clapkit.datamodules.resumable import ResumableLoader, ResumableSampler, default_seed
+from clapkit.utils import deps
+from clapkit.utils.atomic import write_csv
 
 LevelMode = Literal["rms", "lufs"]
 CSV_COLUMNS = ("source_file", "positive_caption", "noise_file", "negative_caption", "snr_db")

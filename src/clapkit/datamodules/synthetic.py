@@ -30,10 +30,10 @@ import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from clapkit.atomic import write_csv
 from clapkit.audio import save_audio
 from clapkit.datamodules.base import Sample, collate_samples
 from clapkit.datamodules.resumable import ResumableLoader, ResumableSampler
+from clapkit.utils.atomic import write_csv
 
 SOURCES = ("tone", "chirp", "noise", "clicks", "buzz")
 REGISTERS = ("low", "mid", "high")

@@ -1,6 +1,6 @@
 """``Classifier``: the plain modules of a tagger (an encoder and its class head).
 
-What :class:`~clapkit.tagger.TaggerModel` holds for inference, and what :mod:`clapkit.plain`
+What :class:`~clapkit.inference.tagger.TaggerModel` holds for inference, and what :mod:`clapkit.hub.plain`
 builds from a ``ClassificationTask`` config without the task; the task holds the same
 ``encoder`` and ``head``, so the state dict keys are the same.
 """

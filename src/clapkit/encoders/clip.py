@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from clapkit.checkpoint import module_state, read_state_dict
 from clapkit.encoders.base import EncoderOutput, ImageEncoder, TextEncoder, module_device
+from clapkit.io.checkpoint import module_state, read_state_dict
 
 # OpenAI CLIP image normalisation (also open_clip's OPENAI_DATASET_MEAN / STD).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

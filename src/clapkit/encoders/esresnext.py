@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from clapkit.checkpoint import module_state, read_state_dict
 from clapkit.encoders.base import AudioEncoder, EncoderOutput
 from clapkit.encoders.fbsp import FBSPSpectrogram
+from clapkit.io.checkpoint import module_state, read_state_dict
 
 log = logging.getLogger(__name__)
 

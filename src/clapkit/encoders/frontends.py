@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from clapkit import deps
+from clapkit.utils import deps
 
 
 def fp32(fn):

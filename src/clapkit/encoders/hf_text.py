@@ -1,7 +1,7 @@
 """Text towers from Hugging Face transformers: BERT, RoBERTa, MiniLM, GPT-2, BART encoders.
 
 Models and tokenizers always come from a local directory (or ``package:<module>``, see
-:mod:`clapkit.resources`); nothing is downloaded. ``load_weights=False`` builds the same
+:mod:`clapkit.utils.resources`); nothing is downloaded. ``load_weights=False`` builds the same
 architecture from the directory's ``config.json`` with random weights, which is what a
 checkpoint converter wants before it fills in the official weights.
 """
@@ -18,9 +18,9 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PreTrainedTokenizerFast
 
-from clapkit.checkpoint import PretrainedError
 from clapkit.encoders.base import EncoderOutput, TextEncoder, module_device
-from clapkit.resources import resolve_model_path
+from clapkit.io.checkpoint import PretrainedError
+from clapkit.utils.resources import resolve_model_path
 
 Pooling = Literal["pooler", "cls", "mean", "mean_all", "eot", "eot_count"]
 

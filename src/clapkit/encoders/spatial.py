@@ -17,11 +17,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from clapkit import deps
 from clapkit.audio.foa import encode_mono, energy_density, intensity_vector
-from clapkit.checkpoint import read_state_dict
 from clapkit.encoders.base import AudioEncoder, EncoderOutput, ImageEncoder
 from clapkit.encoders.frontends import fp32
+from clapkit.io.checkpoint import read_state_dict
+from clapkit.utils import deps
 
 
 class FOAFeatures(nn.Module):

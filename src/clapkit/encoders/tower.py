@@ -63,7 +63,7 @@ class Tower(nn.Module):
 class TowerSet(nn.Module):
     """Named towers and the logit scales between them: a contrastive model without training.
 
-    What inference holds (:class:`~clapkit.inference.CLAPModel`); a ``ContrastiveTask`` wraps
+    What inference holds (:class:`~clapkit.inference.clap.CLAPModel`); a ``ContrastiveTask`` wraps
     the same towers for training, so the state dict keys (``towers.audio...``,
     ``logit_scales.audio__text``) are the same.
 

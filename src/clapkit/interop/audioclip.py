@@ -108,7 +108,7 @@ def esrnxfbsp_config(num_classes: int = 527, audio_variant: str = "base", sample
 
 
 def _target(config: dict[str, Any]) -> dict[str, torch.Size]:
-    from clapkit.plain import build_plain  # the task's plain modules: its keys, without Lightning
+    from clapkit.hub.plain import build_plain  # the task's plain modules: its keys, without Lightning
 
     with torch.device("meta"):
         return target_shapes(build_plain(config))

@@ -181,7 +181,7 @@ def load_clapsep_report(checkpoint: str | os.PathLike | Mapping[str, Any], task,
     """
     path = None
     if not isinstance(checkpoint, Mapping):
-        from clapkit.checkpoint import read_checkpoint
+        from clapkit.io.checkpoint import read_checkpoint
 
         path = checkpoint
         checkpoint = read_checkpoint(path, trust_pickle=trust_pickle)

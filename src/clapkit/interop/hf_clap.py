@@ -358,7 +358,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
                 shards = sorted(set(json.loads((path / index).read_text())["weight_map"].values()))
             except (OSError, json.JSONDecodeError, KeyError) as exc:
                 raise CheckpointError(f"{path / index}: unreadable shard index ({_first_line(exc)})") from None
-            from clapkit.trust import inside
+            from clapkit.io.trust import inside
 
             state: dict[str, torch.Tensor] = {}
             for shard in shards:
@@ -417,13 +417,13 @@ def convert_hf_clap(path: str | os.PathLike) -> Converted:
 
 
 def load_hf_clap(path: str | os.PathLike, **kwargs):
-    """``clapkit.load`` for a ``ClapModel`` directory: a :class:`~clapkit.inference.CLAPModel`.
+    """``clapkit.load`` for a ``ClapModel`` directory: a :class:`~clapkit.inference.clap.CLAPModel`.
 
     Keyword arguments (``device``, ``precision``, ``batch_size``) go to ``CLAPModel``.
     """
-    from clapkit.inference import CLAPModel
+    from clapkit.hub.native import file_fingerprint
+    from clapkit.inference.clap import CLAPModel
     from clapkit.interop.registry import build_converted_plain
-    from clapkit.native import file_fingerprint
 
     converted = convert_hf_clap(path)
     try:

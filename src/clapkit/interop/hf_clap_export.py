@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 
-from clapkit.atomic import MODEL_DIRECTORY, check_target, replace_output
 from clapkit.interop.hf_clap import AUDIO, MEL_FILTERS, split_qkv
 from clapkit.interop.keymap import CheckpointError, KeyMap
+from clapkit.utils.atomic import MODEL_DIRECTORY, check_target, replace_output
 
 A = re.escape(AUDIO)
 BLOCK = A + r"\.layers\.(\d+)\.blocks\.(\d+)\."
@@ -166,7 +166,7 @@ def _frontend_args(model_config: dict[str, Any]) -> dict[str, Any]:
 def export_hf_clap(source: str | os.PathLike, output: str | os.PathLike, *, overwrite: bool = False) -> HFExport:
     """Write the native CLAP model at ``source`` as a transformers ``ClapModel`` directory ``output``.
 
-    ``output`` is written through :func:`clapkit.atomic.replace_output`: never inside or around
+    ``output`` is written through :func:`clapkit.utils.atomic.replace_output`: never inside or around
     ``source``, and ``overwrite`` replaces only a model directory.
 
     Raises:
@@ -175,8 +175,8 @@ def export_hf_clap(source: str | os.PathLike, output: str | os.PathLike, *, over
     """
     from transformers import ClapFeatureExtractor, ClapModel, ClapProcessor
 
-    from clapkit.checkpoint import PretrainedError
-    from clapkit.native import load_native
+    from clapkit.hub.native import load_native
+    from clapkit.io.checkpoint import PretrainedError
 
     output = Path(output)
     if output.exists() and not overwrite and (not output.is_dir() or any(output.iterdir())):

@@ -7,7 +7,7 @@ then guarantees that **every official key is consumed** (renamed to an existing 
 dropped on purpose) and **every clapkit key is filled** (or optional), with matching shapes, or
 raises one :class:`CheckpointError` whose single line lists all problems on both sides.
 
-:func:`unwrap_state_dict` (from :mod:`clapkit.checkpoint`, re-exported here) finds the tensors
+:func:`unwrap_state_dict` (from :mod:`clapkit.io.checkpoint`, re-exported here) finds the tensors
 inside the usual wrappers: ``{"state_dict": ...}`` (LAION-CLAP, Lightning), ``{"model": ...}``,
 DDP's ``module.`` prefix on every key.
 """
@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from clapkit.checkpoint import (  # noqa: F401  (re-exported: keymap is where interop code looks)
+from clapkit.io.checkpoint import (  # noqa: F401  (re-exported: keymap is where interop code looks)
     WRAPPER_KEYS,
     CheckpointError,
     PretrainedError,
@@ -35,7 +35,7 @@ from clapkit.checkpoint import (  # noqa: F401  (re-exported: keymap is where in
     read_state_dict,
     unwrap_state_dict,
 )
-from clapkit.checkpoint import preview as _preview  # noqa: F401  (old private name)
+from clapkit.io.checkpoint import preview as _preview  # noqa: F401  (old private name)
 
 #: Keys no clapkit module stores and no official file needs: buffers transformers and the
 #: Swin/HTSAT code recompute from the configuration.
@@ -146,7 +146,7 @@ def build_target_model(config: Any, assets: Mapping[str, Any], device: str = "me
     no init cost). Some front ends (torchaudio's mel filterbank) cannot be built on meta: those are
     built on the CPU instead.
 
-    ``plain_modules``: build the task's plain inference modules (:mod:`clapkit.plain`, same
+    ``plain_modules``: build the task's plain inference modules (:mod:`clapkit.hub.plain`, same
     state dict keys, no Lightning import) instead of the task itself: enough for keys and shapes.
     """
 
@@ -156,7 +156,7 @@ def build_target_model(config: Any, assets: Mapping[str, Any], device: str = "me
 
     def build():
         if plain_modules:
-            from clapkit.plain import build_plain
+            from clapkit.hub.plain import build_plain
 
             return build_plain(config, resolve=resolve, build=build_from_config)
         return build_from_config(config, resolve)

@@ -19,7 +19,7 @@ MLP loss), HTSAT's never-called ``head`` layer, and buffers clapkit recomputes
 ``logit_scales.audio__text``.
 
 Preprocessing to reproduce the reference (recorded in the converted model's
-:class:`~clapkit.pretrained.InferenceConfig`): 48 kHz, int16 round trip, ``repeatpad`` to 10 s,
+:class:`~clapkit.inference.load.InferenceConfig`): 48 kHz, int16 round trip, ``repeatpad`` to 10 s,
 long clips cropped at the centre (the reference crops at random) or, with fusion, passed whole
 (deterministic crops, see :mod:`clapkit.encoders.fusion`).
 """
@@ -395,7 +395,7 @@ def convert_laion_clap(
         enable_fusion: if given, require the file to be (or not be) a fusion model.
         trust_pickle: allow a checkpoint whose pickle needs code (never needed for official files).
     """
-    from clapkit.checkpoint import read_checkpoint
+    from clapkit.io.checkpoint import read_checkpoint
 
     checkpoint = read_checkpoint(path, trust_pickle=trust_pickle)
     try:
@@ -420,7 +420,7 @@ def load_laion_clap(path: str | os.PathLike, text_model: str | os.PathLike | Non
     Keyword arguments go to :func:`convert_laion_clap`. (``clapkit.load`` gives the same model
     wrapped for inference; this builds it directly, without config validation, which is faster.)
     """
-    from clapkit.checkpoint import load_state_dict_strict
+    from clapkit.io.checkpoint import load_state_dict_strict
 
     converted = convert_laion_clap(path, text_model, **kwargs)
     model = build_target_model(converted.model_config, converted.assets, device="cpu")

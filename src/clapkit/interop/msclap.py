@@ -39,9 +39,9 @@ from typing import Any
 import torch
 
 from clapkit.audio.preprocess import InferenceConfig
-from clapkit.checkpoint import PretrainedError
 from clapkit.interop.keymap import KeyMap, build_target_model, target_shapes
 from clapkit.interop.registry import CheckpointFormat, Converted
+from clapkit.io.checkpoint import PretrainedError
 
 SAMPLE_RATE = 44100
 PROJECTION_DIM = 1024
@@ -180,7 +180,7 @@ VERSIONS: dict[str, MSCLAPVersion] = {
 
 
 class MSCLAPFormat(CheckpointFormat):
-    """:class:`~clapkit.pretrained.CheckpointFormat` for MS-CLAP 2022 and 2023 files."""
+    """:class:`~clapkit.inference.load.CheckpointFormat` for MS-CLAP 2022 and 2023 files."""
 
     name = "msclap"
 
@@ -240,7 +240,7 @@ def model_config(version: MSCLAPVersion, audio_encoder: dict[str, Any], text_dir
 
 
 def _check_text_model(text_model, version: MSCLAPVersion, state: Mapping[str, torch.Tensor]) -> Path:
-    from clapkit.resources import resolve_model_path
+    from clapkit.utils.resources import resolve_model_path
 
     expected = " or ".join(version.text_types)
     if text_model is None:

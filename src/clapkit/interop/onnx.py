@@ -1,4 +1,4 @@
-"""ONNX export of a CLAP model's towers, and an onnxruntime model with :class:`~clapkit.inference.CLAPModel`'s API.
+"""ONNX export of a CLAP model's towers, and an onnxruntime model with :class:`~clapkit.inference.clap.CLAPModel`'s API.
 
 :func:`export_onnx` writes a directory::
 
@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clapkit.atomic import MODEL_DIRECTORY, check_target, replace_output
-from clapkit.pretrained import InferenceConfig, PretrainedError
+from clapkit.inference.load import InferenceConfig, PretrainedError
+from clapkit.utils.atomic import MODEL_DIRECTORY, check_target, replace_output
 
 AUDIO_FILE = "audio.onnx"
 AUDIO_MEL_FILE = "audio_mel.onnx"
@@ -143,7 +143,7 @@ def export_onnx(
     """Export a CLAP model's audio and text towers to ONNX (see the module docstring).
 
     Args:
-        model: a :class:`~clapkit.inference.CLAPModel` or the path of a model directory /
+        model: a :class:`~clapkit.inference.clap.CLAPModel` or the path of a model directory /
             checkpoint :func:`clapkit.load` accepts.
         directory: the export directory to create (written atomically).
         audio_inputs: which audio graphs to write: ``waveform`` (``audio.onnx``) and/or ``mel``
@@ -153,11 +153,11 @@ def export_onnx(
         inputs: what the model was read from (a path given as ``model`` counts too): the
             directory may not be, contain or lie inside one of them.
     """
-    from clapkit.inference import CLAPModel
+    from clapkit.inference.clap import CLAPModel
 
     inputs = list(inputs)
     if not isinstance(model, CLAPModel):
-        from clapkit.pretrained import load
+        from clapkit.inference.load import load
 
         inputs.append(model)
         check_target(directory, inputs=inputs, overwrite=overwrite)
@@ -227,7 +227,7 @@ def is_onnx_export(path: str | os.PathLike) -> bool:
 
 
 class OnnxCLAPModel:
-    """An ONNX export run with onnxruntime, with :class:`~clapkit.inference.CLAPModel`'s embedding API.
+    """An ONNX export run with onnxruntime, with :class:`~clapkit.inference.clap.CLAPModel`'s embedding API.
 
     Audio is prepared exactly as the PyTorch model prepares it (resampling, int16 round trip,
     padding, deterministic crop), so embeddings agree with ``clapkit.load(model_dir)`` to
@@ -242,13 +242,13 @@ class OnnxCLAPModel:
 
     def __init__(self, directory: str | os.PathLike, *, batch_size: int = 16,
                  providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None):
-        from clapkit.deps import optional_import
+        from clapkit.utils.deps import optional_import
 
         ort = optional_import("onnxruntime", "onnx", "the ONNX runtime")
         self.directory = Path(directory)
         if not is_onnx_export(self.directory):
             raise PretrainedError(f"{self.directory}: not an ONNX export (no {META_FILE}; see clapkit export onnx)")
-        from clapkit.trust import read_untrusted_config
+        from clapkit.io.trust import read_untrusted_config
 
         # Read like a model directory's config: every path it names must stay inside the export.
         self.meta = read_untrusted_config(self.directory / META_FILE, code_sections=(), root=self.directory)
@@ -275,7 +275,7 @@ class OnnxCLAPModel:
         self._tokenizer = None
 
     def _inside(self, name: str, key: str) -> Path:
-        from clapkit.trust import inside
+        from clapkit.io.trust import inside
 
         if not isinstance(name, str):
             raise PretrainedError(f"{self.directory / META_FILE}: {key}: expected a file name, found {name!r}")
@@ -292,7 +292,7 @@ class OnnxCLAPModel:
 
     def prepare_audio(self, audio, sample_rate: int | None = None, *, name: str | None = None) -> np.ndarray:
         """One clip -> the float32 window the audio graph takes (as :meth:`CLAPModel.prepare_audio`)."""
-        from clapkit.inference import CLAPModel
+        from clapkit.inference.clap import CLAPModel
 
         # The same preprocessing code as the PyTorch model (it reads only ``self.inference``).
         wave = CLAPModel.prepare_audio(self, audio, sample_rate, name=name)
@@ -305,7 +305,7 @@ class OnnxCLAPModel:
     def embed_audio(self, audio, sample_rate: int | None = None, *, batch_size: int | None = None,
                     progress: Callable[[int], None] | None = None) -> torch.Tensor:
         """L2-normalised audio embeddings ``[N, D]`` (float32); inputs as :meth:`CLAPModel.embed_audio`."""
-        from clapkit.inference import CLAPModel
+        from clapkit.inference.clap import CLAPModel
 
         items = CLAPModel._as_items(audio)
         clips = (self.prepare_audio(item, sample_rate, name=f"audio[{i}]") for i, item in enumerate(items))
@@ -314,7 +314,7 @@ class OnnxCLAPModel:
     def embed_prepared(self, clips, *, batch_size: int | None = None,
                        progress: Callable[[int], None] | None = None) -> torch.Tensor:
         """Embed clips from :meth:`prepare_audio` (any iterable, consumed lazily)."""
-        from clapkit.inference import _batches
+        from clapkit.inference.clap import _batches
 
         outputs = []
         for batch in _batches(clips, batch_size or self.batch_size):

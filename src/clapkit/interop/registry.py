@@ -21,14 +21,14 @@ import torch
 from torch import nn
 
 from clapkit.audio.preprocess import InferenceConfig
-from clapkit.checkpoint import (
+from clapkit.hub.native import instantiate_model, save_pretrained
+from clapkit.io.checkpoint import (
     CheckpointError,
     PretrainedError,
     load_state_dict_strict,
     read_checkpoint,
     unwrap_state_dict,
 )
-from clapkit.native import instantiate_model, save_pretrained
 
 
 @dataclass
@@ -147,9 +147,9 @@ def build_converted(converted: Converted) -> nn.Module:
 
 
 def build_converted_plain(converted: Converted) -> nn.Module:
-    """A :class:`Converted` model as its plain inference modules (:mod:`clapkit.plain`: no
+    """A :class:`Converted` model as its plain inference modules (:mod:`clapkit.hub.plain`: no
     LightningModule), weights loaded with full coverage: what :func:`clapkit.load` uses."""
-    from clapkit.plain import build_plain_with_weights
+    from clapkit.hub.plain import build_plain_with_weights
 
     return build_plain_with_weights(converted.model_config, converted.state_dict,
                                     resolve=asset_resolver(converted.assets),

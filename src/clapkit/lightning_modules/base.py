@@ -56,7 +56,7 @@ class BaseTask(LightningModule):
         Args:
             modules: arguments that hold ``nn.Module``\\ s (``"towers"``). Built from a config
                 (LightningCLI), ``hparams`` are that config and keep these arguments as their
-                ``class_path`` trees, so ``load_from_checkpoint`` and :func:`clapkit.native.model_config_of`
+                ``class_path`` trees, so ``load_from_checkpoint`` and :func:`clapkit.hub.native.model_config_of`
                 can rebuild the task; built in Python they are module objects and are left out.
             ignore: arguments never saved (factories such as ``optimizer``).
 

@@ -67,7 +67,7 @@ class ClassificationTask(BaseTask):
         scheduler: optional callable ``optimizer -> LR scheduler``, stepped per epoch.
         scheduler_monitor: metric a ``ReduceLROnPlateau`` scheduler watches.
         class_names: the ``num_classes`` class names, kept with the model (what
-            :meth:`~clapkit.tagger.TaggerModel.classify` reports).
+            :meth:`~clapkit.inference.tagger.TaggerModel.classify` reports).
     """
 
     def __init__(

@@ -24,9 +24,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 
-from clapkit.checkpoint import compact_buffers
 from clapkit.encoders.separation.query import QueryNetwork, build_condition, interpolate_queries
 from clapkit.encoders.separation.separator import CLAPSep, SeparationOutput
+from clapkit.io.checkpoint import compact_buffers
 from clapkit.lightning_modules.base import BaseTask
 from clapkit.lightning_modules.sep_metrics import METRICS, separation_loss, separation_metrics
 
@@ -206,7 +206,7 @@ class SeparationTask(BaseTask):
         from pathlib import Path
 
         from clapkit.audio.preprocess import InferenceConfig
-        from clapkit.native import model_config_of, save_pretrained
+        from clapkit.hub.native import model_config_of, save_pretrained
 
         if model_config is None:
             log_dir = getattr(self.trainer, "log_dir", None) if self._trainer is not None else None

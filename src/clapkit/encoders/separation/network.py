@@ -1,7 +1,7 @@
 """``SeparationNetwork``: the plain modules a separation model runs (separator + query network).
 
-What :class:`~clapkit.separator.SeparationModel` holds for inference, and what
-:mod:`clapkit.plain` builds from a ``SeparationTask`` config without the task. A
+What :class:`~clapkit.inference.separation.SeparationModel` holds for inference, and what
+:mod:`clapkit.hub.plain` builds from a ``SeparationTask`` config without the task. A
 ``SeparationTask`` holds the same two modules under the same names, so their state dict keys
 (``query.*``, ``separator.*``) are the same.
 """

@@ -109,7 +109,7 @@ class PretrainedQueryNetwork(QueryNetwork):
     """
 
     def __init__(self, path: str, load_weights: bool = True, text_cache_size: int = 4096):
-        from clapkit.plain import load_plain
+        from clapkit.hub.plain import load_plain
 
         # The CLAP's plain towers only (no ContrastiveTask, so no Lightning at inference).
         model, _, _ = load_plain(path, load_weights=load_weights)

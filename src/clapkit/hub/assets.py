@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clapkit.native import WEIGHT_FILES
-from clapkit.resources import PACKAGE_PREFIX, resolve_model_path
+from clapkit.hub.native import WEIGHT_FILES
+from clapkit.utils.resources import PACKAGE_PREFIX, resolve_model_path
 
 
 @dataclass

@@ -2,10 +2,10 @@
 checkpoint.
 
 The machinery lives one layer down, each in its own module (this module re-exports their
-public names, so ``from clapkit.pretrained import ...`` keeps working):
+public names, so ``from clapkit.inference.load import ...`` keeps working):
 
-- :mod:`clapkit.checkpoint`: safe reading, unwrapping, strict filling of weights;
-- :mod:`clapkit.native`: clapkit's native format (``config.yaml`` + ``model.safetensors``),
+- :mod:`clapkit.io.checkpoint`: safe reading, unwrapping, strict filling of weights;
+- :mod:`clapkit.hub.native`: clapkit's native format (``config.yaml`` + ``model.safetensors``),
   with the class-path allow-list that keeps a model directory from importing other code;
 - :mod:`clapkit.interop.registry`: official layouts (:data:`CHECKPOINT_FORMATS`) and their
   conversion;
@@ -22,30 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from clapkit.audio.preprocess import InferenceConfig
-from clapkit.checkpoint import (
-    CheckpointError,
-    PretrainedError,
-    compact_buffers,
-    fill_aliases,
-    load_state_dict_strict,
-    read_checkpoint,
-    read_state_dict,
-    unique_tensors,
-    unwrap_state_dict,
-)
-from clapkit.interop.registry import (
-    CHECKPOINT_FORMATS,
-    CheckpointFormat,
-    Converted,
-    asset_resolver,
-    build_converted,
-    build_converted_plain,
-    checkpoint_format,
-    convert_checkpoint,
-    detect_format,
-    save_converted,
-)
-from clapkit.native import (
+from clapkit.hub.native import (
     ALLOWED_CLASS_PATHS,
     CONFIG_NAME,
     FORMAT_VERSION,
@@ -68,14 +45,37 @@ from clapkit.native import (
     read_native_weights,
     save_pretrained,
 )
+from clapkit.interop.registry import (
+    CHECKPOINT_FORMATS,
+    CheckpointFormat,
+    Converted,
+    asset_resolver,
+    build_converted,
+    build_converted_plain,
+    checkpoint_format,
+    convert_checkpoint,
+    detect_format,
+    save_converted,
+)
+from clapkit.io.checkpoint import (
+    CheckpointError,
+    PretrainedError,
+    compact_buffers,
+    fill_aliases,
+    load_state_dict_strict,
+    read_checkpoint,
+    read_state_dict,
+    unique_tensors,
+    unwrap_state_dict,
+)
 
 if TYPE_CHECKING:
-    from clapkit.inference import CLAPModel
-    from clapkit.separator import SeparationModel
-    from clapkit.tagger import TaggerModel
+    from clapkit.inference.clap import CLAPModel
+    from clapkit.inference.separation import SeparationModel
+    from clapkit.inference.tagger import TaggerModel
 
-from clapkit.checkpoint import preview  # noqa: E402
-from clapkit.native import _copy_asset  # noqa: E402,F401
+from clapkit.hub.native import _copy_asset  # noqa: E402,F401
+from clapkit.io.checkpoint import preview  # noqa: E402
 
 # Old private names, kept for code that imported them from here.
 _plain, _map_paths, _portable, _asset_resolver = plain, map_paths, portable, asset_resolver
@@ -109,7 +109,7 @@ def load(
         path: a native model directory, a Hugging Face transformers ``ClapModel`` directory
             (``config.json`` with ``model_type: clap``), or an official LAION-CLAP / MS-CLAP /
             AudioCLIP checkpoint file (its layout is detected from its keys). A directory holding a
-            separation model gives a :class:`~clapkit.separator.SeparationModel`.
+            separation model gives a :class:`~clapkit.inference.separation.SeparationModel`.
         text_model: for official checkpoints, the local directory of the text tower's
             Hugging Face tokenizer and config (for example a saved ``roberta-base``). For a
             native directory whose text tower names a path outside the directory (exports
@@ -117,9 +117,9 @@ def load(
             path is refused otherwise.
         device: ``cpu``, ``cuda``, ``cuda:1`` or ``auto``.
         precision: ``32``, ``bf16`` or ``16`` (autocast), ``bf16-true`` or ``auto`` (see
-            :mod:`clapkit.precision`); front ends stay in fp32.
+            :mod:`clapkit.utils.precision`); front ends stay in fp32.
         batch_size: clips or texts per forward pass (``None``: the model type's default, see
-            :class:`~clapkit.inference.CLAPModel`; 16 for separation and tagging).
+            :class:`~clapkit.inference.clap.CLAPModel`; 16 for separation and tagging).
         trust_pickle: let ``torch.load`` run code from an official checkpoint, and let a CLIP
             tower read a TorchScript archive (only for files you trust; the default refuses
             such files).
@@ -131,15 +131,15 @@ def load(
             tower is loaded from the directory when first used. ``None``: every tower. Other
             sources always load every tower.
 
-    The model is built as its plain modules (:mod:`clapkit.plain`), never as a LightningModule:
+    The model is built as its plain modules (:mod:`clapkit.hub.plain`), never as a LightningModule:
     a native directory loads without importing Lightning.
 
     Returns:
-        a :class:`~clapkit.inference.CLAPModel` with ``embed_audio`` and ``embed_text``, a
-        :class:`~clapkit.separator.SeparationModel` with ``separate`` (autocast at ``precision``), or
-        for a classifier (tagger) a :class:`~clapkit.tagger.TaggerModel` with ``classify``/``tag``.
+        a :class:`~clapkit.inference.clap.CLAPModel` with ``embed_audio`` and ``embed_text``, a
+        :class:`~clapkit.inference.separation.SeparationModel` with ``separate`` (autocast at ``precision``), or
+        for a classifier (tagger) a :class:`~clapkit.inference.tagger.TaggerModel` with ``classify``/``tag``.
     """
-    from clapkit.checkpoint import trusting_code
+    from clapkit.io.checkpoint import trusting_code
 
     with trusting_code(trust_pickle):
         return _load(Path(path), text_model=text_model, device=device, precision=precision, batch_size=batch_size,
@@ -147,7 +147,7 @@ def load(
 
 
 def _load(path: Path, *, text_model, device, precision, batch_size, trust_pickle, allow, towers):
-    from clapkit.inference import CLAPModel
+    from clapkit.inference.clap import CLAPModel
 
     if path.is_dir() and not is_native(path):
         from clapkit.interop.hf_clap import is_hf_clap_dir, load_hf_clap
@@ -158,14 +158,14 @@ def _load(path: Path, *, text_model, device, precision, batch_size, trust_pickle
     if path.is_dir():
         from clapkit.encoders.classifier import Classifier
         from clapkit.encoders.tower import TowerSet
-        from clapkit.plain import load_plain, tower_loader
-        from clapkit.trust import TEXT_PATH_KEYS
+        from clapkit.hub.plain import load_plain, tower_loader
+        from clapkit.io.trust import TEXT_PATH_KEYS
 
         replace = {key: str(text_model) for key in TEXT_PATH_KEYS} if text_model is not None else None
         model, _, inference = load_plain(path, towers=towers, allow=allow, replace=replace)
         # The separation package (peft, its decoders) is imported only for a separation model.
         if not isinstance(model, (TowerSet, Classifier)):
-            from clapkit.separator import SeparationModel, is_separation_task
+            from clapkit.inference.separation import SeparationModel, is_separation_task
 
             if is_separation_task(model):
                 return SeparationModel(model, inference, device=device, batch_size=16 if batch_size is None else batch_size,
@@ -180,7 +180,7 @@ def _load(path: Path, *, text_model, device, precision, batch_size, trust_pickle
         fingerprint = file_fingerprint(path)
     else:
         raise PretrainedError(f"{path}: no such model directory or checkpoint file")
-    from clapkit.tagger import TaggerModel, is_tagger
+    from clapkit.inference.tagger import TaggerModel, is_tagger
 
     if is_tagger(model):
         tagger = TaggerModel(model, inference, device=device, batch_size=16 if batch_size is None else batch_size)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clapkit.deps import is_tensor
+from clapkit.utils.deps import is_tensor
 
 if TYPE_CHECKING:
     import torch

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clapkit.atomic import atomic_path
-from clapkit.deps import optional_import
+from clapkit.utils.atomic import atomic_path
+from clapkit.utils.deps import optional_import
 
 # A grid of more bar charts than this helps nobody; zeroshot --plot draws the first ones.
 _MAX_BAR_FILES = 12

@@ -5,7 +5,7 @@ refuses an index embedded by another model, and ``clapkit embed``'s resume never
 another model. Two models that differ in any weight must never share one, so the fingerprint
 covers every byte of the weights:
 
-- :func:`save_pretrained <clapkit.native.save_pretrained>` records the sha256 of
+- :func:`save_pretrained <clapkit.hub.native.save_pretrained>` records the sha256 of
   ``model.safetensors`` in ``config.yaml`` (``weights_sha256``), computed once while saving;
 - reading a directory hashes the weights again (streamed in 4 MiB chunks) and refuses a mismatch
   in one line naming the file: the weights were changed, swapped or corrupted after saving;
@@ -25,7 +25,7 @@ import re
 import threading
 from pathlib import Path
 
-from clapkit.checkpoint import PretrainedError
+from clapkit.io.checkpoint import PretrainedError
 
 #: The ``config.yaml`` key holding the sha256 of ``model.safetensors``.
 HASH_KEY = "weights_sha256"

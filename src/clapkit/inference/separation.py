@@ -4,7 +4,7 @@
 :class:`~clapkit.lightning_modules.separation.SeparationTask` (``clapkit convert clapsep`` or a
 training run's ``export_dir``); it is built from the task's config as plain modules only (the
 separator and the query network, a :class:`~clapkit.encoders.separation.network.SeparationNetwork`,
-see :mod:`clapkit.plain`), so this module imports no Lightning. Input of any length, sample rate
+see :mod:`clapkit.hub.plain`), so this module imports no Lightning. Input of any length, sample rate
 and channel count: each channel is resampled to the model's rate, cut into model-length chunks with 50 % overlap,
 separated, overlap-added with complementary Hann windows, and returned at the input's rate,
 channel count and length. ``clapkit separate`` is this class over files.
@@ -25,8 +25,8 @@ from clapkit.audio.preprocess import AudioInput, InferenceConfig, load_waveform
 from clapkit.audio.stream import DEFAULT_MAX_SECONDS
 from clapkit.encoders.separation import CLAPSep, QueryNetwork
 from clapkit.encoders.separation.network import SeparationNetwork
-from clapkit.finite import NonFiniteError, require_finite
-from clapkit.inference import PRECISIONS, resolve_device
+from clapkit.inference.clap import PRECISIONS, resolve_device
+from clapkit.utils.finite import NonFiniteError, require_finite
 
 AudioQuery = AudioInput
 
@@ -153,7 +153,7 @@ class SeparationModel:
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         # ``auto`` (the commands' default) keeps separation in fp32: the bf16 policies of
-        # clapkit.precision were checked for embeddings, not for masks.
+        # clapkit.utils.precision were checked for embeddings, not for masks.
         precision = "32" if precision == "auto" else precision
         if precision not in ("32", "bf16", "16"):
             raise ValueError(f"precision must be one of auto, 32, bf16, 16, not {precision!r}")

@@ -6,7 +6,7 @@ encoder used by the quick start). Paths stay relative in configs and resolve on 
 
 Resolving ``package:NAME`` here imports ``NAME`` (to call its ``get_model_path()``): only for
 locations the user wrote (the command line, their own ``--config``). A model directory's
-``package:`` names never get here: :func:`clapkit.trust.package_files` looks them up without
+``package:`` names never get here: :func:`clapkit.io.trust.package_files` looks them up without
 importing anything.
 """
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
 
-from clapkit.pretrained import InferenceConfig, is_native, read_native_config
+from clapkit.inference.load import InferenceConfig, is_native, read_native_config
 
 #: Window a fusion model's evaluation batches may reach when the config sets none: Clotho's
 #: longest clips are 30 s (LAION-CLAP's fusion models take long clips whole).

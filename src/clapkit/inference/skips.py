@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clapkit.atomic import write_csv
+from clapkit.utils.atomic import write_csv
 
 __all__ = ["PARTIAL", "SkipList", "Skipped", "screen_headers", "skipped_csv"]
 

@@ -40,14 +40,14 @@ import torch
 from torch import nn
 
 from clapkit.audio.preprocess import CONFIG_NAME, InferenceConfig
-from clapkit.checkpoint import PretrainedError, compact_buffers, load_state_dict_strict
-from clapkit.native import (
+from clapkit.hub.native import (
     instantiate_model,
     load_directory,
     map_paths,
     plain,
     read_native_config,
 )
+from clapkit.io.checkpoint import PretrainedError, compact_buffers, load_state_dict_strict
 
 #: A builder: ``(init_args, build, towers) -> plain module``; ``build`` instantiates one
 #: ``class_path``/``init_args`` sub-tree, ``towers`` is the subset of towers asked for (or ``None``).
@@ -138,7 +138,7 @@ def build_plain(model_config: Mapping[str, Any], *, resolve: Callable[[str], str
             checkpoint's config).
         resolve: maps each ``./relative`` path string to a real path.
         towers: for a contrastive model, build only these towers (``("audio",)``).
-        build: instantiates one sub-tree (default :func:`clapkit.native.instantiate_model`).
+        build: instantiates one sub-tree (default :func:`clapkit.hub.native.instantiate_model`).
     """
     build = build or instantiate_model
     config = map_paths(plain(model_config), resolve) if resolve else plain(model_config)
@@ -153,7 +153,7 @@ def build_plain_with_weights(model_config: Mapping[str, Any], state_dict: Mappin
                              resolve: Callable[[str], str] | None = None, what: str = "weights") -> nn.Module:
     """:func:`build_plain` filled with ``state_dict`` (every tensor checked), in eval mode: for a
     converted official checkpoint, whose state dict has the task's keys."""
-    from clapkit.fastinit import skip_random_init
+    from clapkit.utils.fastinit import skip_random_init
 
     with skip_random_init():
         module = build_plain(model_config, resolve=resolve)
@@ -190,9 +190,9 @@ def load_plain(directory: str | os.PathLike, *, towers: Sequence[str] | None = N
             neither built nor read from ``model.safetensors``. ``None``: every tower.
         load_weights: read ``model.safetensors`` (``False``: only the config and its assets, for a
             model nested in a larger one whose own weights file carries every tensor).
-        allow: module prefixes trusted beyond the allow-list (see :func:`clapkit.native.check_class_paths`).
+        allow: module prefixes trusted beyond the allow-list (see :func:`clapkit.hub.native.check_class_paths`).
         replace: config key -> a path the user gave for an outside path under that key
-            (see :func:`clapkit.native.read_native_config`).
+            (see :func:`clapkit.hub.native.read_native_config`).
     """
     def prefixes(module: nn.Module) -> list[str] | None:
         if towers is None or getattr(module, "towers", None) is None:
@@ -213,7 +213,7 @@ def load_plain(directory: str | os.PathLike, *, towers: Sequence[str] | None = N
 def tower_loader(directory: str | os.PathLike, allow: Iterable[str] = (),
                  replace: Mapping[str, str] | None = None) -> Callable[[str], nn.Module | None]:
     """``name -> tower`` (``None`` when the model has no such tower) built from a native directory
-    with its weights: what a :class:`~clapkit.inference.CLAPModel` loaded with some towers only
+    with its weights: what a :class:`~clapkit.inference.clap.CLAPModel` loaded with some towers only
     uses when another is asked for."""
 
     config, _ = read_native_config(directory, allow, replace=replace)

@@ -14,16 +14,16 @@ user did not choose, and every path that leaves the directory:
 - a path that resolves outside the directory (``./../x``, an absolute path, a symlink leading
   out), unless the caller substitutes one the user gave (``clapkit.load(DIR, text_model=...)``);
 - ``package:NAME``, which elsewhere imports ``NAME`` to ask it where its files are
-  (:func:`clapkit.resources.resolve_model_path`): inside a model directory the package is only
+  (:func:`clapkit.utils.resources.resolve_model_path`): inside a model directory the package is only
   looked up (:func:`package_files`), never imported.
 
 Allowed dotted names are checked once more where the model is built
 (:func:`check_resolved_names`): a name under an allowed prefix can still reach another module
-(``clapkit.native.os.system``), so the object it names must itself be defined inside the
+(``clapkit.hub.native.os.system``), so the object it names must itself be defined inside the
 allow-list.
 
 The other code paths a directory could open are closed where they are read: TorchScript archives
-(:func:`clapkit.checkpoint.read_state_dict`, only under :func:`trusting_code`), transformers'
+(:func:`clapkit.io.checkpoint.read_state_dict`, only under :func:`trusting_code`), transformers'
 remote code (``trust_remote_code=False`` on every ``from_pretrained``) and ``pipe:`` shard names
 (:func:`clapkit.datamodules.shards.expand_shards`).
 """
@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from clapkit.checkpoint import PretrainedError
+from clapkit.io.checkpoint import PretrainedError
 
 #: Module prefixes a model directory's config may name without the caller's say-so: clapkit's
 #: own classes, torch's layers, and torch's optimisers / LR schedulers (the factories a task's
@@ -144,7 +144,7 @@ def check_code_values(tree: Any, allow: Iterable[str] = (), *, where: str, key: 
 def check_resolved_names(tree: Any, allow: Iterable[str] = (), *, where: str = "config") -> None:
     """Refuse an allowed dotted name whose object is defined outside the allow-list.
 
-    ``clapkit.native.os.system`` starts with ``clapkit`` yet names ``os.system``. Only modules
+    ``clapkit.hub.native.os.system`` starts with ``clapkit`` yet names ``os.system``. Only modules
     inside the allow-list are imported to find out (the names were checked by
     :func:`check_code_values` first), which is what building the model imports anyway. A short
     ``class_path`` is refused when an imported class of that name lives outside the allow-list.
@@ -221,7 +221,7 @@ def package_files(name: str, *, where: str, key: str) -> Path:
     """The files of ``package:NAME`` found without importing ``NAME`` (no code runs).
 
     A packaged model keeps its files in the package folder or in its ``model/`` sub-folder (the
-    layout whose ``get_model_path()`` :func:`clapkit.resources.resolve_model_path` calls when the
+    layout whose ``get_model_path()`` :func:`clapkit.utils.resources.resolve_model_path` calls when the
     user names the package). Only top-level packages: finding ``a.b`` would import ``a``.
     """
     if not name.isidentifier():

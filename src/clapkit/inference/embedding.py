@@ -1,7 +1,7 @@
 """Corpus-scale audio embedding: pipelined, resumable, data-parallel.
 
 :func:`embed_corpus` embeds a fixed, ordered list of files with a
-:class:`~clapkit.inference.CLAPModel` and streams the result to parquet *parts* in a folder next
+:class:`~clapkit.inference.clap.CLAPModel` and streams the result to parquet *parts* in a folder next
 to the output (``<output>.parts/``). The pieces:
 
 - **parts**: the file list is cut into parts of ``part_size`` files by position, so a part's
@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from clapkit.atomic import atomic_path
-from clapkit.finite import NonFiniteError
+from clapkit.utils.atomic import atomic_path
+from clapkit.utils.finite import NonFiniteError
 
 __all__ = ["EarlyDecoder", "EmbeddingInputError", "EmbedRun", "PartStore", "RankSlice", "decode_order", "device_for_rank",
            "embed_corpus", "rank_from_env"]
@@ -270,7 +270,7 @@ def embed_corpus(
     early: EarlyDecoder | None = None,
     may_skip: Callable[[str], bool] | None = None,
 ) -> EmbedRun:
-    """Embed ``files`` with ``model`` (a :class:`~clapkit.inference.CLAPModel`) into parts.
+    """Embed ``files`` with ``model`` (a :class:`~clapkit.inference.clap.CLAPModel`) into parts.
 
     Args:
         model: the inference model (``prepare_audio`` + ``embed_prepared``).

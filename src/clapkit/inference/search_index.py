@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clapkit.atomic import normal_permissions
+from clapkit.utils.atomic import normal_permissions
 
 __all__ = ["IndexInfo", "SearchIndex", "SearchIndexError", "build_index", "choose_kind", "describe_embeddings", "exact_top_k", "recall_at_k",
            "is_index_dir", "parse_bytes"]
@@ -276,7 +276,7 @@ def build_index(embeddings: str | os.PathLike, output: str | os.PathLike, *, mem
     Raises:
         SearchIndexError: unreadable embeddings, non-finite vectors, an output that is not ours.
     """
-    from clapkit.deps import optional_import
+    from clapkit.utils.deps import optional_import
 
     faiss = optional_import("faiss", "index", "clapkit index")
     source, out = Path(embeddings), Path(output)
@@ -470,7 +470,7 @@ class SearchIndex:
     """
 
     def __init__(self, path: str | os.PathLike, *, nprobe: int | None = None, ef_search: int | None = None):
-        from clapkit.deps import optional_import
+        from clapkit.utils.deps import optional_import
 
         self.faiss = optional_import("faiss", "index", "searching a clapkit index")
         self.path = Path(path)
@@ -511,8 +511,8 @@ class SearchIndex:
         return dict(self.info.metadata)
 
     def search(self, queries: np.ndarray, k: int):
-        """Top-``k`` rows per query (:class:`clapkit.search.Hits`; cosine scores, ``-1`` past the end)."""
-        from clapkit.search import Hits
+        """Top-``k`` rows per query (:class:`clapkit.inference.search.Hits`; cosine scores, ``-1`` past the end)."""
+        from clapkit.inference.search import Hits
 
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)

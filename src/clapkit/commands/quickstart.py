@@ -66,7 +66,7 @@ def contrastive_pictures(model, datamodule, trainer, out_dir: str | os.PathLike 
         trainer: the trainer that ran (its CSV log and checkpoint folder).
         out_dir: where to write (default: beside the checkpoint).
     """
-    from clapkit import plots
+    from clapkit.utils import plots
 
     out = Path(out_dir) if out_dir is not None else picture_dir(trainer)
     written = []
@@ -88,7 +88,7 @@ def contrastive_pictures(model, datamodule, trainer, out_dir: str | os.PathLike 
 
 def curve_pictures(trainer, scores=(), out_dir: str | os.PathLike | None = None) -> list[Path]:
     """``loss.png`` from the run's CSV log (train/val loss and the validation ``scores``)."""
-    from clapkit import plots
+    from clapkit.utils import plots
 
     metrics = metrics_csv_of(trainer)
     if metrics is None:
@@ -100,7 +100,7 @@ def curve_pictures(trainer, scores=(), out_dir: str | os.PathLike | None = None)
 @torch.no_grad()
 def separation_pictures(model, datamodule, trainer, out_dir: str | os.PathLike | None = None) -> list[Path]:
     """``loss.png`` and ``separation.png`` (mixture / estimate / reference of the first test mixture)."""
-    from clapkit import plots
+    from clapkit.utils import plots
 
     out = Path(out_dir) if out_dir is not None else picture_dir(trainer)
     written = curve_pictures(trainer, scores=("val/si_sdri",), out_dir=out)

@@ -30,19 +30,21 @@ import torch
 import yaml
 from torch import nn
 
-from clapkit.atomic import MODEL_DIRECTORY, replace_output
 from clapkit.audio.preprocess import CONFIG_NAME, InferenceConfig
-from clapkit.checkpoint import PretrainedError, load_state_dict_strict, unique_tensors
-from clapkit.consistency import check_model
-from clapkit.identity import (
+from clapkit.hub.consistency import check_model
+from clapkit.io.checkpoint import PretrainedError, load_state_dict_strict, unique_tensors
+from clapkit.io.identity import (
     HASH_KEY,
     check_weights,
     file_sha256,
     files_fingerprint,
     native_fingerprint,
 )
-from clapkit.trust import ALLOWED_CLASS_PATHS as ALLOWED_CLASS_PATHS  # re-exported; it lives in clapkit.trust
-from clapkit.trust import check_code_values, check_resolved_names, read_untrusted_config
+from clapkit.io.trust import (
+    ALLOWED_CLASS_PATHS as ALLOWED_CLASS_PATHS,  # re-exported; it lives in clapkit.io.trust
+)
+from clapkit.io.trust import check_code_values, check_resolved_names, read_untrusted_config
+from clapkit.utils.atomic import MODEL_DIRECTORY, replace_output
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
@@ -70,7 +72,7 @@ def check_class_paths(tree: Any, allow: Iterable[str] = (), *, where: str = CONF
         where: what to name in the error (the config file).
 
     Every ``class_path`` and every other value jsonargparse would import (a dotted string, a
-    type expression) is checked: see :func:`clapkit.trust.check_code_values`.
+    type expression) is checked: see :func:`clapkit.io.trust.check_code_values`.
 
     Raises:
         PretrainedError: naming the file, the key and the refused value.
@@ -86,9 +88,9 @@ def instantiate_model(model_config: Mapping[str, Any], resolve: Callable[[str], 
         model_config: the tree (LightningCLI's ``model:`` section).
         resolve: maps each ``./relative`` path string to a real path.
         allow: module prefixes trusted beyond the allow-list: every name the tree makes
-            jsonargparse import is checked first (:func:`clapkit.trust.check_code_values`), and
+            jsonargparse import is checked first (:func:`clapkit.io.trust.check_code_values`), and
             the object it names must be defined inside the allow-list
-            (:func:`clapkit.trust.check_resolved_names`).
+            (:func:`clapkit.io.trust.check_resolved_names`).
         where: the file to name when a name is refused.
     """
     from jsonargparse import ArgumentParser
@@ -121,7 +123,7 @@ def save_pretrained(
     overwrite: bool = False,
     inputs: Iterable[str | os.PathLike | None] = (),
 ) -> Path:
-    """Write ``model`` in clapkit's native format, atomically (:func:`clapkit.atomic.replace_output`).
+    """Write ``model`` in clapkit's native format, atomically (:func:`clapkit.utils.atomic.replace_output`).
 
     Args:
         model: the LightningModule (for example a ``ContrastiveTask``).
@@ -174,7 +176,7 @@ def read_native_config(directory: str | os.PathLike, allow: Iterable[str] = (), 
                        replace: Mapping[str, str] | None = None) -> tuple[dict[str, Any], InferenceConfig]:
     """The ``model:`` tree and :class:`InferenceConfig` of a native model directory.
 
-    Read through :func:`clapkit.trust.read_untrusted_config`: a value that would import code
+    Read through :func:`clapkit.io.trust.read_untrusted_config`: a value that would import code
     outside the allow-list, or a path leading out of the directory, is refused before anything
     is imported; ``package:NAME`` becomes the package's folder, found without importing it.
 
@@ -256,7 +258,7 @@ def load_native(directory: str | os.PathLike, load_weights: bool = True,
 
     The module is what the config names, usually a LightningModule (``ContrastiveTask``...),
     for training, validation or conversion; inference builds only its plain modules
-    (:func:`clapkit.plain.load_plain`, what :func:`clapkit.load` uses), without Lightning.
+    (:func:`clapkit.hub.plain.load_plain`, what :func:`clapkit.load` uses), without Lightning.
 
     With ``load_weights=False`` only ``config.yaml`` (and its assets) are read: for a model
     nested in a larger one whose own ``model.safetensors`` carries every weight. ``allow``
@@ -275,7 +277,7 @@ def load_directory(directory: str | os.PathLike, build: Callable[[dict[str, Any]
                    ) -> tuple[nn.Module, dict[str, Any], InferenceConfig]:
     """Read a native directory's config, ``build(config, resolve)`` a module from it, load its weights.
 
-    The one loading sequence of :func:`load_native` (the task) and :func:`clapkit.plain.load_plain`
+    The one loading sequence of :func:`load_native` (the task) and :func:`clapkit.hub.plain.load_plain`
     (its inference modules). ``resolve`` maps an asset path of the config into the directory;
     ``prefixes(module)`` names the tensors to read (``None``: all of them); ``replace`` is
     :func:`read_native_config`'s.
@@ -285,13 +287,13 @@ def load_directory(directory: str | os.PathLike, build: Callable[[dict[str, Any]
     weights = directory / WEIGHTS_NAME
     if load_weights and not weights.is_file():
         raise PretrainedError(f"{directory}: no {WEIGHTS_NAME}")
-    from clapkit.fastinit import skip_random_init
+    from clapkit.utils.fastinit import skip_random_init
 
     # The strict load below overwrites every weight: drawing random ones first is wasted time.
     with skip_random_init() if load_weights else contextlib.nullcontext():
         module = build(config, lambda p: str((directory / p).resolve()))
     state = read_native_weights(weights, prefixes(module)) if load_weights else None
-    if load_weights:  # every byte of the weights, against the hash recorded at save (clapkit.identity)
+    if load_weights:  # every byte of the weights, against the hash recorded at save (clapkit.io.identity)
         check_weights(weights, directory / CONFIG_NAME)
     check_model(module, inference, state, where=str(directory / CONFIG_NAME))
     if state is not None:
@@ -393,7 +395,7 @@ def _copy_asset(source: Path, target: Path) -> None:
 
 def file_fingerprint(*paths: Path) -> str:
     """The exact identity of model files: the sha256 of every byte of each (see
-    :mod:`clapkit.identity`); embeddings files record it so a retrieval index is never searched
+    :mod:`clapkit.io.identity`); embeddings files record it so a retrieval index is never searched
     with a different model."""
     return files_fingerprint(*paths)
 

@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 
-from clapkit.atomic import atomic_path
+from clapkit.utils.atomic import atomic_path
 
 __all__ = ["EXACT_BELOW", "Hits", "NearestNeighbours"]
 
@@ -70,7 +70,7 @@ class NearestNeighbours:
         return Hits(scores, indices)
 
     def _load_or_build(self, cache: str | os.PathLike | None):
-        from clapkit.deps import optional_import
+        from clapkit.utils.deps import optional_import
 
         faiss = optional_import("faiss", "index", "approximate nearest-neighbour search")
         path = None

@@ -8,7 +8,7 @@ tokenizer says how many token ids it makes, while the embedding matrix says how 
 rows for. When the two disagree the model still loads and runs, and gives wrong answers (or, for
 the vocabulary, an ``IndexError`` at query time). :func:`check_model` refuses each such
 contradiction in one line naming both values, from the one place every native directory is
-built or written (:func:`clapkit.native.load_directory`, :func:`clapkit.native.save_pretrained`).
+built or written (:func:`clapkit.hub.native.load_directory`, :func:`clapkit.hub.native.save_pretrained`).
 
 Which encoder the ``inference:`` section describes depends on the model: a contrastive model's
 ``audio`` tower, a classifier's encoder (rate, window and fusion), or a separator (its mixture
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from clapkit.audio.preprocess import InferenceConfig
-from clapkit.checkpoint import PretrainedError
+from clapkit.io.checkpoint import PretrainedError
 
 #: Rates a saved filterbank is compared with when it contradicts its front end's, to name the
 #: rate it was built for.

@@ -5,7 +5,7 @@ resolved configuration) in its log directory and checkpoints below it
 (``<log_dir>/checkpoints/*.ckpt``). :func:`export_checkpoint` finds that config beside or
 above the checkpoint, rebuilds the model from its ``model:`` section, loads the checkpoint's
 ``state_dict`` with full key coverage and writes ``config.yaml`` + ``model.safetensors`` plus
-every file the config names (tokenizer and text config folders: :mod:`clapkit.model_assets`):
+every file the config names (tokenizer and text config folders: :mod:`clapkit.hub.assets`):
 the ``--model`` of ``clapkit embed``, ``zeroshot``, ``retrieve`` and ``separate``.
 
 The inference settings come from the run too: the sample rate is the audio encoder's, the
@@ -22,8 +22,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from clapkit.atomic import check_target
-from clapkit.pretrained import (
+from clapkit.inference.load import (
     CONFIG_NAME,
     InferenceConfig,
     PretrainedError,
@@ -33,7 +32,8 @@ from clapkit.pretrained import (
     read_checkpoint,
     save_pretrained,
 )
-from clapkit.trust import check_code_values, lookup_packages, read_untrusted_config
+from clapkit.io.trust import check_code_values, lookup_packages, read_untrusted_config
+from clapkit.utils.atomic import check_target
 
 #: How many directories above the checkpoint are searched for the run's config.yaml
 #: (``<log_dir>/checkpoints/last.ckpt`` is one level down; keep a margin for nested layouts).
@@ -149,11 +149,11 @@ def export_checkpoint(
             ``torch.nn`` and ``torch.optim`` (a run folder is read like a model directory:
             anything else is refused before it is imported).
 
-    The run's config is read with :func:`clapkit.trust.read_untrusted_config`; a ``package:``
+    The run's config is read with :func:`clapkit.io.trust.read_untrusted_config`; a ``package:``
     text model in a config found in the run folder is looked up without importing the package
     (one the user passed with ``config`` is theirs, and resolves as in training).
     """
-    from clapkit.checkpoint import trusting_code
+    from clapkit.io.checkpoint import trusting_code
 
     if not Path(checkpoint).is_file():
         raise PretrainedError(f"{checkpoint}: no such checkpoint file")
@@ -181,7 +181,7 @@ def _export(checkpoint, output, config_path: Path, tree: dict[str, Any], build_t
     model = instantiate_model(build_tree, allow=allow, where=str(config_path))
     load_state_dict_strict(model, weights, what=f"{checkpoint} (for the model in {config_path})")
     model.eval()
-    from clapkit.separator import is_separation_task
+    from clapkit.inference.separation import is_separation_task
 
     if is_separation_task(model):
         model.export(str(output), model_config=tree, overwrite=overwrite, inputs=[checkpoint, config_path])
@@ -204,7 +204,7 @@ def _export(checkpoint, output, config_path: Path, tree: dict[str, Any], build_t
     # The run's config may name files outside any model directory (a text tower's folder, the
     # source model's assets after `clapkit fit --model DIR`): copy them in, so the export
     # survives the source moving and never reads outside itself.
-    from clapkit.model_assets import bundle_assets
+    from clapkit.hub.assets import bundle_assets
 
     bundled = bundle_assets(tree)
     return save_pretrained(model, output, inference, bundled.config, assets=bundled.assets, overwrite=overwrite,

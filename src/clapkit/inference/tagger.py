@@ -3,7 +3,7 @@
 ``clapkit.load(dir)`` returns one for a model directory (or checkpoint) holding a
 :class:`~clapkit.lightning_modules.classification.ClassificationTask`, for example the AudioCLIP
 ESResNeXt-FBSP AudioSet tagger (``clapkit convert audioclip ESRNXFBSP.pt``). Audio is
-prepared as :class:`~clapkit.inference.CLAPModel` prepares it (resampling, padding,
+prepared as :class:`~clapkit.inference.clap.CLAPModel` prepares it (resampling, padding,
 deterministic crop). A tagger has class scores, not a joint embedding space: the embedding
 methods refuse with one line saying so.
 """
@@ -18,7 +18,7 @@ import torch
 
 from clapkit.audio.preprocess import InferenceConfig
 from clapkit.encoders.classifier import Classifier
-from clapkit.inference import AudioInput, CLAPModel, _batches, resolve_device
+from clapkit.inference.clap import AudioInput, CLAPModel, _batches, resolve_device
 
 
 class NotAnEmbeddingModel(ValueError):

@@ -27,8 +27,8 @@ from clapkit.audio.preprocess import AudioInput, InferenceConfig
 from clapkit.audio.preprocess import prepare_audio as _prepare_audio
 from clapkit.audio.stream import DEFAULT_MAX_SECONDS
 from clapkit.encoders.tower import TowerSet
-from clapkit.finite import NonFiniteError, require_finite
-from clapkit.precision import AUTOCAST, PRECISIONS, resolve_precision, store_in_dtype
+from clapkit.utils.finite import NonFiniteError, require_finite
+from clapkit.utils.precision import AUTOCAST, PRECISIONS, resolve_precision, store_in_dtype
 
 __all__ = ["AudioInput", "CLAPModel", "InferenceConfig", "UnknownTokensWarning", "audio_files", "resolve_device"]
 
@@ -55,7 +55,7 @@ class CLAPModel:
         device: where the model runs (``cpu``, ``cuda``, ``auto``...).
         precision: ``32``; ``bf16`` or ``16`` (autocast of the forward pass); ``bf16-true``
             (the audio trunk stored in bf16, front end and head fp32); ``auto`` (``bf16-true``
-            on a CPU with bf16 matrix units, else ``32``). See :mod:`clapkit.precision`.
+            on a CPU with bf16 matrix units, else ``32``). See :mod:`clapkit.utils.precision`.
         batch_size: clips or texts per forward pass; ``None``: 8 on a CPU (ten-second clips
             embedded fastest in batches of 4-8 on a 2-core CPU, docs/BENCHMARKS.md: the activations
             stay in cache), 16 on an accelerator.
