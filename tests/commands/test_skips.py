@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from clapkit.cli import main
-from clapkit.inference.skips import PARTIAL
+from clapkit.audio.skips import PARTIAL
 from helpers.models import save_tiny_native, tone
 
 #: The bad files of a folder and the reason each is listed with (a fragment of it).
