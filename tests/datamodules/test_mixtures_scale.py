@@ -1,4 +1,4 @@
-"""The mixture pipeline at corpus scale (issue 16 item 7): building over 100,000 listed files
+"""The mixture pipeline at corpus scale: building over 100,000 listed files
 reads the list only; audio is decoded for the clips a mixture uses and for nothing else."""
 
 from __future__ import annotations
