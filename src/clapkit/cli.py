@@ -1,7 +1,8 @@
 """``clapkit`` command line: LightningCLI for training, typed subcommands for inference.
 
 ``clapkit fit|validate|test|predict --config x.yaml`` are LightningCLI subcommands (subclass
-mode: model and data are chosen by ``class_path``), built by :mod:`clapkit.commands.lightning_cli`. Every other subcommand lives in its own
+mode: model and data are chosen by ``class_path``), built by
+:mod:`clapkit.commands.lightning_cli`. Every other subcommand lives in its own
 module under :mod:`clapkit.commands` and is imported only when called, so ``clapkit --help``
 stays fast and one broken optional dependency never takes the trainer down.
 """

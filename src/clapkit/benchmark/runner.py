@@ -284,9 +284,9 @@ def run_benchmark(
                     skipped.append(f"{task.title}: {str(exc).splitlines()[0]}")
                     say(f"skipped {skipped[-1]}")
                     continue
+                figures = {m: published.matching(task.name, m, proto.name, reference) for m in task.metrics}
                 results.append(TaskResult(task.name, task.title, task.kind, name, clips, captions, metrics,
-                                          list(task.metrics),
-                                          {m: published.matching(task.name, m, proto.name, reference) for m in task.metrics}))
+                                          list(task.metrics), figures))
     finally:
         cache.close()
     return BenchmarkReport(
