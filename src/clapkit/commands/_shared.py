@@ -131,7 +131,9 @@ def deprecated_alias(old: str, new: str) -> None:
 
 
 def load_model(path: str | os.PathLike, args: argparse.Namespace, towers: Sequence[str] | None = None):
-    """``clapkit.load`` with the command-line options; user errors become :class:`CommandError`.
+    """``clapkit.load`` with the command-line options; user errors become :class:`CommandError`,
+    and so does a model that gives no embeddings (a separation model, a tagger: its
+    :attr:`~clapkit.inference.base.InferenceModel.refusal`).
 
     ``towers``: build only these towers of a native contrastive model now (``("audio",)`` for
     audio-only commands); see :func:`clapkit.load`."""

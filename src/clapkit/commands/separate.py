@@ -67,8 +67,9 @@ def build_parser():
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     add_precision_option(parser)
     parser.add_argument("--batch-size", type=int, default=4, help="chunks per forward pass")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                        help="decoding processes: the next file is decoded while one is separated (1: inline)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="1: files are read one at a time (a whole recording in memory at once); 2 or more: "
+                             "decoding processes read the next file while one is separated")
     add_decode_cap_option(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -204,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     # directly, or --strict) whose header was fine but whose data is not still stops the run
     # with nothing written.
     written = 0
-    # One file is decoded ahead while the previous one separates (whole recordings: one ahead
-    # bounds the memory to two decoded files).
+    # With --workers > 1 one file is decoded ahead while the previous one separates (whole
+    # recordings: one ahead bounds the memory to two decoded files); by default one at a time.
     decode = functools.partial(load_audio, mono=False, max_seconds=args.max_decode_seconds)
     with staged_outputs(targets) as stage, progress_bar(len(files), "separating", args.quiet) as advance, \
             Decoder(decode, args.workers) as decoder:

@@ -7,7 +7,9 @@ separator and the query network, a :class:`~clapkit.encoders.separation.network.
 see :mod:`clapkit.hub.plain`), so this module imports no Lightning. Input of any length, sample rate
 and channel count: each channel is resampled to the model's rate, cut into model-length chunks with 50 % overlap,
 separated, overlap-added with complementary Hann windows, and returned at the input's rate,
-channel count and length. ``clapkit separate`` is this class over files.
+channel count and length. ``clapkit separate`` is this class over files. Inputs are read as every
+:class:`~clapkit.inference.base.InferenceModel` reads them (bounded by ``max_seconds``); a separation
+model gives no embeddings (its :attr:`SeparationModel.refusal` says so).
 """
 
 from __future__ import annotations
