@@ -7,9 +7,9 @@ One engine serves every folder run (``clapkit embed``'s :func:`~clapkit.inferenc
   platform forks (threads elsewhere, inline with ``workers <= 1``), results in input order,
   ``ahead`` files in flight at most (a bounded look-ahead: memory is ``ahead`` decoded files).
   Forked children inherit ``prepare`` (and the model it may be bound to) by copy-on-write memory,
-  so only paths go in and decoded arrays come back. Processes were measured faster than threads
-  for ``clapkit embed`` over a folder on a 2-core CPU (docs/BENCHMARKS.md): decoding holds the GIL
-  for part of its work, which a thread pool serialises with the model's Python code.
+  so only paths go in and decoded arrays come back. Processes were measured faster than a thread
+  pool of the same size for ``clapkit embed`` over a folder on a 2-core CPU (docs/BENCHMARKS.md,
+  "Decode-ahead engine"), so they are the one engine.
 - :class:`EarlyDecoder`: decoding that starts before the model exists (see its docstring).
 - A file that cannot be decoded raises :class:`InputError` naming it, or, with ``settle``, comes
   back as an :class:`Unusable` in its place (runs that skip bad files).
