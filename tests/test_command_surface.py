@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from clapkit.cli import main
-from clapkit.commands._shared import read_embeddings
+from clapkit.inference.embeddings import read_embeddings
 from helpers.models import save_tiny_native, write_wav_folder
 from helpers.separation import save_tiny_model
 

@@ -16,7 +16,6 @@ import pytest
 import clapkit
 from clapkit.audio.preprocess import prepare_audio, read_inference_config
 from clapkit.cli import main
-from clapkit.commands._shared import read_embeddings
 from clapkit.inference.embedding import (
     EarlyDecoder,
     EmbeddingInputError,
@@ -26,6 +25,7 @@ from clapkit.inference.embedding import (
     embed_corpus,
     rank_from_env,
 )
+from clapkit.inference.embeddings import read_embeddings
 from helpers.models import save_tiny_native, write_wav_folder
 
 SRC = str(Path(clapkit.__file__).resolve().parents[1])

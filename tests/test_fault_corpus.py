@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from clapkit.cli import main
-from clapkit.commands._shared import read_embeddings
+from clapkit.inference.embeddings import read_embeddings
 from helpers.models import save_tiny_native
 from helpers.separation import save_tiny_model
 

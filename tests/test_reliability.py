@@ -13,7 +13,7 @@ import soundfile as sf
 import yaml
 
 from clapkit.cli import main
-from clapkit.commands._shared import write_embeddings
+from clapkit.inference.embeddings import write_embeddings
 from clapkit.utils.resources import packaged_config
 from helpers.models import save_tiny_native, write_wav_folder
 from helpers.separation import save_tiny_model

@@ -103,7 +103,7 @@ def test_200k_by_512_with_1000_centres_recalls(tmp_path):
 def test_a_nan_embedding_is_refused_naming_its_file(tmp_path):
     import pyarrow.parquet as pq
 
-    from clapkit.inference.embedding import embedding_table
+    from clapkit.inference.embeddings import embedding_table
 
     vectors = np.eye(40, 8, dtype=np.float32)
     vectors[7, 0] = np.nan

@@ -23,9 +23,9 @@ import yaml
 import clapkit
 from clapkit.audio import save_audio
 from clapkit.cli import main
-from clapkit.commands._shared import model_metadata, read_embeddings, write_embeddings
 from clapkit.inference.clap import UnknownTokensWarning
 from clapkit.inference.embedding import embed_corpus
+from clapkit.inference.embeddings import model_metadata, read_embeddings, write_embeddings
 from clapkit.inference.load import (
     CONFIG_NAME,
     WEIGHTS_NAME,

@@ -7,7 +7,7 @@ import pytest
 
 import clapkit
 from clapkit.cli import main
-from clapkit.commands._shared import read_embeddings
+from clapkit.inference.embeddings import read_embeddings
 from helpers.models import save_tiny_native, write_wav_folder
 
 

@@ -90,3 +90,20 @@ def test_inputs_stream_one_at_a_time_and_a_late_bad_file_writes_nothing(tmp_path
     # a, b were separated (and staged) before c was read; nothing reached -o, no staging is left
     assert order == [("a.wav", 0), ("b.wav", 1), ("c.wav", 2)]
     assert not out.exists() and not list(tmp_path.glob(".clapkit-separate-*"))
+
+
+def test_decoding_ahead_in_worker_processes_gives_the_same_outputs_and_skips(tmp_path, model_dir):
+    folder = tmp_path / "in"
+    rng = np.random.default_rng(3)
+    for name in ("a.wav", "b.wav", "c.wav"):
+        save_audio(folder / name, 0.1 * rng.standard_normal(8000).astype(np.float32), 16000)
+    (folder / "bad.wav").write_bytes(b"RIFF....WAVEfmt not really")
+    outputs = {}
+    for workers in ("1", "2"):
+        out = tmp_path / f"out{workers}"
+        assert main([str(folder), "--model", str(model_dir), "--query", "x", "-o", str(out), "-q",
+                     "--workers", workers]) == 3  # the bad file skipped, the others separated
+        outputs[workers] = {name: sf.read(str(out / name))[0] for name in ("a.wav", "b.wav", "c.wav")}
+        assert not (out / "bad.wav").exists()
+    for name, data in outputs["1"].items():
+        assert np.array_equal(data, outputs["2"][name])

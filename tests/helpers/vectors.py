@@ -32,7 +32,7 @@ def write_clustered_parquet(path: Path, count: int, dim: int, centres: int, *, c
     and written ``chunk`` rows at a time (one row group each), never all in memory."""
     import pyarrow.parquet as pq
 
-    from clapkit.inference.embedding import embedding_table
+    from clapkit.inference.embeddings import embedding_table
 
     writer = None
     try:
@@ -51,6 +51,6 @@ def write_clustered_parquet(path: Path, count: int, dim: int, centres: int, *, c
 
 def read_all(path: Path) -> tuple[list[str], np.ndarray]:
     """Every path and vector of a small embeddings parquet (tests only)."""
-    from clapkit.inference.embedding import embedding_columns, read_table
+    from clapkit.inference.embeddings import embedding_columns, read_table
 
     return embedding_columns(read_table(path))

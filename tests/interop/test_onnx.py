@@ -16,7 +16,7 @@ import torch
 
 import clapkit
 from clapkit.cli import main
-from clapkit.commands._shared import read_embeddings
+from clapkit.inference.embeddings import read_embeddings
 from helpers.models import save_tiny_native, write_wav_folder
 
 pytest.importorskip("onnxruntime")
@@ -42,7 +42,7 @@ def _waves():
 
 
 def test_onnxruntime_matches_pytorch(exported):
-    from clapkit.interop.onnx import OnnxCLAPModel
+    from clapkit.inference.onnx import OnnxCLAPModel
 
     model_dir, onnx_dir = exported
     reference = clapkit.load(model_dir)
@@ -98,7 +98,8 @@ def test_export_folder_follows_the_umask(exported):
 
 @pytest.mark.slow
 def test_mel_graph_matches_pytorch(tmp_path):
-    from clapkit.interop.onnx import OnnxCLAPModel, export_onnx
+    from clapkit.inference.onnx import OnnxCLAPModel
+    from clapkit.interop.onnx import export_onnx
 
     model = clapkit.load(save_tiny_native(tmp_path / "model", sample_rate=RATE))
     export_onnx(model, tmp_path / "onnx", audio_inputs=("mel",), text=False)
@@ -112,7 +113,8 @@ def test_mel_graph_matches_pytorch(tmp_path):
 @pytest.mark.parametrize("fusion", [False, True], ids=["htsat", "htsat-fusion"])
 def test_htsat_graphs_match_pytorch(fusion, tmp_path):
     from clapkit.inference.load import InferenceConfig, instantiate_model, save_pretrained
-    from clapkit.interop.onnx import OnnxCLAPModel, export_onnx
+    from clapkit.inference.onnx import OnnxCLAPModel
+    from clapkit.interop.onnx import export_onnx
     from helpers.models import tiny_clap_config
 
     config = tiny_clap_config(sample_rate=48000)

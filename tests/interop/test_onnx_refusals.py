@@ -53,7 +53,7 @@ def _one_line(call, *fragments: str) -> str:
 
 
 def test_wrong_dtype_and_shape_are_one_line_errors(exported):
-    from clapkit.interop.onnx import OnnxCLAPModel
+    from clapkit.inference.onnx import OnnxCLAPModel
 
     runtime = OnnxCLAPModel(exported, threads=1)
     _one_line(lambda: runtime._run("audio", {"waveform": np.zeros((2, RATE), np.float64)}),
@@ -70,7 +70,7 @@ def test_wrong_dtype_and_shape_are_one_line_errors(exported):
 
 
 def test_a_fixed_batch_graph_says_to_export_again(fixed_batch):
-    from clapkit.interop.onnx import OnnxCLAPModel
+    from clapkit.inference.onnx import OnnxCLAPModel
 
     runtime = OnnxCLAPModel(fixed_batch, threads=1, batch_size=3)
     waves = [np.zeros(RATE, np.float32)] * 3
@@ -90,7 +90,7 @@ def test_embed_command_reports_the_refusal_in_one_line(fixed_batch, tmp_path, ca
 
 
 def test_an_unreadable_graph_is_one_line(exported, tmp_path):
-    from clapkit.interop.onnx import OnnxCLAPModel
+    from clapkit.inference.onnx import OnnxCLAPModel
 
     directory = tmp_path / "broken"
     shutil.copytree(exported, directory)

@@ -74,7 +74,8 @@ class EmbeddingCache:
 
     def audio(self, dataset: str, files: Sequence[str | os.PathLike], description: str) -> np.ndarray:
         """``[N, D]`` embeddings of ``files`` in order (parts found on disk are not embedded)."""
-        from clapkit.inference.embedding import PartStore, RankSlice, embed_corpus
+        from clapkit.inference.embedding import RankSlice, embed_corpus
+        from clapkit.inference.embeddings import PartStore
 
         output = self.root / dataset / "audio.parquet"
         names = [str(f) for f in files]

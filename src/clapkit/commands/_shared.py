@@ -1,11 +1,11 @@
-"""Pieces shared by the inference commands: model options, file discovery, progress bars,
-audio loading with one-line errors, and atomic writers for embeddings and tables."""
+"""Pieces shared by the inference commands: model options, model loading with one-line errors,
+file discovery, progress bars and output checks. (The embeddings file format is the library's:
+:mod:`clapkit.inference.embeddings`.)"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import re
 import sys
@@ -13,16 +13,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from clapkit.commands import CommandError
-from clapkit.inference.embedding import ROW_GROUP_ROWS, embedding_columns, embedding_table, read_table
-from clapkit.utils.atomic import atomic_path
+from clapkit.inference.embeddings import EMBEDDING_SUFFIXES  # noqa: F401  (the commands' output check)
 
 if TYPE_CHECKING:
-    import torch
-
-EMBEDDING_SUFFIXES = (".npy", ".parquet")
+    import numpy as np
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -143,7 +138,9 @@ def deprecated_alias(old: str, new: str) -> None:
 
 
 def load_model(path: str | os.PathLike, args: argparse.Namespace, towers: Sequence[str] | None = None):
-    """``clapkit.load`` with the command-line options; user errors become :class:`CommandError`.
+    """``clapkit.load`` with the command-line options; user errors become :class:`CommandError`,
+    and so does a model that gives no embeddings (a separation model, a tagger: its
+    :attr:`~clapkit.inference.base.InferenceModel.refusal`).
 
     ``towers``: build only these towers of a native contrastive model now (``("audio",)`` for
     audio-only commands); see :func:`clapkit.load`."""
@@ -165,8 +162,8 @@ def load_model(path: str | os.PathLike, args: argparse.Namespace, towers: Sequen
     except (IndexError, KeyError, TypeError, AttributeError) as exc:
         # A file torch.load reads but that holds no model layout clapkit knows.
         raise CommandError(f"{path}: not a model clapkit can load ({type(exc).__name__}: {exc})") from None
-    if not hasattr(model, "embed_prepared"):
-        raise CommandError(f"{path}: a separation model; use it with clapkit separate --model {path}")
+    if not model.embeds:  # a separation model or a tagger: no embeddings to rank or write
+        raise CommandError(f"{path}: {model.refusal}")
     if hasattr(args, "max_decode_seconds"):
         model.max_seconds = args.max_decode_seconds
     return model
@@ -268,89 +265,15 @@ def check_writable_folder(folder: str | os.PathLike) -> None:
         raise CommandError(f"{existing}: not writable (permission denied)")
 
 
-
-
-def paths_sidecar(path: Path) -> Path:
-    """Where ``.npy`` embeddings keep their row -> file list (``<stem>.paths.txt``)."""
-    return path.with_name(path.stem + ".paths.txt")
-
-
-def write_embeddings(path: str | os.PathLike, files: Sequence[str], embeddings: torch.Tensor | np.ndarray,
-                     metadata: dict[str, str]) -> list[Path]:
-    """Write embeddings with their file paths, atomically.
-
-    ``.parquet``: columns ``path`` (string) and ``embedding`` (fixed-size float32 list), model
-    metadata in the schema. ``.npy``: the ``[N, D]`` float32 array, plus ``<stem>.paths.txt``
-    (one path per row) and ``<stem>.meta.json``.
-    """
-    path = Path(path)
-    array = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
-    if path.suffix.lower() == ".parquet":
-        _, pq = _pyarrow()
-        table = embedding_table(files, array, {f"clapkit.{k}": str(v) for k, v in metadata.items()})
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
-        return [path]
-    sidecar, meta = paths_sidecar(path), path.with_name(path.stem + ".meta.json")
-    with atomic_path(path) as tmp_array, atomic_path(sidecar) as tmp_paths, atomic_path(meta) as tmp_meta:
-        with open(tmp_array, "wb") as handle:
-            np.save(handle, array)
-        tmp_paths.write_text("".join(f"{f}\n" for f in files))
-        tmp_meta.write_text(json.dumps(metadata, indent=2) + "\n")
-    return [path, sidecar, meta]
-
-
 def read_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray, dict[str, str]]:
-    """Read what :func:`write_embeddings` wrote: ``(paths, [N, D] float32, metadata)``."""
-    path = Path(path)
-    if not path.is_file():
-        raise CommandError(f"{path}: no such embeddings file")
+    """:func:`clapkit.inference.embeddings.read_embeddings`, a refusal as a :class:`CommandError`."""
+    from clapkit.inference.embeddings import EmbeddingsFileError
+    from clapkit.inference.embeddings import read_embeddings as read
+
     try:
-        if path.suffix.lower() == ".parquet":
-            _pyarrow()  # pyarrow missing: say so in one line
-            table = read_table(path)
-            if "path" not in table.column_names or "embedding" not in table.column_names:
-                raise CommandError(f"{path}: expected columns 'path' and 'embedding' (written by clapkit embed)")
-            paths, array = embedding_columns(table)
-            raw = table.schema.metadata or {}
-            metadata = {k.decode()[len("clapkit."):]: v.decode() for k, v in raw.items()
-                        if k.decode().startswith("clapkit.")}
-            return paths, array, metadata
-        if path.suffix.lower() == ".npy":
-            array = np.load(path, allow_pickle=False).astype(np.float32)
-            sidecar = paths_sidecar(path)
-            if not sidecar.is_file():
-                raise CommandError(f"{path}: missing {sidecar.name} (the file list written next to it)")
-            paths = sidecar.read_text().splitlines()
-            meta_path = path.with_name(path.stem + ".meta.json")
-            metadata = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-            if array.ndim != 2 or len(paths) != array.shape[0]:
-                raise CommandError(f"{path}: {array.shape} embeddings but {len(paths)} paths in {sidecar.name}")
-            return paths, array, metadata
-    except CommandError:
-        raise
-    except Exception as exc:
-        raise CommandError(f"{path}: unreadable embeddings ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    raise CommandError(f"{path}: embeddings must be .parquet or .npy")
-
-
-def _pyarrow():
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise CommandError("parquet needs the pyarrow package (pip install pyarrow), or write .npy") from None
-    return pa, pq
-
-
-def model_metadata(model, source: str | os.PathLike) -> dict[str, str]:
-    """What an embeddings file records about the model that made it."""
-    return {
-        "model": str(source),
-        "fingerprint": getattr(model, "fingerprint", ""),
-        "dim": str(model.embedding_dim),
-        "sample_rate": str(model.sample_rate),
-    }
+        return read(path)
+    except EmbeddingsFileError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def eprint(*parts) -> None:

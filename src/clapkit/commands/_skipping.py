@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,51 +58,25 @@ def embed_files_skipping(model, files: Sequence[Path], skips: SkipList, *, worke
                          quiet: bool = False) -> tuple[list[Path], torch.Tensor]:
     """Embed ``files``, skipping those that cannot be decoded or whose embedding is not finite.
 
-    Returns the files embedded (in order) and their embeddings. A file that may not be skipped
-    (named on the command line, or ``--strict``) stops the run with a :class:`CommandError`.
+    Decoding runs ahead of the model in ``workers`` processes (the decoder of ``clapkit embed``,
+    :class:`~clapkit.inference.decoding.Decoder`). Returns the files embedded (in order) and
+    their embeddings. A file that may not be skipped (named on the command line, or
+    ``--strict``) stops the run with a :class:`CommandError`.
     """
-    from clapkit.audio import AudioLoadError
-    from clapkit.inference.embedding import Unusable, prefetched
-    from clapkit.utils.finite import NonFiniteError
+    import torch
 
-    def prepare(path: Path):
+    from clapkit.inference.decoding import Decoder
+    from clapkit.inference.embedding import EmbeddingInputError, embed_files
+
+    paths = [str(f) for f in files]
+    with _shared.progress_bar(len(files), "embedding", quiet) as advance, \
+            Decoder(model.prepare_audio, workers) as decoder:
         try:
-            return model.prepare_audio(path)
-        except (AudioLoadError, ValueError) as exc:
-            message = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
-            if not skips.may_skip(path):
-                raise CommandError(message) from None
-            return Unusable(message)
-
-    bad: set[Path] = set()
-    with _shared.progress_bar(len(files), "embedding", quiet) as advance:
-        while True:
-            wanted = [f for f in files if f not in bad]
-            kept: list[Path] = []
-
-            def clips(pool, wanted=wanted, kept=kept):
-                results = (prefetched(lambda p: pool.submit(prepare, p), wanted, max(workers, 2 * model.batch_size))
-                           if pool is not None else (prepare(p) for p in wanted))
-                for path, clip in zip(wanted, results):
-                    if isinstance(clip, Unusable):
-                        skips.add(path, clip.reason)
-                        bad.add(path)
-                        advance(1)
-                        continue
-                    kept.append(path)
-                    yield clip
-
-            try:
-                if workers <= 1:
-                    embedded = model.embed_prepared(clips(None), progress=advance)
-                else:
-                    with ThreadPoolExecutor(max_workers=workers) as pool:
-                        embedded = model.embed_prepared(clips(pool), progress=advance)
-            except NonFiniteError as exc:
-                path = kept[exc.index] if exc.index is not None else None
-                if path is None or not skips.may_skip(path):
-                    raise CommandError(str(exc.named(str(path)))) from None
-                skips.add(path, str(exc.named(str(path))))
-                bad.add(path)  # files skipped so far are left out of the retry, so none is listed twice
-                continue
-            return kept, embedded
+            done = embed_files(model, paths, decoder, may_skip=skips.may_skip, progress=advance)
+        except EmbeddingInputError as exc:
+            raise CommandError(str(exc)) from None
+    for path, reason in done.skipped:
+        skips.add(path, reason)
+    left_out = {path for path, _ in done.skipped}
+    keep = [i for i, path in enumerate(paths) if path not in left_out]
+    return [files[i] for i in keep], torch.from_numpy(done.embeddings[keep])

@@ -42,14 +42,15 @@ import functools
 from clapkit.audio.preprocess import prepare_audio, read_inference_config
 from clapkit.audio.skips import PARTIAL, Skipped
 from clapkit.commands import CommandError, _shared, _skipping
+from clapkit.inference.decoding import EarlyDecoder
 from clapkit.inference.embedding import (
-    EarlyDecoder,
     EmbeddingInputError,
     decode_order,
     device_for_rank,
     embed_corpus,
     rank_from_env,
 )
+from clapkit.inference.embeddings import model_metadata, write_embeddings
 
 #: Embedding audio files needs the audio tower only: the text tower is neither built nor read.
 AUDIO_ONLY = ("audio",)
@@ -72,7 +73,7 @@ def build_parser():
 
 def _load_onnx(path, args):
     from clapkit.inference.load import PretrainedError
-    from clapkit.interop.onnx import OnnxCLAPModel
+    from clapkit.inference.onnx import OnnxCLAPModel
 
     try:
         model = OnnxCLAPModel(path, batch_size=16 if args.batch_size is None else args.batch_size)
@@ -111,9 +112,7 @@ def main(argv: list[str]) -> int:
             model = _load_onnx(args.model, args)
         else:
             model = _shared.load_model(args.model, args, towers=AUDIO_ONLY)
-        if getattr(model, "refusal", None):  # a tagger: class scores, no embedding
-            raise CommandError(f"{args.model}: {model.refusal}")
-        if getattr(model, "inference", None) != spec:  # no early start, or the model prepares audio otherwise
+        if model.inference != spec:  # no early start, or the model prepares audio otherwise
             if early is not None:
                 early.close()  # decode again
                 early = None
@@ -142,8 +141,8 @@ def main(argv: list[str]) -> int:
     keep = [i for i, f in enumerate(files) if str(f) not in left_out]
     if not keep:
         raise CommandError(f"no usable audio file: {skips.summary(skips.report(output, args.quiet))}")
-    written = _shared.write_embeddings(output, [str(files[i]) for i in keep], run.embeddings[keep],
-                                       _shared.model_metadata(model, args.model))
+    written = write_embeddings(output, [str(files[i]) for i in keep], run.embeddings[keep],
+                               model_metadata(model, args.model))
     run.store.remove()
     listed = skips.report(output, args.quiet)
     if not args.quiet:

@@ -25,6 +25,7 @@ written, as does a bad file named directly.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -41,6 +42,7 @@ from clapkit.commands._shared import (
     make_parser,
     progress_bar,
 )
+from clapkit.inference.decoding import Decoder, Unusable
 from clapkit.utils.atomic import check_not_input, writing
 from clapkit.utils.finite import NonFiniteError
 
@@ -64,6 +66,9 @@ def build_parser():
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     add_precision_option(parser)
     parser.add_argument("--batch-size", type=int, default=4, help="chunks per forward pass")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="1: files are read one at a time (a whole recording in memory at once); 2 or more: "
+                             "decoding processes read the next file while one is separated")
     add_decode_cap_option(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -200,10 +205,16 @@ def main(argv: list[str] | None = None) -> int:
     # directly, or --strict) whose header was fine but whose data is not still stops the run
     # with nothing written.
     written = 0
-    with staged_outputs(targets) as stage, progress_bar(len(files), "separating", args.quiet) as advance:
-        for file, target in zip(files, targets):
+    # With --workers > 1 one file is decoded ahead while the previous one separates (whole
+    # recordings: one ahead bounds the memory to two decoded files); by default one at a time.
+    decode = functools.partial(load_audio, mono=False, max_seconds=args.max_decode_seconds)
+    with staged_outputs(targets) as stage, progress_bar(len(files), "separating", args.quiet) as advance, \
+            Decoder(decode, args.workers) as decoder:
+        for file, target, decoded in zip(files, targets, decoder.map([str(f) for f in files], ahead=1, settle=True)):
             try:
-                wave, rate = load_audio(file, mono=False, max_seconds=args.max_decode_seconds)
+                if isinstance(decoded, Unusable):
+                    raise AudioLoadError(file, decoded.reason.removeprefix(f"{file}: "))
+                wave, rate = decoded
                 estimate = model.separate(wave, rate, condition=condition)
             except (AudioLoadError, NonFiniteError) as exc:  # NaN samples; huge ones overflow the model
                 message = str(exc.named(str(file))) if isinstance(exc, NonFiniteError) else str(exc)

@@ -40,11 +40,10 @@ from clapkit.datamodules.base import Sample, collate_samples
 from clapkit.datamodules.pipeline import AudioPolicy, Skipped
 from clapkit.datamodules.synthetic import ALL_CLASSES, SPLIT_CODES, SyntheticSoundCorpus
 from clapkit.datamodules.webdataset import ShardDataModule, ShardStream
+from clapkit.io.images import CLIP_MEAN, CLIP_STD, fit_image, normalize_image  # noqa: F401  (their older home)
 
 log = logging.getLogger(__name__)
 
-CLIP_MEAN = np.array((0.48145466, 0.4578275, 0.40821073), dtype=np.float32)
-CLIP_STD = np.array((0.26862954, 0.26130258, 0.27577711), dtype=np.float32)
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov")
 _IMAGE_EXTS = ("jpg", "jpeg", "png")
 _FRAME_EXT = re.compile(r"^(?:frame)?(\d+)\.(?:jpg|jpeg|png)$")
@@ -61,29 +60,6 @@ def _frame_index(ext) -> int | None:
 
 
 # ----------------------------------------------------------------------------- images
-def normalize_image(rgb: np.ndarray) -> torch.Tensor:
-    """``uint8 [H, W, 3]`` or float ``[0, 1]`` RGB -> CLIP-normalised ``float32 [3, H, W]``."""
-    array = rgb.astype(np.float32) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float32)
-    return torch.from_numpy(((array - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1).copy())
-
-
-def fit_image(image, size: int, train: bool, rng: np.random.Generator | None = None) -> torch.Tensor:
-    """PIL image -> normalised ``[3, size, size]``: shorter side to ``size`` (bicubic), then a
-    centre crop (evaluation) or a random crop (training)."""
-    from PIL import Image
-
-    image = image.convert("RGB")
-    width, height = image.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    image = image.resize((new_w, new_h), Image.BICUBIC)
-    if train and rng is not None:
-        left, top = int(rng.integers(0, new_w - size + 1)), int(rng.integers(0, new_h - size + 1))
-    else:
-        left, top = (new_w - size) // 2, (new_h - size) // 2
-    return normalize_image(np.asarray(image.crop((left, top, left + size, top + size))))
-
-
 def video_frames(source: bytes | str, num_frames: int = 10) -> list:
     """``num_frames`` equally spaced frames of a video as PIL images (needs ``torchcodec``)."""
     from PIL import Image

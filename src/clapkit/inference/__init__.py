@@ -1,5 +1,7 @@
 """Inference objects and corpus work: :func:`load` a model, :class:`CLAPModel` (embed audio and
-text), :class:`TaggerModel`, :class:`SeparationModel`, corpus embedding and search.
+text), :class:`TaggerModel`, :class:`SeparationModel`, :class:`OnnxCLAPModel` (all
+:class:`InferenceModel`), corpus embedding (:mod:`.embedding`, its decoder :mod:`.decoding`, its
+file format :mod:`.embeddings`) and search.
 
 The names are imported on first use, so ``import clapkit.inference`` stays light (the
 separation model pulls in peft only when asked for).
@@ -14,6 +16,8 @@ _LAZY = {
     "CLAPModel": "clapkit.inference.clap",
     "TaggerModel": "clapkit.inference.tagger",
     "SeparationModel": "clapkit.inference.separation",
+    "InferenceModel": "clapkit.inference.base",
+    "OnnxCLAPModel": "clapkit.inference.onnx",
 }
 
 __all__ = sorted(_LAZY)

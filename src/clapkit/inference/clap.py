@@ -12,10 +12,9 @@ same input always gives the same embedding.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -24,11 +23,12 @@ from torch import nn
 
 from clapkit.audio.io import audio_files
 from clapkit.audio.preprocess import AudioInput, InferenceConfig
-from clapkit.audio.preprocess import prepare_audio as _prepare_audio
 from clapkit.audio.stream import DEFAULT_MAX_SECONDS
 from clapkit.encoders.tower import TowerSet
+from clapkit.inference.base import InferenceModel, resolve_device
+from clapkit.io.images import image_pixels
 from clapkit.utils.finite import NonFiniteError, require_finite
-from clapkit.utils.precision import AUTOCAST, PRECISIONS, resolve_precision, store_in_dtype
+from clapkit.utils.precision import PRECISIONS, resolve_precision, store_in_dtype
 
 __all__ = ["AudioInput", "CLAPModel", "InferenceConfig", "UnknownTokensWarning", "audio_files", "resolve_device"]
 
@@ -37,15 +37,10 @@ class UnknownTokensWarning(UserWarning):
     """A text query made only of symbols its tokenizer does not know (see :meth:`CLAPModel.embed_text`)."""
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` picks CUDA when available; anything else is passed to ``torch.device``."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-class CLAPModel:
+class CLAPModel(InferenceModel):
     """A contrastive model wrapped for inference (what :func:`clapkit.load` returns).
+
+    Inputs, decoding, batching and precision as every :class:`~clapkit.inference.base.InferenceModel`.
 
     Args:
         model: a module with a ``towers`` dict (and optionally ``logit_scales``): a
@@ -69,6 +64,8 @@ class CLAPModel:
             longer files are refused. ``None``: no cap. Also settable as an attribute.
     """
 
+    embeds = True
+
     def __init__(
         self,
         model: nn.Module,
@@ -82,23 +79,16 @@ class CLAPModel:
         tower_loader: Callable[[str], nn.Module] | None = None,
         max_seconds: float | None = DEFAULT_MAX_SECONDS,
     ):
-        self.device = resolve_device(device)
-        self.max_seconds = max_seconds
+        resolved = resolve_device(device)
         if batch_size is None:
-            batch_size = 8 if self.device.type == "cpu" else 16
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        precision = resolve_precision(precision, self.device)
+            batch_size = 8 if resolved.type == "cpu" else 16
+        # ``auto`` becomes the precision it chose (read back from ``self.precision``).
+        super().__init__(inference, device=resolved, precision=resolve_precision(precision, resolved),
+                         batch_size=batch_size, max_seconds=max_seconds)
         #: The towers and logit scales (a plain module).
         self.model = TowerSet.of(model).to(self.device).eval()
-        self.inference = inference
-        #: The resolved precision (``auto`` says which one it chose).
-        self.precision = precision
-        self.batch_size = batch_size
         self.audio_tower = audio_tower
         self.text_tower = text_tower
-        #: Identifies the model files (set by :func:`clapkit.load`); written next to embeddings.
-        self.fingerprint = ""
         self._tower_loader = tower_loader
         for name, tower in self.model.towers.items():
             self._prepare_tower(name, tower)
@@ -111,11 +101,6 @@ class CLAPModel:
             store_in_dtype(tower, PRECISIONS[self.precision])
 
     # ------------------------------------------------------------------ properties
-
-    @property
-    def sample_rate(self) -> int:
-        """Rate the audio tower runs at; inputs at other rates are resampled."""
-        return self.inference.sample_rate
 
     @property
     def logit_scale(self) -> float:
@@ -145,43 +130,9 @@ class CLAPModel:
 
     # ------------------------------------------------------------------ audio
 
-    def prepare_audio(self, audio: AudioInput, sample_rate: int | None = None, *, name: str | None = None) -> np.ndarray:
-        """One clip (a path, or ``[T]`` / ``[C, T]`` samples) -> float32 mono model input.
-
-        The result has exactly ``clip_samples`` samples, except with fusion, where clips longer
-        than the window stay whole.
-        """
-        return _prepare_audio(audio, self.inference, sample_rate, name=name,
-                              max_seconds=getattr(self, "max_seconds", DEFAULT_MAX_SECONDS))
-
-    def embed_audio(
-        self,
-        audio: AudioInput | Sequence[AudioInput],
-        sample_rate: int | None = None,
-        *,
-        batch_size: int | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> torch.Tensor:
-        """L2-normalised audio embeddings ``[N, D]`` (float32, CPU).
-
-        Args:
-            audio: a path, a ``[T]`` waveform, a ``[B, T]`` batch of mono waveforms, or a list of
-                paths / ``[T]`` / ``[C, T]`` waveforms (lengths may differ).
-            sample_rate: rate of the waveforms (paths carry their own).
-            batch_size: clips per forward pass (default: the model's).
-            progress: called with the number of clips finished after each batch.
-        """
-        items = self._as_items(audio)
-        clips = (self.prepare_audio(item, sample_rate, name=f"audio[{i}]") for i, item in enumerate(items))
-        try:
-            return self.embed_prepared(clips, batch_size=batch_size, progress=progress)
-        except NonFiniteError as exc:
-            item = items[exc.index]
-            raise exc.named(str(item) if isinstance(item, (str, os.PathLike)) else f"audio[{exc.index}]") from None
-
     def embed_prepared(
         self,
-        clips,
+        clips: Iterable[np.ndarray],
         *,
         batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
@@ -191,16 +142,12 @@ class CLAPModel:
         Raises:
             NonFiniteError: a clip's embedding is NaN or Inf (its ``index`` is the clip's position).
         """
-        batch_size = batch_size or self.batch_size
-        outputs = []
-        done = 0
-        for batch in _batches(clips, batch_size):
+        def run(batch: list[np.ndarray], done: int) -> torch.Tensor:
             embedding = self._embed_audio_batch(batch)
             require_finite(embedding, "audio embedding", offset=done, inputs=batch)
-            outputs.append(embedding)
-            done += len(batch)
-            if progress is not None:
-                progress(len(batch))
+            return embedding
+
+        outputs = self.map_batches(clips, run, batch_size=batch_size, progress=progress)
         if not outputs:
             return torch.zeros(0, self.embedding_dim)
         return torch.cat(outputs)
@@ -237,18 +184,16 @@ class CLAPModel:
         if bad:
             raise TypeError(f"embed_text expects strings; item {bad[0]} is {type(texts[bad[0]]).__name__}")
         self._warn_unknown_only(texts)
-        batch_size = batch_size or self.batch_size
-        outputs = []
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start : start + batch_size]
+
+        def run(chunk: list[str], start: int) -> torch.Tensor:
             embedding = self._embed(self.text_tower, chunk)
             try:
                 require_finite(embedding, "text embedding", offset=start)
             except NonFiniteError as exc:
                 raise exc.named(f"text {texts[exc.index]!r}") from None
-            outputs.append(embedding)
-            if progress is not None:
-                progress(len(chunk))
+            return embedding
+
+        outputs = self.map_batches(texts, run, batch_size=batch_size, progress=progress)
         if not outputs:
             return torch.zeros(0, self.embedding_dim)
         return torch.cat(outputs)
@@ -283,17 +228,18 @@ class CLAPModel:
         else:
             items = [images] if isinstance(images, (str, os.PathLike)) or hasattr(images, "convert") else list(images)
         size = int(getattr(self._tower(image_tower).encoder, "image_size", 224))
-        batch_size = batch_size or self.batch_size
-        outputs = []
-        for start in range(0, len(items), batch_size):
-            chunk = [_image_pixels(item, size) for item in items[start:start + batch_size]]
-            embedding = self._embed(image_tower, torch.stack(chunk).to(self.device))
+
+        def run(chunk: list, start: int) -> torch.Tensor:
+            pixels = torch.stack([image_pixels(item, size) for item in chunk])
+            embedding = self._embed(image_tower, pixels.to(self.device))
             try:
                 require_finite(embedding, "image embedding", offset=start)
             except NonFiniteError as exc:
                 item = items[exc.index]
                 raise exc.named(str(item) if isinstance(item, (str, os.PathLike)) else f"image[{exc.index}]") from None
-            outputs.append(embedding)
+            return embedding
+
+        outputs = self.map_batches(items, run, batch_size=batch_size)
         if not outputs:
             return torch.zeros(0, self.embedding_dim)
         return torch.cat(outputs)
@@ -336,17 +282,11 @@ class CLAPModel:
             self.model.towers[name] = tower
         return self.model.towers[name] if name in self.model.towers else None
 
-    def _autocast(self):
-        dtype = PRECISIONS[self.precision]
-        if self.precision not in AUTOCAST:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
-
     @torch.no_grad()
     def _embed(self, tower: str, inputs, **kwargs) -> torch.Tensor:
         if self._tower(tower) is None:
             raise ValueError(f"the model has no {tower!r} tower (towers: {', '.join(self.model.towers) or 'none'})")
-        with self._autocast():
+        with self.autocast():
             out = self.model.towers[tower](inputs, **kwargs)
         out = getattr(out, "embedding", out)
         tower_normalised = getattr(self.model.towers[tower], "normalize", False)
@@ -354,45 +294,3 @@ class CLAPModel:
             return out.float().cpu()
         # Normalise (again) in fp32: under autocast the tower's own normalisation ran in low precision.
         return F.normalize(out.float(), dim=-1).cpu()
-
-    @staticmethod
-    def _as_items(audio) -> list:
-        if isinstance(audio, (str, os.PathLike)):
-            return [audio]
-        if isinstance(audio, (np.ndarray, torch.Tensor)):
-            if audio.ndim == 1:
-                return [audio]
-            if audio.ndim == 2:
-                return list(audio)
-            raise ValueError(f"expected [T] or [B, T] waveforms, got shape {tuple(audio.shape)}")
-        return list(audio)
-
-
-def _image_pixels(item, size: int) -> torch.Tensor:
-    """A path, PIL image or ready ``[3, H, W]`` tensor -> the tower's ``[3, size, size]`` input."""
-    if isinstance(item, torch.Tensor):
-        return item.float()
-    from clapkit.datamodules.audio_image_text import fit_image
-
-    if hasattr(item, "convert"):
-        return fit_image(item, size, train=False)
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(item) as image:
-            return fit_image(image, size, train=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{item}: no such file") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{item}: not a readable image ({exc.__class__.__name__})") from None
-
-
-def _batches(items, size: int) -> Iterator[list]:
-    batch: list = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

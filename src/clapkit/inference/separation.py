@@ -7,7 +7,9 @@ separator and the query network, a :class:`~clapkit.encoders.separation.network.
 see :mod:`clapkit.hub.plain`), so this module imports no Lightning. Input of any length, sample rate
 and channel count: each channel is resampled to the model's rate, cut into model-length chunks with 50 % overlap,
 separated, overlap-added with complementary Hann windows, and returned at the input's rate,
-channel count and length. ``clapkit separate`` is this class over files.
+channel count and length. ``clapkit separate`` is this class over files. Inputs are read as every
+:class:`~clapkit.inference.base.InferenceModel` reads them (bounded by ``max_seconds``); a separation
+model gives no embeddings (its :attr:`SeparationModel.refusal` says so).
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ import numpy as np
 import torch
 
 from clapkit.audio import resample
-from clapkit.audio.preprocess import AudioInput, InferenceConfig, load_waveform
+from clapkit.audio.preprocess import AudioInput, InferenceConfig
 from clapkit.audio.stream import DEFAULT_MAX_SECONDS
 from clapkit.encoders.separation import CLAPSep, QueryNetwork
 from clapkit.encoders.separation.network import SeparationNetwork
-from clapkit.inference.clap import PRECISIONS, resolve_device
+from clapkit.inference.base import InferenceModel
 from clapkit.utils.finite import NonFiniteError, require_finite
 
 AudioQuery = AudioInput
@@ -128,7 +130,7 @@ class SeparationResult:
     chunk_starts: list[int] | None = None
 
 
-class SeparationModel:
+class SeparationModel(InferenceModel):
     """A loaded separation model for inference.
 
     Args:
@@ -148,8 +150,6 @@ class SeparationModel:
 
     def __init__(self, task, inference: InferenceConfig, device: str | torch.device = "cpu", batch_size: int = 4,
                  overlap: float = 0.5, precision: str = "32", max_seconds: float | None = DEFAULT_MAX_SECONDS):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         # ``auto`` (the commands' default) keeps separation in fp32: the bf16 policies of
@@ -157,15 +157,17 @@ class SeparationModel:
         precision = "32" if precision == "auto" else precision
         if precision not in ("32", "bf16", "16"):
             raise ValueError(f"precision must be one of auto, 32, bf16, 16, not {precision!r}")
-        self.precision = precision
-        self.device = resolve_device(device)
+        super().__init__(inference, device=device, precision=precision, batch_size=batch_size,
+                         max_seconds=max_seconds)
         #: The separator and query network (a plain module).
         self.network = SeparationNetwork.of(task).to(self.device).eval()
-        self.inference = inference
-        self.batch_size = batch_size
         self.overlap = overlap
-        self.max_seconds = max_seconds
         self._last_chunk_starts: list[int] = []  # chunk plan of the latest input (for masks)
+
+    @property
+    def refusal(self) -> str:
+        """Why this model gives no embeddings: it separates (:meth:`separate`)."""
+        return "a separation model; use it with clapkit separate (in Python: separate())"
 
     @property
     def task(self) -> SeparationNetwork:
@@ -241,7 +243,7 @@ class SeparationModel:
                 the model); nothing is returned.
         """
         mono = not isinstance(audio, (str, os.PathLike)) and np.ndim(audio) == 1
-        wave, sample_rate = load_waveform(audio, sample_rate, mono=False, max_seconds=self.max_seconds)
+        wave, sample_rate = self.load_waveform(audio, sample_rate, mono=False)
         if condition is None:
             condition = self.condition(**query)
         estimate = self._separate_at_model_rate(resample(wave, sample_rate, self.sample_rate), condition, _masks)
@@ -290,7 +292,7 @@ class SeparationModel:
             negatives: per-item negative texts (with ``queries``).
             return_mask: also return each item's masks.
         """
-        items = list(mixtures) if not isinstance(mixtures, (np.ndarray, torch.Tensor)) or mixtures.ndim == 2 else [mixtures]
+        items = self.as_items(mixtures)
         if conditions is None:
             if queries is None and negatives is None:
                 raise ValueError("give conditions, or queries / negatives (one per item)")
@@ -327,8 +329,7 @@ class SeparationModel:
         for first in range(0, len(items), self.batch_size):
             group = items[first : first + self.batch_size]
             batch = torch.from_numpy(np.stack([padded[c, starts[i] : starts[i] + chunk] for c, i in group])).float()
-            dtype = PRECISIONS[self.precision]
-            with torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with self.autocast():
                 out_batch = self.network(batch.to(self.device), condition.expand(len(group), -1))
             est = out_batch.waveform
             if masks is not None:
@@ -344,7 +345,7 @@ class SeparationModel:
         query = self.network.query
         embeddings = []
         for i, example in enumerate(examples):
-            wave, rate = load_waveform(example, sample_rate, mono=True, name=f"example audio {i}")
+            wave, rate = self.load_waveform(example, sample_rate, mono=True, name=f"example audio {i}")
             wave = resample(wave, rate, query.sample_rate)
             embeddings.append(query.embed_audio(torch.as_tensor(wave, dtype=torch.float32)[None].to(self.device)))
         return torch.cat(embeddings).mean(0, keepdim=True)

@@ -3,9 +3,9 @@
 ``clapkit.load(dir)`` returns one for a model directory (or checkpoint) holding a
 :class:`~clapkit.lightning_modules.classification.ClassificationTask`, for example the AudioCLIP
 ESResNeXt-FBSP AudioSet tagger (``clapkit convert audioclip ESRNXFBSP.pt``). Audio is
-prepared as :class:`~clapkit.inference.clap.CLAPModel` prepares it (resampling, padding,
-deterministic crop). A tagger has class scores, not a joint embedding space: the embedding
-methods refuse with one line saying so.
+prepared as every :class:`~clapkit.inference.base.InferenceModel` prepares it (resampling,
+padding, deterministic crop). A tagger has class scores, not a joint embedding space: the
+embedding methods refuse with one line saying so (:attr:`TaggerModel.refusal`).
 """
 
 from __future__ import annotations
@@ -16,13 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from clapkit.audio.preprocess import InferenceConfig
+from clapkit.audio.preprocess import AudioInput, InferenceConfig
 from clapkit.encoders.classifier import Classifier
-from clapkit.inference.clap import AudioInput, CLAPModel, _batches, resolve_device
+from clapkit.inference.base import InferenceModel, NotAnEmbeddingModel
 
-
-class NotAnEmbeddingModel(ValueError):
-    """An embedding was asked of a model that has none (a tagger)."""
+__all__ = ["NotAnEmbeddingModel", "TagOutput", "TaggerModel", "is_tagger"]
 
 
 @dataclass
@@ -56,7 +54,7 @@ def is_tagger(model: torch.nn.Module) -> bool:
     return all(hasattr(model, a) for a in ("encoder", "head", "num_classes", "multi_label"))
 
 
-class TaggerModel:
+class TaggerModel(InferenceModel):
     """A loaded classification model (tagger) for inference.
 
     Args:
@@ -69,18 +67,9 @@ class TaggerModel:
     """
 
     def __init__(self, task, inference: InferenceConfig, *, device: str | torch.device = "cpu", batch_size: int = 16):
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        self.device = resolve_device(device)
+        super().__init__(inference, device=device, batch_size=batch_size)
         #: The encoder and class head (a plain module; the attribute keeps its older name).
         self.task = Classifier.of(task).to(self.device).eval()
-        self.inference = inference
-        self.batch_size = batch_size
-        self.fingerprint = ""
-
-    @property
-    def sample_rate(self) -> int:
-        return self.inference.sample_rate
 
     @property
     def class_names(self) -> list[str]:
@@ -94,22 +83,17 @@ class TaggerModel:
         return (f"a {self.task.num_classes}-class tagger ({type(self.task.encoder).__name__}) has class scores, "
                 "not a joint audio-text embedding: use classify()/tag() (or a CLAP / AudioCLIP model to embed)")
 
-    def prepare_audio(self, audio: AudioInput, sample_rate: int | None = None, *, name: str | None = None) -> np.ndarray:
-        """One clip -> the float32 model input (as :meth:`CLAPModel.prepare_audio`)."""
-        return CLAPModel.prepare_audio(self, audio, sample_rate, name=name)
-
     @torch.no_grad()
     def classify(self, audio: AudioInput | Sequence[AudioInput], sample_rate: int | None = None, *,
                  batch_size: int | None = None, progress: Callable[[int], None] | None = None) -> TagOutput:
-        """Class logits and probabilities of clips (inputs as :meth:`CLAPModel.embed_audio`)."""
-        items = CLAPModel._as_items(audio)
-        clips = (self.prepare_audio(item, sample_rate, name=f"audio[{i}]") for i, item in enumerate(items))
-        chunks = []
-        for batch in _batches(clips, batch_size or self.batch_size):
+        """Class logits and probabilities of clips (inputs as :meth:`InferenceModel.embed_audio`)."""
+        def run(batch: list[np.ndarray], _: int) -> torch.Tensor:
             wave = torch.from_numpy(np.stack(batch)).to(self.device)
-            chunks.append(self.task({self.task.input_key: wave}).float().cpu())
-            if progress is not None:
-                progress(len(batch))
+            with self.autocast():
+                return self.task({self.task.input_key: wave}).float().cpu()
+
+        chunks = self.map_batches(self.prepared(self.as_items(audio), sample_rate), run, batch_size=batch_size,
+                                  progress=progress)
         logits = torch.cat(chunks) if chunks else torch.zeros(0, self.task.num_classes)
         probabilities = torch.sigmoid(logits) if self.task.multi_label else logits.softmax(dim=-1)
         return TagOutput(logits=logits, probabilities=probabilities, class_names=self.class_names)
@@ -118,8 +102,3 @@ class TaggerModel:
             top_k: int = 5) -> list[list[tuple[str, float]]]:
         """The ``top_k`` ``(class name, probability)`` of every clip, best first."""
         return self.classify(audio, sample_rate).top(top_k)
-
-    def embed_audio(self, *args, **kwargs):
-        raise NotAnEmbeddingModel(self.refusal)
-
-    embed_prepared = embed_text = embed_image = embed_audio
