@@ -41,7 +41,6 @@ KNOWN_BACK_ARROWS: frozenset[tuple[str, str]] = frozenset({
     ("clapkit.encoders.separation.query", "clapkit.hub.plain"),
     ("clapkit.hub.run_export", "clapkit.inference.load"),
     ("clapkit.hub.run_export", "clapkit.inference.separation"),
-    ("clapkit.inference.clap", "clapkit.datamodules.audio_image_text"),
     ("clapkit.interop.audioclip", "clapkit.hub.plain"),
     ("clapkit.interop.hf_clap", "clapkit.hub.native"),
     ("clapkit.interop.hf_clap", "clapkit.inference.clap"),
