@@ -98,8 +98,8 @@ def test_export_folder_follows_the_umask(exported):
 
 @pytest.mark.slow
 def test_mel_graph_matches_pytorch(tmp_path):
+    from clapkit.export.onnx import export_onnx
     from clapkit.inference.onnx import OnnxCLAPModel
-    from clapkit.interop.onnx import export_onnx
 
     model = clapkit.load(save_tiny_native(tmp_path / "model", sample_rate=RATE))
     export_onnx(model, tmp_path / "onnx", audio_inputs=("mel",), text=False)
@@ -112,9 +112,9 @@ def test_mel_graph_matches_pytorch(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("fusion", [False, True], ids=["htsat", "htsat-fusion"])
 def test_htsat_graphs_match_pytorch(fusion, tmp_path):
+    from clapkit.export.onnx import export_onnx
     from clapkit.inference.load import InferenceConfig, instantiate_model, save_pretrained
     from clapkit.inference.onnx import OnnxCLAPModel
-    from clapkit.interop.onnx import export_onnx
     from helpers.models import tiny_clap_config
 
     config = tiny_clap_config(sample_rate=48000)

@@ -96,8 +96,8 @@ def _assert_close(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
 
 def test_htsat_tiny_audio_graph_runs_at_any_batch(official, tmp_path):
     """The default suite's check: HTSAT-tiny's waveform graph has a dynamic batch, batches 1 and 3."""
+    from clapkit.export.onnx import export_onnx
     from clapkit.inference.onnx import OnnxCLAPModel
-    from clapkit.interop.onnx import export_onnx
 
     model = official("HTSAT-tiny")
     with laion.single_thread():
@@ -138,8 +138,8 @@ def test_every_export_format_matches_the_reference(amodel, official, tmp_path):
 def _check_every_format(model: Official, waves: list[np.ndarray], tmp_path: Path, batches: tuple[int, ...],
                         mel: bool) -> None:
     from clapkit.commands import export_hf
+    from clapkit.export.onnx import export_onnx
     from clapkit.inference.onnx import OnnxCLAPModel
-    from clapkit.interop.onnx import export_onnx
     from helpers.hf_clap import reference_audio, reference_text
 
     # LAION-CLAP quantises to int16 before the model; transformers' extractor does not, so the
@@ -184,9 +184,9 @@ def _check_every_format(model: Official, waves: list[np.ndarray], tmp_path: Path
 def test_fused_htsat_tiny_graphs_run_at_any_batch(tmp_path):
     """A fused HTSAT in the official tiny geometry (built by clapkit, one-second window): the
     waveform and mel graphs take batches 1 and 3, equal to PyTorch."""
+    from clapkit.export.onnx import export_onnx
     from clapkit.inference.load import InferenceConfig, instantiate_model, save_pretrained
     from clapkit.inference.onnx import OnnxCLAPModel
-    from clapkit.interop.onnx import export_onnx
     from helpers.models import tiny_clap_config
 
     config = tiny_clap_config(sample_rate=RATE)

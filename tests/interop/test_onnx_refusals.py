@@ -23,7 +23,7 @@ RATE = 16000
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from clapkit.interop.onnx import export_onnx
+    from clapkit.export.onnx import export_onnx
 
     root = tmp_path_factory.mktemp("onnx_refusals")
     model_dir = save_tiny_native(root / "model", sample_rate=RATE)

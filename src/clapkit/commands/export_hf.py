@@ -50,8 +50,8 @@ def build_parser():
 
 
 def main(argv: list[str]) -> int:
+    from clapkit.export.hf import export_hf_clap
     from clapkit.inference.load import PretrainedError
-    from clapkit.interop.hf_clap_export import export_hf_clap
 
     args = build_parser().parse_args(argv)
     args.model = _shared.model_argument(args.model, args.model_arg, "clapkit export hf --model MODEL_DIR -o DIR")

@@ -1,5 +1,5 @@
 """An ONNX export run with onnxruntime: :class:`OnnxCLAPModel`, the embedding API of
-:class:`~clapkit.inference.clap.CLAPModel` over the graphs :func:`clapkit.interop.onnx.export_onnx`
+:class:`~clapkit.inference.clap.CLAPModel` over the graphs :func:`clapkit.export.onnx.export_onnx`
 writes.
 
 Inputs, decoding and batching are those of every :class:`~clapkit.inference.base.InferenceModel`,
@@ -19,10 +19,24 @@ import torch.nn.functional as F
 
 from clapkit.audio.preprocess import InferenceConfig
 from clapkit.inference.base import InferenceModel
-from clapkit.interop.onnx import META_FILE, is_onnx_export
 from clapkit.io.checkpoint import PretrainedError
 
-__all__ = ["OnnxCLAPModel"]
+__all__ = ["OnnxCLAPModel", "is_onnx_export"]
+
+# The export directory's file names: written by clapkit.export.onnx, read here.
+AUDIO_FILE = "audio.onnx"
+AUDIO_MEL_FILE = "audio_mel.onnx"
+TEXT_FILE = "text.onnx"
+META_FILE = "onnx.json"
+TOKENIZER_DIR = "tokenizer"
+OPSET = 18
+#: Output of every graph (plain "embedding" collides with node names inside HF text models).
+OUTPUT_NAME = "normalized_embedding"
+
+
+def is_onnx_export(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a directory :func:`export_onnx` wrote."""
+    return (Path(path) / META_FILE).is_file()
 
 
 class OnnxCLAPModel(InferenceModel):
@@ -33,7 +47,7 @@ class OnnxCLAPModel(InferenceModel):
     so embeddings agree with ``clapkit.load(model_dir)`` to float rounding. Runs on the CPU.
 
     Args:
-        directory: a directory written by :func:`clapkit.interop.onnx.export_onnx`.
+        directory: a directory written by :func:`clapkit.export.onnx.export_onnx`.
         batch_size: clips or texts per run.
         providers: onnxruntime execution providers (default: CPU).
         threads: intra-op threads (``None``: onnxruntime's default).

@@ -36,17 +36,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clapkit.inference.onnx import (
+    AUDIO_FILE,
+    AUDIO_MEL_FILE,
+    META_FILE,
+    OPSET,
+    OUTPUT_NAME,
+    TEXT_FILE,
+    TOKENIZER_DIR,
+)
 from clapkit.io.checkpoint import PretrainedError
 from clapkit.utils.atomic import MODEL_DIRECTORY, check_target, replace_output
-
-AUDIO_FILE = "audio.onnx"
-AUDIO_MEL_FILE = "audio_mel.onnx"
-TEXT_FILE = "text.onnx"
-META_FILE = "onnx.json"
-TOKENIZER_DIR = "tokenizer"
-OPSET = 18
-#: Output of every graph (plain "embedding" collides with node names inside HF text models).
-OUTPUT_NAME = "normalized_embedding"
 
 
 @dataclass
@@ -220,6 +220,3 @@ def export_onnx(
     return OnnxExport(directory=directory, files=files, embedding_dim=model.embedding_dim)
 
 
-def is_onnx_export(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a directory :func:`export_onnx` wrote."""
-    return (Path(path) / META_FILE).is_file()
