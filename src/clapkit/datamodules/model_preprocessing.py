@@ -86,10 +86,7 @@ def apply_model_preprocessing(config: Any, argv: Sequence[str],
         if audio is None:
             from jsonargparse import Namespace
 
-            from clapkit.datamodules.pipeline import AudioPolicy
-
-            defaults = AudioPolicy()
-            audio = Namespace(**{f.name: getattr(defaults, f.name) for f in fields(AudioPolicy)})
+            audio = Namespace(**asdict(AudioPolicy()))
             _set(init, "audio", audio)
         explicit = explicit_keys(argv, "audio")
         flag = "--data.init_args.audio."
