@@ -98,3 +98,17 @@ def test_the_policy_is_the_directory_inference_through_the_one_conversion(tmp_pa
         sample_rate=48000, clip_seconds=1.0, train_size=16)))
     apply_model_preprocessing(flat, [], lines.append)
     assert vars(flat.data.init_args) == {"sample_rate": 16000, "clip_seconds": 0.5, "train_size": 16}
+
+
+def test_a_config_without_an_audio_policy_takes_the_whole_policy_from_the_directory(tmp_path):
+    from clapkit.datamodules.pipeline import AudioPolicy
+
+    # `clapkit fit --config configs/clap/finetune.yaml --model DIR`: the fine-tuned model keeps its crop
+    inference = InferenceConfig(sample_rate=16000, clip_samples=8000, crop="center", int16_roundtrip=True)
+    weights = _model_dir(tmp_path / "m", **inference.to_dict())
+    config = Namespace(weights=str(weights), data=Namespace(class_path="x", init_args=Namespace(audio=None)))
+    lines = []
+    apply_model_preprocessing(config, ["fit"], lines.append)
+    policy = AudioPolicy(**vars(config.data.init_args.audio))
+    assert policy == AudioPolicy.from_inference(inference) and policy.inference_config() == inference
+    assert len(lines) == 1 and "eval_crop center (config: seeded)" in lines[0]

@@ -16,9 +16,11 @@ the parsed ``data:`` section before anything is instantiated:
 The values come from the one conversion, :meth:`AudioPolicy.from_inference
 <clapkit.datamodules.pipeline.AudioPolicy.from_inference>`: datamodules with an ``audio`` policy
 get every setting the model decides (``sample_rate``, ``clip_seconds``, ``max_seconds`` for
-fusion, ``pad``, ``int16``) and keep their own choices (the training and evaluation crops: an
-evaluation set scores a reproducible excerpt per file; silence, downmix); datamodules with plain
-arguments of those names (the synthetic corpus: ``sample_rate``, ``clip_seconds``) get those.
+fusion, ``pad``, ``int16``) and keep their own choices (training crop, silence, downmix, and
+the evaluation crop of a config that sets an ``audio`` policy: an evaluation set scores a
+reproducible excerpt per file; without one, the model's crop, so a fine-tuned model keeps it);
+datamodules with plain arguments of those names (the synthetic corpus: ``sample_rate``,
+``clip_seconds``) get those.
 """
 
 from __future__ import annotations
@@ -33,16 +35,19 @@ from clapkit.datamodules.pipeline import AudioPolicy
 from clapkit.inference.load import InferenceConfig, is_native, read_native_config
 
 
-def wanted_audio(inference: InferenceConfig, current: Any, names: Sequence[str] | None = None) -> dict[str, Any]:
+def wanted_audio(inference: InferenceConfig, current: Any, names: Sequence[str] | None = None, *,
+                 own_crop: bool = True) -> dict[str, Any]:
     """The settings of ``current`` (a parsed policy namespace, or a datamodule's arguments) that
     give it the preprocessing ``inference`` says, through :meth:`AudioPolicy.from_inference`.
 
-    A policy (``names`` ``None``) keeps its own choices (:meth:`AudioPolicy.choice_names`) and
-    fusion window cap; otherwise only ``names`` the model decides are looked at.
+    A policy (``names`` ``None``) keeps its own choices (:meth:`AudioPolicy.choice_names`; the
+    evaluation crop only with ``own_crop``) and fusion window cap; otherwise only ``names`` the
+    model decides are looked at.
     """
     if names is None:
         names = [f.name for f in fields(AudioPolicy) if _has(current, f.name)]
-        choices = {name: _get(current, name) for name in names if name in AudioPolicy.choice_names()}
+        keep = AudioPolicy.choice_names() - (set() if own_crop else {"eval_crop"})
+        choices = {name: _get(current, name) for name in names if name in keep}
         policy = AudioPolicy.from_inference(inference, _get(current, "max_seconds"), **choices)
     else:
         policy = AudioPolicy.from_inference(inference)
@@ -83,6 +88,7 @@ def apply_model_preprocessing(config: Any, argv: Sequence[str],
     changes: list[str] = []
     if _has(init, "audio"):
         audio = _get(init, "audio")
+        own_crop = audio is not None
         if audio is None:
             from jsonargparse import Namespace
 
@@ -91,7 +97,7 @@ def apply_model_preprocessing(config: Any, argv: Sequence[str],
         explicit = explicit_keys(argv, "audio")
         flag = "--data.init_args.audio."
         target = audio
-        wanted = wanted_audio(inference, audio)
+        wanted = wanted_audio(inference, audio, own_crop=own_crop)
     elif _has(init, "sample_rate"):
         explicit = explicit_keys(argv, "")
         flag = "--data.init_args."
