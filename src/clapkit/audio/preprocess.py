@@ -5,6 +5,11 @@ audio becomes the model's input; :func:`load_waveform` coerces any accepted inpu
 numpy array, a tensor; mono or multi-channel) into float32 samples and a rate, and
 :func:`prepare_audio` applies the whole spec (resample, int16 round trip, window). The CLAP and
 separation inference objects both go through these, so a clip is read one way everywhere.
+
+The data pipeline (:class:`~clapkit.datamodules.pipeline.AudioPolicy`) names the same settings
+its own way; :meth:`InferenceConfig.from_policy` and :meth:`InferenceConfig.policy_settings` are
+the one conversion between the two (a policy's evaluation path and the config it gives read a
+clip into the same window, bit for bit).
 """
 
 from __future__ import annotations
