@@ -100,3 +100,10 @@ def test_an_evaluation_crop_inference_cannot_use_is_a_warning_not_a_failure():
 def test_a_bad_checkpoint_entry_is_refused():
     with pytest.raises(ValueError, match="bad 'clapkit_inference' entry"):
         TinyTask().on_load_checkpoint({INFERENCE_KEY: {"sample_rate": 0}})
+
+
+def test_the_model_keeps_its_text_limit_the_data_never_sets():
+    task = TinyTask()
+    task.inference = InferenceConfig(sample_rate=48000, clip_samples=480000, text_max_length=77)
+    _fit(task, TinyData())
+    assert task.model.inference == InferenceConfig(**{**LEARNED.inference_config().to_dict(), "text_max_length": 77})

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -70,6 +71,9 @@ class BaseTask(LightningModule):
             rank_zero_warn(f"{type(datamodule).__name__}: no inference settings for the model ({exc})")
             return
         if config is not None:
+            # the data decides the audio side; the text tower's token limit is the model's own
+            if config.text_max_length is None and self.inference is not None:
+                config = replace(config, text_max_length=self.inference.text_max_length)
             self.inference = config
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
