@@ -17,8 +17,8 @@
 - The preprocessing a model learns from its data: at fit start the datamodule's
   :meth:`~clapkit.datamodules.base.AudioDataModule.inference_config` (how its evaluation batches
   were cut from raw audio) becomes :attr:`BaseTask.inference` (stored in ``self.model.inference``
-  when the task has a plain ``model``) and travels in the Lightning checkpoint under
-  :data:`~clapkit.audio.preprocess.INFERENCE_KEY` as a plain dict, so ``clapkit export`` writes it into the model directory.
+  when the task has a plain ``model``) and travels in the Lightning checkpoint as a plain dict
+  (:data:`~clapkit.audio.preprocess.INFERENCE_KEY`), so ``clapkit export`` writes it out.
 """
 
 from __future__ import annotations
@@ -129,4 +129,3 @@ class BaseTask(LightningModule):
             config["monitor"] = self.monitor
         return optimizers_from_factories(self, self.optimizer_factory, self.scheduler_factory,
                                          parameters=self.optimizer_parameters(), **config)
-
