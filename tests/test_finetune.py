@@ -89,8 +89,11 @@ def finetune_and_export(tmp_path: Path, checkpoint: Path, text_dir: Path, *, del
                  "--model.init_args.lr", "1e-3"]) == 0
     [last] = run.rglob("last.ckpt")
     assert main(["export", str(last), "-o", str(export)]) == 0
+    source_inference = yaml.safe_load((source / "config.yaml").read_text())["inference"]
     shutil.rmtree(source)
     written = (export / "config.yaml").read_text()
+    # directory -> data policy -> what the model learned -> export: the preprocessing survives whole
+    assert yaml.safe_load(written)["inference"] == source_inference
     assert str(tmp_path) not in written  # nothing points outside the directory
     encoder = yaml.safe_load(written)["model"]["init_args"]["towers"]["audio"]["init_args"]["encoder"]
     assert encoder["init_args"]["frontend"]["class_path"].endswith("ConvLogMel")  # the converted front end kept

@@ -77,3 +77,38 @@ def test_cli_44k_model_dir_with_48k_eval_config(tmp_path, capsys):
     # a 0.05 s clip resampled to 44.1 kHz has 2205 samples; repeatpad tiles it 40 times into the
     # 88200-sample window (at 48 kHz it would be 36 x 2400 = 86400, unresampled 55 x 1600 = 88000)
     assert batch["audio"].shape[-1] == 88200 and batch["lengths"].tolist() == [88200] * len(batch["key"])
+
+
+def test_the_policy_is_the_directory_inference_through_the_one_conversion(tmp_path):
+    from clapkit.datamodules.pipeline import AudioPolicy
+
+    inference = InferenceConfig(sample_rate=16000, clip_samples=8000, pad="repeat", crop="start",
+                                int16_roundtrip=False)
+    weights = _model_dir(tmp_path / "m", **inference.to_dict())
+    config = _audio_config(weights, train_crop="random", eval_crop="seeded", reject_silent=False, mono=True)
+    lines = []
+    apply_model_preprocessing(config, [], lines.append)
+    policy = AudioPolicy(**vars(config.data.init_args.audio))
+    # the model decides its input; the evaluation set keeps its per-file excerpt and its other choices
+    assert policy == AudioPolicy.from_inference(inference, eval_crop="seeded", reject_silent=False)
+    assert policy.inference_config() == InferenceConfig(**{**inference.to_dict(), "crop": "seeded"})
+    assert len(lines) == 1 and "eval_crop" not in lines[0] and "pad repeat (config: repeatpad)" in lines[0]
+    # a datamodule with its own rate and window arguments (the synthetic corpus) gets those two
+    flat = Namespace(weights=str(weights), data=Namespace(class_path="x", init_args=Namespace(
+        sample_rate=48000, clip_seconds=1.0, train_size=16)))
+    apply_model_preprocessing(flat, [], lines.append)
+    assert vars(flat.data.init_args) == {"sample_rate": 16000, "clip_seconds": 0.5, "train_size": 16}
+
+
+def test_a_config_without_an_audio_policy_takes_the_whole_policy_from_the_directory(tmp_path):
+    from clapkit.datamodules.pipeline import AudioPolicy
+
+    # `clapkit fit --config configs/clap/finetune.yaml --model DIR`: the fine-tuned model keeps its crop
+    inference = InferenceConfig(sample_rate=16000, clip_samples=8000, crop="center", int16_roundtrip=True)
+    weights = _model_dir(tmp_path / "m", **inference.to_dict())
+    config = Namespace(weights=str(weights), data=Namespace(class_path="x", init_args=Namespace(audio=None)))
+    lines = []
+    apply_model_preprocessing(config, ["fit"], lines.append)
+    policy = AudioPolicy(**vars(config.data.init_args.audio))
+    assert policy == AudioPolicy.from_inference(inference) and policy.inference_config() == inference
+    assert len(lines) == 1 and "eval_crop center (config: seeded)" in lines[0]

@@ -72,6 +72,40 @@ def test_export_overrides_and_explicit_config(run, tmp_path):
     assert (inference["clip_samples"], inference["pad"], inference["int16_roundtrip"]) == (24000, "pad", True)
 
 
+def test_fit_keeps_the_learned_inference_in_the_checkpoint_and_export_writes_it(run, tmp_path, capsys):
+    from clapkit.audio.preprocess import INFERENCE_KEY, InferenceConfig
+
+    # the quick-start corpus: 1 s clips at 48 kHz that fill the window (no pad, crop or int16)
+    learned = InferenceConfig(sample_rate=48000, clip_samples=48000).to_dict()
+    state = torch.load(run, map_location="cpu", weights_only=True)
+    assert state[INFERENCE_KEY] == learned
+    out = tmp_path / "model"
+    assert main(["export", str(run), "-o", str(out), "-q"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["inference"] == learned
+    config = next(run.parents[1].glob("config.yaml"), None) or next(run.parents[2].glob("config.yaml"))
+
+    def export(entry, name):
+        checkpoint = tmp_path / f"{name}.ckpt"
+        torch.save({k: v for k, v in state.items() if k != INFERENCE_KEY} | entry, checkpoint)
+        code = main(["export", str(checkpoint), "--config", str(config), "-o", str(tmp_path / name), "-q"])
+        return code, (yaml.safe_load((tmp_path / name / "config.yaml").read_text())["inference"] if code == 0
+                      else None)
+
+    # the checkpoint's settings win over the data section's ...
+    changed = {**learned, "crop": "start", "clip_samples": 24000, "int16_roundtrip": True}
+    assert export({INFERENCE_KEY: changed}, "changed") == (0, changed)
+    # ... and an older checkpoint without them gets the same from the data section
+    assert export({}, "older") == (0, learned)
+    capsys.readouterr()
+    assert export({INFERENCE_KEY: {**learned, "sample_rate": 16000}}, "rate")[0] == 2
+    assert export({INFERENCE_KEY: {**learned, "crop": "random"}}, "bad")[0] == 2
+    # one error line each (beside the text tower's loading bar, which is not ours)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("clapkit export: error:")]
+    assert len(lines) == 2
+    assert "learned 16000 Hz audio from its data, but its audio encoder takes 48000 Hz" in lines[0]
+    assert "bad.ckpt: bad 'clapkit_inference' entry" in lines[1] and "random" in lines[1]
+
+
 def test_export_refusals_are_one_line(run, tmp_path, capsys):
     moved = tmp_path / "alone" / "last.ckpt"
     moved.parent.mkdir()

@@ -5,14 +5,19 @@ audio becomes the model's input; :func:`load_waveform` coerces any accepted inpu
 numpy array, a tensor; mono or multi-channel) into float32 samples and a rate, and
 :func:`prepare_audio` applies the whole spec (resample, int16 round trip, window). The CLAP and
 separation inference objects both go through these, so a clip is read one way everywhere.
+
+The data pipeline (:class:`~clapkit.datamodules.pipeline.AudioPolicy`) names the same settings
+its own way; :meth:`InferenceConfig.from_policy` and :meth:`InferenceConfig.policy_settings` are
+the one conversion between the two (a policy's evaluation path and the config it gives read a
+clip into the same window, bit for bit).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any, Union
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from typing import TYPE_CHECKING, Any, Union, get_args
 
 import numpy as np
 
@@ -36,6 +41,14 @@ AudioInput = Union[str, os.PathLike, np.ndarray, "torch.Tensor"]
 
 #: The file of a native model directory holding its ``model:`` and ``inference:`` sections.
 CONFIG_NAME = "config.yaml"
+
+#: Where a Lightning checkpoint written by ``clapkit fit`` keeps the preprocessing its model learned
+#: from the training data (a plain dict: :meth:`InferenceConfig.to_dict`).
+INFERENCE_KEY = "clapkit_inference"
+
+#: Window a fusion model's data pipeline delivers when nothing else says: Clotho's longest clips
+#: are 30 s (LAION-CLAP's fusion models take long clips whole).
+FUSION_MAX_SECONDS = 30.0
 
 
 @dataclass
@@ -80,6 +93,96 @@ class InferenceConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_policy(cls, policy: Any, sample_rate: int | None = None) -> InferenceConfig:
+        """The preprocessing of a data pipeline's evaluation path: the one conversion from the
+        data side's vocabulary (:class:`~clapkit.datamodules.pipeline.AudioPolicy`).
+
+        Args:
+            policy: an ``AudioPolicy`` or a mapping of its settings (a run config's data
+                section). ``clip_seconds`` is required; ``pad``, ``eval_crop`` (``crop``),
+                ``int16`` (``int16_roundtrip``) and ``max_seconds`` (set: ``fusion``) keep this
+                class's defaults where the mapping lacks them.
+            sample_rate: the rate the window is counted at (default: the policy's
+                ``sample_rate``): a model's own rate when it is known.
+
+        Raises:
+            ValueError: a missing window or rate, or a setting of the wrong kind (a random
+                evaluation crop has no deterministic counterpart).
+        """
+        values = asdict(policy) if is_dataclass(policy) else dict(policy)
+        rate = sample_rate if sample_rate is not None else values.get("sample_rate")
+        seconds = values.get("clip_seconds")
+        if not _is_number(rate) or not _is_number(seconds):
+            raise ValueError(f"a window needs a numeric sample_rate and clip_seconds, got {rate!r} and {seconds!r}")
+        settings: dict[str, Any] = {"sample_rate": int(rate), "clip_samples": int(round(float(seconds) * rate))}
+        for name, (key, kind) in _POLICY_NAMES.items():
+            if name in values:
+                settings[key] = _checked(name, values[name], kind)
+        if "max_seconds" in values:
+            settings["fusion"] = values["max_seconds"] is not None
+        return cls(**settings)
+
+    def policy_settings(self, max_seconds: float | None = None) -> dict[str, Any]:
+        """The data side's settings that give a model exactly this preprocessing (the inverse
+        of :meth:`from_policy`): ``sample_rate``, ``clip_seconds``, ``max_seconds``, ``pad``,
+        ``eval_crop`` and ``int16``.
+
+        ``max_seconds`` is the window cap a fusion model's batches may reach (kept when longer
+        than the window, else :data:`FUSION_MAX_SECONDS` or the window); without fusion it is
+        always ``None``.
+        """
+        clip_seconds = self.clip_samples / self.sample_rate
+        if not self.fusion:
+            max_seconds = None
+        elif max_seconds is None or max_seconds <= clip_seconds:
+            max_seconds = max(FUSION_MAX_SECONDS, clip_seconds)
+        settings: dict[str, Any] = {"sample_rate": self.sample_rate, "clip_seconds": clip_seconds,
+                                    "max_seconds": max_seconds}
+        settings.update({name: getattr(self, key) for name, (key, _) in _POLICY_NAMES.items()})
+        return settings
+
+
+#: The data side's names of the settings both sides hold, with their names here and their kinds.
+#: The window is ``clip_seconds`` there and ``clip_samples`` here; fusion is a window cap
+#: (``max_seconds``) there. In evaluation a ``seeded`` crop draws its offset from the clip's key;
+#: a clip given to a model alone has none, so inference draws from the empty key's seed (0).
+_POLICY_NAMES: dict[str, tuple[str, Any]] = {
+    "pad": ("pad", PadMode),
+    "eval_crop": ("crop", CropMode),
+    "int16": ("int16_roundtrip", bool),
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _checked(name: str, value: Any, kind: Any) -> Any:
+    allowed = get_args(kind)
+    if (allowed and value not in allowed) or (not allowed and not isinstance(value, kind)):
+        expected = ", ".join(allowed) if allowed else kind.__name__
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return value
+
+
+def inference_of_checkpoint(checkpoint: Mapping[str, Any], where: str = "checkpoint") -> InferenceConfig | None:
+    """The preprocessing a Lightning checkpoint's model learned (:data:`INFERENCE_KEY`); ``None``
+    for a checkpoint written before it was recorded.
+
+    Raises:
+        ValueError: the entry is there but is not a valid :class:`InferenceConfig`.
+    """
+    values = checkpoint.get(INFERENCE_KEY)
+    if values is None:
+        return None
+    try:
+        if not isinstance(values, Mapping):
+            raise TypeError(f"a mapping, not {type(values).__name__}")
+        return InferenceConfig.from_dict(values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: bad '{INFERENCE_KEY}' entry ({exc})") from None
 
 
 def read_inference_config(directory: str | os.PathLike) -> InferenceConfig | None:

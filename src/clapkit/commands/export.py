@@ -10,9 +10,9 @@ exported to a model directory first.)
 CKPT: the run's resolved config (``config.yaml``, which ``clapkit fit`` saves in the log
 directory) is found beside the checkpoint or up to three folders above it (or given with
 ``--config``); the model is rebuilt from its ``model:`` section and every checkpoint weight
-must fit. The inference window, padding and int16 round trip come from the config's data
-section (override with ``--clip-seconds``, ``--pad``, ``--int16``/``--no-int16``); the sample
-rate is the audio encoder's. The directory is what ``embed``, ``zeroshot``, ``retrieve`` and
+must fit. The inference settings are what the model learned from its data (kept in the
+checkpoint at fit start; for an older checkpoint, the config's data section at the audio
+encoder's rate); override with ``--clip-seconds``, ``--pad``, ``--int16``/``--no-int16``. The directory is what ``embed``, ``zeroshot``, ``retrieve`` and
 ``separate`` take as ``--model`` / MODEL.
 
 onnx: ``audio.onnx`` (waveform ``[batch, clip_samples]`` in), optionally ``audio_mel.onnx``
@@ -44,10 +44,10 @@ def build_parser():
     parser.add_argument("checkpoint", help="Lightning .ckpt of a clapkit fit run (or: onnx / hf, see above)")
     parser.add_argument("-o", "--output", required=True, help="model directory to create")
     parser.add_argument("--config", help="the run's LightningCLI config.yaml (default: found beside the checkpoint)")
-    parser.add_argument("--clip-seconds", type=float, help="inference window (default: the data section's)")
+    parser.add_argument("--clip-seconds", type=float, help="inference window (default: the run's data)")
     parser.add_argument("--pad", choices=["repeatpad", "repeat", "pad"], help="padding of clips shorter than the window")
     parser.add_argument("--int16", action=argparse.BooleanOptionalAction, default=None,
-                        help="quantise inputs to int16 first (None: the data section's setting)")
+                        help="quantise inputs to int16 first (default: the run's data)")
     parser.add_argument("--allow", action="append", default=[], metavar="MODULE",
                         help="a module the run's model section may name beyond clapkit, torch.nn and torch.optim "
                              "(repeatable; anything else is refused before it is imported)")

@@ -109,6 +109,12 @@ def lightning_main(args: list[str] | None = None, run: bool = True):
             weights = self.config[self.subcommand].get("weights") if self.subcommand else None
             if weights:
                 load_weights_into(self.model, weights)
+                from clapkit.audio.preprocess import read_inference_config
+
+                # what the directory knows beyond its data (the text tower's token limit) outlives a fine-tune
+                known = read_inference_config(weights)
+                if known is not None and hasattr(self.model, "inference"):
+                    self.model.inference = known
             _check_task_matches_data(self.model, self.datamodule, weights)
 
         def before_fit(self) -> None:

@@ -32,11 +32,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from clapkit.audio.preprocess import InferenceConfig
 from clapkit.datamodules.augment import WaveformAugment
-from clapkit.datamodules.base import Sample, collate_samples
+from clapkit.datamodules.base import AudioDataModule, Sample, collate_samples
 from clapkit.datamodules.pipeline import AudioPolicy, Skipped
 from clapkit.datamodules.synthetic import ALL_CLASSES, SPLIT_CODES, SyntheticSoundCorpus
 from clapkit.datamodules.webdataset import ShardDataModule, ShardStream
@@ -255,7 +255,7 @@ def _collate_train(samples: list[Sample]) -> dict[str, Any]:
     return collate_audio_image_text(samples, pick_text="random")
 
 
-class SyntheticAudioImageTextDataModule(LightningDataModule):
+class SyntheticAudioImageTextDataModule(AudioDataModule):
     """Tri-modal (audio, image, text) training on the synthetic corpus, for tests and demos.
 
     Validation and test each have one dataloader mixing clips of training classes (with every
@@ -301,6 +301,10 @@ class SyntheticAudioImageTextDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
+
+    def inference_config(self) -> InferenceConfig:
+        """The corpus' rate and clip length (its clips fill the window exactly)."""
+        return InferenceConfig(sample_rate=self.corpus.sample_rate, clip_samples=self.corpus.num_samples)
 
     @property
     def class_names(self) -> list[str]:

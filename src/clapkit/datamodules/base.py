@@ -12,6 +12,9 @@ contrastive module can look up ``batch[tower]`` for any set of towers:
 - ``"image"``: ``float32 [B, 3, H, W]``.
 - ``"label"``: ``int64 [B]`` (single-label) or ``float32 [B, K]`` multi-hot.
 - ``"key"``: ``list[str]``, sample identifiers (file names, shard keys).
+
+:class:`AudioDataModule` is the base of clapkit's datamodules: a model trained on one learns its
+preprocessing from it (:meth:`AudioDataModule.inference_config`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,22 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch import LightningDataModule
+
+from clapkit.audio.preprocess import InferenceConfig
+
+
+class AudioDataModule(LightningDataModule):
+    """A LightningDataModule that can say how its evaluation batches were made from raw audio.
+
+    A task trained on it stores :meth:`inference_config` in its model and checkpoint, so an
+    exported model reads audio the way its validation data did.
+    """
+
+    def inference_config(self) -> InferenceConfig | None:
+        """The preprocessing of the evaluation path (rate, window, padding, crop, int16 round
+        trip, fusion); ``None`` when it has none a model could reuse (the default)."""
+        return None
 
 
 @dataclass

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from clapkit.audio.preprocess import InferenceConfig
 from clapkit.datamodules.augment import WaveformAugment
+from clapkit.datamodules.base import AudioDataModule
 from clapkit.datamodules.pipeline import AudioPolicy, Skipped, Stage, collate_with_skips, worker_rng
 
 
@@ -127,7 +128,7 @@ class ClipDataset(Dataset):
         )
 
 
-class ClipDataModule(LightningDataModule):
+class ClipDataModule(AudioDataModule):
     """Base for datamodules over :class:`ClipSet` readers.
 
     Subclasses implement :meth:`build_sets` returning ``{stage: ClipSet}`` for the stages
@@ -158,6 +159,10 @@ class ClipDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.eval_captions = eval_captions
         self.sets: dict[str, ClipSet] = {}
+
+    def inference_config(self) -> InferenceConfig:
+        """The evaluation path of :attr:`audio` (:meth:`AudioPolicy.inference_config`)."""
+        return self.audio.inference_config()
 
     # -- to implement -------------------------------------------------------------------
     def build_sets(self) -> dict[str, ClipSet]:

@@ -29,11 +29,12 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from clapkit.audio import fit_length, load_audio, resample
 from clapkit.audio.crop import CropMode, PadMode
+from clapkit.audio.preprocess import InferenceConfig
+from clapkit.datamodules.base import AudioDataModule
 from clapkit.datamodules.mix_sources import MixSource, source_metadata
 from clapkit.datamodules.pipeline import AudioPolicy
 from clapkit.datamodules.resumable import ResumableLoader, ResumableSampler, default_seed
@@ -531,7 +532,7 @@ def collate_mixtures(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- datamodule
 
 
-class MixtureDataModule(LightningDataModule):
+class MixtureDataModule(AudioDataModule):
     """Mixtures of target + interferers from any mix source, random in training, fixed in evaluation.
 
     Args:
@@ -608,6 +609,10 @@ class MixtureDataModule(LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self._eval_sets: dict[str, MixtureDataset] = {}
+
+    def inference_config(self) -> InferenceConfig:
+        """The evaluation path of :attr:`clip`: how one mixture window is cut from raw audio."""
+        return self.clip.inference_config()
 
     # -- datasets -------------------------------------------------------------------------------
     def _dataset(self, source: MixSource, specs=None, train: bool = False) -> MixtureDataset:

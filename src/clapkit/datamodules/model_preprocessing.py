@@ -13,9 +13,14 @@ the parsed ``data:`` section before anything is instantiated:
   ``--data.audio.<name>``, or the whole ``audio`` group) is kept, and a conflict with the model
   directory is reported.
 
-Datamodules with an ``audio`` policy (:class:`~clapkit.datamodules.pipeline.AudioPolicy`) get
-``sample_rate``, ``clip_seconds``, ``pad``, ``int16`` and ``max_seconds`` (fusion); datamodules
-with plain ``sample_rate`` / ``clip_seconds`` arguments (the synthetic corpus) get those two.
+The values come from the one conversion, :meth:`AudioPolicy.from_inference
+<clapkit.datamodules.pipeline.AudioPolicy.from_inference>`: datamodules with an ``audio`` policy
+get every setting the model decides (``sample_rate``, ``clip_seconds``, ``max_seconds`` for
+fusion, ``pad``, ``int16``) and keep their own choices (training crop, silence, downmix, and
+the evaluation crop of a config that sets an ``audio`` policy: an evaluation set scores a
+reproducible excerpt per file; without one, the model's crop, so a fine-tuned model keeps it);
+datamodules with plain arguments of those names (the synthetic corpus: ``sample_rate``,
+``clip_seconds``) get those.
 """
 
 from __future__ import annotations
@@ -23,31 +28,32 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import asdict, fields
 from typing import Any
 
+from clapkit.datamodules.pipeline import AudioPolicy
 from clapkit.inference.load import InferenceConfig, is_native, read_native_config
 
-#: Window a fusion model's evaluation batches may reach when the config sets none: Clotho's
-#: longest clips are 30 s (LAION-CLAP's fusion models take long clips whole).
-FUSION_MAX_SECONDS = 30.0
 
+def wanted_audio(inference: InferenceConfig, current: Any, names: Sequence[str] | None = None, *,
+                 own_crop: bool = True) -> dict[str, Any]:
+    """The settings of ``current`` (a parsed policy namespace, or a datamodule's arguments) that
+    give it the preprocessing ``inference`` says, through :meth:`AudioPolicy.from_inference`.
 
-def wanted_audio(inference: InferenceConfig, current_max: float | None) -> dict[str, Any]:
-    """AudioPolicy values that give the model in a directory its own preprocessing."""
-    clip_seconds = inference.clip_samples / inference.sample_rate
-    if inference.fusion:
-        max_seconds = current_max if current_max is not None and current_max > clip_seconds else max(
-            FUSION_MAX_SECONDS, clip_seconds)
+    A policy (``names`` ``None``) keeps its own choices (:meth:`AudioPolicy.choice_names`; the
+    evaluation crop only with ``own_crop``) and fusion window cap; otherwise only ``names`` the
+    model decides are looked at.
+    """
+    if names is None:
+        names = [f.name for f in fields(AudioPolicy) if _has(current, f.name)]
+        keep = AudioPolicy.choice_names() - (set() if own_crop else {"eval_crop"})
+        choices = {name: _get(current, name) for name in names if name in keep}
+        policy = AudioPolicy.from_inference(inference, _get(current, "max_seconds"), **choices)
     else:
-        max_seconds = None
-    return {
-        "sample_rate": inference.sample_rate,
-        "clip_seconds": clip_seconds,
-        "pad": inference.pad,
-        "int16": inference.int16_roundtrip,
-        "max_seconds": max_seconds,
-    }
+        policy = AudioPolicy.from_inference(inference)
+        names = [name for name in names if name not in AudioPolicy.choice_names()]
+    values = asdict(policy)
+    return {name: values[name] for name in names}
 
 
 def explicit_keys(argv: Sequence[str], group: str) -> set[str] | None:
@@ -82,25 +88,21 @@ def apply_model_preprocessing(config: Any, argv: Sequence[str],
     changes: list[str] = []
     if _has(init, "audio"):
         audio = _get(init, "audio")
+        own_crop = audio is not None
         if audio is None:
             from jsonargparse import Namespace
 
-            from clapkit.datamodules.pipeline import AudioPolicy
-
-            defaults = AudioPolicy()
-            audio = Namespace(**{f.name: getattr(defaults, f.name) for f in fields(AudioPolicy)})
+            audio = Namespace(**asdict(AudioPolicy()))
             _set(init, "audio", audio)
         explicit = explicit_keys(argv, "audio")
         flag = "--data.init_args.audio."
         target = audio
-        wanted = wanted_audio(inference, _get(audio, "max_seconds"))
+        wanted = wanted_audio(inference, audio, own_crop=own_crop)
     elif _has(init, "sample_rate"):
         explicit = explicit_keys(argv, "")
         flag = "--data.init_args."
         target = init
-        wanted = {"sample_rate": inference.sample_rate,
-                  "clip_seconds": inference.clip_samples / inference.sample_rate}
-        wanted = {k: v for k, v in wanted.items() if _has(init, k)}
+        wanted = wanted_audio(inference, init, [f.name for f in fields(AudioPolicy) if _has(init, f.name)])
     else:
         return []
     for name, value in wanted.items():

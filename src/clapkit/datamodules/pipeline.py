@@ -15,6 +15,12 @@ Window and ``lengths`` semantics: without ``max_seconds`` every clip becomes exa
 longer clips are cropped to at most ``max_seconds`` and zero-filled. ``lengths`` is always
 the number of leading samples that carry signal, so ``lengths > clip_seconds * rate`` marks
 exactly the rows that need the fusion path.
+
+A policy and a model's :class:`~clapkit.audio.preprocess.InferenceConfig` are two views of one
+preprocessing: :meth:`AudioPolicy.inference_config` gives the model the evaluation path of its
+data, :meth:`AudioPolicy.from_inference` gives data the model's preprocessing (plus the choices
+only data has: the training crop, silence, downmix). Both go through the one conversion,
+:meth:`InferenceConfig.from_policy` / :meth:`InferenceConfig.policy_settings`.
 """
 
 from __future__ import annotations
@@ -23,13 +29,14 @@ import os
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
 from clapkit.audio import AudioLoadError, downmix, fit_length, int16_roundtrip, load_audio, resample
 from clapkit.audio.crop import CropMode, PadMode
+from clapkit.audio.preprocess import InferenceConfig
 from clapkit.datamodules.base import Sample, collate_samples
 
 # Fixed so that every rank logs the same metric names (a collective needs identical keys).
@@ -113,6 +120,39 @@ class AudioPolicy:
             raise ValueError(
                 f"max_seconds ({self.max_seconds}) must be >= clip_seconds ({self.clip_seconds})"
             )
+
+    @classmethod
+    def from_inference(cls, config: InferenceConfig, max_seconds: float | None = None, **choices: Any) -> AudioPolicy:
+        """The policy whose evaluation path is a model's preprocessing ``config``.
+
+        Args:
+            config: the model's preprocessing.
+            max_seconds: the window cap of a fusion model's batches (see
+                :meth:`InferenceConfig.policy_settings`); ignored without fusion.
+            choices: what the model does not decide (:meth:`choice_names`): ``train_crop``,
+                ``reject_silent``, ``mono`` (default: the class's), and ``eval_crop`` (default:
+                ``config.crop``; an evaluation protocol may keep its own per-file excerpt).
+        """
+        unknown = sorted(set(choices) - cls.choice_names())
+        if unknown:
+            raise TypeError(f"{cls.__name__}.from_inference: {unknown} are the model's settings, not choices")
+        return cls(**{**config.policy_settings(max_seconds), **choices})
+
+    @classmethod
+    def choice_names(cls) -> set[str]:
+        """Fields :meth:`from_inference` takes from the caller: every field a model's
+        preprocessing does not fix, and the evaluation crop."""
+        model = set(InferenceConfig().policy_settings()) - {"eval_crop"}
+        return {f.name for f in fields(cls)} - model
+
+    def inference_config(self, sample_rate: int | None = None) -> InferenceConfig:
+        """The preprocessing a model gets from this policy's evaluation path (``eval_crop``,
+        no random crop), counted at ``sample_rate`` (default: the policy's).
+
+        Raises:
+            ValueError: a random ``eval_crop`` (inference is deterministic).
+        """
+        return InferenceConfig.from_policy(self, sample_rate)
 
     @property
     def clip_samples(self) -> int:

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from clapkit.audio import save_audio
-from clapkit.datamodules.base import Sample, collate_samples
+from clapkit.audio.preprocess import InferenceConfig
+from clapkit.datamodules.base import AudioDataModule, Sample, collate_samples
 from clapkit.datamodules.resumable import ResumableLoader, ResumableSampler
 from clapkit.utils.atomic import write_csv
 
@@ -382,7 +382,7 @@ def write_corpus(
     return write_csv(root / "metadata.csv", header, rows)
 
 
-class SyntheticCLAPDataModule(LightningDataModule):
+class SyntheticCLAPDataModule(AudioDataModule):
     """CLAP training on the synthetic corpus, with retrieval and held-out zero-shot evaluation.
 
     ``val``/``test`` have two dataloaders each (see the evaluation protocol in
@@ -434,6 +434,11 @@ class SyntheticCLAPDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
+
+    def inference_config(self) -> InferenceConfig:
+        """The corpus' rate and clip length; its clips fill the window exactly, so padding,
+        crop and quantisation keep :class:`InferenceConfig`'s defaults."""
+        return InferenceConfig(sample_rate=self.corpus.sample_rate, clip_samples=self.corpus.num_samples)
 
     @property
     def class_names(self) -> list[str]:

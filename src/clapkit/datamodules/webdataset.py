@@ -32,11 +32,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
+from clapkit.audio.preprocess import InferenceConfig
 from clapkit.datamodules.audioset import read_class_index
+from clapkit.datamodules.base import AudioDataModule
 from clapkit.datamodules.pipeline import AudioPolicy, Sample, Skipped, Stage, collate_with_skips
 from clapkit.datamodules.shards import (
     Assignment,
@@ -320,7 +321,7 @@ class EpochLoader(DataLoader):
         return super().__iter__()
 
 
-class ShardDataModule(LightningDataModule):
+class ShardDataModule(AudioDataModule):
     """Audio-text pretraining from webdataset shards (LAION-CLAP layout), mixed sources.
 
     Args:
@@ -376,6 +377,10 @@ class ShardDataModule(LightningDataModule):
         self.streams: dict[str, ShardStream] = {}
 
     stream_class: type[ShardStream] = ShardStream
+
+    def inference_config(self) -> InferenceConfig:
+        """The evaluation path of :attr:`audio` (:meth:`AudioPolicy.inference_config`)."""
+        return self.audio.inference_config()
 
     def stream_kwargs(self) -> dict:
         """Extra keyword arguments for :attr:`stream_class` (subclasses add their modality's)."""

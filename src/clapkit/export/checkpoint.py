@@ -8,9 +8,11 @@ above the checkpoint, rebuilds the model from its ``model:`` section, loads the 
 every file the config names (tokenizer and text config folders: :mod:`clapkit.hub.assets`):
 the ``--model`` of ``clapkit embed``, ``zeroshot``, ``retrieve`` and ``separate``.
 
-The inference settings come from the run too: the sample rate is the audio encoder's, the
-window (``clip_seconds``), padding and int16 round trip are the data section's (every default
-filled in by the datamodule's signature), and any of them can be overridden. Separation
+The inference settings come from the run too: the preprocessing the model learned from its
+data at fit start (kept in the checkpoint by :class:`~clapkit.lightning_modules.base.BaseTask`),
+or for an older checkpoint the data section's (every default filled in by the datamodule's
+signature, at the audio encoder's rate); the window, padding and int16 round trip can be
+overridden. Separation
 models are written by their own :meth:`~clapkit.lightning_modules.separation.SeparationTask.export`
 (which makes the query CLAP part of the directory).
 """
@@ -19,9 +21,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from clapkit.audio.preprocess import inference_of_checkpoint
 from clapkit.inference.load import (
     CONFIG_NAME,
     InferenceConfig,
@@ -57,15 +61,21 @@ def find_run_config(checkpoint: str | os.PathLike) -> Path:
     )
 
 
-def data_audio_settings(config_path: str | os.PathLike, allow: Iterable[str] = ()) -> dict[str, Any]:
-    """``clip_seconds``, ``pad`` and ``int16`` of a run config's data section, defaults included.
+def data_inference(config_path: str | os.PathLike, sample_rate: int,
+                   allow: Iterable[str] = ()) -> InferenceConfig | None:
+    """The preprocessing of a run config's data section at ``sample_rate``, defaults included.
 
-    The data section is parsed against its datamodule's signature (not instantiated, so no
-    dataset is touched); the first mapping holding ``clip_seconds`` (a datamodule argument or
-    a nested :class:`~clapkit.datamodules.pipeline.AudioPolicy`) is used. Empty when the
-    config has no data section or it does not parse. A data section naming code outside the
-    allow-list (``allow`` extends it) is read as it is written, never parsed: parsing imports
-    its ``class_path``.
+    For checkpoints that do not carry their model's preprocessing (written before it was
+    recorded; see :func:`export_inference`). The data section is parsed against its
+    datamodule's signature (not instantiated, so no dataset is touched); the first mapping
+    holding ``clip_seconds`` (a nested :class:`~clapkit.datamodules.pipeline.AudioPolicy` or
+    a datamodule's own arguments) goes through the one conversion,
+    :meth:`InferenceConfig.from_policy`. ``None`` when the config has no data section or no
+    window. A data section naming code outside the allow-list (``allow`` extends it) is read
+    as it is written, never parsed: parsing imports its ``class_path``.
+
+    Raises:
+        PretrainedError: a window setting of the wrong kind (naming the config file).
     """
     from jsonargparse import ArgumentParser
     from lightning.pytorch import LightningDataModule
@@ -73,7 +83,7 @@ def data_audio_settings(config_path: str | os.PathLike, allow: Iterable[str] = (
     document = read_untrusted_config(config_path, code_sections=())
     data = document.get("data")
     if not isinstance(data, Mapping):
-        return {}
+        return None
     try:
         check_code_values(data, allow, where=str(config_path), key="data")
         parser = ArgumentParser(exit_on_error=False)
@@ -83,14 +93,11 @@ def data_audio_settings(config_path: str | os.PathLike, allow: Iterable[str] = (
         tree = dict(data)
     found = _first_with(tree, "clip_seconds")
     if found is None:
-        return {}
-    settings = {"clip_seconds": float(found["clip_seconds"])}
-    if isinstance(found.get("pad"), str):
-        settings["pad"] = found["pad"]
-    for key in ("int16", "int16_roundtrip"):
-        if isinstance(found.get(key), bool):
-            settings["int16_roundtrip"] = found[key]
-    return settings
+        return None
+    try:
+        return InferenceConfig.from_policy(found, sample_rate)
+    except (TypeError, ValueError) as exc:
+        raise PretrainedError(f"{config_path}: bad audio settings in the data section ({exc})") from None
 
 
 def _first_with(value, key: str):
@@ -138,9 +145,10 @@ def export_checkpoint(
         checkpoint: a ``.ckpt`` written by ``clapkit fit``.
         output: the model directory to create.
         config: the run's LightningCLI config (default: found with :func:`find_run_config`).
-        clip_seconds: inference window (default: the data section's ``clip_seconds``).
-        pad: padding of short clips (default: the data section's, else ``repeatpad``).
-        int16_roundtrip: quantise inputs to int16 first (default: the data section's ``int16``).
+        clip_seconds: inference window (default: the one the model learned from its data, see
+            :func:`export_inference`).
+        pad: padding of short clips (default: likewise, else ``repeatpad``).
+        int16_roundtrip: quantise inputs to int16 first (default: likewise).
         overwrite: replace an existing model directory; ``output`` may never be, contain or lie
             inside the checkpoint or the config (``-o RUN`` is refused).
         trust_pickle: let ``torch.load`` unpickle code (Lightning checkpoints whose
@@ -186,21 +194,8 @@ def _export(checkpoint, output, config_path: Path, tree: dict[str, Any], build_t
     if is_separation_task(model):
         model.export(str(output), model_config=tree, overwrite=overwrite, inputs=[checkpoint, config_path])
         return Path(output)
-    rate = _audio_sample_rate(model)
-    if rate is None:
-        raise PretrainedError(f"{config_path}: no audio encoder with a sample_rate in the model")
-    settings = data_audio_settings(config_path, allow)
-    for key, value in (("clip_seconds", clip_seconds), ("pad", pad), ("int16_roundtrip", int16_roundtrip)):
-        if value is not None:
-            settings[key] = value
-    if "clip_seconds" not in settings:
-        raise PretrainedError(f"{config_path}: the data section gives no clip_seconds; pass the window "
-                              "(--clip-seconds)")
-    seconds = settings.pop("clip_seconds")
-    try:
-        inference = InferenceConfig(sample_rate=rate, clip_samples=int(round(seconds * rate)), **settings)
-    except (TypeError, ValueError) as exc:
-        raise PretrainedError(f"{config_path}: bad inference settings ({exc})") from None
+    inference = export_inference(state, checkpoint, config_path, _audio_sample_rate(model), allow,
+                                 clip_seconds=clip_seconds, pad=pad, int16_roundtrip=int16_roundtrip)
     # The run's config may name files outside any model directory (a text tower's folder, the
     # source model's assets after `clapkit fit --model DIR`): copy them in, so the export
     # survives the source moving and never reads outside itself.
@@ -209,3 +204,39 @@ def _export(checkpoint, output, config_path: Path, tree: dict[str, Any], build_t
     bundled = bundle_assets(tree)
     return save_pretrained(model, output, inference, bundled.config, assets=bundled.assets, overwrite=overwrite,
                            inputs=[checkpoint, config_path])
+
+
+def export_inference(state: Mapping[str, Any], checkpoint, config_path: Path, rate: int | None,
+                     allow: Iterable[str] = (), *, clip_seconds: float | None = None, pad: str | None = None,
+                     int16_roundtrip: bool | None = None) -> InferenceConfig:
+    """The ``inference:`` section of an exported model: what the checkpoint's model learned from
+    its data (:func:`~clapkit.audio.preprocess.inference_of_checkpoint`), else the run config's
+    data section at the audio encoder's ``rate`` (:func:`data_inference`); the given settings
+    replace either's.
+
+    Raises:
+        PretrainedError: a bad checkpoint entry, a data rate other than the encoder's, no rate
+            or no window to be found, or settings that do not make an :class:`InferenceConfig`.
+    """
+    try:
+        inference = inference_of_checkpoint(state, where=str(checkpoint))
+    except ValueError as exc:
+        raise PretrainedError(str(exc)) from None
+    if inference is not None and rate is not None and inference.sample_rate != rate:
+        raise PretrainedError(f"{checkpoint}: the model learned {inference.sample_rate} Hz audio from its data, "
+                              f"but its audio encoder takes {rate} Hz")
+    if inference is None:
+        if rate is None:
+            raise PretrainedError(f"{config_path}: no audio encoder with a sample_rate in the model")
+        inference = data_inference(config_path, rate, allow)
+    changes: dict[str, Any] = {"pad": pad, "int16_roundtrip": int16_roundtrip}
+    if clip_seconds is not None:
+        changes["clip_samples"] = int(round(clip_seconds * (inference.sample_rate if inference else rate)))
+    changes = {key: value for key, value in changes.items() if value is not None}
+    if inference is None and "clip_samples" not in changes:
+        raise PretrainedError(f"{config_path}: the data section gives no clip_seconds; pass the window "
+                              "(--clip-seconds)")
+    try:
+        return replace(inference, **changes) if inference else InferenceConfig(sample_rate=rate, **changes)
+    except (TypeError, ValueError) as exc:
+        raise PretrainedError(f"{config_path}: bad inference settings ({exc})") from None

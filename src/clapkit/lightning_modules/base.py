@@ -14,17 +14,26 @@
   arguments that are modules are recorded as their ``class_path`` trees when the task was built
   from a config, and left out when it was built in Python (the checkpoint's state dict holds
   their weights; a module object in ``hparams`` would be pickled and deep-copied).
+- The preprocessing a model learns from its data: at fit start the datamodule's
+  :meth:`~clapkit.datamodules.base.AudioDataModule.inference_config` (how its evaluation batches
+  were cut from raw audio) becomes :attr:`BaseTask.inference` (stored in ``self.model.inference``
+  when the task has a plain ``model``) and travels in the Lightning checkpoint as a plain dict
+  (:data:`~clapkit.audio.preprocess.INFERENCE_KEY`), so ``clapkit export`` writes it out.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 
+from clapkit.audio.preprocess import INFERENCE_KEY, InferenceConfig, inference_of_checkpoint
+from clapkit.datamodules.base import AudioDataModule
 from clapkit.lightning_modules.optim import optimizers_from_factories
 
 
@@ -35,6 +44,44 @@ class BaseTask(LightningModule):
     scheduler_factory: Callable[[torch.optim.Optimizer], Any] | None = None
     monitor: str | None = None
     scheduler_interval: Literal["epoch", "step"] = "epoch"
+    _inference: InferenceConfig | None = None
+
+    @property
+    def inference(self) -> InferenceConfig | None:
+        """The preprocessing learned from the data (``self.model.inference`` when the task has a
+        plain model that knows it); ``None`` before fit start or a checkpoint that holds it."""
+        known = getattr(getattr(self, "model", None), "inference", None)
+        return known if isinstance(known, InferenceConfig) else self._inference
+
+    @inference.setter
+    def inference(self, config: InferenceConfig | None) -> None:
+        self._inference = config
+        model = getattr(self, "model", None)
+        if model is not None:
+            model.inference = config
+
+    def on_fit_start(self) -> None:
+        # The data of this run is the truth, even when resuming from a checkpoint that says otherwise.
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not isinstance(datamodule, AudioDataModule):
+            return
+        try:
+            config = datamodule.inference_config()
+        except ValueError as exc:  # e.g. a random evaluation crop: the model learns nothing rather than fail
+            rank_zero_warn(f"{type(datamodule).__name__}: no inference settings for the model ({exc})")
+            return
+        if config is not None:
+            # the data decides the audio side; the text tower's token limit is the model's own
+            if config.text_max_length is None and self.inference is not None:
+                config = replace(config, text_max_length=self.inference.text_max_length)
+            self.inference = config
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.inference is not None:
+            checkpoint[INFERENCE_KEY] = self.inference.to_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.inference = inference_of_checkpoint(checkpoint) or self.inference
 
     def set_optimization(
         self,
