@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
     from train_step import build_clapkit
 
+    from clapkit.audio.preprocess import InferenceConfig
     from clapkit.inference.clap import CLAPModel
-    from clapkit.inference.load import InferenceConfig
 
     torch.manual_seed(0)
     wave = 0.1 * torch.randn(args.batch_size, 480000)

@@ -144,7 +144,8 @@ def test_embed_command_buckets_a_fusion_model_by_length_through_the_early_decode
     import torch
 
     from clapkit.audio import save_audio
-    from clapkit.inference.load import InferenceConfig, instantiate_model, save_pretrained
+    from clapkit.audio.preprocess import InferenceConfig
+    from clapkit.hub.native import instantiate_model, save_pretrained
     from helpers.models import tiny_fusion_clap_config, tone
 
     rate = 16000

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 import clapkit
-from clapkit.inference.load import instantiate_model, read_native_config, read_native_weights
+from clapkit.hub.native import instantiate_model, read_native_weights
+from clapkit.inference.load import read_native_config
 from clapkit.utils.fastinit import skip_random_init
 from helpers.models import save_tiny_native, tone
 

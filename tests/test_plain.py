@@ -18,12 +18,13 @@ import torch
 import clapkit
 from clapkit.audio import load_audio, save_audio
 from clapkit.encoders.hf_text import HFTextEncoder
-from clapkit.hub.native import plain
+from clapkit.hub.directory import plain
+from clapkit.hub.native import load_native
 from clapkit.hub.plain import PLAIN_BUILDERS, TASK_DEFAULTS, task_name
 from clapkit.inference.clap import CLAPModel
-from clapkit.inference.load import load_native, save_converted
 from clapkit.inference.separation import SeparationModel
 from clapkit.inference.tagger import TaggerModel
+from clapkit.interop.registry import save_converted
 from helpers.counting import count_constructions
 from helpers.models import save_tiny_native
 

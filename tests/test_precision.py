@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import clapkit
+from clapkit.audio.preprocess import InferenceConfig
 from clapkit.inference.clap import CLAPModel
-from clapkit.inference.load import InferenceConfig
 from clapkit.utils import precision as policy
 from helpers.models import save_tiny_native, tone
 

@@ -12,16 +12,12 @@ import yaml
 
 import clapkit
 from clapkit.audio import save_audio
+from clapkit.audio.preprocess import InferenceConfig
+from clapkit.hub.directory import CONFIG_NAME, WEIGHTS_NAME
+from clapkit.hub.native import instantiate_model, save_pretrained
 from clapkit.inference.clap import CLAPModel
-from clapkit.inference.load import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    InferenceConfig,
-    PretrainedError,
-    instantiate_model,
-    read_checkpoint,
-    save_pretrained,
-)
+from clapkit.io.checkpoint import read_checkpoint
+from clapkit.io.errors import PretrainedError
 from helpers.models import (
     randomize_norm_stats,
     tiny_clap_config,

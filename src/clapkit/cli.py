@@ -98,7 +98,8 @@ def _native_model_args(argv: list[str]) -> list[str]:
     """Rewrite ``--model DIR`` (a native clapkit model directory) into the model's own config
     tree plus ``--weights DIR``, so ``clapkit validate --config eval.yaml --model DIR`` evaluates
     a saved or converted model without the user copying its config by hand."""
-    from clapkit.inference.load import is_native, native_model_tree
+    from clapkit.hub.directory import is_native
+    from clapkit.hub.native import native_model_tree
 
     out: list[str] = []
     index = 0
@@ -139,7 +140,7 @@ def lightning_main(args: list[str] | None = None, run: bool = True):
             )
 
         def _load_weights(self) -> None:
-            from clapkit.inference.load import load_weights_into
+            from clapkit.hub.native import load_weights_into
 
             weights = self.config[self.subcommand].get("weights") if self.subcommand else None
             if weights:
@@ -308,7 +309,7 @@ def _trainer_errors() -> tuple[type[BaseException], ...]:
     import argparse
     import pickle
 
-    from clapkit.inference.load import PretrainedError
+    from clapkit.io.errors import PretrainedError
 
     errors: tuple[type[BaseException], ...] = (*USER_ERRORS, PretrainedError, pickle.UnpicklingError,
                                                 argparse.ArgumentError)

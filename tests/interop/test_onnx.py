@@ -111,7 +111,8 @@ def test_mel_graph_matches_pytorch(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("fusion", [False, True], ids=["htsat", "htsat-fusion"])
 def test_htsat_graphs_match_pytorch(fusion, tmp_path):
-    from clapkit.inference.load import InferenceConfig, instantiate_model, save_pretrained
+    from clapkit.audio.preprocess import InferenceConfig
+    from clapkit.hub.native import instantiate_model, save_pretrained
     from clapkit.interop.onnx import OnnxCLAPModel, export_onnx
     from helpers.models import tiny_clap_config
 

@@ -34,9 +34,6 @@ if TYPE_CHECKING:
 
 AudioInput = Union[str, os.PathLike, np.ndarray, "torch.Tensor"]
 
-#: The file of a native model directory holding its ``model:`` and ``inference:`` sections.
-CONFIG_NAME = "config.yaml"
-
 
 @dataclass
 class InferenceConfig:
@@ -80,24 +77,6 @@ class InferenceConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def read_inference_config(directory: str | os.PathLike) -> InferenceConfig | None:
-    """The ``inference:`` section of a native model directory, read without importing torch.
-
-    ``None`` when ``directory`` is not a native model directory or the section does not parse
-    (loading the model reports that properly). Commands use it to start decoding audio while
-    torch and the model load.
-    """
-    import yaml
-
-    path = os.path.join(os.fspath(directory), CONFIG_NAME)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            document = yaml.safe_load(handle)
-        return InferenceConfig.from_dict(document["inference"] or {})
-    except (OSError, yaml.YAMLError, TypeError, KeyError, ValueError):
-        return None
 
 
 def load_waveform(audio: AudioInput, sample_rate: int | None = None, *, mono: bool = True,

@@ -94,7 +94,7 @@ def main(argv: list[str]) -> int:
 
 def _export_checkpoint(argv: list[str]) -> int:
     from clapkit.hub.run_export import export_checkpoint
-    from clapkit.inference.load import PretrainedError
+    from clapkit.io.errors import PretrainedError
 
     args = build_parser().parse_args(argv)
     try:
@@ -109,8 +109,9 @@ def _export_checkpoint(argv: list[str]) -> int:
 
 
 def _export_onnx(argv: list[str]) -> int:
-    from clapkit.inference.load import PretrainedError, load
+    from clapkit.inference.load import load
     from clapkit.interop.onnx import export_onnx
+    from clapkit.io.errors import PretrainedError
 
     args = build_onnx_parser().parse_args(argv)
     args.model = _shared.model_argument(args.model, args.model_arg, "clapkit export onnx --model MODEL_DIR -o DIR")

@@ -26,7 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
 
-from clapkit.inference.load import InferenceConfig, is_native, read_native_config
+from clapkit.audio.preprocess import InferenceConfig
+from clapkit.hub.directory import is_native, read_directory
 
 #: Window a fusion model's evaluation batches may reach when the config sets none: Clotho's
 #: longest clips are 30 s (LAION-CLAP's fusion models take long clips whole).
@@ -74,7 +75,7 @@ def apply_model_preprocessing(config: Any, argv: Sequence[str],
     data = _get(config, "data")
     if not weights or not is_native(weights) or data is None:
         return []
-    _, inference = read_native_config(weights)
+    inference = read_directory(weights).inference
     init = _get(data, "init_args")
     if init is None:
         return []

@@ -48,9 +48,7 @@ class CLAPModel:
     """A contrastive model wrapped for inference (what :func:`clapkit.load` returns).
 
     Args:
-        model: a module with a ``towers`` dict (and optionally ``logit_scales``): a
-            :class:`~clapkit.encoders.tower.TowerSet`, or a ``ContrastiveTask`` whose towers are
-            taken out of it (the task itself is not kept).
+        model: the :class:`~clapkit.encoders.tower.TowerSet` (a ``ContrastiveTask``'s ``model``).
         inference: preprocessing settings of the checkpoint.
         device: where the model runs (``cpu``, ``cuda``, ``auto``...).
         precision: ``32``; ``bf16`` or ``16`` (autocast of the forward pass); ``bf16-true``
@@ -90,7 +88,9 @@ class CLAPModel:
             raise ValueError("batch_size must be at least 1")
         precision = resolve_precision(precision, self.device)
         #: The towers and logit scales (a plain module).
-        self.model = TowerSet.of(model).to(self.device).eval()
+        if not isinstance(model, TowerSet):
+            raise TypeError(f"CLAPModel takes a TowerSet (a ContrastiveTask's .model), not a {type(model).__name__}")
+        self.model = model.to(self.device).eval()
         self.inference = inference
         #: The resolved precision (``auto`` says which one it chose).
         self.precision = precision

@@ -108,10 +108,10 @@ def esrnxfbsp_config(num_classes: int = 527, audio_variant: str = "base", sample
 
 
 def _target(config: dict[str, Any]) -> dict[str, torch.Size]:
-    from clapkit.hub.plain import build_plain  # the task's plain modules: its keys, without Lightning
+    from clapkit.hub.native import build_model  # the task's plain model: its keys, without Lightning
 
     with torch.device("meta"):
-        return target_shapes(build_plain(config))
+        return target_shapes(build_model(config))
 
 
 def is_audioclip(state: Mapping[str, Any]) -> bool:

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clapkit.inference.load import InferenceConfig, PretrainedError
+from clapkit.audio.preprocess import InferenceConfig
+from clapkit.io.errors import PretrainedError
 from clapkit.utils.atomic import MODEL_DIRECTORY, check_target, replace_output
 
 AUDIO_FILE = "audio.onnx"

@@ -147,13 +147,15 @@ def build_converted(converted: Converted) -> nn.Module:
 
 
 def build_converted_plain(converted: Converted) -> nn.Module:
-    """A :class:`Converted` model as its plain inference modules (:mod:`clapkit.hub.plain`: no
+    """A :class:`Converted` model as its plain model (:func:`clapkit.hub.native.build_model`: no
     LightningModule), weights loaded with full coverage: what :func:`clapkit.load` uses."""
-    from clapkit.hub.plain import build_plain_with_weights
+    from clapkit.hub.native import build_model
+    from clapkit.utils.fastinit import skip_random_init
 
-    return build_plain_with_weights(converted.model_config, converted.state_dict,
-                                    resolve=asset_resolver(converted.assets),
-                                    what=converted.description or "checkpoint")
+    with skip_random_init():
+        model = build_model(converted.model_config, resolve=asset_resolver(converted.assets))
+    load_state_dict_strict(model, converted.state_dict, what=converted.description or "checkpoint")
+    return model.eval()
 
 
 def save_converted(converted: Converted, directory: str | os.PathLike, *, overwrite: bool = False,

@@ -70,6 +70,29 @@ class BaseTask(LightningModule):
         if modules and "_instantiator" in self.hparams:
             self.save_hyperparameters(ignore=list(ignore), frame=frame)
 
+    def model_config(self, model_class: type) -> dict[str, Any] | None:
+        """The ``class_path``/``init_args`` tree of the task's model, from the task's config.
+
+        The model's arguments are those of ``model_class``'s signature the hyperparameters hold
+        (LightningCLI hands every one, defaults included, as ``class_path`` trees); ``None`` when
+        the task was built in Python (its module arguments are objects, not trees).
+        """
+        if "_instantiator" not in self.hparams:
+            return None
+        from clapkit.utils.trees import plain
+
+        names = inspect.signature(model_class).parameters
+        return {"class_path": f"{model_class.__module__}.{model_class.__qualname__}",
+                "init_args": {name: plain(self.hparams[name]) for name in names if name in self.hparams}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Map a checkpoint saved before the task owned ``self.model`` (keys ``towers.``...) onto
+        today's keys (``model.towers.``...) through :mod:`clapkit.interop.legacy`."""
+        from clapkit.interop.legacy import upgrade_task_state
+
+        if isinstance(checkpoint.get("state_dict"), dict):
+            checkpoint["state_dict"] = upgrade_task_state(self, checkpoint["state_dict"])
+
     def optimizer_parameters(self):
         """What the optimiser factory is given: every parameter that requires gradients."""
         return [p for p in self.parameters() if p.requires_grad]
