@@ -128,4 +128,4 @@ def test_inductor_contrastive_training_step():
     out = task.compute_loss(batch)
     out.loss.backward()
     assert torch.isfinite(out.loss)
-    assert task.towers["audio"].encoder.conv_block1.conv1.weight.grad is not None
+    assert task.model.towers["audio"].encoder.conv_block1.conv1.weight.grad is not None

@@ -162,7 +162,7 @@ def test_export_native_model_not_from_hf(tmp_path, capsys):
     with single_thread():
         task = instantiate_model(config).eval()
         with torch.no_grad():
-            task.towers["audio"].encoder.bn0.running_mean.normal_(0, 0.5)
+            task.model.towers["audio"].encoder.bn0.running_mean.normal_(0, 0.5)
         native = save_pretrained(task, tmp_path / "native", InferenceConfig(), config, assets={"text_model": text_dir})
         assert export_hf.main([str(native), "-o", str(tmp_path / "hf")]) == 0
         assert "note: transformers crops clips longer than the window at random" in capsys.readouterr().err

@@ -296,20 +296,19 @@ def load_native(directory: str | os.PathLike, load_weights: bool = True,
     ``load_weights`` and ``allow`` as :func:`load_model`'s.
     """
     from clapkit.hub.directory import DEFAULT_TASKS
-
-    found = read_directory(directory, allow)
-    if found.task is None and str(found.model.get("class_path")) not in DEFAULT_TASKS:
-        return _build_and_load(found, found.model, allow=allow, load_weights=load_weights), found.model, found.inference
-    where = str(found.config_path)
     from clapkit.utils.fastinit import skip_random_init
 
+    found = read_directory(directory, allow)
+    where = str(found.config_path)
+    whole = found.task is None and str(found.model.get("class_path")) not in DEFAULT_TASKS
+    tree = found.model if whole else found.task_tree()
     with skip_random_init() if load_weights else contextlib.nullcontext():
-        task = instantiate_model(found.task_tree(), resolve=found.resolve, allow=allow, where=where)
-    model = getattr(task, "model", None)
-    if not isinstance(model, SavedModel):
-        raise PretrainedError(f"{where}: {found.task_tree()['class_path']} does not own a plain model (task.model)")
-    _fill(found, model, load_weights=load_weights)
-    return task.eval(), found.model, found.inference
+        module = instantiate_model(tree, resolve=found.resolve, allow=allow, where=where)
+    # A task owns the model the weights are of; a tree naming no task is that model (or an old
+    # task that does not own one yet, whose keys are its own).
+    owned = getattr(module, "model", None)
+    _fill(found, owned if not whole and isinstance(owned, SavedModel) else module, load_weights=load_weights)
+    return module.eval(), found.model, found.inference
 
 
 def _with_towers(found: ModelDirectory, towers: Sequence[str]) -> dict[str, Any]:

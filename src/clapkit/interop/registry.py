@@ -36,9 +36,10 @@ class Converted:
     """A model described in clapkit's terms, ready to instantiate or save.
 
     Attributes:
-        model_config: ``class_path``/``init_args`` tree of the LightningModule. Paths written
-            as ``./<name>`` refer to ``assets[name]``.
-        state_dict: weights keyed like the instantiated module's ``state_dict``.
+        model_config: ``class_path``/``init_args`` tree of the LightningModule (its plain model
+            is built through :func:`clapkit.interop.legacy.split_task_tree`). Paths written as
+            ``./<name>`` refer to ``assets[name]``.
+        state_dict: weights keyed like the plain model's ``state_dict``.
         inference: audio/text preprocessing of the model.
         assets: name -> source directory or file, copied into the native directory.
         description: one line saying what the checkpoint contains (for messages).
@@ -141,8 +142,12 @@ def convert_checkpoint(
 
 def build_converted(converted: Converted) -> nn.Module:
     """Instantiate a :class:`Converted` model and load its weights, requiring full coverage."""
+    from clapkit.interop.legacy import upgrade_task_state
+
     model = instantiate_model(converted.model_config, resolve=asset_resolver(converted.assets))
-    load_state_dict_strict(model, converted.state_dict, what=converted.description or "checkpoint")
+    # The converted weights are the plain model's; a task holds it as ``model``.
+    state = upgrade_task_state(model.state_dict(), converted.state_dict)
+    load_state_dict_strict(model, state, what=converted.description or "checkpoint")
     return model.eval()
 
 

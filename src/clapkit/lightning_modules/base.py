@@ -79,7 +79,7 @@ class BaseTask(LightningModule):
         """
         if "_instantiator" not in self.hparams:
             return None
-        from clapkit.utils.trees import plain
+        from clapkit.hub.directory import plain
 
         names = inspect.signature(model_class).parameters
         return {"class_path": f"{model_class.__module__}.{model_class.__qualname__}",

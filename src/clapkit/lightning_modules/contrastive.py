@@ -53,7 +53,7 @@ from torch import nn
 from clapkit.datamodules.base import class_names_for, is_empty_batch
 from clapkit.encoders.base import AudioEncoder, TextEncoder, module_device
 from clapkit.encoders.text_cache import TextCache
-from clapkit.encoders.tower import TowerSet, pair_key
+from clapkit.encoders.tower import Tower, TowerSet, pair_key
 from clapkit.lightning_modules.base import BaseTask
 from clapkit.lightning_modules.evaluation import ConsolidatedSet, EvalSet
 from clapkit.lightning_modules.losses import contrastive_loss
@@ -133,6 +133,7 @@ class ContrastiveTask(BaseTask):
     built from ``**model_args``; losses, metrics and optimisation are the task's.
 
     Args:
+        towers: named towers; each reads ``batch[name]`` (``audio``, ``text``, ``image``).
         frozen: towers (``"text"``) or sub-modules (``"text.encoder"``) to freeze: eval mode,
             ``requires_grad=False``, left out of the optimiser.
         local_loss: with several processes, compute each rank's rows against all gathered
@@ -161,13 +162,14 @@ class ContrastiveTask(BaseTask):
             with its weight decay). ``None``: AdamW with ``lr``, ``betas``, ``eps``.
         scheduler: ``optimizer -> LR scheduler``, stepped every optimiser step. ``None``: linear
             warmup over ``warmup_steps`` then cosine to ``lr * min_lr_ratio``.
-        **model_args: the :class:`~clapkit.encoders.tower.TowerSet`'s arguments: ``towers``,
-            ``pairs``, ``logit_scale_init``, ``logit_scale_min``, ``logit_scale_max``,
-            ``learn_logit_scale`` (given flat, as before: ``towers:``, ``pairs:`` in YAML).
+        **model_args: the :class:`~clapkit.encoders.tower.TowerSet`'s other arguments (``pairs``,
+            ``logit_scale_init``, ``logit_scale_min``, ``logit_scale_max``, ``learn_logit_scale``),
+            given flat beside the task's own (``pairs:`` in YAML).
     """
 
     def __init__(
         self,
+        towers: dict[str, Tower],
         frozen: Sequence[str] = (),
         local_loss: bool = False,
         pair_reduction: Literal["mean", "sum", "audioclip"] = "mean",
@@ -194,7 +196,7 @@ class ContrastiveTask(BaseTask):
             raise ValueError(f"pair_reduction must be one of {', '.join(PAIR_REDUCTIONS)}, not {pair_reduction!r}")
         if not prompt_templates or any("{}" not in t for t in prompt_templates):
             raise ValueError("prompt_templates need a '{}' placeholder for the class name")
-        self.model = TowerSet(**model_args)
+        self.model = TowerSet(towers, **model_args)
         self.model.config = self.model_config(TowerSet)
         for a, b in self.model.pairs:
             for name in (a, b):
