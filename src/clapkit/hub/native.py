@@ -162,8 +162,6 @@ def save_pretrained(
     inference = inference if isinstance(inference, InferenceConfig) else InferenceConfig.from_dict(inference)
     tree = model_config_of(model, model_config)
     model_tree, task_tree = split_task_tree(tree)
-    if saved is not model and task_tree is None:
-        raise PretrainedError(f"the config names {tree.get('class_path')}, not a task owning the model to save")
     if isinstance(saved, SavedModel):
         document = {"clapkit_format": FORMAT_VERSION, "model": portable(model_tree, assets or {})}
         if task_tree is not None:

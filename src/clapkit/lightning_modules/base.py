@@ -50,7 +50,8 @@ class BaseTask(LightningModule):
         self.monitor = monitor
         self.scheduler_interval = interval
 
-    def save_config_hyperparameters(self, modules: Sequence[str] = (), ignore: Sequence[str] = ()) -> None:
+    def save_config_hyperparameters(self, modules: Sequence[str] = (), ignore: Sequence[str] = (),
+                                    model_class: type | None = None) -> None:
         """Save the ``__init__`` arguments of the calling task as ``hparams``, module arguments only as config.
 
         Args:
@@ -59,6 +60,8 @@ class BaseTask(LightningModule):
                 ``class_path`` trees, so ``load_from_checkpoint`` and :func:`clapkit.hub.native.model_config_of`
                 can rebuild the task; built in Python they are module objects and are left out.
             ignore: arguments never saved (factories such as ``optimizer``).
+            model_class: the class of the task's model, whose arguments the task takes as
+                ``**kwargs``: their defaults are saved too.
 
         A config instantiation is recognised by the ``_instantiator`` entry Lightning's CLI writes
         into the hyperparameters it hands over (and into every checkpoint, where
@@ -69,6 +72,12 @@ class BaseTask(LightningModule):
         self.save_hyperparameters(ignore=[*ignore, *modules], frame=frame)
         if modules and "_instantiator" in self.hparams:
             self.save_hyperparameters(ignore=list(ignore), frame=frame)
+        if model_class is not None:
+            # Model arguments reach the task as ``**kwargs``: those left at their defaults are
+            # recorded too, as LightningCLI records every argument.
+            for name, parameter in inspect.signature(model_class).parameters.items():
+                if name not in self.hparams and name not in modules and parameter.default is not parameter.empty:
+                    self.hparams[name] = parameter.default
 
     def model_config(self, model_class: type) -> dict[str, Any] | None:
         """The ``class_path``/``init_args`` tree of the task's model, from the task's config.
@@ -91,7 +100,7 @@ class BaseTask(LightningModule):
         from clapkit.interop.legacy import upgrade_task_state
 
         if isinstance(checkpoint.get("state_dict"), dict):
-            checkpoint["state_dict"] = upgrade_task_state(self, checkpoint["state_dict"])
+            checkpoint["state_dict"] = upgrade_task_state(self.state_dict(), checkpoint["state_dict"])
 
     def optimizer_parameters(self):
         """What the optimiser factory is given: every parameter that requires gradients."""

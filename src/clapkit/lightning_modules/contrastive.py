@@ -190,7 +190,7 @@ class ContrastiveTask(BaseTask):
         super().__init__()
         # From a config the towers are kept as their class_path trees (load_from_checkpoint rebuilds
         # the model from them); built in Python they are modules, whose weights the checkpoint stores.
-        self.save_config_hyperparameters(modules=["towers"], ignore=["optimizer", "scheduler"])
+        self.save_config_hyperparameters(modules=["towers"], ignore=["optimizer", "scheduler"], model_class=TowerSet)
         self.set_optimization(optimizer, scheduler, interval="step")
         if pair_reduction not in PAIR_REDUCTIONS:
             raise ValueError(f"pair_reduction must be one of {', '.join(PAIR_REDUCTIONS)}, not {pair_reduction!r}")
