@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     for precision in args.precision:
         torch.manual_seed(0)
         task = build_clapkit("tiny", 1, 480000)
-        models[precision] = CLAPModel(task, InferenceConfig(), precision=precision)
+        models[precision] = CLAPModel(task.model, InferenceConfig(), precision=precision)
     reference = models[args.precision[0]]._embed("audio", wave)
     counter = FlopCounterMode(display=False)
     with counter:

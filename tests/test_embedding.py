@@ -15,9 +15,9 @@ import pytest
 
 import clapkit
 from clapkit.audio.preprocess import prepare_audio
-from clapkit.hub.directory import read_inference as read_inference_config
 from clapkit.cli import main
 from clapkit.commands._shared import read_embeddings
+from clapkit.hub.directory import read_inference as read_inference_config
 from clapkit.inference.embedding import (
     EarlyDecoder,
     EmbeddingInputError,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 import clapkit
-from clapkit.hub.native import instantiate_model, read_native_weights
 from clapkit.hub.directory import read_directory
+from clapkit.hub.native import instantiate_model, read_native_weights
 from clapkit.utils.fastinit import skip_random_init
 from helpers.models import save_tiny_native, tone
 

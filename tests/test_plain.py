@@ -17,7 +17,6 @@ import torch
 import clapkit
 from clapkit.audio import load_audio, save_audio
 from clapkit.encoders.hf_text import HFTextEncoder
-from clapkit.hub.directory import plain
 from clapkit.hub.native import load_native
 from clapkit.inference.clap import CLAPModel
 from clapkit.inference.separation import SeparationModel

@@ -40,8 +40,8 @@ from __future__ import annotations
 import functools
 
 from clapkit.audio.preprocess import prepare_audio
-from clapkit.hub.directory import read_inference
 from clapkit.commands import CommandError, _shared, _skipping
+from clapkit.hub.directory import read_inference
 from clapkit.inference.embedding import (
     EarlyDecoder,
     EmbeddingInputError,
