@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 
 from clapkit.audio.preprocess import prepare_audio
+from clapkit.audio.skips import PARTIAL, Skipped
 from clapkit.commands import CommandError, _shared, _skipping
 from clapkit.hub.directory import read_inference
 from clapkit.inference.embedding import (
@@ -50,7 +51,6 @@ from clapkit.inference.embedding import (
     embed_corpus,
     rank_from_env,
 )
-from clapkit.inference.skips import PARTIAL, Skipped
 
 #: Embedding audio files needs the audio tower only: the text tower is neither built nor read.
 AUDIO_ONLY = ("audio",)

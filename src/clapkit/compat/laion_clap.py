@@ -38,6 +38,7 @@ from torch import nn
 
 from clapkit.hub.directory import is_native
 from clapkit.inference.clap import CLAPModel
+from clapkit.inference.load import load
 
 SAMPLE_RATE = 48000
 
@@ -81,10 +82,8 @@ class CLAP_Module(nn.Module):  # noqa: N801 - the reference's name
         if ckpt is None:
             raise ValueError("clapkit.compat.laion_clap never downloads: pass ckpt=<path of the .pt file> "
                              f"(model_id={model_id} names a file of https://huggingface.co/lukewys/laion_clap)")
-        import clapkit
-
         if is_native(ckpt):
-            clap = clapkit.load(ckpt, device=self._device)
+            clap = load(ckpt, device=self._device)
             if clap.inference.fusion != self.enable_fusion:
                 raise ValueError(f"{ckpt}: enable_fusion={self.enable_fusion} but the model "
                                  f"{'uses' if clap.inference.fusion else 'does not use'} fusion")
