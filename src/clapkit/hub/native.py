@@ -264,24 +264,12 @@ def load_model(directory: str | os.PathLike, *, towers: Sequence[str] | None = N
 
 def build_model(tree: Mapping[str, Any], *, resolve: Callable[[str], str] | None = None,
                 build: Callable[..., nn.Module] | None = None) -> nn.Module:
-    """The plain model of a model tree, or of a task tree (its model's part: one path for format-1
-    directories and converted checkpoints, :func:`clapkit.interop.legacy.split_task_tree`), with
-    random weights.
+    """The plain model of a model or task tree, with random weights
+    (:func:`clapkit.interop.legacy.build_model` with :func:`instantiate_model` as ``build``)."""
+    from clapkit.interop import legacy
 
-    Args:
-        tree: the ``class_path``/``init_args`` tree.
-        resolve: maps each ``./relative`` path string to a real path.
-        build: ``(sub_tree, resolve) -> module`` for one ``class_path`` tree (default
-            :func:`instantiate_model`).
-    """
-    from clapkit.interop.legacy import legacy_builder, split_task_tree
-
-    build = build or (lambda sub_tree, resolve=None: instantiate_model(sub_tree, resolve=resolve))
-    model_tree, _ = split_task_tree(plain(tree))
-    legacy = legacy_builder(model_tree)
-    if legacy is not None:
-        return legacy(model_tree.get("init_args") or {}, lambda sub_tree: build(sub_tree, resolve))
-    return build(model_tree, resolve)
+    return legacy.build_model(tree, build or (lambda sub_tree, resolve=None: instantiate_model(sub_tree, resolve)),
+                              resolve=resolve)
 
 
 def load_native(directory: str | os.PathLike, load_weights: bool = True,

@@ -80,6 +80,24 @@ def upgrade_task_state(expected: Mapping[str, Any], state: Mapping[str, Any]) ->
             for key, value in state.items()}
 
 
+def build_model(tree: Mapping[str, Any], build: Callable[..., Any],
+                resolve: Callable[[str], str] | None = None) -> Any:
+    """The plain model of a model tree, or of a task tree (its model's part: one path for format-1
+    directories, converted checkpoints and run configs), with random weights.
+
+    Args:
+        tree: the ``class_path``/``init_args`` tree.
+        build: ``(sub_tree, resolve) -> module`` for one ``class_path`` tree (the safe
+            :func:`clapkit.hub.native.instantiate_model`, or a converter's direct build).
+        resolve: maps each ``./relative`` path string to a real path.
+    """
+    model_tree, _ = split_task_tree(tree)
+    legacy = legacy_builder(model_tree)
+    if legacy is not None:
+        return legacy(model_tree.get("init_args") or {}, lambda sub_tree: build(sub_tree, resolve))
+    return build(model_tree, resolve)
+
+
 # ------------------------------------------------------------------ format-1 builders (transitional)
 # Classifier and SeparationNetwork do not yet take their whole config; until their translators
 # join TASK_TRANSLATORS, a format-1 tree naming their task is built here directly.
