@@ -250,7 +250,7 @@ def load_model(directory: str | os.PathLike, *, towers: Sequence[str] | None = N
         directory: the model directory.
         towers: build and read only these towers of a model built from ``towers`` (a
             ``TowerSet``: ``("audio",)``); the others' tensors are never read from the
-            memory-mapped ``model.safetensors``. ``None``: the whole model.
+            memory-mapped ``model.safetensors``. ``None``, or a model without towers: the whole model.
         allow: module prefixes trusted beyond the allow-list (see :func:`check_class_paths`).
         replace: config key -> a path the user gave for an outside path under that key
             (see :func:`~clapkit.hub.directory.read_directory`).
@@ -258,8 +258,10 @@ def load_model(directory: str | os.PathLike, *, towers: Sequence[str] | None = N
             model nested in a larger one whose own weights file carries every tensor).
     """
     found = read_directory(directory, allow, replace=replace)
-    tree = found.model if towers is None else _with_towers(found, towers)
-    return _build_and_load(found, tree, allow=allow, load_weights=load_weights, partial=towers is not None)
+    # ``towers`` chooses among a model's towers; a model built from none (a tagger) is loaded whole.
+    partial = towers is not None and isinstance((found.model.get("init_args") or {}).get("towers"), Mapping)
+    tree = _with_towers(found, towers) if partial else found.model
+    return _build_and_load(found, tree, allow=allow, load_weights=load_weights, partial=partial)
 
 
 def build_model(tree: Mapping[str, Any], *, resolve: Callable[[str], str] | None = None,
@@ -300,9 +302,7 @@ def load_native(directory: str | os.PathLike, load_weights: bool = True,
 def _with_towers(found: ModelDirectory, towers: Sequence[str]) -> dict[str, Any]:
     """The model tree with only ``towers`` in its ``towers`` argument."""
     init_args = found.model.get("init_args") or {}
-    trees = init_args.get("towers")
-    if not isinstance(trees, Mapping):
-        raise PretrainedError(f"{found.config_path}: {found.model.get('class_path')} has no towers to choose from")
+    trees = init_args["towers"]
     if unknown := sorted(set(towers) - set(trees)):
         raise PretrainedError(f"no tower {unknown[0]!r} in the model (towers: {', '.join(trees)})")
     return {**found.model, "init_args": {**init_args, "towers": {k: v for k, v in trees.items() if k in towers}}}
