@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
     from train_step import build_clapkit
 
+    from clapkit.audio.preprocess import InferenceConfig
     from clapkit.inference.clap import CLAPModel
-    from clapkit.inference.load import InferenceConfig
 
     torch.manual_seed(0)
     wave = 0.1 * torch.randn(args.batch_size, 480000)
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     for precision in args.precision:
         torch.manual_seed(0)
         task = build_clapkit("tiny", 1, 480000)
-        models[precision] = CLAPModel(task, InferenceConfig(), precision=precision)
+        models[precision] = CLAPModel(task.model, InferenceConfig(), precision=precision)
     reference = models[args.precision[0]]._embed("audio", wave)
     counter = FlopCounterMode(display=False)
     with counter:

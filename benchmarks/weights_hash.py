@@ -44,7 +44,8 @@ def build(directory: Path) -> None:
     sys.path[:0] = [SRC, TESTS]
     import torch
 
-    from clapkit.inference.load import InferenceConfig, instantiate_model, save_pretrained
+    from clapkit.audio.preprocess import InferenceConfig
+    from clapkit.hub.native import instantiate_model, save_pretrained
     from helpers.models import tiny_clap_config, write_bert_dir
 
     text = write_bert_dir(directory.parent / f"{directory.name}-bert", hidden=768, layers=12, heads=12)

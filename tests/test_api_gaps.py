@@ -9,8 +9,8 @@ import torch
 
 import clapkit
 from clapkit.cli import main
-from clapkit.inference.load import save_converted
 from clapkit.interop.audioclip import convert_audioclip
+from clapkit.interop.registry import save_converted
 from helpers.audioclip import official_audioclip_state_dict
 from helpers.models import write_wav_folder
 
@@ -69,8 +69,8 @@ def test_tagger_refuses_to_embed_in_one_line(tagger_dir, tmp_path, capsys):
 
 
 def test_class_names_are_kept_and_checked():
+    from clapkit.audio.preprocess import InferenceConfig
     from clapkit.encoders.esresnext import ESResNeXtFBSP
-    from clapkit.inference.load import InferenceConfig
     from clapkit.inference.tagger import TaggerModel
     from clapkit.lightning_modules.classification import ClassificationTask
 

@@ -8,7 +8,7 @@ import pytest
 from clapkit.cli import main
 from clapkit.commands.lightning_cli import native_model_args as _native_model_args
 from clapkit.datamodules.synthetic import SyntheticCLAPDataModule
-from clapkit.inference.load import load_native
+from clapkit.hub.native import load_native
 from helpers.models import save_tiny_native
 
 DATA = dict(sample_rate=16000, train_size=8, retrieval_size=16, zeroshot_per_class=2, batch_size=8)

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 import clapkit
-from clapkit.audio.preprocess import prepare_audio, read_inference_config
+from clapkit.audio.preprocess import prepare_audio
 from clapkit.cli import main
+from clapkit.hub.directory import read_inference as read_inference_config
 from clapkit.inference.embedding import (
     EarlyDecoder,
     EmbeddingInputError,
@@ -144,7 +145,8 @@ def test_embed_command_buckets_a_fusion_model_by_length_through_the_early_decode
     import torch
 
     from clapkit.audio import save_audio
-    from clapkit.inference.load import InferenceConfig, instantiate_model, save_pretrained
+    from clapkit.audio.preprocess import InferenceConfig
+    from clapkit.hub.native import instantiate_model, save_pretrained
     from helpers.models import tiny_fusion_clap_config, tone
 
     rate = 16000

@@ -26,7 +26,8 @@ def model_dir(tmp_path_factory):
     """A tiny CLAP saved natively with a 44.1 kHz, 0.25 s window (the eval configs say 48 kHz, 10 s)."""
     import torch
 
-    from clapkit.inference.load import InferenceConfig, instantiate_model, save_pretrained
+    from clapkit.audio.preprocess import InferenceConfig
+    from clapkit.hub.native import instantiate_model, save_pretrained
     from helpers.models import randomize_norm_stats, tiny_clap_config
 
     config = tiny_clap_config(sample_rate=44100)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 import clapkit
-from clapkit.inference.load import instantiate_model, read_native_config, read_native_weights
+from clapkit.hub.directory import read_directory
+from clapkit.hub.native import instantiate_model, read_native_weights
 from clapkit.utils.fastinit import skip_random_init
 from helpers.models import save_tiny_native, tone
 
@@ -22,7 +23,7 @@ def test_initialisers_are_no_ops_inside_and_restored_after():
 
 def test_load_gives_the_weights_of_a_normally_built_model(tmp_path):
     directory = save_tiny_native(tmp_path / "model")
-    config, _ = read_native_config(directory)
+    config = read_directory(directory).model
     plain = instantiate_model(config)
     plain.load_state_dict(read_native_weights(directory))
     fast = clapkit.load(directory)

@@ -11,7 +11,7 @@ import yaml
 import clapkit
 from clapkit.commands.lightning_cli import native_model_args
 from clapkit.hub.native import check_class_paths, load_native, native_model_tree
-from clapkit.inference.load import PretrainedError
+from clapkit.io.errors import PretrainedError
 
 MODULE = "clapkit_test_planted_module"
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from jsonargparse import Namespace
 
+from clapkit.audio.preprocess import InferenceConfig
 from clapkit.cli import lightning_main
 from clapkit.datamodules.model_preprocessing import apply_model_preprocessing, explicit_keys
-from clapkit.inference.load import InferenceConfig, instantiate_model, save_pretrained
+from clapkit.hub.native import instantiate_model, save_pretrained
 from helpers import layouts
 from helpers.models import tiny_clap_config, tiny_fusion_clap_config
 

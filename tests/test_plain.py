@@ -5,7 +5,6 @@ audio-only work never builds the text tower."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import subprocess
 import sys
@@ -18,12 +17,12 @@ import torch
 import clapkit
 from clapkit.audio import load_audio, save_audio
 from clapkit.encoders.hf_text import HFTextEncoder
-from clapkit.hub.native import plain
-from clapkit.hub.plain import PLAIN_BUILDERS, TASK_DEFAULTS, task_name
+from clapkit.hub.native import load_native
 from clapkit.inference.clap import CLAPModel
-from clapkit.inference.load import load_native, save_converted
 from clapkit.inference.separation import SeparationModel
 from clapkit.inference.tagger import TaggerModel
+from clapkit.interop.legacy import split_task_tree, task_name
+from clapkit.interop.registry import save_converted
 from helpers.counting import count_constructions
 from helpers.models import save_tiny_native
 
@@ -62,10 +61,10 @@ def saved(tmp_path_factory):
     wave, _ = load_audio(root / "clip.wav")  # what the file holds (the command reads it)
     expected = {}
     clap_task, _, inference = load_native(dirs["clap"])
-    old = CLAPModel(clap_task, inference)
+    old = CLAPModel(clap_task.model, inference)
     expected["clap"] = [old.embed_audio(wave, 16000), old.embed_text(TEXTS), torch.tensor(old.logit_scale)]
     task, _, inference = load_native(dirs["audioclip"])
-    old = CLAPModel(task, inference)
+    old = CLAPModel(task.model, inference)
     expected["audioclip"] = [old.embed_audio(wave, 16000), old.embed_text(TEXTS),
                              torch.tensor(list(old.logit_scales.values()))]
     task, _, inference = load_native(dirs["tagger"])
@@ -163,7 +162,7 @@ def test_old_directories_load_as_plain_modules_with_the_same_outputs(inference_p
 
 
 def test_audio_only_load_builds_and_reads_no_text_tower(saved, monkeypatch):
-    import clapkit.hub.native as native_module  # load_plain reads through native.load_directory
+    import clapkit.hub.native as native_module  # load_model reads through native.read_native_weights
 
     read = []
     original_read = native_module.read_native_weights
@@ -201,21 +200,20 @@ def test_an_unknown_tower_is_refused(saved):
         clapkit.load(saved["dirs"]["clap"], towers=("image",))
 
 
-def test_task_defaults_match_the_task_signatures():
-    from clapkit.lightning_modules.audioclip import AudioCLIPTask
-    from clapkit.lightning_modules.classification import ClassificationTask
-    from clapkit.lightning_modules.contrastive import ContrastiveTask
-    from clapkit.lightning_modules.separation import SeparationTask
-
-    classes = {c.__name__: c for c in (ContrastiveTask, AudioCLIPTask, SeparationTask, ClassificationTask)}
-    assert set(classes) == set(PLAIN_BUILDERS) == set(TASK_DEFAULTS)
-    for name, defaults in TASK_DEFAULTS.items():
-        parameters = inspect.signature(classes[name]).parameters
-        for arg, value in defaults.items():
-            default = parameters[arg].default
-            if default is inspect.Parameter.empty:  # a subclass passing it on: its base's default
-                default = inspect.signature(ContrastiveTask).parameters[arg].default
-            assert plain(default) == value, (name, arg)
+def test_format_1_task_trees_translate_to_the_model_with_the_old_defaults():
+    towers = {"audio": {"class_path": "clapkit.encoders.tower.Tower"}}
+    model, task = split_task_tree({"class_path": "clapkit.lightning_modules.ContrastiveTask",
+                                   "init_args": {"towers": towers, "logit_scale_max": 50.0, "lr": 0.01}})
+    assert model == {"class_path": "clapkit.encoders.tower.TowerSet",
+                     "init_args": {"towers": towers, "pairs": [["audio", "text"]], "logit_scale_init": 1 / 0.07,
+                                   "logit_scale_min": 1.0, "logit_scale_max": 50.0, "learn_logit_scale": True}}
+    assert task == {"class_path": "clapkit.lightning_modules.ContrastiveTask", "init_args": {"lr": 0.01}}
+    model, task = split_task_tree({"class_path": "clapkit.lightning_modules.audioclip.AudioCLIPTask",
+                                   "init_args": {"towers": towers, "pairs": [["audio", "text"]]}})
+    assert model["init_args"]["pairs"] == [["audio", "text"]] and model["init_args"]["logit_scale_init"] == 100.0
+    assert task == {"class_path": "clapkit.lightning_modules.audioclip.AudioCLIPTask", "init_args": {}}
+    other = {"class_path": "mylab.tasks.ContrastiveTask", "init_args": {"towers": towers}}
+    assert split_task_tree(other) == (other, None)  # someone else's class: built whole
 
 
 def test_task_names_in_every_spelling():

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import clapkit
+from clapkit.audio.preprocess import InferenceConfig
 from clapkit.inference.clap import CLAPModel
-from clapkit.inference.load import InferenceConfig
 from clapkit.utils import precision as policy
 from helpers.models import save_tiny_native, tone
 
@@ -41,10 +41,10 @@ def _htsat_tiny_clap():
     return torch.nn.ModuleDict({"audio": Tower(HTSAT("tiny"), lambda d: MLPProjection(d, 512))})
 
 
-class _Towers(torch.nn.Module):
-    def __init__(self, towers):
-        super().__init__()
-        self.towers = towers
+def _Towers(towers):  # noqa: N802 - the towers as the plain model CLAPModel takes
+    from clapkit.encoders.tower import TowerSet
+
+    return TowerSet(towers)
 
 
 @pytest.mark.slow

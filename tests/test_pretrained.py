@@ -12,16 +12,12 @@ import yaml
 
 import clapkit
 from clapkit.audio import save_audio
+from clapkit.audio.preprocess import InferenceConfig
+from clapkit.hub.directory import CONFIG_NAME, WEIGHTS_NAME
+from clapkit.hub.native import instantiate_model, save_pretrained
 from clapkit.inference.clap import CLAPModel
-from clapkit.inference.load import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    InferenceConfig,
-    PretrainedError,
-    instantiate_model,
-    read_checkpoint,
-    save_pretrained,
-)
+from clapkit.io.checkpoint import read_checkpoint
+from clapkit.io.errors import PretrainedError
 from helpers.models import (
     randomize_norm_stats,
     tiny_clap_config,
@@ -61,7 +57,7 @@ def test_round_trip_gives_identical_embeddings(saved):
     task, directory = saved
     assert (directory / CONFIG_NAME).is_file() and (directory / WEIGHTS_NAME).is_file()
     document = yaml.safe_load((directory / CONFIG_NAME).read_text())
-    assert document["model"]["class_path"].endswith("ContrastiveTask")
+    assert document["model"]["class_path"].endswith("TowerSet") and document["task"]["class_path"].endswith("ContrastiveTask")
     assert document["inference"]["sample_rate"] == SR and document["inference"]["int16_roundtrip"] is True
     text_args = document["model"]["init_args"]["towers"]["text"]["init_args"]["encoder"]["init_args"]
     assert text_args["model"] == "./text_model" and text_args["load_weights"] is False
@@ -69,8 +65,8 @@ def test_round_trip_gives_identical_embeddings(saved):
     assert not any(p.suffix in (".safetensors", ".bin") for p in (directory / "text_model").iterdir())
 
     loaded = clapkit.load(directory)
-    original = CLAPModel(task, INFERENCE)
-    for a, b in zip(loaded.model.state_dict().values(), task.state_dict().values()):
+    original = CLAPModel(task.model, INFERENCE)
+    for a, b in zip(loaded.model.state_dict().values(), task.model.state_dict().values()):
         assert torch.equal(a, b)
     assert torch.equal(loaded.embed_audio(_waves(), SR), original.embed_audio(_waves(), SR))
     assert torch.equal(loaded.embed_text(TEXTS), original.embed_text(TEXTS))
@@ -157,7 +153,7 @@ def test_config_from_lightning_cli_file(saved, tmp_path):
     cli_yaml = tmp_path / "fit.yaml"
     cli_yaml.write_text(yaml.safe_dump({"model": config, "trainer": {"max_epochs": 1}}))
     save_pretrained(task, tmp_path / "m", INFERENCE, cli_yaml, assets={"text_model": directory / "text_model"})
-    from clapkit.inference.load import _portable
+    from clapkit.hub.native import portable as _portable
 
     tree = {"init_args": {"model": str(directory / "text_model"), "load_weights": True, "other": ["x"]}}
     assert _portable(tree, {"text_model": directory / "text_model"}) == {

@@ -96,7 +96,7 @@ def test_agent_arguments_parse_and_override(path, tmp_path, monkeypatch):
         if "model.init_args.weight_decay" in values:
             assert model.weight_decay == pytest.approx(values["model.init_args.weight_decay"])
         if "model.init_args.logit_scale_init" in values:
-            scale = math.exp(next(iter(model.logit_scales.values())).item())
+            scale = math.exp(next(iter(model.model.logit_scales.values())).item())
             assert scale == pytest.approx(values["model.init_args.logit_scale_init"], rel=1e-5)
         if "data.init_args.batch_size" in values:
             assert data.batch_size == values["data.init_args.batch_size"]

@@ -336,8 +336,8 @@ def test_paths_must_stay_inside_the_model_directory(tmp_path, model_dir, value):
 
 
 def test_an_outside_text_model_is_used_only_where_the_user_passes_it(tmp_path):
-    from clapkit.hub.native import save_pretrained
-    from clapkit.inference.load import InferenceConfig, instantiate_model
+    from clapkit.audio.preprocess import InferenceConfig
+    from clapkit.hub.native import instantiate_model, save_pretrained
 
     text = write_bert_dir(tmp_path / "bert")
     config = tiny_clap_config(text_model=str(text))

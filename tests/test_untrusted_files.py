@@ -66,7 +66,7 @@ def workspace(tmp_path_factory):
     run = root / "run"
     config = tiny_clap_config(sample_rate=RATE)
     torch.manual_seed(0)
-    from clapkit.inference.load import instantiate_model
+    from clapkit.hub.native import instantiate_model
 
     task = instantiate_model(config)
     randomize_norm_stats(task)

@@ -22,20 +22,14 @@ import yaml
 
 import clapkit
 from clapkit.audio import save_audio
+from clapkit.audio.preprocess import InferenceConfig
 from clapkit.cli import main
+from clapkit.hub.directory import CONFIG_NAME, WEIGHTS_NAME
+from clapkit.hub.native import instantiate_model, load_native, load_weights_into, save_pretrained
 from clapkit.inference.clap import UnknownTokensWarning
 from clapkit.inference.embedding import embed_corpus
 from clapkit.inference.embeddings import model_metadata, read_embeddings, write_embeddings
-from clapkit.inference.load import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    InferenceConfig,
-    PretrainedError,
-    instantiate_model,
-    load_native,
-    load_weights_into,
-    save_pretrained,
-)
+from clapkit.io.errors import PretrainedError
 from clapkit.io.identity import HASH_KEY, file_sha256, files_fingerprint
 from helpers.models import (
     randomize_norm_stats,

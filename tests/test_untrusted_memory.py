@@ -292,7 +292,7 @@ def models(tmp_path_factory):
     """A plain and a fusion tiny CLAP (16 kHz, one-second window) in native directories."""
     import torch
 
-    from clapkit.inference.load import instantiate_model, save_pretrained
+    from clapkit.hub.native import instantiate_model, save_pretrained
     from helpers.models import save_tiny_native, tiny_fusion_clap_config
 
     root = tmp_path_factory.mktemp("models")

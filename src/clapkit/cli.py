@@ -153,7 +153,7 @@ def _trainer_errors() -> tuple[type[BaseException], ...]:
     import argparse
     import pickle
 
-    from clapkit.inference.load import PretrainedError
+    from clapkit.io.errors import PretrainedError
 
     errors: tuple[type[BaseException], ...] = (*USER_ERRORS, PretrainedError, pickle.UnpicklingError,
                                                 argparse.ArgumentError)

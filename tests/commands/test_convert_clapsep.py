@@ -12,7 +12,7 @@ import yaml
 
 from clapkit.cli import main
 from clapkit.encoders.separation import build_condition
-from clapkit.inference.load import instantiate_model, load_native
+from clapkit.hub.native import instantiate_model, load_native
 from clapkit.interop.clapsep import released_layout
 from helpers.separation import EMBED_DIM, pretrained_separator_config, save_tiny_clap, tiny_batch
 

@@ -42,7 +42,8 @@ def test_fit_export_embed_zeroshot(run, tmp_path):
     assert document["inference"]["sample_rate"] == 48000 and document["inference"]["clip_samples"] == 48000
     model = clapkit.load(out)
     # the exported weights are the checkpoint's, not a fresh initialisation
-    state = torch.load(run, map_location="cpu", weights_only=True)["state_dict"]
+    state = {k.removeprefix("model."): v  # the task's model, as the directory stores it
+             for k, v in torch.load(run, map_location="cpu", weights_only=True)["state_dict"].items()}
     key = "towers.audio.projection.net.0.weight" if "towers.audio.projection.net.0.weight" in state else next(
         k for k in state if k.startswith("towers.audio.projection") and k.endswith("weight"))
     assert torch.equal(model.model.state_dict()[key], state[key])

@@ -208,7 +208,8 @@ def save_tiny_native(directory: Path, sample_rate: int = 16000, seed: int = 0) -
     """A tiny CLAP (Cnn6 tiny + built-in tiny BERT) saved in clapkit's native format."""
     import torch
 
-    from clapkit.inference.load import InferenceConfig, instantiate_model, save_pretrained
+    from clapkit.audio.preprocess import InferenceConfig
+    from clapkit.hub.native import instantiate_model, save_pretrained
 
     config = tiny_clap_config(sample_rate=sample_rate)
     torch.manual_seed(seed)

@@ -112,7 +112,8 @@ def tiny_model_config() -> dict:
 
 def save_tiny_model(directory) -> None:
     """A tiny random separation model in clapkit's native format (0.5 s chunks at 32 kHz)."""
-    from clapkit.inference.load import InferenceConfig, instantiate_model, save_pretrained
+    from clapkit.audio.preprocess import InferenceConfig
+    from clapkit.hub.native import instantiate_model, save_pretrained
 
     config = tiny_model_config()
     task = instantiate_model(config)
@@ -130,7 +131,8 @@ def tiny_clap_config() -> dict:
 
 def save_tiny_clap(directory, seed: int = 0):
     """A tiny random HTSAT CLAP in clapkit's native format: the query network of a separator."""
-    from clapkit.inference.load import InferenceConfig, instantiate_model, save_pretrained
+    from clapkit.audio.preprocess import InferenceConfig
+    from clapkit.hub.native import instantiate_model, save_pretrained
 
     torch.manual_seed(seed)
     config = tiny_clap_config()

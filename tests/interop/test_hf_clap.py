@@ -23,9 +23,9 @@ import yaml
 
 import clapkit
 from clapkit.commands import CommandError, convert, export_hf
-from clapkit.inference.load import PretrainedError
 from clapkit.interop.hf_clap import read_hf_clap_dir
 from clapkit.interop.keymap import CheckpointError
+from clapkit.io.errors import PretrainedError
 from helpers.hf_clap import SAMPLE_RATE, clips, reference_audio, reference_text, write_hf_clap_dir
 from helpers.laion import CORPUS, assert_embeddings_differ, single_thread, write_roberta_dir
 
@@ -140,7 +140,8 @@ def test_export_round_trip_loads_in_transformers(case, tmp_path):
 def test_export_native_model_not_from_hf(tmp_path, capsys):
     """A clapkit-built CLAP with LAION-CLAP's conv-STFT front end (what ``convert laion-clap``
     writes), not converted from transformers, exports to a ClapModel whose embeddings equal clapkit's."""
-    from clapkit.inference.load import InferenceConfig, instantiate_model, save_pretrained
+    from clapkit.audio.preprocess import InferenceConfig
+    from clapkit.hub.native import instantiate_model, save_pretrained
 
     text_dir = write_roberta_dir(tmp_path / "roberta")
     head = {"class_path": "clapkit.encoders.projection.MLPProjection", "init_args": {"out_dim": 24, "hidden_dim": 24}}
@@ -161,7 +162,7 @@ def test_export_native_model_not_from_hf(tmp_path, capsys):
     with single_thread():
         task = instantiate_model(config).eval()
         with torch.no_grad():
-            task.towers["audio"].encoder.bn0.running_mean.normal_(0, 0.5)
+            task.model.towers["audio"].encoder.bn0.running_mean.normal_(0, 0.5)
         native = save_pretrained(task, tmp_path / "native", InferenceConfig(), config, assets={"text_model": text_dir})
         assert export_hf.main([str(native), "-o", str(tmp_path / "hf")]) == 0
         assert "note: transformers crops clips longer than the window at random" in capsys.readouterr().err
@@ -217,7 +218,8 @@ def test_refuses_what_transformers_cannot_run(built, tmp_path, monkeypatch):
 
 
 def test_export_refuses_a_model_clapmodel_cannot_express(tmp_path):
-    from clapkit.inference.load import InferenceConfig, instantiate_model, save_pretrained
+    from clapkit.audio.preprocess import InferenceConfig
+    from clapkit.hub.native import instantiate_model, save_pretrained
 
     config = {"class_path": "clapkit.lightning_modules.contrastive.ContrastiveTask", "init_args": {
         "towers": {

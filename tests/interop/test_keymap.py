@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from clapkit.inference.load import PretrainedError
 from clapkit.interop.keymap import (
     CheckpointError,
     KeyMap,
@@ -14,6 +13,7 @@ from clapkit.interop.keymap import (
     target_shapes,
     unwrap_state_dict,
 )
+from clapkit.io.errors import PretrainedError
 
 W = torch.zeros(2, 3)
 

@@ -21,7 +21,6 @@ import pytest
 import torch
 
 from clapkit.audio import int16_roundtrip
-from clapkit.inference.load import PretrainedError, build_converted
 from clapkit.interop.keymap import CheckpointError
 from clapkit.interop.laion_clap import (
     CHECKPOINT_FORMAT,
@@ -29,6 +28,8 @@ from clapkit.interop.laion_clap import (
     inspect_state_dict,
     load_laion_clap,
 )
+from clapkit.interop.registry import build_converted
+from clapkit.io.errors import PretrainedError
 from helpers import laion
 from helpers.references import SMALL_HTSAT
 
@@ -93,9 +94,9 @@ def _run_case(name, spec, text_dir, tmp_path_factory, shared=None):
     laion.assert_embeddings_differ(ref_text, f"{name} reference text")  # model would prove nothing
     batch, lengths = _padded(waves)
     with torch.no_grad():
-        ours_audio = task.towers["audio"](batch, lengths=lengths).embedding
-        again = task.towers["audio"](batch, lengths=lengths).embedding
-        ours_text = task.towers["text"](TEXTS).embedding
+        ours_audio = task.model.towers["audio"](batch, lengths=lengths).embedding
+        again = task.model.towers["audio"](batch, lengths=lengths).embedding
+        ours_text = task.model.towers["text"](TEXTS).embedding
     return dict(expect=expect, converted=converted, task=task, ref=ref, ref_audio=ref_audio,
                 ours_audio=ours_audio, again=again, ref_text=ref_text, ours_text=ours_text)
 
@@ -119,7 +120,7 @@ def test_audio_parity_3_10_25_seconds(case):
 
 def test_text_parity_and_logit_scale(case):
     assert (case["ref_text"] - case["ours_text"]).abs().max() <= TOL
-    assert case["task"].logit_scales["audio__text"].item() == pytest.approx(case["ref"].logit_scale_a.item())
+    assert case["task"].model.logit_scales["audio__text"].item() == pytest.approx(case["ref"].logit_scale_a.item())
 
 
 def test_same_audio_twice_is_identical(case):
@@ -127,7 +128,7 @@ def test_same_audio_twice_is_identical(case):
 
 
 def test_detected_model_is_named(case):
-    assert case["task"].towers["audio"].encoder.__class__.__name__ in ("HTSAT", "Cnn14")
+    assert case["task"].model.towers["audio"].encoder.__class__.__name__ in ("HTSAT", "Cnn14")
     converted = case["converted"]
     assert converted.description.startswith(f"LAION-CLAP {case['expect']} ")
     assert converted.inference.fusion is ("with fusion" in converted.description)
@@ -167,7 +168,7 @@ def small_official(laion_small):
 def test_converted_native_directory_keeps_parity(small_official, text_dir, tmp_path):
     """``clapkit convert``'s path: convert, save natively (config.yaml + safetensors), load, embed."""
     import clapkit
-    from clapkit.inference.load import save_converted
+    from clapkit.interop.registry import save_converted
 
     path, _, ref = small_official
     native = save_converted(convert_laion_clap(path, text_dir), tmp_path / "native")
@@ -193,7 +194,7 @@ def test_every_official_key_is_consumed_or_dropped_with_a_reason(small_official,
     converted = CHECKPOINT_FORMAT.convert(checkpoint, text_model=text_dir)
     assert len(converted.state_dict) + len(dropped) == len(state)
     task = build_converted(converted)
-    frontend = task.towers["audio"].encoder.frontend
+    frontend = task.model.towers["audio"].encoder.frontend
     assert torch.equal(frontend.melW, state["audio_branch.logmel_extractor.melW"])
 
 
@@ -307,7 +308,7 @@ def test_bert_text_tower_parity(tmp_path):
     task = load_laion_clap(path, bert_dir)
     expected = laion.reference_text_embeddings(ref, AutoTokenizer.from_pretrained(str(bert_dir)), TEXTS)
     with torch.no_grad():
-        ours = task.towers["text"](TEXTS).embedding
+        ours = task.model.towers["text"](TEXTS).embedding
     assert "bert text" in convert_laion_clap(path, bert_dir).description
     assert (ours - expected).abs().max() <= TOL
 

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 import clapkit
-from clapkit.inference.load import PretrainedError, convert_checkpoint
+from clapkit.interop.registry import convert_checkpoint
+from clapkit.io.errors import PretrainedError
 from helpers.models import tone, write_gpt2_dir
 
 SR = 44100

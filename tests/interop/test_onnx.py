@@ -112,8 +112,9 @@ def test_mel_graph_matches_pytorch(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("fusion", [False, True], ids=["htsat", "htsat-fusion"])
 def test_htsat_graphs_match_pytorch(fusion, tmp_path):
+    from clapkit.audio.preprocess import InferenceConfig
     from clapkit.export.onnx import export_onnx
-    from clapkit.inference.load import InferenceConfig, instantiate_model, save_pretrained
+    from clapkit.hub.native import instantiate_model, save_pretrained
     from clapkit.inference.onnx import OnnxCLAPModel
     from helpers.models import tiny_clap_config
 

@@ -58,16 +58,16 @@ def _tiny_task(**kw):
 def test_loss_adds_fbsp_regulariser_and_respects_frozen_teachers():
     task = _tiny_task(frozen=["image", "text"], pairs=[("audio", "text"), ("audio", "image")])
     with torch.no_grad():
-        task.towers["audio"].encoder.frontend.fbsp.fb.mul_(1.5)  # regulariser > 0
+        task.model.towers["audio"].encoder.frontend.fbsp.fb.mul_(1.5)  # regulariser > 0
     batch = {"audio": torch.randn(4, 4000) * 0.1, "image": torch.randn(4, 3, 64, 64), "text": ["a", "b", "c", "d"]}
     task.train()
     out = task.compute_loss(batch, gather=False)
     assert task._last_aux is not None and task._last_aux > 0
     assert torch.allclose(out.loss, sum(out.pair_losses.values()) + task._last_aux)
     out.loss.backward()
-    assert task.towers["audio"].encoder.frontend.fbsp.fb.grad is not None
-    assert task.towers["image"].encoder.visual.conv1.weight.grad is None
-    assert not task.towers["image"].training and task.logit_scale("audio", "text").item() == pytest.approx(100.0)
+    assert task.model.towers["audio"].encoder.frontend.fbsp.fb.grad is not None
+    assert task.model.towers["image"].encoder.visual.conv1.weight.grad is None
+    assert not task.model.towers["image"].training and task.logit_scale("audio", "text").item() == pytest.approx(100.0)
 
 
 # ------------------------------------------------------------------------------ stage configs
@@ -110,7 +110,7 @@ def _assert_trained(cli, trained: set[str], frozen: set[str] = frozenset()) -> N
     metrics = cli.trainer.callback_metrics
     assert any(k.startswith("train/") for k in metrics), sorted(metrics)
     assert all(torch.isfinite(torch.as_tensor(v)).all() for v in metrics.values()), dict(metrics)
-    moved = moved_parameters(cli.trainer, cli.model)
+    moved = {k.removeprefix("model.") for k in moved_parameters(cli.trainer, cli.model)}  # the task's model
     for name in trained | frozen:
         inside = sorted(k for k in moved if k.startswith(f"{name}."))
         assert bool(inside) is (name in trained), (name, inside[:5])
@@ -213,7 +213,7 @@ def _reference_audioclip_loss(task, batch):
     feats = {}
     aux = torch.zeros(())
     for name in ("audio", "image", "text"):
-        out = task.towers[name](batch[name])
+        out = task.model.towers[name](batch[name])
         feats[name] = out.embedding / out.embedding.norm(dim=-1, keepdim=True)
         if out.encoder.extras and "aux_loss" in out.encoder.extras:
             aux = out.encoder.extras["aux_loss"]
@@ -221,7 +221,7 @@ def _reference_audioclip_loss(task, batch):
     loss, present = torch.zeros(()), 0
     for key, (a, b) in {"audio__image": ("audio", "image"), "audio__text": ("audio", "text"),
                         "image__text": ("image", "text")}.items():
-        scale = torch.clamp(task.logit_scales[key].exp(), min=1.0, max=100.0)
+        scale = torch.clamp(task.model.logit_scales[key].exp(), min=1.0, max=100.0)
         logits = scale * feats[a] @ feats[b].T
         loss = loss + F.cross_entropy(logits, reference) + F.cross_entropy(logits.transpose(-1, -2), reference)
         present += 1
@@ -231,9 +231,9 @@ def _reference_audioclip_loss(task, batch):
 def test_audioclip_loss_matches_the_reference_reduction():
     task = _tiny_task()  # the AudioCLIPTask defaults: the reference's three pairs and reduction
     with torch.no_grad():
-        task.towers["audio"].encoder.frontend.fbsp.fb.mul_(1.5)  # regulariser > 0
-        for key, value in zip(sorted(task.logit_scales), (2.0, 3.0, 4.0)):
-            task.logit_scales[key].fill_(value)
+        task.model.towers["audio"].encoder.frontend.fbsp.fb.mul_(1.5)  # regulariser > 0
+        for key, value in zip(sorted(task.model.logit_scales), (2.0, 3.0, 4.0)):
+            task.model.logit_scales[key].fill_(value)
     task.eval()  # dropout/BatchNorm identical in both computations
     torch.manual_seed(0)
     batch = {"audio": torch.randn(4, 4000) * 0.1, "image": torch.randn(4, 3, 64, 64),

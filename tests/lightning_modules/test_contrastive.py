@@ -56,7 +56,7 @@ class EvalData(pl.LightningDataModule):
 
 def test_compute_loss_and_state_dict_layout():
     task = ContrastiveTask(tiny_towers(three=True), pairs=[("audio", "text"), ("audio", "image"), ("image", "text")])
-    keys = set(task.state_dict())
+    keys = set(task.model.state_dict())
     assert {"logit_scales.audio__text", "logit_scales.audio__image", "logit_scales.image__text"} <= keys
     assert any(k.startswith("towers.audio.encoder.") for k in keys)
     assert any(k.startswith("towers.text.projection.") for k in keys)
@@ -88,7 +88,7 @@ def test_embed_is_normalised_and_audio_gets_lengths():
 def test_logit_scale_init_and_clamp():
     task = ContrastiveTask(tiny_towers())
     assert task.logit_scale("audio", "text").item() == pytest.approx(1 / 0.07, rel=1e-6)
-    param = task.logit_scales["audio__text"]
+    param = task.model.logit_scales["audio__text"]
     with torch.no_grad():
         param.fill_(10.0)
     assert task.logit_scale("audio", "text").item() == pytest.approx(100.0, rel=1e-6)
@@ -102,11 +102,11 @@ def test_logit_scale_init_and_clamp():
 def test_training_steps_clamp_stored_scale_and_update_weights():
     task = ContrastiveTask(tiny_towers(), lr=1e-2)
     with torch.no_grad():
-        task.logit_scales["audio__text"].fill_(7.0)  # beyond ln(100)
-    before = {k: v.clone() for k, v in task.state_dict().items()}
+        task.model.logit_scales["audio__text"].fill_(7.0)  # beyond ln(100)
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
     _trainer(max_steps=2).fit(task, train_dataloaders=_loader([tiny_batch(6, seed=s) for s in range(2)]))
-    assert task.logit_scales["audio__text"].item() <= math.log(100.0) + 1e-6
-    changed = [k for k, v in task.state_dict().items() if not torch.equal(v, before[k])]
+    assert task.model.logit_scales["audio__text"].item() <= math.log(100.0) + 1e-6
+    changed = [k for k, v in task.model.state_dict().items() if not torch.equal(v, before[k])]
     assert any(k.startswith("towers.audio.") for k in changed)
     assert any(k.startswith("towers.text.") for k in changed)
 
@@ -115,18 +115,18 @@ def test_training_steps_clamp_stored_scale_and_update_weights():
 def test_frozen_towers_are_untouched_and_not_optimised(frozen):
     task = ContrastiveTask(tiny_towers(), frozen=[frozen], lr=1e-2, weight_decay=0.1)
     prefix = f"towers.{frozen}."
-    before = {k: v.clone() for k, v in task.state_dict().items() if k.startswith(prefix)}
+    before = {k: v.clone() for k, v in task.model.state_dict().items() if k.startswith(prefix)}
     assert before
     trainer = _trainer(max_steps=2)
     trainer.fit(task, train_dataloaders=_loader([tiny_batch(6, seed=s) for s in range(2)]))
     for key, value in before.items():  # includes BatchNorm running statistics of a frozen audio tower
-        assert torch.equal(task.state_dict()[key], value), key
-    frozen_ids = {id(p) for p in task.towers.get_submodule(frozen).parameters()}
+        assert torch.equal(task.model.state_dict()[key], value), key
+    frozen_ids = {id(p) for p in task.model.towers.get_submodule(frozen).parameters()}
     optimised = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     assert frozen_ids and not frozen_ids & optimised
     task.train()
-    assert not task.towers.get_submodule(frozen).training
-    assert all(not m.training for m in task.towers.get_submodule(frozen).modules())
+    assert not task.model.towers.get_submodule(frozen).training
+    assert all(not m.training for m in task.model.towers.get_submodule(frozen).modules())
 
 
 def test_unknown_frozen_path_is_an_error():
@@ -138,7 +138,7 @@ def test_weight_decay_groups():
     task = ContrastiveTask(tiny_towers(), weight_decay=0.05)
     decay, no_decay = task.parameter_groups()
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
-    names = {id(p): n for n, p in task.named_parameters()}
+    names = {id(p): n for n, p in task.model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
     assert decayed == {
         "towers.audio.encoder.linear.weight",

@@ -39,9 +39,6 @@ if TYPE_CHECKING:
 
 AudioInput = Union[str, os.PathLike, np.ndarray, "torch.Tensor"]
 
-#: The file of a native model directory holding its ``model:`` and ``inference:`` sections.
-CONFIG_NAME = "config.yaml"
-
 #: Where a Lightning checkpoint written by ``clapkit fit`` keeps the preprocessing its model learned
 #: from the training data (a plain dict: :meth:`InferenceConfig.to_dict`).
 INFERENCE_KEY = "clapkit_inference"
@@ -183,24 +180,6 @@ def inference_of_checkpoint(checkpoint: Mapping[str, Any], where: str = "checkpo
         return InferenceConfig.from_dict(values)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{where}: bad '{INFERENCE_KEY}' entry ({exc})") from None
-
-
-def read_inference_config(directory: str | os.PathLike) -> InferenceConfig | None:
-    """The ``inference:`` section of a native model directory, read without importing torch.
-
-    ``None`` when ``directory`` is not a native model directory or the section does not parse
-    (loading the model reports that properly). Commands use it to start decoding audio while
-    torch and the model load.
-    """
-    import yaml
-
-    path = os.path.join(os.fspath(directory), CONFIG_NAME)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            document = yaml.safe_load(handle)
-        return InferenceConfig.from_dict(document["inference"] or {})
-    except (OSError, yaml.YAMLError, TypeError, KeyError, ValueError):
-        return None
 
 
 def load_waveform(audio: AudioInput, sample_rate: int | None = None, *, mono: bool = True,

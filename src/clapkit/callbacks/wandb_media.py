@@ -195,7 +195,7 @@ class WandbMedia(Callback):
         captions = [f"{k}: {t}" if t else str(k) for k, t in zip(keys, texts)]
         rate = int(getattr(encoder, "sample_rate", 48000))
         payload = self._media("audio", waves, rate, captions, getattr(encoder, "frontend", None))
-        if self.retrieval_table and batch.get("captions") and len(pl_module.towers) > 1:
+        if self.retrieval_table and batch.get("captions") and len(pl_module.model.towers) > 1:
             payload["media/retrieval"] = self._retrieval_table(pl_module, name, batch, rate)
         return payload
 

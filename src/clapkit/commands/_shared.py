@@ -144,7 +144,8 @@ def load_model(path: str | os.PathLike, args: argparse.Namespace, towers: Sequen
 
     ``towers``: build only these towers of a native contrastive model now (``("audio",)`` for
     audio-only commands); see :func:`clapkit.load`."""
-    from clapkit.inference.load import PretrainedError, load
+    from clapkit.inference.load import load
+    from clapkit.io.errors import PretrainedError
 
     if args.batch_size is not None and args.batch_size < 1:
         raise CommandError(f"--batch-size must be at least 1, got {args.batch_size}")

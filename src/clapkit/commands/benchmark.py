@@ -121,7 +121,8 @@ def _load(args):
             if "a separation model" in str(exc):
                 raise CommandError(f"{args.model}: a separation model; benchmark it with --protocol clapsep") from None
             raise
-    from clapkit.inference.load import PretrainedError, load
+    from clapkit.inference.load import load
+    from clapkit.io.errors import PretrainedError
 
     _shared.check_device(args.device)
     _shared.check_model_path(args.model)

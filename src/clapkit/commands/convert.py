@@ -44,7 +44,7 @@ from clapkit.utils.atomic import check_target
 
 
 def build_parser():
-    from clapkit.inference.load import CHECKPOINT_FORMATS
+    from clapkit.interop.registry import CHECKPOINT_FORMATS
 
     parser = _shared.make_parser("convert", __doc__)
     parser.add_argument("format", choices=[*CHECKPOINT_FORMATS, "hf-clap", "clapsep", "auto"], help="checkpoint family")
@@ -67,7 +67,8 @@ def build_parser():
 
 
 def main(argv: list[str]) -> int:
-    from clapkit.inference.load import PretrainedError, convert_checkpoint, save_converted
+    from clapkit.interop.registry import convert_checkpoint, save_converted
+    from clapkit.io.errors import PretrainedError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -101,7 +102,7 @@ def _inputs(args) -> list[str | None]:
 
 def _refuse_directory(format: str, checkpoint: Path) -> None:
     """The official formats are single files; a directory given there is usually another layout."""
-    from clapkit.inference.load import is_native
+    from clapkit.hub.directory import is_native
 
     if not checkpoint.is_dir():
         return
@@ -116,8 +117,9 @@ def _refuse_directory(format: str, checkpoint: Path) -> None:
 def _convert_clapsep(args) -> int:
     import tempfile
 
-    from clapkit.inference.load import PretrainedError, instantiate_model, read_model_section
+    from clapkit.hub.native import instantiate_model, read_model_section
     from clapkit.interop.clapsep import load_clapsep_report
+    from clapkit.io.errors import PretrainedError
 
     with tempfile.TemporaryDirectory(prefix="clapkit-clap-") as scratch:
         try:
@@ -144,7 +146,8 @@ def _convert_clapsep(args) -> int:
 
 def _clap_directory(args, scratch: Path) -> str:
     """``--clap`` as a native directory: converted on the fly when it is an official checkpoint."""
-    from clapkit.inference.load import convert_checkpoint, is_native, save_converted
+    from clapkit.hub.directory import is_native
+    from clapkit.interop.registry import convert_checkpoint, save_converted
 
     clap = Path(args.clap)
     if is_native(clap):
@@ -158,8 +161,9 @@ def _clap_directory(args, scratch: Path) -> str:
 def _convert_hf_clap(args) -> int:
     import shutil
 
-    from clapkit.inference.load import PretrainedError, save_converted
     from clapkit.interop.hf_clap import TEXT_ASSET, convert_hf_clap
+    from clapkit.interop.registry import save_converted
+    from clapkit.io.errors import PretrainedError
 
     try:
         converted = convert_hf_clap(args.checkpoint)

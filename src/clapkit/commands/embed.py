@@ -39,9 +39,10 @@ from __future__ import annotations
 
 import functools
 
-from clapkit.audio.preprocess import prepare_audio, read_inference_config
+from clapkit.audio.preprocess import prepare_audio
 from clapkit.audio.skips import PARTIAL, Skipped
 from clapkit.commands import CommandError, _shared, _skipping
+from clapkit.hub.directory import read_inference
 from clapkit.inference.decoding import EarlyDecoder
 from clapkit.inference.embedding import (
     EmbeddingInputError,
@@ -72,8 +73,8 @@ def build_parser():
 
 
 def _load_onnx(path, args):
-    from clapkit.inference.load import PretrainedError
     from clapkit.inference.onnx import OnnxCLAPModel
+    from clapkit.io.errors import PretrainedError
 
     try:
         model = OnnxCLAPModel(path, batch_size=16 if args.batch_size is None else args.batch_size)
@@ -100,7 +101,7 @@ def main(argv: list[str]) -> int:
     if not files:
         raise CommandError(f"no usable audio file: {skips.summary(skips.report(output, args.quiet))}")
     ranks = rank_from_env()
-    spec = read_inference_config(args.model) if args.runtime == "torch" and args.workers > 1 else None
+    spec = read_inference(args.model) if args.runtime == "torch" and args.workers > 1 else None
     lengths = _lengths(spec, files)
     # Still no torch here: the early worker forks from a process without torch's threads.
     early = EarlyDecoder(functools.partial(prepare_audio, spec=spec, max_seconds=args.max_decode_seconds),

@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
 
 def _export_checkpoint(argv: list[str]) -> int:
     from clapkit.export.checkpoint import export_checkpoint
-    from clapkit.inference.load import PretrainedError
+    from clapkit.io.errors import PretrainedError
 
     args = build_parser().parse_args(argv)
     try:
@@ -108,7 +108,8 @@ def _export_checkpoint(argv: list[str]) -> int:
 
 def _export_onnx(argv: list[str]) -> int:
     from clapkit.export.onnx import export_onnx
-    from clapkit.inference.load import PretrainedError, load
+    from clapkit.inference.load import load
+    from clapkit.io.errors import PretrainedError
 
     args = build_onnx_parser().parse_args(argv)
     args.model = _shared.model_argument(args.model, args.model_arg, "clapkit export onnx --model MODEL_DIR -o DIR")

@@ -27,7 +27,8 @@ from clapkit.commands import CommandError, _shared
 
 def _native(args, scratch: Path) -> str:
     """The model as a native directory: an official checkpoint is converted (with ``--text-model``) first."""
-    from clapkit.inference.load import convert_checkpoint, is_native, save_converted
+    from clapkit.hub.directory import is_native
+    from clapkit.interop.registry import convert_checkpoint, save_converted
 
     model = Path(args.model)
     if is_native(model) or not model.is_file():
@@ -51,7 +52,7 @@ def build_parser():
 
 def main(argv: list[str]) -> int:
     from clapkit.export.hf import export_hf_clap
-    from clapkit.inference.load import PretrainedError
+    from clapkit.io.errors import PretrainedError
 
     args = build_parser().parse_args(argv)
     args.model = _shared.model_argument(args.model, args.model_arg, "clapkit export hf --model MODEL_DIR -o DIR")

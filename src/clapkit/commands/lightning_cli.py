@@ -63,7 +63,8 @@ def native_model_args(argv: list[str]) -> list[str]:
     """Rewrite ``--model DIR`` (a native clapkit model directory) into the model's own config
     tree plus ``--weights DIR``, so ``clapkit validate --config eval.yaml --model DIR`` evaluates
     a saved or converted model without the user copying its config by hand."""
-    from clapkit.inference.load import is_native, native_model_tree
+    from clapkit.hub.directory import is_native
+    from clapkit.hub.native import native_model_tree
 
     out: list[str] = []
     index = 0
@@ -104,15 +105,15 @@ def lightning_main(args: list[str] | None = None, run: bool = True):
             )
 
         def _load_weights(self) -> None:
-            from clapkit.inference.load import load_weights_into
+            from clapkit.hub.native import load_weights_into
 
             weights = self.config[self.subcommand].get("weights") if self.subcommand else None
             if weights:
                 load_weights_into(self.model, weights)
-                from clapkit.audio.preprocess import read_inference_config
+                from clapkit.hub.directory import read_inference
 
                 # what the directory knows beyond its data (the text tower's token limit) outlives a fine-tune
-                known = read_inference_config(weights)
+                known = read_inference(weights)
                 if known is not None and hasattr(self.model, "inference"):
                     self.model.inference = known
             _check_task_matches_data(self.model, self.datamodule, weights)

@@ -155,20 +155,19 @@ def staged_outputs(targets: Sequence[Path]):
 def _load_model(args):
     from clapkit.commands._shared import check_device, check_model_path
     from clapkit.encoders.separation.network import SeparationNetwork
-    from clapkit.hub.plain import load_plain
-    from clapkit.inference.load import PretrainedError
+    from clapkit.hub.native import load_model
     from clapkit.inference.separation import SeparationModel
+    from clapkit.io.errors import PretrainedError
 
     check_device(args.device)
     check_model_path(args.model)
     try:
-        model, config, inference = load_plain(args.model)
+        model = load_model(args.model)
     except (PretrainedError, FileNotFoundError) as exc:
         raise CommandError(str(exc)) from None
     if not isinstance(model, SeparationNetwork):
-        kind = str(config.get("class_path", type(model).__name__)).rpartition(".")[2]
-        raise CommandError(f"{args.model}: a {kind}, not a separation model (SeparationTask)")
-    return SeparationModel(model, inference, device=args.device, batch_size=args.batch_size, overlap=args.overlap,
+        raise CommandError(f"{args.model}: a {type(model).__name__}, not a separation model (SeparationTask)")
+    return SeparationModel(model, model.inference, device=args.device, batch_size=args.batch_size, overlap=args.overlap,
                            precision=args.precision, max_seconds=args.max_decode_seconds)
 
 

@@ -36,8 +36,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from clapkit.hub.directory import is_native
 from clapkit.inference.clap import CLAPModel
-from clapkit.inference.load import is_native, load
+from clapkit.inference.load import load
 
 SAMPLE_RATE = 48000
 
@@ -88,12 +89,12 @@ class CLAP_Module(nn.Module):  # noqa: N801 - the reference's name
                                  f"{'uses' if clap.inference.fusion else 'does not use'} fusion")
             description = str(ckpt)
         else:
-            from clapkit.inference.load import build_converted
             from clapkit.interop.laion_clap import convert_laion_clap
+            from clapkit.interop.registry import build_converted_plain
 
             converted = convert_laion_clap(ckpt, self.text_model, amodel=self.amodel,
                                            enable_fusion=self.enable_fusion)
-            clap = CLAPModel(build_converted(converted), converted.inference, device=self._device)
+            clap = CLAPModel(build_converted_plain(converted), converted.inference, device=self._device)
             description = converted.description
         self.clap = clap
         self.model = clap.model

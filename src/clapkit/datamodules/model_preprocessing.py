@@ -31,8 +31,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, fields
 from typing import Any
 
+from clapkit.audio.preprocess import InferenceConfig
 from clapkit.datamodules.pipeline import AudioPolicy
-from clapkit.inference.load import InferenceConfig, is_native, read_native_config
+from clapkit.hub.directory import is_native, read_directory
 
 
 def wanted_audio(inference: InferenceConfig, current: Any, names: Sequence[str] | None = None, *,
@@ -80,7 +81,7 @@ def apply_model_preprocessing(config: Any, argv: Sequence[str],
     data = _get(config, "data")
     if not weights or not is_native(weights) or data is None:
         return []
-    _, inference = read_native_config(weights)
+    inference = read_directory(weights).inference
     init = _get(data, "init_args")
     if init is None:
         return []

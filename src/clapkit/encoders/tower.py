@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clapkit.encoders.base import EncoderOutput
+from clapkit.encoders.model import SavedModel
 
 
 @dataclass
@@ -60,38 +62,65 @@ class Tower(nn.Module):
         return TowerOutput(embedding=emb, encoder=out)
 
 
-class TowerSet(nn.Module):
+def pair_key(a: str, b: str) -> str:
+    """Name of a pair in ``logit_scales`` and in logs: ``"audio__text"``."""
+    return f"{a}__{b}"
+
+
+class TowerSet(SavedModel):
     """Named towers and the logit scales between them: a contrastive model without training.
 
-    What inference holds (:class:`~clapkit.inference.clap.CLAPModel`); a ``ContrastiveTask`` wraps
-    the same towers for training, so the state dict keys (``towers.audio...``,
-    ``logit_scales.audio__text``) are the same.
+    What a ``ContrastiveTask`` trains (``task.model``) and what inference holds
+    (:class:`~clapkit.inference.clap.CLAPModel`). State dict keys: ``towers.<name>...`` and
+    ``logit_scales.<a>__<b>``.
 
     Args:
-        towers: name -> tower (``audio``, ``text``, ``image``).
-        logit_scales: pair name (``"audio__text"``) -> log inverse temperature.
-        log_scale_bounds: ``(low, high)`` the log scales are clamped to, as in training.
+        towers: named towers; each reads ``batch[name]`` (``audio``, ``text``, ``image``).
+        pairs: tower pairs to contrast, each with its own logit scale. A pair may name a tower
+            left out of ``towers`` (a model loaded with its audio tower only keeps every scale).
+        logit_scale_init: initial inverse temperature of every pair (stored as its log).
+        logit_scale_min: lower clamp of the inverse temperature.
+        logit_scale_max: upper clamp of the inverse temperature.
+        learn_logit_scale: train the logit scales (``False`` keeps them at their init value).
     """
 
-    def __init__(self, towers: Mapping[str, nn.Module], logit_scales: Mapping[str, nn.Parameter] | None = None,
-                 log_scale_bounds: tuple[float, float] | None = None):
+    def __init__(
+        self,
+        towers: dict[str, Tower],
+        pairs: Sequence[tuple[str, str]] = (("audio", "text"),),
+        logit_scale_init: float = 1 / 0.07,
+        logit_scale_min: float = 1.0,
+        logit_scale_max: float = 100.0,
+        learn_logit_scale: bool = True,
+    ):
         super().__init__()
-        if log_scale_bounds is not None:
-            self.log_scale_bounds = tuple(log_scale_bounds)
+        if not pairs:
+            raise ValueError("a TowerSet needs at least one pair of towers to contrast")
+        if not 0 < logit_scale_min <= logit_scale_init <= logit_scale_max:
+            raise ValueError(
+                f"need 0 < logit_scale_min <= logit_scale_init <= logit_scale_max, got "
+                f"{logit_scale_min}, {logit_scale_init}, {logit_scale_max}"
+            )
         self.towers = towers if isinstance(towers, nn.ModuleDict) else nn.ModuleDict(dict(towers))
-        scales = logit_scales if logit_scales is not None else {}
-        self.logit_scales = scales if isinstance(scales, nn.ParameterDict) else nn.ParameterDict(dict(scales))
+        self.pairs = [(str(a), str(b)) for a, b in pairs]
+        self.logit_scales = nn.ParameterDict({
+            pair_key(a, b): nn.Parameter(torch.tensor(math.log(logit_scale_init)), requires_grad=learn_logit_scale)
+            for a, b in self.pairs
+        })
+        #: ``(low, high)`` the log scales are clamped to.
+        self.log_scale_bounds = (math.log(logit_scale_min), math.log(logit_scale_max))
 
-    @classmethod
-    def of(cls, model: nn.Module) -> TowerSet:
-        """``model`` itself when it is a :class:`TowerSet`, else its ``towers`` and
-        ``logit_scales`` (for example a ``ContrastiveTask``'s)."""
-        if isinstance(model, TowerSet):
-            return model
-        towers = getattr(model, "towers", None)
-        if towers is None:
-            raise TypeError(f"{type(model).__name__} has no towers: not a contrastive model")
-        return cls(towers, getattr(model, "logit_scales", None), getattr(model, "log_scale_bounds", None))
+    def logit_scale(self, a: str, b: str) -> torch.Tensor:
+        """Clamped inverse temperature of pair ``(a, b)``."""
+        low, high = self.log_scale_bounds
+        return self.logit_scales[pair_key(a, b)].clamp(low, high).exp()
+
+    def clamp_logit_scales_(self) -> None:
+        """Keep the stored log scales inside the clamp (after an optimiser step)."""
+        low, high = self.log_scale_bounds
+        with torch.no_grad():
+            for param in self.logit_scales.values():
+                param.clamp_(low, high)
 
     def embed(self, name: str, inputs, **kwargs) -> torch.Tensor:
         """L2-normalised embeddings of ``inputs`` from tower ``name``, with gradients when enabled

@@ -25,17 +25,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from clapkit.audio.preprocess import inference_of_checkpoint
-from clapkit.inference.load import (
-    CONFIG_NAME,
-    InferenceConfig,
-    PretrainedError,
-    instantiate_model,
-    load_state_dict_strict,
-    plain,
-    read_checkpoint,
-    save_pretrained,
-)
+from clapkit.audio.preprocess import InferenceConfig, inference_of_checkpoint
+from clapkit.hub.directory import CONFIG_NAME, plain
+from clapkit.hub.native import instantiate_model, save_pretrained
+from clapkit.io.checkpoint import load_state_dict_strict, read_checkpoint
+from clapkit.io.errors import PretrainedError
 from clapkit.io.trust import check_code_values, lookup_packages, read_untrusted_config
 from clapkit.utils.atomic import check_target
 
@@ -116,7 +110,8 @@ def _first_with(value, key: str):
     return None
 
 
-def _audio_sample_rate(model) -> int | None:
+def _audio_sample_rate(task) -> int | None:
+    model = getattr(task, "model", task)  # the plain model a task owns, else the task's own modules
     towers = getattr(model, "towers", None)
     encoders = [tower.encoder for tower in towers.values()] if towers is not None else []
     encoders.append(getattr(model, "encoder", None))
@@ -186,7 +181,11 @@ def _export(checkpoint, output, config_path: Path, tree: dict[str, Any], build_t
     if not isinstance(weights, Mapping):
         raise PretrainedError(f"{checkpoint}: not a Lightning checkpoint (no 'state_dict'; "
                               f"top-level keys: {', '.join(list(state)[:6])})")
+    from clapkit.interop.legacy import upgrade_task_state
+
     model = instantiate_model(build_tree, allow=allow, where=str(config_path))
+    # A run saved before its task owned ``self.model`` has the model's keys at the top level.
+    weights = upgrade_task_state(model.state_dict(), weights)
     load_state_dict_strict(model, weights, what=f"{checkpoint} (for the model in {config_path})")
     model.eval()
     from clapkit.inference.separation import is_separation_task

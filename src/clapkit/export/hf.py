@@ -175,14 +175,15 @@ def export_hf_clap(source: str | os.PathLike, output: str | os.PathLike, *, over
     """
     from transformers import ClapFeatureExtractor, ClapModel, ClapProcessor
 
-    from clapkit.hub.native import load_native
+    from clapkit.hub.native import load_model
     from clapkit.io.checkpoint import PretrainedError
 
     output = Path(output)
     if output.exists() and not overwrite and (not output.is_dir() or any(output.iterdir())):
         raise PretrainedError(f"{output}: already exists (pass --overwrite to replace it)")
     check_target(output, inputs=[source], overwrite=overwrite)
-    task, config, inference = load_native(source)
+    task = load_model(source)  # the plain TowerSet: its state dict keys are the export rules'
+    config, inference = task.config, task.inference
     try:
         audio, text, audio_head, _ = _towers(task)
         if audio.frame_align != "interpolate":

@@ -8,7 +8,7 @@ tokenizer says how many token ids it makes, while the embedding matrix says how 
 rows for. When the two disagree the model still loads and runs, and gives wrong answers (or, for
 the vocabulary, an ``IndexError`` at query time). :func:`check_model` refuses each such
 contradiction in one line naming both values, from the one place every native directory is
-built or written (:func:`clapkit.hub.native.load_directory`, :func:`clapkit.hub.native.save_pretrained`).
+built or written (:func:`clapkit.hub.native.load_model`, :func:`clapkit.hub.native.save_pretrained`).
 
 Which encoder the ``inference:`` section describes depends on the model: a contrastive model's
 ``audio`` tower, a classifier's encoder (rate, window and fusion), or a separator (its mixture

@@ -1,20 +1,19 @@
-"""clapkit's native model format: save, read, and instantiate a model directory.
+"""clapkit's native model format: save, build and load a model directory.
 
-A native model is a directory::
-
-    config.yaml          model:      class_path/init_args tree (LightningCLI's ``model:`` section)
-                         inference:  how raw audio becomes the model's input (see InferenceConfig)
-    model.safetensors    the weights (shared tensors stored once)
-    <assets>/            optional files the model config points at with ``./<name>`` paths
-                         (for example a text tower's tokenizer and HF config)
+A directory (laid out in :mod:`clapkit.hub.directory`) stores one plain model
+(:class:`~clapkit.encoders.model.SavedModel`: a ``TowerSet``...): ``config.yaml`` says how to
+build it and ``model.safetensors`` holds its ``state_dict``. Loading is always the same: read
+the config (:func:`clapkit.hub.directory.read_directory`, which translates older formats),
+build the model, verify the weights' hash, strict-load them (:func:`load_model`). Training
+rebuilds the task the directory records around that model (:func:`load_native`).
 
 Relative paths (``./...``) inside ``model:`` are resolved against the directory, so a model
 directory can be moved or copied as a whole.
 
 A model directory may come from anywhere, so reading one never imports a module its config
-names unless the name is inside the allow-list (:data:`ALLOWED_CLASS_PATHS` plus what the
-caller passes as ``allow``): a ``class_path`` outside it is refused before anything is
-imported.
+names unless the name is inside the allow-list (:data:`clapkit.io.trust.ALLOWED_CLASS_PATHS`
+plus what the caller passes as ``allow``): a ``class_path`` outside it is refused before
+anything is imported.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +29,20 @@ import torch
 import yaml
 from torch import nn
 
-from clapkit.audio.preprocess import CONFIG_NAME, InferenceConfig
+from clapkit.audio.preprocess import InferenceConfig
+from clapkit.encoders.model import SavedModel
 from clapkit.hub.consistency import check_model
-from clapkit.io.checkpoint import PretrainedError, load_state_dict_strict, unique_tensors
+from clapkit.hub.directory import (
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    WEIGHTS_NAME,
+    ModelDirectory,
+    map_paths,
+    plain,
+    read_directory,
+)
+from clapkit.io.checkpoint import load_state_dict_strict, unique_tensors
+from clapkit.io.errors import PretrainedError
 from clapkit.io.identity import (
     HASH_KEY,
     check_weights,
@@ -40,14 +50,9 @@ from clapkit.io.identity import (
     files_fingerprint,
     native_fingerprint,
 )
-from clapkit.io.trust import (
-    ALLOWED_CLASS_PATHS as ALLOWED_CLASS_PATHS,  # re-exported; it lives in clapkit.io.trust
-)
-from clapkit.io.trust import check_code_values, check_resolved_names, read_untrusted_config
+from clapkit.io.trust import check_code_values, check_resolved_names
 from clapkit.utils.atomic import MODEL_DIRECTORY, replace_output
 
-FORMAT_VERSION = 1
-WEIGHTS_NAME = "model.safetensors"
 
 def class_paths(tree: Any) -> list[str]:
     """Every ``class_path`` string in a config tree (depth first)."""
@@ -116,22 +121,26 @@ def instantiate_model(model_config: Mapping[str, Any], resolve: Callable[[str], 
 def save_pretrained(
     model: nn.Module,
     directory: str | os.PathLike,
-    inference: InferenceConfig | Mapping[str, Any],
+    inference: InferenceConfig | Mapping[str, Any] | None = None,
     model_config: Mapping[str, Any] | str | os.PathLike | None = None,
     *,
     assets: Mapping[str, str | os.PathLike] | None = None,
     overwrite: bool = False,
     inputs: Iterable[str | os.PathLike | None] = (),
 ) -> Path:
-    """Write ``model`` in clapkit's native format, atomically (:func:`clapkit.utils.atomic.replace_output`).
+    """Write a model in clapkit's native format, atomically (:func:`clapkit.utils.atomic.replace_output`).
 
     Args:
-        model: the LightningModule (for example a ``ContrastiveTask``).
+        model: the plain model (a :class:`~clapkit.encoders.model.SavedModel`), or a task that
+            owns one as ``task.model`` (saved as that model, with the task's class and training
+            arguments in the ``task:`` section).
         directory: the model directory to create.
-        inference: preprocessing settings (an :class:`InferenceConfig` or its dict).
-        model_config: the module's ``class_path``/``init_args`` tree, or a LightningCLI
-            ``config.yaml`` whose ``model:`` section is used. Defaults to the tree LightningCLI
-            records in ``model.hparams`` when it built the module.
+        inference: preprocessing settings (an :class:`InferenceConfig` or its dict); default
+            the model's own ``inference``.
+        model_config: the ``class_path``/``init_args`` tree of the model or of the task (a
+            task's tree is split into the two: :func:`clapkit.interop.legacy.split_task_tree`),
+            or a LightningCLI ``config.yaml`` whose ``model:`` section is used. Default: the
+            model's ``config``, else the tree LightningCLI recorded in the task's ``hparams``.
         assets: name -> file or directory copied into the model directory (weight files
             excluded: every weight is in ``model.safetensors``); config strings naming the source
             path become ``./<name>``.
@@ -142,9 +151,23 @@ def save_pretrained(
     Every ``load_weights`` argument in the saved config is set to ``False``: the weights come
     from ``model.safetensors``, so loading pretrained ones while building the model is wasted.
     """
+    from clapkit.interop.legacy import split_task_tree
+
     directory = Path(directory)
+    owned = getattr(model, "model", None)
+    saved = owned if isinstance(owned, SavedModel) else model
+    inference = inference if inference is not None else getattr(saved, "inference", None)
+    if inference is None:
+        raise PretrainedError("the model's inference settings are unknown: pass inference (an InferenceConfig)")
     inference = inference if isinstance(inference, InferenceConfig) else InferenceConfig.from_dict(inference)
-    config = portable(model_config_of(model, model_config), assets or {})
+    tree = model_config_of(model, model_config)
+    model_tree, task_tree = split_task_tree(tree)
+    if isinstance(saved, SavedModel):
+        document = {"clapkit_format": FORMAT_VERSION, "model": portable(model_tree, assets or {})}
+        if task_tree is not None:
+            document["task"] = task_tree
+    else:  # a task that does not own a plain model yet: its tree, as format 1 wrote it
+        document = {"clapkit_format": 1, "model": portable(tree, assets or {})}
     if directory.exists() and not overwrite and (not directory.is_dir() or any(directory.iterdir())):
         raise PretrainedError(f"{directory}: already exists (pass overwrite=True / --overwrite to replace it)")
     with replace_output(directory, kind=MODEL_DIRECTORY, inputs=[*inputs, *(assets or {}).values()],
@@ -153,12 +176,11 @@ def save_pretrained(
             _copy_asset(Path(source), tmp / name)
         from safetensors.torch import save_file
 
-        state = unique_tensors(model.state_dict())
-        check_model(model, inference, state, where=f"{directory}: the model to save")
+        state = unique_tensors(saved.state_dict())
+        check_model(saved, inference, state, where=f"{directory}: the model to save")
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "clapkit_format": str(FORMAT_VERSION)})
         # The exact identity of the weights, hashed once here and verified whenever they are read.
-        document = {"clapkit_format": FORMAT_VERSION, "model": config, "inference": inference.to_dict(),
-                    HASH_KEY: file_sha256(tmp / WEIGHTS_NAME)}
+        document.update({"inference": inference.to_dict(), HASH_KEY: file_sha256(tmp / WEIGHTS_NAME)})
         (tmp / CONFIG_NAME).write_text(yaml.safe_dump(plain(document), sort_keys=False))
     return directory
 
@@ -166,55 +188,13 @@ def save_pretrained(
 # --------------------------------------------------------------------------- reading
 
 
-def is_native(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a directory in clapkit's native format."""
-    path = Path(path)
-    return path.is_dir() and (path / CONFIG_NAME).is_file()
-
-
-def read_native_config(directory: str | os.PathLike, allow: Iterable[str] = (), *,
-                       replace: Mapping[str, str] | None = None) -> tuple[dict[str, Any], InferenceConfig]:
-    """The ``model:`` tree and :class:`InferenceConfig` of a native model directory.
-
-    Read through :func:`clapkit.io.trust.read_untrusted_config`: a value that would import code
-    outside the allow-list, or a path leading out of the directory, is refused before anything
-    is imported; ``package:NAME`` becomes the package's folder, found without importing it.
-
-    Args:
-        directory: the model directory.
-        allow: module prefixes trusted beyond :data:`ALLOWED_CLASS_PATHS` (see
-            :func:`check_class_paths`).
-        replace: config key -> a path the user gave (``clapkit.load(DIR, text_model=...)``)
-            that replaces an outside path under that key instead of refusing it.
-    """
-    directory = Path(directory)
-    config_path = directory / CONFIG_NAME
-    if not config_path.is_file():
-        raise PretrainedError(f"{directory}: not a clapkit model directory (no {CONFIG_NAME})")
-    document = read_untrusted_config(config_path, code_sections=("model",), allow=allow, root=directory,
-                                     replace=replace)
-    if "model" not in document or "inference" not in document:
-        raise PretrainedError(f"{config_path}: expected 'model' and 'inference' sections")
-    version = document.get("clapkit_format", FORMAT_VERSION)
-    if not isinstance(version, int):
-        raise PretrainedError(f"{config_path}: clapkit_format {version!r} is not a format version")
-    if version > FORMAT_VERSION:
-        raise PretrainedError(f"{config_path}: format version {version} is newer than this clapkit ({FORMAT_VERSION})")
-    try:
-        inference = InferenceConfig.from_dict(document["inference"] or {})
-    except (TypeError, ValueError) as exc:
-        raise PretrainedError(f"{config_path}: bad inference section ({exc})") from None
-    return document["model"], inference
-
-
 def native_model_tree(directory: str | os.PathLike, allow: Iterable[str] = ()) -> dict[str, Any]:
-    """The ``model:`` tree of a native directory with its ``./`` asset paths made absolute,
-    ready for LightningCLI's ``--model``."""
-    directory = Path(directory)
-    config, _ = read_native_config(directory, allow)
-    tree = map_paths(plain(config), lambda p: str((directory / p).resolve()))
+    """The training task's tree of a model directory (:meth:`ModelDirectory.task_tree`) with its
+    ``./`` asset paths made absolute, ready for LightningCLI's ``--model``."""
+    found = read_directory(directory, allow)
+    tree = map_paths(found.task_tree(), found.resolve)
     # LightningCLI imports what the tree names: the names' objects must be inside the allow-list.
-    check_resolved_names(tree, allow, where=str(directory / CONFIG_NAME))
+    check_resolved_names(tree, allow, where=str(found.config_path))
     return tree
 
 
@@ -244,61 +224,124 @@ def read_native_weights(path: str | os.PathLike, prefixes: Iterable[str] | None 
 
 
 def load_weights_into(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load a native directory's weights into an already-built ``model``, requiring full coverage
-    (a directory's weights are checked against the hash its ``config.yaml`` records)."""
+    """Load a native directory's weights into an already-built ``model`` (the plain model or a
+    task owning it as ``model``), requiring full coverage (a directory's weights are checked
+    against the hash its ``config.yaml`` records)."""
+    from clapkit.interop.legacy import upgrade_task_state
+
     state = read_native_weights(path)
     if Path(path).is_dir() and (Path(path) / CONFIG_NAME).is_file():
         check_weights(Path(path) / WEIGHTS_NAME, Path(path) / CONFIG_NAME)
-    load_state_dict_strict(model, state, what=str(path))
+    # A directory holds a plain model's weights; a task holds that model as ``model``.
+    load_state_dict_strict(model, upgrade_task_state(model.state_dict(), state), what=str(path))
+
+
+def load_model(directory: str | os.PathLike, *, towers: Sequence[str] | None = None, allow: Iterable[str] = (),
+               replace: Mapping[str, str] | None = None, load_weights: bool = True) -> nn.Module:
+    """Build a model directory's plain model and strict-load its verified weights (eval mode).
+
+    The one loader: read the config (:func:`~clapkit.hub.directory.read_directory`: allow-list,
+    paths inside the directory, older formats translated), build the ``model:`` tree, check the
+    weights against the recorded hash, check model and preprocessing agree
+    (:func:`clapkit.hub.consistency.check_model`), load every tensor. The model's ``config`` and
+    ``inference`` are set from the directory.
+
+    Args:
+        directory: the model directory.
+        towers: build and read only these towers of a model built from ``towers`` (a
+            ``TowerSet``: ``("audio",)``); the others' tensors are never read from the
+            memory-mapped ``model.safetensors``. ``None``, or a model without towers: the whole model.
+        allow: module prefixes trusted beyond the allow-list (see :func:`check_class_paths`).
+        replace: config key -> a path the user gave for an outside path under that key
+            (see :func:`~clapkit.hub.directory.read_directory`).
+        load_weights: read ``model.safetensors`` (``False``: only the config and its assets, for a
+            model nested in a larger one whose own weights file carries every tensor).
+    """
+    found = read_directory(directory, allow, replace=replace)
+    # ``towers`` chooses among a model's towers; a model built from none (a tagger) is loaded whole.
+    partial = towers is not None and isinstance((found.model.get("init_args") or {}).get("towers"), Mapping)
+    tree = _with_towers(found, towers) if partial else found.model
+    return _build_and_load(found, tree, allow=allow, load_weights=load_weights, partial=partial)
+
+
+def build_model(tree: Mapping[str, Any], *, resolve: Callable[[str], str] | None = None,
+                build: Callable[..., nn.Module] | None = None) -> nn.Module:
+    """The plain model of a model or task tree, with random weights
+    (:func:`clapkit.interop.legacy.build_model` with :func:`instantiate_model` as ``build``)."""
+    from clapkit.interop import legacy
+
+    return legacy.build_model(tree, build or (lambda sub_tree, resolve=None: instantiate_model(sub_tree, resolve)),
+                              resolve=resolve)
 
 
 def load_native(directory: str | os.PathLike, load_weights: bool = True,
                 allow: Iterable[str] = ()) -> tuple[nn.Module, dict[str, Any], InferenceConfig]:
-    """Instantiate a native model directory: ``(module in eval mode, model config, inference)``.
+    """The trainable module of a model directory: ``(module in eval mode, model tree, inference)``.
 
-    The module is what the config names, usually a LightningModule (``ContrastiveTask``...),
-    for training, validation or conversion; inference builds only its plain modules
-    (:func:`clapkit.hub.plain.load_plain`, what :func:`clapkit.load` uses), without Lightning.
-
-    With ``load_weights=False`` only ``config.yaml`` (and its assets) are read: for a model
-    nested in a larger one whose own ``model.safetensors`` carries every weight. ``allow``
-    extends the class-path allow-list (see :func:`check_class_paths`).
+    The task the directory records (``task:``, or the model's default task) built around its
+    model, the weights strict-loaded into ``task.model``; for training, validation or conversion.
+    A directory that records no task gives its model alone (as :func:`load_model`).
+    ``load_weights`` and ``allow`` as :func:`load_model`'s.
     """
-    where = str(Path(directory) / CONFIG_NAME)
-    return load_directory(directory,
-                          lambda config, resolve: instantiate_model(config, resolve=resolve, allow=allow, where=where),
-                          load_weights=load_weights, allow=allow)
-
-
-def load_directory(directory: str | os.PathLike, build: Callable[[dict[str, Any], Callable[[str], str]], nn.Module],
-                   *, load_weights: bool = True, allow: Iterable[str] = (),
-                   prefixes: Callable[[nn.Module], list[str] | None] = lambda module: None,
-                   replace: Mapping[str, str] | None = None,
-                   ) -> tuple[nn.Module, dict[str, Any], InferenceConfig]:
-    """Read a native directory's config, ``build(config, resolve)`` a module from it, load its weights.
-
-    The one loading sequence of :func:`load_native` (the task) and :func:`clapkit.hub.plain.load_plain`
-    (its inference modules). ``resolve`` maps an asset path of the config into the directory;
-    ``prefixes(module)`` names the tensors to read (``None``: all of them); ``replace`` is
-    :func:`read_native_config`'s.
-    """
-    directory = Path(directory)
-    config, inference = read_native_config(directory, allow, replace=replace)
-    weights = directory / WEIGHTS_NAME
-    if load_weights and not weights.is_file():
-        raise PretrainedError(f"{directory}: no {WEIGHTS_NAME}")
+    from clapkit.hub.directory import DEFAULT_TASKS
     from clapkit.utils.fastinit import skip_random_init
+
+    found = read_directory(directory, allow)
+    where = str(found.config_path)
+    whole = found.task is None and str(found.model.get("class_path")) not in DEFAULT_TASKS
+    tree = found.model if whole else found.task_tree()
+    with skip_random_init() if load_weights else contextlib.nullcontext():
+        module = instantiate_model(tree, resolve=found.resolve, allow=allow, where=where)
+    # A task owns the model the weights are of; a tree naming no task is that model (or an old
+    # task that does not own one yet, whose keys are its own).
+    owned = getattr(module, "model", None)
+    _fill(found, owned if not whole and isinstance(owned, SavedModel) else module, load_weights=load_weights)
+    return module.eval(), found.model, found.inference
+
+
+def _with_towers(found: ModelDirectory, towers: Sequence[str]) -> dict[str, Any]:
+    """The model tree with only ``towers`` in its ``towers`` argument."""
+    init_args = found.model.get("init_args") or {}
+    trees = init_args["towers"]
+    if unknown := sorted(set(towers) - set(trees)):
+        raise PretrainedError(f"no tower {unknown[0]!r} in the model (towers: {', '.join(trees)})")
+    return {**found.model, "init_args": {**init_args, "towers": {k: v for k, v in trees.items() if k in towers}}}
+
+
+def _build_and_load(found: ModelDirectory, tree: dict[str, Any], *, allow: Iterable[str], load_weights: bool,
+                    partial: bool = False) -> nn.Module:
+    from clapkit.utils.fastinit import skip_random_init
+
+    allow, where = tuple(allow), str(found.config_path)
+
+    def build(sub_tree, resolve=None):
+        return instantiate_model(sub_tree, resolve=found.resolve, allow=allow, where=where)
 
     # The strict load below overwrites every weight: drawing random ones first is wasted time.
     with skip_random_init() if load_weights else contextlib.nullcontext():
-        module = build(config, lambda p: str((directory / p).resolve()))
-    state = read_native_weights(weights, prefixes(module)) if load_weights else None
+        module = build_model(tree, build=build)
+    _fill(found, module, load_weights=load_weights, partial=partial)
+    if isinstance(module, SavedModel):
+        module.config = found.model
+    with contextlib.suppress(AttributeError):
+        module.inference = found.inference
+    return module.eval()
+
+
+def _fill(found: ModelDirectory, module: nn.Module, *, load_weights: bool, partial: bool = False) -> None:
+    """Check ``module`` against the directory and load its weights (only its own tensors when ``partial``)."""
+    weights = found.path / WEIGHTS_NAME
+    if load_weights and not weights.is_file():
+        raise PretrainedError(f"{found.path}: no {WEIGHTS_NAME}")
+    # The tensors of the towers left out are never read: only the module's own top-level names.
+    prefixes = sorted({key.split(".")[0] + "." for key in module.state_dict()} - {"towers."}
+                      | {f"towers.{name}." for name in getattr(module, "towers", {})}) if partial else None
+    state = read_native_weights(weights, prefixes) if load_weights else None
     if load_weights:  # every byte of the weights, against the hash recorded at save (clapkit.io.identity)
-        check_weights(weights, directory / CONFIG_NAME)
-    check_model(module, inference, state, where=str(directory / CONFIG_NAME))
+        check_weights(weights, found.config_path)
+    check_model(module, found.inference, state, where=str(found.config_path))
     if state is not None:
         load_state_dict_strict(module, state, what=f"{weights} (for the model in {CONFIG_NAME})")
-    return module.eval(), config, inference
 
 
 # --------------------------------------------------------------------------- config trees
@@ -320,11 +363,14 @@ def read_model_section(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def model_config_of(model: nn.Module, model_config: Mapping[str, Any] | str | os.PathLike | None) -> dict[str, Any]:
-    """The ``class_path``/``init_args`` tree of ``model`` (see :func:`save_pretrained`'s ``model_config``)."""
+    """The ``class_path``/``init_args`` tree of ``model`` (see :func:`save_pretrained`'s ``model_config``):
+    the one given, a plain model's ``config``, or the task tree in a task's ``hparams``."""
     if isinstance(model_config, (str, os.PathLike)):
         return read_model_section(model_config)
     if model_config is not None:
         return plain(model_config)
+    if isinstance(model, SavedModel) and model.config is not None:
+        return plain(model.config)
     hparams = dict(getattr(model, "hparams", {}) or {})
     if "_class_path" in hparams:
         hparams.pop("_instantiator", None)
@@ -333,30 +379,6 @@ def model_config_of(model: nn.Module, model_config: Mapping[str, Any] | str | os
         "the model's config is unknown: pass model_config (the class_path/init_args tree or the "
         "LightningCLI config.yaml it was trained with)"
     )
-
-
-def plain(value):
-    """Tuples -> lists, Paths -> str, nested Mappings -> dicts (YAML-safe, comparable)."""
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
-        return value.item()
-    return value
-
-
-def map_paths(value, resolve: Callable[[str], str]):
-    """Apply ``resolve`` to every ``./relative`` string in a config tree."""
-    if isinstance(value, dict):
-        return {k: map_paths(v, resolve) for k, v in value.items()}
-    if isinstance(value, list):
-        return [map_paths(v, resolve) for v in value]
-    if isinstance(value, str) and value.startswith("./"):
-        return resolve(value)
-    return value
 
 
 #: Files an asset directory may hold that the native format never needs (weights live in

@@ -43,9 +43,7 @@ class CLAPModel(InferenceModel):
     Inputs, decoding, batching and precision as every :class:`~clapkit.inference.base.InferenceModel`.
 
     Args:
-        model: a module with a ``towers`` dict (and optionally ``logit_scales``): a
-            :class:`~clapkit.encoders.tower.TowerSet`, or a ``ContrastiveTask`` whose towers are
-            taken out of it (the task itself is not kept).
+        model: the :class:`~clapkit.encoders.tower.TowerSet` (a ``ContrastiveTask``'s ``model``).
         inference: preprocessing settings of the checkpoint.
         device: where the model runs (``cpu``, ``cuda``, ``auto``...).
         precision: ``32``; ``bf16`` or ``16`` (autocast of the forward pass); ``bf16-true``
@@ -86,7 +84,9 @@ class CLAPModel(InferenceModel):
         super().__init__(inference, device=resolved, precision=resolve_precision(precision, resolved),
                          batch_size=batch_size, max_seconds=max_seconds)
         #: The towers and logit scales (a plain module).
-        self.model = TowerSet.of(model).to(self.device).eval()
+        if not isinstance(model, TowerSet):
+            raise TypeError(f"CLAPModel takes a TowerSet (a ContrastiveTask's .model), not a {type(model).__name__}")
+        self.model = model.to(self.device).eval()
         self.audio_tower = audio_tower
         self.text_tower = text_tower
         self._tower_loader = tower_loader

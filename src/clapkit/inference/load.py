@@ -1,95 +1,57 @@
 """The user facade: :func:`load` a model for inference from a native directory or an official
 checkpoint.
 
-The machinery lives one layer down, each in its own module (this module re-exports their
-public names, so ``from clapkit.inference.load import ...`` keeps working):
-
-- :mod:`clapkit.io.checkpoint`: safe reading, unwrapping, strict filling of weights;
-- :mod:`clapkit.hub.native`: clapkit's native format (``config.yaml`` + ``model.safetensors``),
-  with the class-path allow-list that keeps a model directory from importing other code;
-- :mod:`clapkit.interop.registry`: official layouts (:data:`CHECKPOINT_FORMATS`) and their
-  conversion;
-- :mod:`clapkit.audio.preprocess`: :class:`InferenceConfig`, the preprocessing spec.
+Every source becomes one plain model (a :class:`~clapkit.encoders.model.SavedModel`: native
+directories through :func:`clapkit.hub.native.load_model`, official checkpoints through
+:mod:`clapkit.interop.registry`), and :data:`INFERENCE_CLASSES` says which inference object
+wraps it.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
-from clapkit.audio.preprocess import InferenceConfig
-from clapkit.hub.native import (
-    ALLOWED_CLASS_PATHS,
-    CONFIG_NAME,
-    FORMAT_VERSION,
-    WEIGHT_FILES,
-    WEIGHTS_NAME,
-    check_class_paths,
-    file_fingerprint,
-    instantiate_model,
-    is_native,
-    load_native,
-    load_weights_into,
-    map_paths,
-    model_config_of,
-    model_fingerprint,
-    native_model_tree,
-    plain,
-    portable,
-    read_model_section,
-    read_native_config,
-    read_native_weights,
-    save_pretrained,
-)
-from clapkit.interop.registry import (
-    CHECKPOINT_FORMATS,
-    CheckpointFormat,
-    Converted,
-    asset_resolver,
-    build_converted,
-    build_converted_plain,
-    checkpoint_format,
-    convert_checkpoint,
-    detect_format,
-    save_converted,
-)
-from clapkit.io.checkpoint import (
-    CheckpointError,
-    PretrainedError,
-    compact_buffers,
-    fill_aliases,
-    load_state_dict_strict,
-    read_checkpoint,
-    read_state_dict,
-    unique_tensors,
-    unwrap_state_dict,
-)
+from clapkit.hub.directory import is_native, read_directory
+from clapkit.hub.native import file_fingerprint, load_model, model_fingerprint
+from clapkit.interop.registry import build_converted_plain, convert_checkpoint
+from clapkit.io.errors import PretrainedError
 
 if TYPE_CHECKING:
     from clapkit.inference.clap import CLAPModel
     from clapkit.inference.separation import SeparationModel
     from clapkit.inference.tagger import TaggerModel
 
-from clapkit.hub.native import _copy_asset  # noqa: E402,F401
-from clapkit.io.checkpoint import preview  # noqa: E402
+#: Plain model class -> ``"module:Class"`` of the inference object that wraps it (imported on
+#: use: a CLAP load never imports the separation package). A subclass of a listed model gets its
+#: base's entry.
+INFERENCE_CLASSES: dict[str, str] = {
+    "clapkit.encoders.tower.TowerSet": "clapkit.inference.clap:CLAPModel",
+    "clapkit.encoders.classifier.Classifier": "clapkit.inference.tagger:TaggerModel",
+    "clapkit.encoders.separation.network.SeparationNetwork": "clapkit.inference.separation:SeparationModel",
+}
 
-# Old private names, kept for code that imported them from here.
-_plain, _map_paths, _portable, _asset_resolver = plain, map_paths, portable, asset_resolver
-_unique_tensors, _fill_aliases, _preview = unique_tensors, fill_aliases, preview
 
-__all__ = [
-    "ALLOWED_CLASS_PATHS", "CHECKPOINT_FORMATS", "CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "WEIGHT_FILES",
-    "CheckpointError", "CheckpointFormat", "Converted", "InferenceConfig", "PretrainedError", "build_converted",
-    "check_class_paths", "checkpoint_format", "compact_buffers", "convert_checkpoint", "detect_format",
-    "file_fingerprint", "instantiate_model", "is_native", "load", "load_native", "load_state_dict_strict",
-    "load_weights_into", "model_config_of", "model_fingerprint", "native_model_tree", "read_checkpoint", "read_model_section",
-    "read_native_config", "read_native_weights", "read_state_dict", "save_converted", "save_pretrained",
-    "unwrap_state_dict",
-]
+#: Clips per forward pass of a separation or tagging model when :func:`load` is given none.
+DEFAULT_BATCH_SIZE = 16
+
+
+def inference_class(model: nn.Module) -> type:
+    """The :data:`INFERENCE_CLASSES` entry of ``model``'s class or of its nearest listed base."""
+    for cls in type(model).__mro__:
+        target = INFERENCE_CLASSES.get(f"{cls.__module__}.{cls.__qualname__}")
+        if target is not None:
+            module, _, name = target.partition(":")
+            return getattr(importlib.import_module(module), name)
+    raise PretrainedError(f"no inference object for a {type(model).__name__} model "
+                          f"(known models: {', '.join(INFERENCE_CLASSES)})")
 
 
 def load(
@@ -131,8 +93,8 @@ def load(
             tower is loaded from the directory when first used. ``None``: every tower. Other
             sources always load every tower.
 
-    The model is built as its plain modules (:mod:`clapkit.hub.plain`), never as a LightningModule:
-    a native directory loads without importing Lightning.
+    The model is built as its plain model (:func:`clapkit.hub.native.load_model`), never as a
+    LightningModule: a native directory loads without importing Lightning.
 
     Returns:
         a :class:`~clapkit.inference.clap.CLAPModel` with ``embed_audio`` and ``embed_text``, a
@@ -147,29 +109,18 @@ def load(
 
 
 def _load(path: Path, *, text_model, device, precision, batch_size, trust_pickle, allow, towers):
-    from clapkit.inference.clap import CLAPModel
-
+    lazy = None
     if path.is_dir() and not is_native(path):
         from clapkit.interop.hf_clap import is_hf_clap_dir, load_hf_clap
 
         if is_hf_clap_dir(path):
             return load_hf_clap(path, device=device, precision=precision, batch_size=batch_size)
-    lazy = None
     if path.is_dir():
-        from clapkit.encoders.classifier import Classifier
-        from clapkit.encoders.tower import TowerSet
-        from clapkit.hub.plain import load_plain, tower_loader
         from clapkit.io.trust import TEXT_PATH_KEYS
 
         replace = {key: str(text_model) for key in TEXT_PATH_KEYS} if text_model is not None else None
-        model, _, inference = load_plain(path, towers=towers, allow=allow, replace=replace)
-        # The separation package (peft, its decoders) is imported only for a separation model.
-        if not isinstance(model, (TowerSet, Classifier)):
-            from clapkit.inference.separation import SeparationModel, is_separation_task
-
-            if is_separation_task(model):
-                return SeparationModel(model, inference, device=device, batch_size=16 if batch_size is None else batch_size,
-                                       precision=precision)
+        model = load_model(path, towers=towers, allow=allow, replace=replace)
+        inference = model.inference
         fingerprint = model_fingerprint(path)
         if towers is not None:
             lazy = tower_loader(path, allow, replace)
@@ -180,12 +131,27 @@ def _load(path: Path, *, text_model, device, precision, batch_size, trust_pickle
         fingerprint = file_fingerprint(path)
     else:
         raise PretrainedError(f"{path}: no such model directory or checkpoint file")
-    from clapkit.inference.tagger import TaggerModel, is_tagger
+    cls = inference_class(model)
+    accepted = inspect.signature(cls).parameters
+    if batch_size is None and accepted["batch_size"].default is not None:
+        batch_size = DEFAULT_BATCH_SIZE  # CLAPModel's None picks a size for the device itself
+    options = {"device": device, "precision": precision, "batch_size": batch_size, "tower_loader": lazy}
+    # Each inference object has its own default batch size and options (a tagger takes no precision).
+    loaded = cls(model, inference, **{k: v for k, v in options.items() if k in accepted and v is not None})
+    loaded.fingerprint = fingerprint
+    return loaded
 
-    if is_tagger(model):
-        tagger = TaggerModel(model, inference, device=device, batch_size=16 if batch_size is None else batch_size)
-        tagger.fingerprint = fingerprint
-        return tagger
-    clap = CLAPModel(model, inference, device=device, precision=precision, batch_size=batch_size, tower_loader=lazy)
-    clap.fingerprint = fingerprint
-    return clap
+
+def tower_loader(directory: str | os.PathLike, allow: Iterable[str] = (),
+                 replace=None) -> Callable[[str], nn.Module | None]:
+    """``name -> tower`` (``None`` when the model has no such tower) built from a model directory
+    with its weights: what a :class:`~clapkit.inference.clap.CLAPModel` loaded with some towers only
+    uses when another is asked for."""
+    names = set((read_directory(directory, allow, replace=replace).model.get("init_args") or {}).get("towers") or {})
+
+    def load_tower(name: str) -> nn.Module | None:
+        if name not in names:
+            return None
+        return load_model(directory, towers=(name,), allow=allow, replace=replace).towers[name]
+
+    return load_tower

@@ -108,10 +108,11 @@ def esrnxfbsp_config(num_classes: int = 527, audio_variant: str = "base", sample
 
 
 def _target(config: dict[str, Any]) -> dict[str, torch.Size]:
-    from clapkit.hub.plain import build_plain  # the task's plain modules: its keys, without Lightning
+    from clapkit.interop.keymap import build_from_config
+    from clapkit.interop.legacy import build_model  # the task's plain model: its keys, without Lightning
 
     with torch.device("meta"):
-        return target_shapes(build_plain(config))
+        return target_shapes(build_model(config, build_from_config))
 
 
 def is_audioclip(state: Mapping[str, Any]) -> bool:

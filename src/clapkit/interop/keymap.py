@@ -146,7 +146,7 @@ def build_target_model(config: Any, assets: Mapping[str, Any], device: str = "me
     no init cost). Some front ends (torchaudio's mel filterbank) cannot be built on meta: those are
     built on the CPU instead.
 
-    ``plain_modules``: build the task's plain inference modules (:mod:`clapkit.hub.plain`, same
+    ``plain_modules``: build the task's plain model (:func:`clapkit.interop.legacy.build_model`, same
     state dict keys, no Lightning import) instead of the task itself: enough for keys and shapes.
     """
 
@@ -156,9 +156,9 @@ def build_target_model(config: Any, assets: Mapping[str, Any], device: str = "me
 
     def build():
         if plain_modules:
-            from clapkit.hub.plain import build_plain
+            from clapkit.interop.legacy import build_model
 
-            return build_plain(config, resolve=resolve, build=build_from_config)
+            return build_model(config, build_from_config, resolve)
         return build_from_config(config, resolve)
 
     try:

@@ -420,9 +420,12 @@ def load_laion_clap(path: str | os.PathLike, text_model: str | os.PathLike | Non
     Keyword arguments go to :func:`convert_laion_clap`. (``clapkit.load`` gives the same model
     wrapped for inference; this builds it directly, without config validation, which is faster.)
     """
+    from clapkit.interop.legacy import upgrade_task_state
     from clapkit.io.checkpoint import load_state_dict_strict
 
     converted = convert_laion_clap(path, text_model, **kwargs)
     model = build_target_model(converted.model_config, converted.assets, device="cpu")
-    load_state_dict_strict(model, converted.state_dict, what=converted.description)
+    # The converted weights are the plain model's; the task holds it as ``model``.
+    load_state_dict_strict(model, upgrade_task_state(model.state_dict(), converted.state_dict),
+                           what=converted.description)
     return model.eval()

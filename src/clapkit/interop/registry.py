@@ -36,9 +36,10 @@ class Converted:
     """A model described in clapkit's terms, ready to instantiate or save.
 
     Attributes:
-        model_config: ``class_path``/``init_args`` tree of the LightningModule. Paths written
-            as ``./<name>`` refer to ``assets[name]``.
-        state_dict: weights keyed like the instantiated module's ``state_dict``.
+        model_config: ``class_path``/``init_args`` tree of the LightningModule (its plain model
+            is built through :func:`clapkit.interop.legacy.split_task_tree`). Paths written as
+            ``./<name>`` refer to ``assets[name]``.
+        state_dict: weights keyed like the plain model's ``state_dict``.
         inference: audio/text preprocessing of the model.
         assets: name -> source directory or file, copied into the native directory.
         description: one line saying what the checkpoint contains (for messages).
@@ -141,19 +142,25 @@ def convert_checkpoint(
 
 def build_converted(converted: Converted) -> nn.Module:
     """Instantiate a :class:`Converted` model and load its weights, requiring full coverage."""
+    from clapkit.interop.legacy import upgrade_task_state
+
     model = instantiate_model(converted.model_config, resolve=asset_resolver(converted.assets))
-    load_state_dict_strict(model, converted.state_dict, what=converted.description or "checkpoint")
+    # The converted weights are the plain model's; a task holds it as ``model``.
+    state = upgrade_task_state(model.state_dict(), converted.state_dict)
+    load_state_dict_strict(model, state, what=converted.description or "checkpoint")
     return model.eval()
 
 
 def build_converted_plain(converted: Converted) -> nn.Module:
-    """A :class:`Converted` model as its plain inference modules (:mod:`clapkit.hub.plain`: no
+    """A :class:`Converted` model as its plain model (:func:`clapkit.hub.native.build_model`: no
     LightningModule), weights loaded with full coverage: what :func:`clapkit.load` uses."""
-    from clapkit.hub.plain import build_plain_with_weights
+    from clapkit.hub.native import build_model
+    from clapkit.utils.fastinit import skip_random_init
 
-    return build_plain_with_weights(converted.model_config, converted.state_dict,
-                                    resolve=asset_resolver(converted.assets),
-                                    what=converted.description or "checkpoint")
+    with skip_random_init():
+        model = build_model(converted.model_config, resolve=asset_resolver(converted.assets))
+    load_state_dict_strict(model, converted.state_dict, what=converted.description or "checkpoint")
+    return model.eval()
 
 
 def save_converted(converted: Converted, directory: str | os.PathLike, *, overwrite: bool = False,

@@ -26,15 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from clapkit.io.errors import CheckpointError, PretrainedError
+
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
-
-
-class PretrainedError(ValueError):
-    """A model file or directory cannot be used; the message names the path and the problem."""
-
-
-class CheckpointError(PretrainedError):
-    """An official checkpoint cannot be converted; the one-line message names file and problem."""
 
 
 # Set only by the caller's own choice (``clapkit.load(trust_pickle=True)``, ``--trust-checkpoint``),

@@ -25,7 +25,7 @@ import re
 import threading
 from pathlib import Path
 
-from clapkit.io.checkpoint import PretrainedError
+from clapkit.io.errors import PretrainedError
 
 #: The ``config.yaml`` key holding the sha256 of ``model.safetensors``.
 HASH_KEY = "weights_sha256"

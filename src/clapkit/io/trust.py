@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from clapkit.io.checkpoint import PretrainedError
+from clapkit.io.errors import PretrainedError
 
 #: Module prefixes a model directory's config may name without the caller's say-so: clapkit's
 #: own classes, torch's layers, and torch's optimisers / LR schedulers (the factories a task's

@@ -89,7 +89,7 @@ class AudioCLIPTask(ContrastiveTask):
 
     # ------------------------------------------------------------------ training
     def _run_tower(self, name: str, inputs: Any, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        tower = self.towers[name]
+        tower = self.model.towers[name]
         kwargs = {"lengths": lengths} if isinstance(tower.encoder, AudioEncoder) else {}
         out = tower(inputs, **kwargs)
         aux = out.encoder.extras.get("aux_loss") if out.encoder.extras else None
@@ -123,7 +123,7 @@ class AudioCLIPTask(ContrastiveTask):
         super()._eval_step(batch, batch_idx, dataloader_idx, stage)
         if not self.querying:
             return
-        names = [n for n in (self.query_towers or list(self.towers)) if n in batch and n in self.towers]
+        names = [n for n in (self.query_towers or list(self.model.towers)) if n in batch and n in self.model.towers]
         if len(names) < 2:
             return
         embeddings = {

@@ -97,7 +97,8 @@ class BaseTask(LightningModule):
         self.monitor = monitor
         self.scheduler_interval = interval
 
-    def save_config_hyperparameters(self, modules: Sequence[str] = (), ignore: Sequence[str] = ()) -> None:
+    def save_config_hyperparameters(self, modules: Sequence[str] = (), ignore: Sequence[str] = (),
+                                    model_class: type | None = None) -> None:
         """Save the ``__init__`` arguments of the calling task as ``hparams``, module arguments only as config.
 
         Args:
@@ -106,6 +107,8 @@ class BaseTask(LightningModule):
                 ``class_path`` trees, so ``load_from_checkpoint`` and :func:`clapkit.hub.native.model_config_of`
                 can rebuild the task; built in Python they are module objects and are left out.
             ignore: arguments never saved (factories such as ``optimizer``).
+            model_class: the class of the task's model, whose arguments the task takes as
+                ``**kwargs``: their defaults are saved too.
 
         A config instantiation is recognised by the ``_instantiator`` entry Lightning's CLI writes
         into the hyperparameters it hands over (and into every checkpoint, where
@@ -116,6 +119,35 @@ class BaseTask(LightningModule):
         self.save_hyperparameters(ignore=[*ignore, *modules], frame=frame)
         if modules and "_instantiator" in self.hparams:
             self.save_hyperparameters(ignore=list(ignore), frame=frame)
+        if model_class is not None:
+            # Model arguments reach the task as ``**kwargs``: those left at their defaults are
+            # recorded too, as LightningCLI records every argument.
+            for name, parameter in inspect.signature(model_class).parameters.items():
+                if name not in self.hparams and name not in modules and parameter.default is not parameter.empty:
+                    self.hparams[name] = parameter.default
+
+    def model_config(self, model_class: type) -> dict[str, Any] | None:
+        """The ``class_path``/``init_args`` tree of the task's model, from the task's config.
+
+        The model's arguments are those of ``model_class``'s signature the hyperparameters hold
+        (LightningCLI hands every one, defaults included, as ``class_path`` trees); ``None`` when
+        the task was built in Python (its module arguments are objects, not trees).
+        """
+        if "_instantiator" not in self.hparams:
+            return None
+        from clapkit.hub.directory import plain
+
+        names = inspect.signature(model_class).parameters
+        return {"class_path": f"{model_class.__module__}.{model_class.__qualname__}",
+                "init_args": {name: plain(self.hparams[name]) for name in names if name in self.hparams}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Map a checkpoint saved before the task owned ``self.model`` (keys ``towers.``...) onto
+        today's keys (``model.towers.``...) through :mod:`clapkit.interop.legacy`."""
+        from clapkit.interop.legacy import upgrade_task_state
+
+        if isinstance(checkpoint.get("state_dict"), dict):
+            checkpoint["state_dict"] = upgrade_task_state(self.state_dict(), checkpoint["state_dict"])
 
     def optimizer_parameters(self):
         """What the optimiser factory is given: every parameter that requires gradients."""

@@ -1,8 +1,8 @@
 """``ContrastiveTask``: one LightningModule for CLAP (two towers), AudioCLIP (three) and friends.
 
 Training
-    The module holds named towers (:class:`~clapkit.encoders.tower.Tower`) and the list of
-    pairs to contrast. A tower called ``name`` reads ``batch[name]``; audio towers also get
+    The module's model (``self.model``, a :class:`~clapkit.encoders.tower.TowerSet`) holds named
+    towers and the list of pairs to contrast. A tower called ``name`` reads ``batch[name]``; audio towers also get
     ``lengths=batch.get("lengths")``. Each pair has its own learnable logit scale (stored in
     log space, clamped). The loss of a pair is symmetric InfoNCE over the *global* batch
     (features gathered with gradients across ranks, see
@@ -53,7 +53,7 @@ from torch import nn
 from clapkit.datamodules.base import class_names_for, is_empty_batch
 from clapkit.encoders.base import AudioEncoder, TextEncoder, module_device
 from clapkit.encoders.text_cache import TextCache
-from clapkit.encoders.tower import Tower
+from clapkit.encoders.tower import Tower, TowerSet, pair_key
 from clapkit.lightning_modules.base import BaseTask
 from clapkit.lightning_modules.evaluation import ConsolidatedSet, EvalSet
 from clapkit.lightning_modules.losses import contrastive_loss
@@ -126,17 +126,14 @@ PAIR_REDUCTIONS = {
 }
 
 
-def pair_key(a: str, b: str) -> str:
-    """Name of a pair in ``logit_scales`` and in logs: ``"audio__text"``."""
-    return f"{a}__{b}"
-
-
 class ContrastiveTask(BaseTask):
     """Contrastive training of named towers, with retrieval and zero-shot evaluation built in.
 
+    The model (towers and logit scales) is :attr:`model`, a :class:`~clapkit.encoders.tower.TowerSet`
+    built from ``**model_args``; losses, metrics and optimisation are the task's.
+
     Args:
         towers: named towers; each reads ``batch[name]`` (``audio``, ``text``, ``image``).
-        pairs: tower pairs to contrast, each with its own logit scale.
         frozen: towers (``"text"``) or sub-modules (``"text.encoder"``) to freeze: eval mode,
             ``requires_grad=False``, left out of the optimiser.
         local_loss: with several processes, compute each rank's rows against all gathered
@@ -144,10 +141,6 @@ class ContrastiveTask(BaseTask):
         pair_reduction: combine pair losses by ``mean`` (CLAP), ``sum``, or ``audioclip``
             (the AudioCLIP reference: summed two-way cross-entropies over ``n!`` for ``n``
             present pairs, i.e. the mean of the three pairs' symmetric losses).
-        logit_scale_init: initial inverse temperature of every pair (stored as its log).
-        logit_scale_min: lower clamp of the inverse temperature.
-        logit_scale_max: upper clamp of the inverse temperature.
-        learn_logit_scale: train the logit scales (``False`` keeps them at their init value).
         lr: peak learning rate (AdamW).
         weight_decay: decoupled weight decay; never applied to norms, biases, other 1-d
             parameters or logit scales.
@@ -169,19 +162,17 @@ class ContrastiveTask(BaseTask):
             with its weight decay). ``None``: AdamW with ``lr``, ``betas``, ``eps``.
         scheduler: ``optimizer -> LR scheduler``, stepped every optimiser step. ``None``: linear
             warmup over ``warmup_steps`` then cosine to ``lr * min_lr_ratio``.
+        **model_args: the :class:`~clapkit.encoders.tower.TowerSet`'s other arguments (``pairs``,
+            ``logit_scale_init``, ``logit_scale_min``, ``logit_scale_max``, ``learn_logit_scale``),
+            given flat beside the task's own (``pairs:`` in YAML).
     """
 
     def __init__(
         self,
         towers: dict[str, Tower],
-        pairs: Sequence[tuple[str, str]] = (("audio", "text"),),
         frozen: Sequence[str] = (),
         local_loss: bool = False,
         pair_reduction: Literal["mean", "sum", "audioclip"] = "mean",
-        logit_scale_init: float = 1 / 0.07,
-        logit_scale_min: float = 1.0,
-        logit_scale_max: float = 100.0,
-        learn_logit_scale: bool = True,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -194,38 +185,23 @@ class ContrastiveTask(BaseTask):
         text_cache_size: int = 0,
         optimizer: OptimizerCallable | None = None,
         scheduler: LRSchedulerCallable | None = None,
+        **model_args: Any,
     ):
         super().__init__()
         # From a config the towers are kept as their class_path trees (load_from_checkpoint rebuilds
         # the model from them); built in Python they are modules, whose weights the checkpoint stores.
-        self.save_config_hyperparameters(modules=["towers"], ignore=["optimizer", "scheduler"])
+        self.save_config_hyperparameters(modules=["towers"], ignore=["optimizer", "scheduler"], model_class=TowerSet)
         self.set_optimization(optimizer, scheduler, interval="step")
-        if not pairs:
-            raise ValueError("ContrastiveTask needs at least one pair of towers to contrast")
-        for a, b in pairs:
-            for name in (a, b):
-                if name not in towers:
-                    raise ValueError(f"pair ({a!r}, {b!r}) names tower {name!r}; towers are {sorted(towers)}")
-        if not 0 < logit_scale_min <= logit_scale_init <= logit_scale_max:
-            raise ValueError(
-                f"need 0 < logit_scale_min <= logit_scale_init <= logit_scale_max, got "
-                f"{logit_scale_min}, {logit_scale_init}, {logit_scale_max}"
-            )
         if pair_reduction not in PAIR_REDUCTIONS:
             raise ValueError(f"pair_reduction must be one of {', '.join(PAIR_REDUCTIONS)}, not {pair_reduction!r}")
         if not prompt_templates or any("{}" not in t for t in prompt_templates):
             raise ValueError("prompt_templates need a '{}' placeholder for the class name")
-        self.towers = nn.ModuleDict(towers)
-        self.pairs = [(str(a), str(b)) for a, b in pairs]
-        self.logit_scales = nn.ParameterDict(
-            {
-                pair_key(a, b): nn.Parameter(
-                    torch.tensor(math.log(logit_scale_init)), requires_grad=learn_logit_scale
-                )
-                for a, b in self.pairs
-            }
-        )
-        self.log_scale_bounds = (math.log(logit_scale_min), math.log(logit_scale_max))
+        self.model = TowerSet(towers, **model_args)
+        self.model.config = self.model_config(TowerSet)
+        for a, b in self.model.pairs:
+            for name in (a, b):
+                if name not in self.model.towers:
+                    raise ValueError(f"pair ({a!r}, {b!r}) names tower {name!r}; towers are {sorted(self.model.towers)}")
         self.frozen = list(frozen)
         for path in self.frozen:
             self._frozen_module(path).requires_grad_(False).eval()
@@ -239,7 +215,7 @@ class ContrastiveTask(BaseTask):
         self.text_cache_size = text_cache_size
         self._text_cache: dict[str, TextCache] = {
             name: TextCache(text_cache_size)
-            for name, tower in self.towers.items()
+            for name, tower in self.model.towers.items()
             if isinstance(tower.encoder, TextEncoder) and (name in self.frozen or f"{name}.encoder" in self.frozen)
         }
         self._eval_sets: dict[int, EvalSet] = {}
@@ -247,10 +223,10 @@ class ContrastiveTask(BaseTask):
 
     def _frozen_module(self, path: str) -> nn.Module:
         try:
-            return self.towers.get_submodule(path)
+            return self.model.towers.get_submodule(path)
         except AttributeError:
             raise ValueError(
-                f"frozen entry {path!r} is not a tower or a sub-module of one; towers are {sorted(self.towers)}"
+                f"frozen entry {path!r} is not a tower or a sub-module of one; towers are {sorted(self.model.towers)}"
             ) from None
 
     # ------------------------------------------------------------------ model
@@ -263,11 +239,10 @@ class ContrastiveTask(BaseTask):
 
     def logit_scale(self, a: str, b: str) -> torch.Tensor:
         """Clamped inverse temperature of pair ``(a, b)``."""
-        low, high = self.log_scale_bounds
-        return self.logit_scales[pair_key(a, b)].clamp(low, high).exp()
+        return self.model.logit_scale(a, b)
 
     def _run_tower(self, name: str, inputs: Any, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        tower = self.towers[name]
+        tower = self.model.towers[name]
         kwargs = {"lengths": lengths} if isinstance(tower.encoder, AudioEncoder) else {}
         return self.embed(name, inputs, **kwargs)
 
@@ -279,7 +254,7 @@ class ContrastiveTask(BaseTask):
             inputs: what the tower's encoder takes (``[B, T]`` waveforms, ``list[str]``, ...).
             **kwargs: passed to the tower (``lengths`` for audio).
         """
-        tower = self.towers[name]
+        tower = self.model.towers[name]
         if self.text_cache_size > 0 and name in self._text_cache and isinstance(inputs, (list, tuple)):
             embedding = tower.projection(self._cached_text_features(name, list(inputs)))
         else:
@@ -290,7 +265,7 @@ class ContrastiveTask(BaseTask):
 
     @torch.no_grad()
     def _cached_text_features(self, name: str, texts: list[str]) -> torch.Tensor:
-        encoder = self.towers[name].encoder
+        encoder = self.model.towers[name].encoder
         return self._text_cache[name](texts, lambda chunk: encoder(chunk).embedding,
                                       batch_size=self.text_batch_size, device=module_device(encoder))
 
@@ -298,7 +273,7 @@ class ContrastiveTask(BaseTask):
         """Normalised embeddings of every tower whose input is in ``batch``."""
         return {
             name: self._run_tower(name, batch[name], batch.get("lengths"))
-            for name in self.towers
+            for name in self.model.towers
             if name in batch
         }
 
@@ -310,10 +285,10 @@ class ContrastiveTask(BaseTask):
             gather: contrast against the global batch of all ranks (training); ``False``
                 contrasts within this rank's batch (validation loss).
         """
-        present = [(a, b) for a, b in self.pairs if a in batch and b in batch]
+        present = [(a, b) for a, b in self.model.pairs if a in batch and b in batch]
         if not present:
             raise ValueError(
-                f"batch has none of the pairs {self.pairs} (keys: {sorted(batch)})"
+                f"batch has none of the pairs {self.model.pairs} (keys: {sorted(batch)})"
             )
         needed = dict.fromkeys(name for pair in present for name in pair)
         embeddings = {name: self._run_tower(name, batch[name], batch.get("lengths")) for name in needed}
@@ -344,10 +319,7 @@ class ContrastiveTask(BaseTask):
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
         # Keep the stored log-scales inside the clamp so momentum cannot park them far outside.
-        low, high = self.log_scale_bounds
-        with torch.no_grad():
-            for param in self.logit_scales.values():
-                param.clamp_(low, high)
+        self.model.clamp_logit_scales_()
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: decayed weights, and undecayed norms/biases/1-d params/logit scales.
@@ -355,7 +327,7 @@ class ContrastiveTask(BaseTask):
         Frozen parameters (``requires_grad=False``) are left out.
         """
         decay, no_decay, seen = [], [], set()
-        scale_ids = {id(p) for p in self.logit_scales.values()}
+        scale_ids = {id(p) for p in self.model.logit_scales.values()}
         for module in self.modules():
             for name, param in module.named_parameters(recurse=False):
                 if not param.requires_grad or id(param) in seen:
@@ -417,21 +389,21 @@ class ContrastiveTask(BaseTask):
             return
         audio_name, _ = self.eval_towers
         embeddings: dict[str, torch.Tensor] = {}
-        if any(a in batch and b in batch for a, b in self.pairs):
+        if any(a in batch and b in batch for a, b in self.model.pairs):
             out = self.compute_loss(batch, gather=False)
             self.log(
                 f"{stage}/loss{self._set_suffix(dataloader_idx) if dataloader_idx else ''}",
                 out.loss, batch_size=out.batch_size, sync_dist=True, add_dataloader_idx=False,
             )
             embeddings = out.embeddings
-        if audio_name not in batch or audio_name not in self.towers:
+        if audio_name not in batch or audio_name not in self.model.towers:
             return
         audio = embeddings.get(audio_name)
         if audio is None:
             audio = self._run_tower(audio_name, batch[audio_name], batch.get("lengths"))
         keys = batch.get("key") or [f"{self.global_rank}/{batch_idx}/{i}" for i in range(audio.shape[0])]
         captions, counts = None, None
-        if "captions" in batch and self.eval_towers[1] in self.towers:
+        if "captions" in batch and self.eval_towers[1] in self.model.towers:
             counts = [len(c) for c in batch["captions"]]
             captions = self.embed_texts([c for caps in batch["captions"] for c in caps])
         store = self._eval_sets.setdefault(dataloader_idx, EvalSet())
@@ -497,7 +469,7 @@ class ContrastiveTask(BaseTask):
             metrics.update(retrieval_metrics(sim, data.caption_owner))
             chance = retrieval_chance(len(data.keys), data.caption_counts)
             metrics.update({f"{k}_chance": v for k, v in chance.items()})
-        if data.labels is not None and self.eval_towers[1] in self.towers:
+        if data.labels is not None and self.eval_towers[1] in self.model.towers:
             class_names = self._class_names_for(dataloader_idx)
             if class_names is None:
                 rank_zero_warn(
@@ -518,9 +490,9 @@ class ContrastiveTask(BaseTask):
 
     def _eval_pair(self) -> tuple[str, str]:
         a, b = self.eval_towers
-        if (a, b) in self.pairs:
+        if (a, b) in self.model.pairs:
             return a, b
-        if (b, a) in self.pairs:
+        if (b, a) in self.model.pairs:
             return b, a
-        raise ValueError(f"eval_towers {self.eval_towers} is not one of the contrasted pairs {self.pairs}")
+        raise ValueError(f"eval_towers {self.eval_towers} is not one of the contrasted pairs {self.model.pairs}")
 

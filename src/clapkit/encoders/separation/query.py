@@ -109,10 +109,10 @@ class PretrainedQueryNetwork(QueryNetwork):
     """
 
     def __init__(self, path: str, load_weights: bool = True, text_cache_size: int = 4096):
-        from clapkit.hub.plain import load_plain
+        from clapkit.hub.native import load_model
 
         # The CLAP's plain towers only (no ContrastiveTask, so no Lightning at inference).
-        model, _, _ = load_plain(path, load_weights=load_weights)
+        model = load_model(path, load_weights=load_weights)
         towers = getattr(model, "towers", None)
         if towers is None or "audio" not in towers or "text" not in towers:
             raise ValueError(f"{path}: expected a CLAP with 'audio' and 'text' towers, got {type(model).__name__}")
