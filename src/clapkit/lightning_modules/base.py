@@ -80,9 +80,6 @@ class BaseTask(LightningModule):
         if self.inference is not None:
             checkpoint[INFERENCE_KEY] = self.inference.to_dict()
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.inference = inference_of_checkpoint(checkpoint) or self.inference
-
     def set_optimization(
         self,
         optimizer: Callable[..., torch.optim.Optimizer] | None,
@@ -146,6 +143,8 @@ class BaseTask(LightningModule):
         today's keys (``model.towers.``...) through :mod:`clapkit.interop.legacy`."""
         from clapkit.interop.legacy import upgrade_task_state
 
+        # the preprocessing the model had learned comes back with its weights
+        self.inference = inference_of_checkpoint(checkpoint) or self.inference
         if isinstance(checkpoint.get("state_dict"), dict):
             checkpoint["state_dict"] = upgrade_task_state(self.state_dict(), checkpoint["state_dict"])
 
