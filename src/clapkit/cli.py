@@ -142,8 +142,8 @@ def lightning_main(args: list[str] | None = None, run: bool = True):
             from clapkit.inference.load import load_weights_into
 
             weights = self.config[self.subcommand].get("weights") if self.subcommand else None
-            if weights:
-                load_weights_into(self.model, weights)
+            if weights:  # a model directory holds the task's model (a task's `model` attribute)
+                load_weights_into(getattr(self.model, "model", self.model), weights)
             _check_task_matches_data(self.model, self.datamodule, weights)
 
         def before_fit(self) -> None:
@@ -349,7 +349,7 @@ def _check_trainer_args(argv: list[str]) -> None:
 def _check_task_matches_data(model, datamodule, source: str | None) -> None:
     """A separation model evaluated on clip data (or a CLAP on mixtures) fails deep inside the
     loop; say so up front, naming the model."""
-    from clapkit.inference.separation import is_separation_task
+    from clapkit.encoders.separation.network import SeparationNetwork
 
     try:
         from clapkit.datamodules.mixtures import MixtureDataModule
@@ -357,7 +357,8 @@ def _check_task_matches_data(model, datamodule, source: str | None) -> None:
         return
     if datamodule is None:
         return
-    separation, mixtures = is_separation_task(model), isinstance(datamodule, MixtureDataModule)
+    separation = isinstance(getattr(model, "model", None), SeparationNetwork)
+    mixtures = isinstance(datamodule, MixtureDataModule)
     if separation != mixtures:
         name = source or type(model).__name__
         if separation:

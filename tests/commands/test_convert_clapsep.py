@@ -28,7 +28,7 @@ def released(tmp_path_factory):
     config_path.write_text(yaml.safe_dump({"model": config}))
     task = instantiate_model(config)
     with torch.no_grad():
-        for name, p in task.separator.named_parameters():
+        for name, p in task.model.separator.named_parameters():
             if "lora_B" in name or name.startswith("decoder."):
                 p.add_(0.05 * torch.randn_like(p))
     checkpoint = root / "best_model.ckpt"

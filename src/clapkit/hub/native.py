@@ -144,7 +144,8 @@ def save_pretrained(
     """
     directory = Path(directory)
     inference = inference if isinstance(inference, InferenceConfig) else InferenceConfig.from_dict(inference)
-    config = portable(model_config_of(model, model_config), assets or {})
+    assets = {**module_assets(model), **(assets or {})}
+    config = portable(model_config_of(model, model_config), assets)
     if directory.exists() and not overwrite and (not directory.is_dir() or any(directory.iterdir())):
         raise PretrainedError(f"{directory}: already exists (pass overwrite=True / --overwrite to replace it)")
     with replace_output(directory, kind=MODEL_DIRECTORY, inputs=[*inputs, *(assets or {}).values()],
@@ -161,6 +162,15 @@ def save_pretrained(
                     HASH_KEY: file_sha256(tmp / WEIGHTS_NAME)}
         (tmp / CONFIG_NAME).write_text(yaml.safe_dump(plain(document), sort_keys=False))
     return directory
+
+
+def module_assets(model: nn.Module) -> dict[str, str]:
+    """Folders the model's modules ask to be copied into its directory (a module's
+    ``directory_assets``: name -> source, e.g. a separation model's query CLAP)."""
+    found: dict[str, str] = {}
+    for module in model.modules():
+        found.update(getattr(module, "directory_assets", None) or {})
+    return found
 
 
 # --------------------------------------------------------------------------- reading

@@ -29,8 +29,6 @@ contrastive model and reads only their tensors from the memory-mapped ``model.sa
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -47,7 +45,7 @@ from clapkit.hub.native import (
     plain,
     read_native_config,
 )
-from clapkit.io.checkpoint import PretrainedError, compact_buffers, load_state_dict_strict
+from clapkit.io.checkpoint import PretrainedError, load_state_dict_strict
 
 #: A builder: ``(init_args, build, towers) -> plain module``; ``build`` instantiates one
 #: ``class_path``/``init_args`` sub-tree, ``towers`` is the subset of towers asked for (or ``None``).
@@ -78,42 +76,18 @@ def _tower_set(args, build, towers):
     return TowerSet({name: build(trees[name]) for name in wanted}, scales, bounds)
 
 
-def _separation_network(args, build, towers):
-    from clapkit.encoders.separation.network import SeparationNetwork
-
-    query = build(args["query"])
-    separator = build(args["separator"])
-    if separator.encoder is None:
-        # As SeparationTask does: CLAPSep tunes a copy of the query CLAP's audio encoder.
-        if not args["copy_query_encoder"]:
-            raise PretrainedError("the separator has no encoder and copy_query_encoder is False")
-        separator.attach_encoder(copy.deepcopy(query.audio_encoder))
-    network = SeparationNetwork(separator, query)
-    compact_buffers(network)
-    return network
-
-
-def _classifier(args, build, towers):
-    from clapkit.encoders.classifier import Classifier
-
-    encoder = build(args["encoder"])
-    num_classes = int(args["num_classes"])
-    if args["head"] is not None:
-        head = build(args["head"])
-    elif args["use_head"]:
-        head = nn.Sequential(nn.Dropout(args["head_dropout"]), nn.Linear(encoder.output_dim, num_classes))
-    else:
-        head = nn.Identity()
-    return Classifier(encoder, head, num_classes, multi_label=args["multi_label"], input_key=args["input_key"],
-                      pass_lengths=args["pass_lengths"], class_names=args["class_names"])
+def _translated(args, build, towers):
+    """These tasks' trees become their models' trees through :mod:`clapkit.interop.legacy`
+    (:func:`build_plain` does it before building)."""
+    raise NotImplementedError
 
 
 #: Task class name -> how its ``init_args`` become the plain inference modules.
 PLAIN_BUILDERS: dict[str, Builder] = {
     "ContrastiveTask": _tower_set,
     "AudioCLIPTask": _tower_set,
-    "SeparationTask": _separation_network,
-    "ClassificationTask": _classifier,
+    "SeparationTask": _translated,
+    "ClassificationTask": _translated,
 }
 
 
@@ -142,9 +116,13 @@ def build_plain(model_config: Mapping[str, Any], *, resolve: Callable[[str], str
     """
     build = build or instantiate_model
     config = map_paths(plain(model_config), resolve) if resolve else plain(model_config)
+    from clapkit.interop.legacy import task_translator
+
     name = task_name(str(config.get("class_path", "")))
-    if name is None:
-        return _plain_of(build(config), towers)
+    if name is None or PLAIN_BUILDERS[name] is _translated:
+        # a format-1 tree naming a classification, separation or spatial task: its model's tree
+        translate = task_translator(str(config.get("class_path", "")))
+        return _plain_of(build(translate(config.get("init_args") or {}) if translate else config), towers)
     args = {**TASK_DEFAULTS[name], **(config.get("init_args") or {})}
     return PLAIN_BUILDERS[name](args, build, towers)
 
@@ -163,8 +141,6 @@ def build_plain_with_weights(model_config: Mapping[str, Any], state_dict: Mappin
 
 def _plain_of(model: nn.Module, towers: Sequence[str] | None) -> nn.Module:
     """The plain modules of a whole instantiated model (a class outside :data:`PLAIN_BUILDERS`)."""
-    from clapkit.encoders.classifier import Classifier
-    from clapkit.encoders.separation.network import SeparationNetwork
     from clapkit.encoders.tower import TowerSet
 
     if getattr(model, "towers", None) is not None:
@@ -173,9 +149,6 @@ def _plain_of(model: nn.Module, towers: Sequence[str] | None) -> nn.Module:
             tower_set = TowerSet({k: v for k, v in tower_set.towers.items() if k in towers}, tower_set.logit_scales,
                                  getattr(tower_set, "log_scale_bounds", None))
         return tower_set
-    for kind in (SeparationNetwork, Classifier):
-        with contextlib.suppress(TypeError):
-            return kind.of(model)
     return model
 
 

@@ -92,6 +92,37 @@ __all__ = [
 ]
 
 
+#: The plain model's class path -> ``(module, class)`` of the inference object that runs it, imported
+#: only when such a model is loaded (a CLAP load never imports the separation package and peft);
+#: ``None``: the plain model itself is the inference object.
+INFERENCE_CLASSES: dict[str, tuple[str, str] | None] = {
+    "clapkit.encoders.classifier.Classifier": ("clapkit.inference.tagger", "TaggerModel"),
+    "clapkit.encoders.separation.network.SeparationNetwork": ("clapkit.inference.separation", "SeparationModel"),
+    "clapkit.encoders.spatial_model.SpatialAlignmentModel": None,
+}
+
+
+def inference_object(model: torch.nn.Module, inference: InferenceConfig, *, device, precision: str,
+                     batch_size: int | None):
+    """The :data:`INFERENCE_CLASSES` object running ``model`` (``None`` for a model not in the table)."""
+    import importlib
+    import inspect
+
+    from clapkit.inference.clap import resolve_device
+
+    key = f"{type(model).__module__}.{type(model).__qualname__}"
+    if key not in INFERENCE_CLASSES:
+        return None
+    if INFERENCE_CLASSES[key] is None:
+        model.inference = inference
+        return model.to(resolve_device(device)).eval()
+    module, name = INFERENCE_CLASSES[key]
+    runner = getattr(importlib.import_module(module), name)
+    options = {"device": device, "precision": precision, "batch_size": 16 if batch_size is None else batch_size}
+    accepted = inspect.signature(runner).parameters
+    return runner(model, inference, **{k: v for k, v in options.items() if k in accepted})
+
+
 def load(
     path: str | os.PathLike,
     *,
@@ -156,20 +187,11 @@ def _load(path: Path, *, text_model, device, precision, batch_size, trust_pickle
             return load_hf_clap(path, device=device, precision=precision, batch_size=batch_size)
     lazy = None
     if path.is_dir():
-        from clapkit.encoders.classifier import Classifier
-        from clapkit.encoders.tower import TowerSet
         from clapkit.hub.plain import load_plain, tower_loader
         from clapkit.io.trust import TEXT_PATH_KEYS
 
         replace = {key: str(text_model) for key in TEXT_PATH_KEYS} if text_model is not None else None
         model, _, inference = load_plain(path, towers=towers, allow=allow, replace=replace)
-        # The separation package (peft, its decoders) is imported only for a separation model.
-        if not isinstance(model, (TowerSet, Classifier)):
-            from clapkit.inference.separation import SeparationModel, is_separation_task
-
-            if is_separation_task(model):
-                return SeparationModel(model, inference, device=device, batch_size=16 if batch_size is None else batch_size,
-                                       precision=precision)
         fingerprint = model_fingerprint(path)
         if towers is not None:
             lazy = tower_loader(path, allow, replace)
@@ -180,12 +202,10 @@ def _load(path: Path, *, text_model, device, precision, batch_size, trust_pickle
         fingerprint = file_fingerprint(path)
     else:
         raise PretrainedError(f"{path}: no such model directory or checkpoint file")
-    from clapkit.inference.tagger import TaggerModel, is_tagger
-
-    if is_tagger(model):
-        tagger = TaggerModel(model, inference, device=device, batch_size=16 if batch_size is None else batch_size)
-        tagger.fingerprint = fingerprint
-        return tagger
+    if (runner := inference_object(model, inference, device=device, precision=precision,
+                                   batch_size=batch_size)) is not None:
+        runner.fingerprint = fingerprint
+        return runner
     clap = CLAPModel(model, inference, device=device, precision=precision, batch_size=batch_size, tower_loader=lazy)
     clap.fingerprint = fingerprint
     return clap

@@ -1,7 +1,7 @@
 """The inference API of a tagger: :class:`TaggerModel` scores audio against a fixed set of classes.
 
 ``clapkit.load(dir)`` returns one for a model directory (or checkpoint) holding a
-:class:`~clapkit.lightning_modules.classification.ClassificationTask`, for example the AudioCLIP
+:class:`~clapkit.encoders.classifier.Classifier` (the model a ``ClassificationTask`` trains), for example the AudioCLIP
 ESResNeXt-FBSP AudioSet tagger (``clapkit convert audioclip ESRNXFBSP.pt``). Audio is
 prepared as :class:`~clapkit.inference.clap.CLAPModel` prepares it (resampling, padding,
 deterministic crop). A tagger has class scores, not a joint embedding space: the embedding
@@ -47,22 +47,11 @@ class TagOutput:
                 for row_v, row_i in zip(values.tolist(), indices.tolist())]
 
 
-def is_tagger(model: torch.nn.Module) -> bool:
-    """Whether a loaded model is a tagger: a :class:`~clapkit.encoders.classifier.Classifier`, or a
-    :class:`~clapkit.lightning_modules.classification.ClassificationTask` (anything with an
-    ``encoder``, a ``head``, ``num_classes`` and ``multi_label``)."""
-    if isinstance(model, Classifier):
-        return True
-    return all(hasattr(model, a) for a in ("encoder", "head", "num_classes", "multi_label"))
-
-
 class TaggerModel:
     """A loaded classification model (tagger) for inference.
 
     Args:
-        task: a :class:`~clapkit.encoders.classifier.Classifier`, or a
-            :class:`~clapkit.lightning_modules.classification.ClassificationTask` whose encoder and
-            head are taken out of it (the task itself is not kept).
+        task: the :class:`~clapkit.encoders.classifier.Classifier` (a ``ClassificationTask``'s ``model``).
         inference: the directory's preprocessing settings.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         batch_size: clips per forward pass.
@@ -73,7 +62,9 @@ class TaggerModel:
             raise ValueError("batch_size must be at least 1")
         self.device = resolve_device(device)
         #: The encoder and class head (a plain module; the attribute keeps its older name).
-        self.task = Classifier.of(task).to(self.device).eval()
+        if not isinstance(task, Classifier):
+            raise TypeError(f"TaggerModel runs a Classifier, not a {type(task).__name__}")
+        self.task = task.to(self.device).eval()
         self.inference = inference
         self.batch_size = batch_size
         self.fingerprint = ""

@@ -1,0 +1,100 @@
+"""Model directories and checkpoints saved the old way, read as the one-model layout.
+
+Format 1 of a model directory named a task (``clapkit.lightning_modules.<module>.<Task>``) in its
+``model:`` section; format 2 names the plain model the task trains. :data:`TASK_TRANSLATORS` turns a
+task's ``init_args`` into the tree of its model, with the defaults the tasks had when format 1 was
+written (frozen here: later changes to a task's defaults must not change what an old directory
+means). The state dict keys of a format-1 directory are already the model's own.
+
+An old Lightning checkpoint holds the task's modules without the ``model.`` prefix a task now puts
+before its model's keys: :func:`task_state_dict` maps them.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+Tree = dict[str, Any]
+
+#: The defaults format-1 task configs relied on for the arguments their models take.
+CLASSIFICATION_DEFAULTS: Tree = {"multi_label": False, "use_head": True, "head_dropout": 0.0, "head": None,
+                                 "input_key": "audio", "pass_lengths": False, "class_names": None}
+SEPARATION_DEFAULTS: Tree = {"copy_query_encoder": True}
+SPATIAL_DEFAULTS: Tree = {"view_transformer": None, "embed_dim": 128, "fov_degrees": 90.0}
+
+#: Query networks that read a CLAP directory: their class paths before the class moved to the hub layer.
+QUERY_CLASS_PATHS = {
+    "clapkit.encoders.separation.PretrainedQueryNetwork": "clapkit.hub.query_clap.PretrainedQueryNetwork",
+    "clapkit.encoders.separation.query.PretrainedQueryNetwork": "clapkit.hub.query_clap.PretrainedQueryNetwork",
+}
+
+
+def _model_tree(class_path: str, args: Mapping[str, Any], defaults: Mapping[str, Any],
+                required: Iterable[str]) -> Tree:
+    init_args = {name: copy.deepcopy(args[name]) for name in required if name in args}
+    init_args.update({name: copy.deepcopy(args.get(name, value)) for name, value in defaults.items()})
+    return {"class_path": class_path, "init_args": init_args}
+
+
+def classification_model(args: Mapping[str, Any]) -> Tree:
+    """A ``ClassificationTask``'s ``init_args`` -> the :class:`~clapkit.encoders.classifier.Classifier` tree."""
+    return _model_tree("clapkit.encoders.classifier.Classifier", args, CLASSIFICATION_DEFAULTS,
+                       ("encoder", "num_classes"))
+
+
+def query_tree(tree: Any) -> Any:
+    """A query network tree with an old ``PretrainedQueryNetwork`` class path moved to its new one."""
+    if isinstance(tree, Mapping) and tree.get("class_path") in QUERY_CLASS_PATHS:
+        return {**tree, "class_path": QUERY_CLASS_PATHS[tree["class_path"]]}
+    return tree
+
+
+def separation_model(args: Mapping[str, Any]) -> Tree:
+    """A ``SeparationTask``'s ``init_args`` -> the
+    :class:`~clapkit.encoders.separation.network.SeparationNetwork` tree."""
+    tree = _model_tree("clapkit.encoders.separation.network.SeparationNetwork", args, SEPARATION_DEFAULTS,
+                       ("separator", "query"))
+    if "query" in tree["init_args"]:
+        tree["init_args"]["query"] = query_tree(tree["init_args"]["query"])
+    return tree
+
+
+def spatial_model(args: Mapping[str, Any]) -> Tree:
+    """A ``SpatialAlignmentTask``'s ``init_args`` -> the
+    :class:`~clapkit.encoders.spatial_model.SpatialAlignmentModel` tree."""
+    return _model_tree("clapkit.encoders.spatial_model.SpatialAlignmentModel", args, SPATIAL_DEFAULTS,
+                       ("audio_encoder", "image_encoder"))
+
+
+#: Task class name -> how a format-1 ``init_args`` of that task becomes its model's tree.
+TASK_TRANSLATORS: dict[str, Callable[[Mapping[str, Any]], Tree]] = {
+    "ClassificationTask": classification_model,
+    "SeparationTask": separation_model,
+    "SpatialAlignmentTask": spatial_model,
+}
+
+
+def task_state_dict(state: Mapping[str, Any], expected: Iterable[str]) -> dict[str, Any]:
+    """An old Lightning checkpoint's state dict with the task's model keys moved under ``model.``.
+
+    ``expected`` are the keys of the task that will load it; a key ``k`` becomes ``model.k`` when
+    ``model.k`` is one of them and ``k`` is not. A checkpoint already in the new layout is unchanged.
+    """
+    expected = set(expected)
+    if any(key.startswith("model.") for key in state):
+        return dict(state)
+    return {(f"model.{key}" if key not in expected and f"model.{key}" in expected else key): value
+            for key, value in state.items()}
+
+
+def task_translator(class_path: str) -> Callable[[Mapping[str, Any]], Tree] | None:
+    """The :data:`TASK_TRANSLATORS` entry of a format-1 ``class_path`` naming a clapkit task by its
+    module (``clapkit.lightning_modules.separation.SeparationTask``), the package or its short name;
+    ``None`` for any other class."""
+    module, _, name = class_path.rpartition(".")
+    if name in TASK_TRANSLATORS and (not module or module == "clapkit.lightning_modules"
+                                     or module.startswith("clapkit.lightning_modules.")):
+        return TASK_TRANSLATORS[name]
+    return None
