@@ -32,7 +32,7 @@ def released(tmp_path_factory):
             if "lora_B" in name or name.startswith("decoder."):
                 p.add_(0.05 * torch.randn_like(p))
     checkpoint = root / "best_model.ckpt"
-    torch.save({"state_dict": released_layout(task.eval()), "epoch": 149}, checkpoint)
+    torch.save({"state_dict": released_layout(task.model.eval()), "epoch": 149}, checkpoint)
     return {"root": root, "clap": clap_dir, "config": config_path, "checkpoint": checkpoint, "task": task}
 
 

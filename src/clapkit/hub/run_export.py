@@ -10,9 +10,10 @@ the ``--model`` of ``clapkit embed``, ``zeroshot``, ``retrieve`` and ``separate`
 
 The inference settings come from the run too: the sample rate is the audio encoder's, the
 window (``clip_seconds``), padding and int16 round trip are the data section's (every default
-filled in by the datamodule's signature), and any of them can be overridden. Separation
-models are written by their own :meth:`~clapkit.lightning_modules.separation.SeparationTask.export`
-(which makes the query CLAP part of the directory).
+filled in by the datamodule's signature), and any of them can be overridden. A task that owns
+one plain model (``task.model``) is saved as that model; a separation model carries its own
+inference settings (its chunk length) and its query CLAP folder
+(:attr:`~clapkit.hub.query_clap.PretrainedQueryNetwork.directory_assets`).
 """
 
 from __future__ import annotations
@@ -178,14 +179,19 @@ def _export(checkpoint, output, config_path: Path, tree: dict[str, Any], build_t
     if not isinstance(weights, Mapping):
         raise PretrainedError(f"{checkpoint}: not a Lightning checkpoint (no 'state_dict'; "
                               f"top-level keys: {', '.join(list(state)[:6])})")
-    model = instantiate_model(build_tree, allow=allow, where=str(config_path))
-    load_state_dict_strict(model, weights, what=f"{checkpoint} (for the model in {config_path})")
-    model.eval()
-    from clapkit.inference.separation import is_separation_task
+    from clapkit.interop.legacy import task_state_dict
 
-    if is_separation_task(model):
-        model.export(str(output), model_config=tree, overwrite=overwrite, inputs=[checkpoint, config_path])
-        return Path(output)
+    task = instantiate_model(build_tree, allow=allow, where=str(config_path))
+    # a checkpoint saved before the task held its modules under `model.` loads through the key map
+    weights = task_state_dict(weights, task.state_dict().keys())
+    load_state_dict_strict(task, weights, what=f"{checkpoint} (for the model in {config_path})")
+    task.eval()
+    # A task owning one plain model (`task.model`) is saved as that model; its inference
+    # settings, when the task knows them (a separation model's chunks), win over the data's.
+    model = getattr(task, "model", task)
+    if getattr(model, "inference", None) is not None:
+        return save_pretrained(model, output, model.inference, task.model_config(tree), overwrite=overwrite,
+                               inputs=[checkpoint, config_path])
     rate = _audio_sample_rate(model)
     if rate is None:
         raise PretrainedError(f"{config_path}: no audio encoder with a sample_rate in the model")
@@ -207,5 +213,6 @@ def _export(checkpoint, output, config_path: Path, tree: dict[str, Any], build_t
     from clapkit.hub.assets import bundle_assets
 
     bundled = bundle_assets(tree)
-    return save_pretrained(model, output, inference, bundled.config, assets=bundled.assets, overwrite=overwrite,
+    config = task.model_config(bundled.config) if model is not task else bundled.config
+    return save_pretrained(model, output, inference, config, assets=bundled.assets, overwrite=overwrite,
                            inputs=[checkpoint, config_path])

@@ -16,6 +16,8 @@ mixture and averaged: ``sdri`` (BSS-eval style SDR improvement, torchmetrics), `
 
 from __future__ import annotations
 
+import copy
+import inspect
 from typing import Any, Literal
 
 import torch
@@ -193,6 +195,15 @@ class SeparationTask(BaseTask):
         return {"key": batch.get("key"), "waveform": out.waveform}
 
     # --- export ------------------------------------------------------------------------------
+    def model_config(self, task_config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """:meth:`BaseTask.model_config`, with a query network that reads its weights from a CLAP
+        directory told not to: a saved model's ``model.safetensors`` holds them."""
+        tree = copy.deepcopy(super().model_config(task_config))
+        query = tree["init_args"].get("query")
+        if isinstance(query, dict) and "load_weights" in inspect.signature(type(self.model.query)).parameters:
+            query.setdefault("init_args", {})["load_weights"] = False
+        return tree
+
     def on_fit_end(self) -> None:
         if self.export_dir and self.trainer.is_global_zero:
             from clapkit.hub.native import save_pretrained
