@@ -110,7 +110,7 @@ def _assert_trained(cli, trained: set[str], frozen: set[str] = frozenset()) -> N
     metrics = cli.trainer.callback_metrics
     assert any(k.startswith("train/") for k in metrics), sorted(metrics)
     assert all(torch.isfinite(torch.as_tensor(v)).all() for v in metrics.values()), dict(metrics)
-    moved = moved_parameters(cli.trainer, cli.model)
+    moved = {k.removeprefix("model.") for k in moved_parameters(cli.trainer, cli.model)}
     for name in trained | frozen:
         inside = sorted(k for k in moved if k.startswith(f"{name}."))
         assert bool(inside) is (name in trained), (name, inside[:5])
