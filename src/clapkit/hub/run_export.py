@@ -165,7 +165,9 @@ def export_checkpoint(
     document = read_untrusted_config(config_path, code_sections=("model",), allow=allow)
     if not isinstance(document.get("model"), dict):
         raise PretrainedError(f"{config_path}: no 'model' section")
-    tree = plain(document["model"])
+    from clapkit.interop.legacy import query_tree
+
+    tree = query_tree(plain(document["model"]))  # a run made before PretrainedQueryNetwork moved
     build_tree = tree if config is not None else lookup_packages(tree, where=str(config_path), key="model")
     with trusting_code(trust_pickle):
         return _export(checkpoint, output, config_path, tree, build_tree, clip_seconds=clip_seconds, pad=pad,

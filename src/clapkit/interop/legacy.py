@@ -45,9 +45,15 @@ def classification_model(args: Mapping[str, Any]) -> Tree:
 
 
 def query_tree(tree: Any) -> Any:
-    """A query network tree with an old ``PretrainedQueryNetwork`` class path moved to its new one."""
-    if isinstance(tree, Mapping) and tree.get("class_path") in QUERY_CLASS_PATHS:
-        return {**tree, "class_path": QUERY_CLASS_PATHS[tree["class_path"]]}
+    """``tree`` with every old ``PretrainedQueryNetwork`` class path moved to its new one (a run's or
+    a directory's config written before the class moved)."""
+    if isinstance(tree, Mapping):
+        moved = {key: query_tree(value) for key, value in tree.items()}
+        if moved.get("class_path") in QUERY_CLASS_PATHS:
+            moved["class_path"] = QUERY_CLASS_PATHS[moved["class_path"]]
+        return moved
+    if isinstance(tree, list):
+        return [query_tree(value) for value in tree]
     return tree
 
 
