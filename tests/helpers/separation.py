@@ -118,7 +118,7 @@ def save_tiny_model(directory) -> None:
     task = instantiate_model(config)
     inference = InferenceConfig(sample_rate=SAMPLE_RATE, clip_samples=int(SAMPLE_RATE * CLIP_SECONDS), pad="pad",
                                 crop="start")
-    save_pretrained(task.model, directory, inference, model_config=task.model_config(config))
+    save_pretrained(task.model, directory, inference, model_config=task.saved_model_config(config))
 
 
 def tiny_clap_config() -> dict:

@@ -12,7 +12,7 @@ from clapkit.audio.preprocess import InferenceConfig
 from clapkit.encoders.classifier import Classifier
 from clapkit.encoders.spatial_model import SpatialAlignmentModel
 from clapkit.hub.native import instantiate_model, save_pretrained
-from clapkit.interop.legacy import TASK_TRANSLATORS, task_state_dict
+from clapkit.interop.legacy import TASK_TRANSLATORS, upgrade_task_state
 from clapkit.lightning_modules.classification import ClassificationTask
 from helpers.audioclip import ToyAudioEncoder
 
@@ -51,7 +51,7 @@ def test_an_old_checkpoint_without_the_model_prefix_loads_through_the_key_map(tm
     loaded = ClassificationTask.load_from_checkpoint(path, encoder=ToyAudioEncoder(), weights_only=False).eval()
     batch = {"audio": torch.randn(2, 4000)}
     assert torch.equal(loaded(batch), trained(batch))
-    assert list(task_state_dict(trained.state_dict(), trained.state_dict())) == list(trained.state_dict())
+    assert list(upgrade_task_state(trained.state_dict(), trained.state_dict())) == list(trained.state_dict())
 
 
 def test_a_format_1_tagger_directory_loads_as_the_classifier(tmp_path):

@@ -129,7 +129,7 @@ def _convert_clapsep(args) -> int:
             network = task.model
             report = load_clapsep_report(args.checkpoint, network, trust_pickle=args.trust_checkpoint,
                                          allow_partial=args.allow_partial)
-            save_pretrained(network, args.output, network.inference, task.model_config(model_config),
+            save_pretrained(network, args.output, network.inference, task.saved_model_config(model_config),
                             overwrite=args.overwrite, inputs=_inputs(args))
         except (PretrainedError, FileNotFoundError, ValueError) as exc:
             raise CommandError(str(exc)) from None

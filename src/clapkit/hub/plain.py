@@ -116,12 +116,13 @@ def build_plain(model_config: Mapping[str, Any], *, resolve: Callable[[str], str
     """
     build = build or instantiate_model
     config = map_paths(plain(model_config), resolve) if resolve else plain(model_config)
-    from clapkit.interop.legacy import task_translator
+    from clapkit.interop.legacy import TASK_TRANSLATORS
+    from clapkit.interop.legacy import task_name as legacy_task
 
     name = task_name(str(config.get("class_path", "")))
     if name is None or PLAIN_BUILDERS[name] is _translated:
         # a format-1 tree naming a classification, separation or spatial task: its model's tree
-        translate = task_translator(str(config.get("class_path", "")))
+        translate = TASK_TRANSLATORS.get(legacy_task(str(config.get("class_path", ""))) or "")
         return _plain_of(build(translate(config.get("init_args") or {}) if translate else config), towers)
     args = {**TASK_DEFAULTS[name], **(config.get("init_args") or {})}
     return PLAIN_BUILDERS[name](args, build, towers)

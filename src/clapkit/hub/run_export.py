@@ -181,18 +181,18 @@ def _export(checkpoint, output, config_path: Path, tree: dict[str, Any], build_t
     if not isinstance(weights, Mapping):
         raise PretrainedError(f"{checkpoint}: not a Lightning checkpoint (no 'state_dict'; "
                               f"top-level keys: {', '.join(list(state)[:6])})")
-    from clapkit.interop.legacy import task_state_dict
+    from clapkit.interop.legacy import upgrade_task_state
 
     task = instantiate_model(build_tree, allow=allow, where=str(config_path))
     # a checkpoint saved before the task held its modules under `model.` loads through the key map
-    weights = task_state_dict(weights, task.state_dict().keys())
+    weights = upgrade_task_state(task.state_dict(), weights)
     load_state_dict_strict(task, weights, what=f"{checkpoint} (for the model in {config_path})")
     task.eval()
     # A task owning one plain model (`task.model`) is saved as that model; its inference
     # settings, when the task knows them (a separation model's chunks), win over the data's.
     model = getattr(task, "model", task)
     if getattr(model, "inference", None) is not None:
-        return save_pretrained(model, output, model.inference, task.model_config(tree), overwrite=overwrite,
+        return save_pretrained(model, output, model.inference, task.saved_model_config(tree), overwrite=overwrite,
                                inputs=[checkpoint, config_path])
     rate = _audio_sample_rate(model)
     if rate is None:
@@ -215,6 +215,6 @@ def _export(checkpoint, output, config_path: Path, tree: dict[str, Any], build_t
     from clapkit.hub.assets import bundle_assets
 
     bundled = bundle_assets(tree)
-    config = task.model_config(bundled.config) if model is not task else bundled.config
+    config = task.saved_model_config(bundled.config) if model is not task else bundled.config
     return save_pretrained(model, output, inference, config, assets=bundled.assets, overwrite=overwrite,
                            inputs=[checkpoint, config_path])

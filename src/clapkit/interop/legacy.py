@@ -7,7 +7,7 @@ written (frozen here: later changes to a task's defaults must not change what an
 means). The state dict keys of a format-1 directory are already the model's own.
 
 An old Lightning checkpoint holds the task's modules without the ``model.`` prefix a task now puts
-before its model's keys: :func:`task_state_dict` maps them.
+before its model's keys: :func:`upgrade_task_state` maps them.
 """
 
 from __future__ import annotations
@@ -82,25 +82,18 @@ TASK_TRANSLATORS: dict[str, Callable[[Mapping[str, Any]], Tree]] = {
 }
 
 
-def task_state_dict(state: Mapping[str, Any], expected: Iterable[str]) -> dict[str, Any]:
-    """An old Lightning checkpoint's state dict with the task's model keys moved under ``model.``.
+def task_name(class_path: str) -> str | None:
+    """The short name of a clapkit task named by ``class_path`` (its module, the
+    ``clapkit.lightning_modules`` package or the bare name); ``None`` for any other class."""
+    module, _, name = class_path.rpartition(".")
+    if not module or module == "clapkit.lightning_modules" or module.startswith("clapkit.lightning_modules."):
+        return name
+    return None
 
-    ``expected`` are the keys of the task that will load it; a key ``k`` becomes ``model.k`` when
-    ``model.k`` is one of them and ``k`` is not. A checkpoint already in the new layout is unchanged.
-    """
-    expected = set(expected)
-    if any(key.startswith("model.") for key in state):
-        return dict(state)
+
+def upgrade_task_state(expected: Mapping[str, Any], state: Mapping[str, Any]) -> dict[str, Any]:
+    """A task's checkpoint ``state_dict`` with the keys of a model saved at the task's top level
+    (``separator...``, ``encoder...``) moved under ``model.``, where ``expected`` (the task's own
+    state dict keys) has them; keys already in place are kept."""
     return {(f"model.{key}" if key not in expected and f"model.{key}" in expected else key): value
             for key, value in state.items()}
-
-
-def task_translator(class_path: str) -> Callable[[Mapping[str, Any]], Tree] | None:
-    """The :data:`TASK_TRANSLATORS` entry of a format-1 ``class_path`` naming a clapkit task by its
-    module (``clapkit.lightning_modules.separation.SeparationTask``), the package or its short name;
-    ``None`` for any other class."""
-    module, _, name = class_path.rpartition(".")
-    if name in TASK_TRANSLATORS and (not module or module == "clapkit.lightning_modules"
-                                     or module.startswith("clapkit.lightning_modules.")):
-        return TASK_TRANSLATORS[name]
-    return None

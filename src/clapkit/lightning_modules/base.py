@@ -96,7 +96,7 @@ class BaseTask(LightningModule):
             model.config = _model_tree(model_class, self.hparams)
         return model
 
-    def model_config(self, task_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    def saved_model_config(self, task_config: dict[str, Any] | None = None) -> dict[str, Any]:
         """The ``class_path`` tree of :attr:`model`: its own ``config``, else the model's arguments
         taken from the task's tree (``task_config``, by default the run's LightningCLI ``config.yaml``)."""
         model = self.model
@@ -116,10 +116,10 @@ class BaseTask(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Checkpoints saved before the task held its modules under ``model.`` load through the key map."""
-        from clapkit.interop.legacy import task_state_dict
+        from clapkit.interop.legacy import upgrade_task_state
 
         if isinstance(checkpoint.get("state_dict"), dict):
-            checkpoint["state_dict"] = task_state_dict(checkpoint["state_dict"], self.state_dict().keys())
+            checkpoint["state_dict"] = upgrade_task_state(self.state_dict(), checkpoint["state_dict"])
 
 
 def _model_tree(model_class: type, arguments: Any) -> dict[str, Any]:

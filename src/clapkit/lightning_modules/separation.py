@@ -195,10 +195,10 @@ class SeparationTask(BaseTask):
         return {"key": batch.get("key"), "waveform": out.waveform}
 
     # --- export ------------------------------------------------------------------------------
-    def model_config(self, task_config: dict[str, Any] | None = None) -> dict[str, Any]:
-        """:meth:`BaseTask.model_config`, with a query network that reads its weights from a CLAP
+    def saved_model_config(self, task_config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """:meth:`BaseTask.saved_model_config`, with a query network that reads its weights from a CLAP
         directory told not to: a saved model's ``model.safetensors`` holds them."""
-        tree = copy.deepcopy(super().model_config(task_config))
+        tree = copy.deepcopy(super().saved_model_config(task_config))
         query = tree["init_args"].get("query")
         if isinstance(query, dict) and "load_weights" in inspect.signature(type(self.model.query)).parameters:
             query.setdefault("init_args", {})["load_weights"] = False
@@ -208,4 +208,4 @@ class SeparationTask(BaseTask):
         if self.export_dir and self.trainer.is_global_zero:
             from clapkit.hub.native import save_pretrained
 
-            save_pretrained(self.model, self.export_dir, self.model.inference, self.model_config(), overwrite=True)
+            save_pretrained(self.model, self.export_dir, self.model.inference, self.saved_model_config(), overwrite=True)
