@@ -1,4 +1,5 @@
-"""Time to the first embedding of ``clapkit embed`` on a native model directory (issues 15 and 16).
+"""Time to the first embedding of ``clapkit embed`` on a native model directory:
+how long a user waits before the first file is embedded.
 
 Setup: :func:`embed.setup` (``benchmarks/embed.py``): a LAION-CLAP HTSAT-tiny + RoBERTa-base
 model with random weights converted with ``clapkit convert laion-clap``, and ten-second stereo

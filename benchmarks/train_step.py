@@ -1,8 +1,8 @@
 """CLAP training-step and embedding throughput: clapkit against laion-clap, same process, same device.
 
-Setting (the issue's, DESIGN section 5): HTSAT-tiny audio tower + RoBERTa-base text tower
-(built from its config, random weights: nothing is downloaded), batch 64, 10 s clips at
-48 kHz, 77-token texts, model step only (no data loading). For each library and precision:
+Setting (the tower pair of LAION-CLAP's released checkpoints): HTSAT-tiny audio tower +
+RoBERTa-base text tower (built from its config, random weights: nothing is downloaded), batch
+64, 10 s clips at 48 kHz, 77-token texts, model step only (no data loading). For each library and precision:
 
 - ``train samples/s``: forward of both towers + symmetric contrastive loss + backward +
   AdamW step (fused AdamW on CUDA and CPU for clapkit, as its task builds it; the reference's stock ``torch.optim.AdamW``);

@@ -1,4 +1,4 @@
-"""Public API reaching every model (issue 14 item 4): the tagger's classify/tag and its one-line
+"""Public API reaching every model: the tagger's classify/tag and its one-line
 refusal to embed, ``embed_image``, and every pair's clamped logit scale."""
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ import csv
 import lightning.pytorch as pl
 import pytest
 
-from clapkit.cli import _native_model_args, main
+from clapkit.cli import main
+from clapkit.commands.lightning_cli import native_model_args as _native_model_args
 from clapkit.datamodules.synthetic import SyntheticCLAPDataModule
 from clapkit.inference.load import load_native
 from helpers.models import save_tiny_native

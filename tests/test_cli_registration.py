@@ -1,4 +1,5 @@
-"""The CLI knows clapkit's tasks and datamodules by their short names (issue 16)."""
+"""The CLI knows clapkit's tasks and datamodules by their short names, so configs and
+``--model.help`` need no full import path."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 16 item 8: one command surface (``--model MODEL`` + positional INPUTS) on embed,
+"""One command surface (``--model MODEL`` + positional INPUTS) on embed,
 zeroshot, separate and query, the older spellings still accepted; ``--precision`` on every
 model command; help texts that say what is accepted."""
 
@@ -84,7 +84,7 @@ def test_separate_precision_bf16(tmp_path):
 
 
 # --------------------------------------------------------------------------- one grammar, every subcommand
-# (issue 25 item 7) name -> (how the parser is built, how the model is given, what the command writes)
+# name -> (how the parser is built, how the model is given, what the command writes)
 # model: "option" (--model only), "alias" (--model or the positional form kept from older command
 # lines), None (the command takes no model: its input is a checkpoint / a manifest / a config).
 # writes: "refuses" (an existing output needs --overwrite), "run-folder" (a training run folder:

@@ -1,4 +1,4 @@
-"""Issue 13 acceptance: a corpus of faulty and valid files (generated here) through make-shards,
+"""Nothing silently wrong, end to end: a corpus of faulty and valid files (generated here) through make-shards,
 embed, zeroshot, retrieve and separate with tiny models. Every bad file is named (make-shards
 skips and lists it; the inference commands refuse it in one line, exit 2), no good file is
 lost, no output holds a NaN, and nothing prints a traceback."""

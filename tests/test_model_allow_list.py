@@ -1,4 +1,4 @@
-"""A model directory's config.yaml may only name classes inside the allow-list (issue 13 item 9):
+"""A model directory's config.yaml may only name classes inside the allow-list:
 loading a downloaded directory must not import arbitrary modules."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 import clapkit
-from clapkit.cli import _native_model_args as native_model_args
+from clapkit.commands.lightning_cli import native_model_args
 from clapkit.hub.native import check_class_paths, load_native, native_model_tree
 from clapkit.inference.load import PretrainedError
 

@@ -1,5 +1,5 @@
-"""clapkit.load builds a model directory's plain modules from its task config, without the task
-(issues 15 and 16): directories saved from a task (as every clapkit so far saved them) give the
+"""clapkit.load builds a model directory's plain modules from its task config, without the task,
+so inference needs no Lightning: directories saved from a task (as every clapkit so far saved them) give the
 same outputs as the task did, inference imports neither Lightning nor torchmetrics, and
 audio-only work never builds the text tower."""
 

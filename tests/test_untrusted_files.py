@@ -1,4 +1,4 @@
-"""Files a command writes (issue 24 items 7, 8, 15): ``--overwrite`` replaces only what clapkit
+"""Files a command writes are untrusted targets: ``--overwrite`` replaces only what clapkit
 wrote, never an input or a folder around one; a second writer to one output is refused; a
 full disk gives one line naming the output, with the old output intact and nothing
 half-written left. Tiny random-weight models, synthesized audio; disk full is simulated by
@@ -81,7 +81,7 @@ def workspace(tmp_path_factory):
             "wav": wav}
 
 
-# --------------------------------------------------------------------------- item 7: files destroyed
+# --------------------------------------------------------------------------- files destroyed
 
 
 @pytest.mark.parametrize("where", ["parent", "model", "inside"])
@@ -232,7 +232,7 @@ def test_a_kill_between_the_two_renames_is_undone_by_the_next_run(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
-# --------------------------------------------------------------------------- item 8: concurrent writers
+# --------------------------------------------------------------------------- concurrent writers
 
 
 def test_a_second_writer_of_one_output_is_refused(tmp_path):
@@ -305,7 +305,7 @@ def test_make_shards_writes_only_into_a_folder_it_made(tmp_path, capsys):
     assert sorted(p.name for p in out.glob("0*.tar")) == ["000000.tar", "000001.tar"]
 
 
-# --------------------------------------------------------------------------- item 15: disk full
+# --------------------------------------------------------------------------- disk full
 
 
 def _no_space(*args, **kwargs):

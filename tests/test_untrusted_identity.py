@@ -1,4 +1,4 @@
-"""Untrusted model directories: exact identity and contradictions refused at load (issue 24, items 12-14).
+"""Untrusted model directories: exact identity and contradictions refused at load.
 
 Each test reproduces the attack on a tiny random model: two models that only differ in the
 middle of their weights, a file replaced after its embedding part finished, an ``inference:``
@@ -74,7 +74,7 @@ def _tensor_spans(weights: Path) -> dict[str, tuple[int, int]]:
             for name, info in header.items() if name != "__metadata__"}
 
 
-# --------------------------------------------------------------------------- item 12: identity
+# --------------------------------------------------------------------------- identity
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def test_embed_resume_re_embeds_a_file_replaced_after_its_part_finished(tmp_path
     assert not out.with_name(out.name + ".parts").exists()
 
 
-# --------------------------------------------------------------------------- item 13: contradictions
+# --------------------------------------------------------------------------- contradictions
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +265,7 @@ def test_a_contradictory_model_is_not_saved(tmp_path):
     assert not (tmp_path / "m").exists() and not list(tmp_path.iterdir())
 
 
-# --------------------------------------------------------------------------- item 14: tokenizers and labels
+# --------------------------------------------------------------------------- tokenizers and labels
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,7 @@ def whole_file_reference(path: Path, spec: InferenceConfig) -> np.ndarray:
     return fit_length(wave, spec.clip_samples, pad=spec.pad, crop=spec.crop, seed=0)
 
 
-# --------------------------------------------------------------------------- item 9: the rate floor
+# --------------------------------------------------------------------------- the rate floor
 
 
 def test_a_1_hz_header_is_refused_in_one_line_before_decoding(tmp_path):
@@ -101,7 +101,7 @@ def test_a_1001_hz_file_costs_what_its_window_costs(tmp_path):
     assert peak < 40 * MB  # 20 s at 48 kHz is 3.8 MB of float32; the window 1.9 MB
 
 
-# --------------------------------------------------------------------------- item 10: long files
+# --------------------------------------------------------------------------- long files
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +189,7 @@ def test_separation_overlap_add_streams_and_matches_whole_signal_weights():
     assert np.array_equal(out[0], whole.astype(np.float32))
 
 
-# --------------------------------------------------------------------------- item 11: rows and labels
+# --------------------------------------------------------------------------- rows and labels
 
 
 def write_manifest(path: Path, rows: int, real: Path, every: int = 500) -> Path:

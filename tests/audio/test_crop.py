@@ -1,4 +1,4 @@
-"""One pad/crop (issue 16 item 4): ``fit_length`` gives what the folded copies gave.
+"""One pad/crop for every caller: ``fit_length`` gives what the folded copies gave.
 
 The oracles below are the pre-fold implementations, kept verbatim as the reference:
 ``datamodules.augment.crop_or_pad`` (AudioCLIP's crop-or-pad) and ``encoders.fusion.fill``

@@ -1,4 +1,4 @@
-"""``clapkit benchmark`` on the published-layout replicas with a tiny model (issue 27): the report
+"""``clapkit benchmark`` on the published-layout replicas with a tiny model: the report
 lists every dataset present with exact clip and caption counts, skips absent ones in one line,
 and a rerun embeds nothing (measured by counting calls into the model's towers)."""
 
@@ -183,7 +183,7 @@ def test_a_separation_protocol_on_a_clap_model_is_refused(model_dir, tmp_path, c
     assert "not a separation model; --protocol clapsep needs one" in err and len(err.splitlines()) == 1
 
 
-@pytest.mark.slow  # ~25 s on the shared 2-core machine (a separation model's load and 15 separations)
+@pytest.mark.slow  # ~25 s on a shared 2-core CPU (a separation model's load and 15 separations)
 def test_clapsep_protocol_on_a_tiny_separation_model(tmp_path):
     from helpers.separation import save_tiny_model
 

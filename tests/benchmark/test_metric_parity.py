@@ -1,4 +1,4 @@
-"""Metric parity with the reference packages (issue 27 item 3): clapkit's retrieval metrics equal
+"""Metric parity with the reference packages, so published figures compare: clapkit's retrieval metrics equal
 laion-clap's own ``evaluate_clotho_audiocaps`` on the same embeddings (5 captions per clip), and
 its zero-shot accuracy equals msclap's example computation on the same embeddings."""
 

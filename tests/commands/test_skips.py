@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from clapkit.audio.skips import PARTIAL
 from clapkit.cli import main
-from clapkit.inference.skips import PARTIAL
 from helpers.models import save_tiny_native, tone
 
 #: The bad files of a folder and the reason each is listed with (a fragment of it).

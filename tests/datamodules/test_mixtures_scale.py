@@ -1,5 +1,5 @@
-"""The mixture pipeline at corpus scale (issue 16 item 7): building over 100,000 listed files
-reads the list only; audio is decoded for the clips a mixture uses and for nothing else."""
+"""The mixture pipeline at corpus scale: building over 100,000 listed files reads the list
+only; audio is decoded for the clips a mixture uses and for nothing else."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def test_datamodule_over_100k_listed_files_builds_without_decoding(tmp_path, dec
     test = dm.eval_dataset("test")
     built = time.perf_counter() - start
     print(f"built over {N} listed files in {built:.2f} s")
-    assert decodes == [] and built < 10.0, f"built in {built:.1f} s with {len(decodes)} decodes"
+    # How long it takes is a benchmark figure, not a unit-test bound (the machine may be busy).
+    assert decodes == [], f"built in {built:.1f} s with {len(decodes)} decodes"
     assert len(train) == N and len(test) == 5 * N  # standard protocol: 5 mixtures per target
 
     items = [train[i] for i in range(20)]

@@ -1,4 +1,4 @@
-"""One window policy (issue 16 item 4): the mixture ``ClipPolicy`` is an ``AudioPolicy``.
+"""One window policy for every pipeline: the mixture ``ClipPolicy`` is an ``AudioPolicy``.
 
 The oracles are the pre-fold code, kept verbatim: ``mixtures.ClipPolicy.fit`` (downmix,
 soxr resample, zero pad / crop with a crc32-seeded offset) and ``AudioPolicy.decode``

@@ -1,4 +1,5 @@
-"""ClipBatcher's one-gather path equals filling and cropping each row on its own (issue 16 item 6)."""
+"""ClipBatcher's one-gather path equals filling and cropping each row on its own, so the
+fast path cannot drift from the simple one."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ ROBERTA_SHAPES = {"hidden_size": 768, "num_hidden_layers": 1, "num_attention_hea
 
 @contextlib.contextmanager
 def single_thread():
-    """Run torch on one intra-op thread: on a shared 2-core CI box, OpenMP threads fighting
+    """Run torch on one intra-op thread: on a shared 2-core CPU, OpenMP threads fighting
     other processes make small ops ~10x slower (measured: HTSAT test-preset forward 5.4 s with
     2 threads vs 0.8 s with 1 at load average 13)."""
     previous = torch.get_num_threads()

@@ -2,7 +2,7 @@
 
 A pytest plugin (registered in ``tests/conftest.py``). Building a reference model (laion-clap's
 ``CLAP``, msclap's ``CLAPWrapper``) and saving its official-layout checkpoint costs seconds each
-on the 2-core CI machine, and the same configurations were built again in every module that
+on a shared 2-core CPU, and the same configurations were built again in every module that
 compares with them. The fixtures here build each once per run, in session temporary
 directories, with the same seeds as before, so every value the tests see is unchanged.
 

@@ -125,7 +125,7 @@ def test_small_geometry_every_export_format_matches_the_reference(laion_small, t
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(3600)  # over 10 min wall per geometry on the shared 2-core machine under load 12
+@pytest.mark.timeout(3600)  # over 10 min wall per geometry on a shared 2-core CPU under load 12
 @pytest.mark.parametrize("amodel", ["HTSAT-tiny", "HTSAT-base"])
 def test_every_export_format_matches_the_reference(amodel, official, tmp_path):
     """Official geometry -> convert (native) -> HF export -> ONNX export (waveform, mel, text):

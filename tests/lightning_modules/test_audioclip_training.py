@@ -183,7 +183,7 @@ def test_synthetic_tri_modal_fast_dev_run_reports_querying(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(5400)  # 256 steps: 40 min wall on the shared 2-core machine under load 10-14
+@pytest.mark.timeout(5400)  # 256 steps: 40 min wall on a shared 2-core CPU under load 10-14
 def test_tiny_tri_modal_model_learns_cross_modal_querying(tmp_path):
     """A few hundred CPU steps on the synthetic shapes + sounds + captions set: audio->image and
     text->audio R@1 rise well above chance (class-based relevance, 90 evaluation items)."""

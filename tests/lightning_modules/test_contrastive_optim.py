@@ -1,4 +1,5 @@
-"""ContrastiveTask takes an OptimizerCallable / LRSchedulerCallable like the other tasks (issue 16)."""
+"""ContrastiveTask takes an OptimizerCallable / LRSchedulerCallable like the other tasks
+(one way to configure optimisation everywhere)."""
 
 from __future__ import annotations
 

@@ -218,7 +218,7 @@ def _train(intensity: bool, steps: int, seed: int = 0) -> dict[str, float]:
 
 @pytest.fixture
 def one_thread():
-    # on a shared 2-core machine one intra-op thread wastes less time spinning
+    # on a shared 2-core CPU one intra-op thread wastes less time spinning
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

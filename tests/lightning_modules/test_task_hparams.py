@@ -1,4 +1,4 @@
-"""Hyperparameters are the task's config (BaseTask.save_config_hyperparameters, issue 16): module
+"""Hyperparameters are the task's config (BaseTask.save_config_hyperparameters): module
 arguments are kept as class_path trees when built from a config, left out when built in Python,
 without Lightning's private ``_given_hyperparameters``."""
 

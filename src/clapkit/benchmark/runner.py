@@ -64,20 +64,6 @@ class DatasetReport:
 
 
 @dataclass
-class FigureRef:
-    """A published figure next to a result (see :class:`clapkit.benchmark.figures.Figure`)."""
-
-    reference: str
-    reference_title: str
-    value: float
-    published: str
-    source: str
-    cite: str
-    checked: str
-    eval_set: str
-
-
-@dataclass
 class TaskResult:
     """One task's metrics and the matching published figures (best match first)."""
 
@@ -89,7 +75,7 @@ class TaskResult:
     captions: int
     metrics: dict[str, float]
     shown: list[str]
-    figures: dict[str, list[FigureRef]] = field(default_factory=dict)
+    figures: dict[str, list[published.Figure]] = field(default_factory=dict)
 
 
 @dataclass
@@ -203,12 +189,6 @@ def _readable(data: LoadedDataset) -> None:
     data.clips.records = kept
 
 
-def _figure_refs(task: Task, metric: str, proto: Protocol, reference: str | None) -> list[FigureRef]:
-    return [FigureRef(f.reference, f.reference_title, f.value, f.published, f.source, f.cite, f.checked,
-                      f.eval_set)
-            for f in published.matching(task.name, metric, proto.name, reference)]
-
-
 def run_benchmark(
     model,
     data_root: str | os.PathLike | None = None,
@@ -304,9 +284,9 @@ def run_benchmark(
                     skipped.append(f"{task.title}: {str(exc).splitlines()[0]}")
                     say(f"skipped {skipped[-1]}")
                     continue
+                figures = {m: published.matching(task.name, m, proto.name, reference) for m in task.metrics}
                 results.append(TaskResult(task.name, task.title, task.kind, name, clips, captions, metrics,
-                                          list(task.metrics),
-                                          {m: _figure_refs(task, m, proto, reference) for m in task.metrics}))
+                                          list(task.metrics), figures))
     finally:
         cache.close()
     return BenchmarkReport(

@@ -19,13 +19,22 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 class LastCheckpoint(Callback):
     """Save ``last.ckpt`` in the checkpoint callback's folder when ``fit`` ends."""
 
+    def __init__(self) -> None:
+        self._saved_at: int | None = None  # global step of the latest checkpoint of this fit
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._saved_at = None
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        # Every full checkpoint the trainer writes (ModelCheckpoint's included) passes here; a
+        # weights-only one does not, and then the save below is merely redundant, never wrong.
+        self._saved_at = trainer.global_step
+
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         checkpoint = trainer.checkpoint_callback
         if checkpoint is None or trainer.fast_dev_run or trainer.global_step == 0:
             return
-        # ModelCheckpoint's own record of the step it last saved at (no public accessor);
-        # without it the save below is merely redundant, never wrong.
-        if getattr(checkpoint, "_last_global_step_saved", None) == trainer.global_step:
+        if self._saved_at == trainer.global_step:
             return
         dirpath = getattr(checkpoint, "dirpath", None)
         if not dirpath:
@@ -36,6 +45,9 @@ class LastCheckpoint(Callback):
             checkpoint.last_model_path = path  # recorded in the checkpoint's callback state
         trainer.save_checkpoint(path)
         if hasattr(checkpoint, "_last_checkpoint_saved"):
-            checkpoint._last_checkpoint_saved = path  # ModelCheckpoint(save_last) need not save it again
-        if hasattr(checkpoint, "_last_global_step_saved"):
-            checkpoint._last_global_step_saved = trainer.global_step
+            # Private, and kept on purpose: ModelCheckpoint(save_last=True) writes last.ckpt again in
+            # its own on_train_end when this attribute is empty (it saved nothing during the run),
+            # and no public attribute or method tells it that a checkpoint was written meanwhile
+            # (it reads this one, not the public last_model_path). Without it: a second write of
+            # the same file.
+            checkpoint._last_checkpoint_saved = path

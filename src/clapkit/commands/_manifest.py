@@ -8,7 +8,6 @@ row is refused before anything is written), :func:`iter_manifest` yields them ag
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from clapkit.commands import CommandError
+from clapkit.utils.tables import MissingColumns, TableRow, cell_list, iter_table
 
 
 @dataclass
@@ -112,58 +112,16 @@ def iter_manifest(path: Path, audio_column: str = "audio", text_column: str = "t
         yield row, skip
 
 
-def _raw_rows(path: Path, audio_column: str, text_column: str) -> Iterator[tuple[dict[str, Any] | None, tuple[str, str] | None]]:
-    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        with open(path, "rb") as handle:
-            line_no = 0
-            for chunk in handle:
-                for raw in chunk.splitlines():  # a lone "\r" ends a line too
-                    line_no += 1
-                    if raw.strip():
-                        yield _json_row(raw, f"{path}:line {line_no}")
-        return
-    # surrogateescape keeps undecodable bytes inside their cell, so one bad byte costs one row.
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        if not {audio_column, text_column} <= set(columns):
-            raise CommandError(f"{path}: needs columns {audio_column!r} and {text_column!r}; found {columns} "
-                               "(--audio-column / --text-column name other columns)")
-        for record in reader:
-            row = dict(record)
-            values = [v for v in row.values() if isinstance(v, str)] + [k for k in row if isinstance(k, str)]
-            if any(_has_surrogates(v) for v in values):
-                yield None, (f"{path}:line {reader.line_num}", "manifest row is not UTF-8 text")
-            else:
-                yield row, None
-
-
-def _json_row(raw: bytes, where: str) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+def _raw_rows(path: Path, audio_column: str, text_column: str) -> Iterator[TableRow]:
     try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None, (where, "manifest row is not UTF-8 text")
-    try:
-        row = json.loads(line)
-    except ValueError as exc:
-        return None, (where, f"manifest row is not valid JSON ({exc})")
-    if not isinstance(row, dict):
-        return None, (where, "manifest row is not a JSON object")
-    return row, None
-
-
-def _has_surrogates(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+        yield from iter_table(path, (audio_column, text_column))
+    except MissingColumns as exc:
+        raise CommandError(f"{path}: needs columns {audio_column!r} and {text_column!r}; found {exc.found} "
+                           "(--audio-column / --text-column name other columns)") from None
 
 
 def _has_caption(text: Any) -> bool:
-    if isinstance(text, list):
-        return any(str(t).strip() for t in text)
-    return text is not None and str(text).strip() not in ("", "[]")
+    return bool(cell_list(text))
 
 
 def plan_rows(manifest: Iterable[dict[str, Any] | None], audio_root: Path, width: int | None = None) -> Iterator[Row]:

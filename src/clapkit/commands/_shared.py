@@ -105,6 +105,13 @@ def refuse_existing(path: str | os.PathLike, overwrite: bool) -> None:
         raise CommandError(f"{path}: already exists (pass --overwrite to replace it)")
 
 
+def add_model_alias(parser: argparse.ArgumentParser, what: str) -> None:
+    """``MODEL`` (positional, the form older command lines used) or ``--model``: the same model,
+    given once (read back with :func:`model_argument`)."""
+    parser.add_argument("model_arg", nargs="?", default=None, metavar="MODEL", help=f"{what}; or --model")
+    parser.add_argument("--model", default=None, help="the same as MODEL")
+
+
 def model_argument(option: str | None, positional: str | None, usage: str) -> str:
     """The model from ``--model`` or from the positional alias a command kept; one of them, once."""
     if option is not None and positional is not None:
@@ -247,21 +254,6 @@ def check_output(path: str | os.PathLike, suffixes: Sequence[str], overwrite: bo
         refuse_existing(path, overwrite)
     check_writable_folder(path.parent)
     return path
-
-
-def refuse_overwriting_inputs(outputs: Sequence[str | os.PathLike], inputs: Sequence[str | os.PathLike | None]) -> None:
-    """Refuse an output that is one of the command's own input files (it would be destroyed)."""
-    def same(a: Path, b: Path) -> bool:
-        try:
-            return a.exists() and b.exists() and os.path.samefile(a, b)
-        except OSError:
-            return False
-
-    for output in outputs:
-        for source in inputs:
-            if source is not None and (same(Path(output), Path(source)) or
-                                       Path(output).resolve() == Path(source).resolve()):
-                raise CommandError(f"{output}: is also an input of this command; choose another output")
 
 
 def check_writable_folder(folder: str | os.PathLike) -> None:

@@ -1,5 +1,5 @@
 """Folder runs that skip bad files: the screening, embedding and report steps the inference
-commands share (the rule itself is documented in :mod:`clapkit.inference.skips`)."""
+commands share (the rule itself is documented in :mod:`clapkit.audio.skips`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clapkit.audio.skips import PARTIAL, SkipList, screen_headers
 from clapkit.commands import CommandError, _shared
-from clapkit.inference.skips import PARTIAL, SkipList, screen_headers
 
 if TYPE_CHECKING:
     import torch
@@ -32,7 +32,7 @@ def usable_files(inputs: Sequence[str], strict: bool) -> tuple[list[Path], SkipL
 
 
 def screen(files: Sequence[Path], skips: SkipList) -> list[Path]:
-    """:func:`clapkit.inference.skips.screen_headers`, a refusal as a :class:`CommandError`."""
+    """:func:`clapkit.audio.skips.screen_headers`, a refusal as a :class:`CommandError`."""
     from clapkit.audio import AudioLoadError
 
     try:

@@ -75,7 +75,7 @@ FAMILIES = {
 
 # The quick starts' figures depend on how CPU reductions are split between threads (a CLAP
 # run gave zero-shot 0.811 with 2 threads and 0.989 with 1): a fixed count makes them the same
-# on every machine, a 1-core one just runs slower. Two is the development machine's core count.
+# on every machine, a 1-core one just runs slower. Two: the documented figures used two threads.
 DEMO_THREADS = 2
 
 
@@ -155,7 +155,7 @@ def main(argv: list[str]) -> int:
     from lightning.pytorch.utilities import rank_zero_only
     from rich.console import Console
 
-    from clapkit.cli import lightning_main
+    from clapkit.commands.lightning_cli import lightning_main
 
     if args.threads:
         import torch

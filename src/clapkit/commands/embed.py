@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 
 from clapkit.audio.preprocess import prepare_audio, read_inference_config
+from clapkit.audio.skips import PARTIAL, Skipped
 from clapkit.commands import CommandError, _shared, _skipping
 from clapkit.inference.embedding import (
     EarlyDecoder,
@@ -49,7 +50,6 @@ from clapkit.inference.embedding import (
     embed_corpus,
     rank_from_env,
 )
-from clapkit.inference.skips import PARTIAL, Skipped
 
 #: Embedding audio files needs the audio tower only: the text tower is neither built nor read.
 AUDIO_ONLY = ("audio",)

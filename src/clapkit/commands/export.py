@@ -57,9 +57,7 @@ def build_parser():
 
 def build_onnx_parser():
     parser = _shared.make_parser("export onnx", __doc__)
-    parser.add_argument("model_arg", nargs="?", default=None, metavar="MODEL",
-                        help="native CLAP model directory (or a checkpoint clapkit.load reads); or --model")
-    parser.add_argument("--model", default=None, help="the same as MODEL")
+    _shared.add_model_alias(parser, "native CLAP model directory (or a checkpoint clapkit.load reads)")
     parser.add_argument("-o", "--output", required=True, help="directory for the ONNX graphs")
     parser.add_argument("--audio-input", nargs="+", choices=["waveform", "mel"], default=["waveform"],
                         help="audio graphs to write: waveform in (audio.onnx), mel in (audio_mel.onnx)")

@@ -38,9 +38,7 @@ def _native(args, scratch: Path) -> str:
 
 def build_parser():
     parser = _shared.make_parser("export hf", __doc__)
-    parser.add_argument("model_arg", nargs="?", default=None, metavar="MODEL",
-                        help="native clapkit model directory, or an official LAION-CLAP checkpoint; or --model")
-    parser.add_argument("--model", default=None, help="the same as MODEL")
+    _shared.add_model_alias(parser, "native clapkit model directory, or an official LAION-CLAP checkpoint")
     parser.add_argument("-o", "--output", required=True, help="ClapModel directory to create")
     parser.add_argument("--text-model", default=None,
                         help="official checkpoints only: local directory of the text tower's tokenizer + config")

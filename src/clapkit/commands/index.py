@@ -32,6 +32,7 @@ from clapkit.inference.search_index import (
     describe_embeddings,
     parse_bytes,
 )
+from clapkit.utils.atomic import check_not_input
 
 
 def build_parser():
@@ -62,7 +63,7 @@ def main(argv: list[str]) -> int:
     if not 0 < args.target_recall <= 1:
         raise CommandError(f"--target-recall must be in (0, 1], got {args.target_recall}")
     _shared.check_writable_folder(Path(args.output).parent)
-    _shared.refuse_overwriting_inputs([args.output], [args.embeddings])
+    check_not_input(args.output, [args.embeddings])
     try:
         total = describe_embeddings(source)[0]
         with _shared.progress_bar(total, "indexing", args.quiet) as advance:

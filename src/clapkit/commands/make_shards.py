@@ -35,7 +35,6 @@ import os
 import re
 import sys
 import tempfile
-from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from clapkit.audio.skips import SkipList
 from clapkit.commands import CommandError
 from clapkit.commands._manifest import (  # noqa: F401 - read_manifest* are this module's API too
     Row,
@@ -283,8 +283,8 @@ def _make_shards(args: argparse.Namespace, manifest_path: Path, audio_root: Path
 
     sizes = {f"{i:06d}.tar": results[i][0] for i in sorted(results) if results[i][0]}
     _write_json(out / "sizes.json", sizes)
-    skipped = _Skips()
-    write_csv(out / "skipped.csv", ["audio", "reason"], skipped.rows(manifest_path, out, sorted(results), columns))
+    skipped = SkipList(keep=10)  # every skip counted, the first few kept for the summary
+    write_csv(out / "skipped.csv", ["audio", "reason"], _skipped_rows(skipped, manifest_path, out, sorted(results), columns))
     _summary(results, skipped, out, args.quiet)
     return 0
 
@@ -307,24 +307,15 @@ def _run_jobs(jobs: Iterator[tuple], workers: int, finished: Callable[[tuple, Sh
             finished(pending[future], future.result())
 
 
-class _Skips:
-    """Skipped rows streamed into ``skipped.csv``, counted by reason with the first few kept for the summary."""
-
-    def __init__(self, keep: int = 10):
-        self.total, self.keep = 0, keep
-        self.reasons: Counter = Counter()
-        self.first: list[tuple[str, str]] = []
-
-    def rows(self, manifest: Path, out: Path, indices: list[int],
-             columns: tuple[str, str] = ("audio", "text")) -> Iterator[tuple[str, str]]:
-        entries = itertools.chain((skip for _, skip in iter_manifest(manifest, *columns) if skip is not None),
-                                  (tuple(s) for i in indices for s in _state_skips(out, i)))
-        for source, reason in entries:
-            self.total += 1
-            self.reasons[reason.split(":")[0].split(" (")[0]] += 1
-            if len(self.first) < self.keep:
-                self.first.append((source, reason))
-            yield source, reason
+def _skipped_rows(skips: SkipList, manifest: Path, out: Path, indices: list[int],
+                  columns: tuple[str, str] = ("audio", "text")) -> Iterator[tuple[str, str]]:
+    """The manifest's skipped rows, then the files each shard skipped, counted into ``skips`` as
+    they stream into ``skipped.csv``."""
+    entries = itertools.chain((skip for _, skip in iter_manifest(manifest, *columns) if skip is not None),
+                              (tuple(s) for i in indices for s in _state_skips(out, i)))
+    for source, reason in entries:
+        item = skips.add(source, reason)
+        yield item.path, item.reason
 
 
 def _state_skips(out: Path, index: int) -> list:
@@ -357,22 +348,19 @@ class _progress:
         return False
 
 
-def _summary(results: dict[int, tuple[int, bool]], skipped: _Skips, out: Path, quiet: bool) -> None:
+def _summary(results: dict[int, tuple[int, bool]], skipped: SkipList, out: Path, quiet: bool) -> None:
     written = sum(1 for count, resumed in results.values() if count and not resumed)
     resumed = sum(1 for count, was_resumed in results.values() if count and was_resumed)
     samples = sum(count for count, _ in results.values())
     lines = [f"{samples} samples in {written + resumed} shards under {out} "
              f"({written} written, {resumed} already complete)"]
-    if skipped.total:
-        lines.append(f"skipped {skipped.total} files: "
-                     + ", ".join(f"{n} {r}" for r, n in skipped.reasons.most_common())
-                     + f" (list in {out / 'skipped.csv'})")
-        lines += [f"  {src}: {reason}" for src, reason in skipped.first]
-        if skipped.total > len(skipped.first):
-            lines.append(f"  ... and {skipped.total - len(skipped.first)} more")
-    if not quiet or skipped.total:
+    if skipped:
+        lines.append(skipped.summary(out / "skipped.csv"))
+        lines += [f"  {item.path}: {item.reason}" for item in skipped.items]
+        if len(skipped) > len(skipped.items):
+            lines.append(f"  ... and {len(skipped) - len(skipped.items)} more")
+    if not quiet or skipped:
         print("\n".join(lines), file=sys.stderr)
-
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from clapkit.audio import AudioLoadError
 from clapkit.audio.io import AUDIO_EXTENSIONS
+from clapkit.audio.skips import SkipList
 from clapkit.commands import CommandError, _shared, _skipping
-from clapkit.inference.skips import SkipList
 from clapkit.utils.atomic import write_csv
 from clapkit.utils.finite import NonFiniteError
 

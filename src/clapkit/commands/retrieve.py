@@ -21,15 +21,13 @@ from __future__ import annotations
 from clapkit.commands import CommandError, _shared
 from clapkit.inference.search import NearestNeighbours
 from clapkit.inference.search_index import SearchIndex, SearchIndexError, is_index_dir
-from clapkit.utils.atomic import write_csv
+from clapkit.utils.atomic import check_not_input, write_csv
 from clapkit.utils.finite import NonFiniteError, nonfinite_rows
 
 
 def build_parser():
     parser = _shared.make_parser("retrieve", __doc__)
-    parser.add_argument("--model", default=None, help="native model directory or official checkpoint")
-    parser.add_argument("model_arg", nargs="?", default=None, metavar="MODEL",
-                        help="the same as --model (as in clapkit embed MODEL ...)")
+    _shared.add_model_alias(parser, "native model directory or official checkpoint (as in clapkit embed MODEL ...)")
     parser.add_argument("--index", required=True,
                         help="embeddings written by clapkit embed (.parquet or .npy), or a clapkit index folder")
     parser.add_argument("--query", action="append", required=True, help="text query (repeatable)")
@@ -46,11 +44,8 @@ def build_parser():
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    if args.model is not None and args.model_arg is not None:
-        raise CommandError(f"give the model once: --model {args.model} or {args.model_arg}, not both")
-    args.model = args.model or args.model_arg
-    if args.model is None:
-        raise CommandError("--model is required: clapkit retrieve --model MODEL --index EMBEDDINGS --query TEXT")
+    args.model = _shared.model_argument(args.model, args.model_arg,
+                                        "clapkit retrieve --model MODEL --index EMBEDDINGS --query TEXT")
     if args.top_k < 1:
         raise CommandError(f"--top-k must be at least 1, got {args.top_k}")
     output = _shared.check_output(args.output, (".csv",)) if args.output else None
@@ -58,7 +53,7 @@ def main(argv: list[str]) -> int:
     if not queries:
         raise CommandError("--query is empty")
     if output is not None:
-        _shared.refuse_overwriting_inputs([output], [args.index])
+        check_not_input(output, [args.index], folder=False)
         _shared.refuse_existing(output, args.overwrite)
     if args.nprobe is not None and args.nprobe < 1:
         raise CommandError(f"--nprobe must be at least 1, got {args.nprobe}")

@@ -40,9 +40,8 @@ from clapkit.commands._shared import (
     check_writable_folder,
     make_parser,
     progress_bar,
-    refuse_overwriting_inputs,
 )
-from clapkit.utils.atomic import writing
+from clapkit.utils.atomic import check_not_input, writing
 from clapkit.utils.finite import NonFiniteError
 
 
@@ -180,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     files, skips = _skipping.usable_files(args.inputs, args.strict)
     _skipping.refuse_if_none(files, skips, args.output, args.quiet)
     targets = output_paths(files, args.inputs, args.output)
-    refuse_overwriting_inputs(targets, [*files, *args.query_audio, *args.negative_audio])
+    for target in targets:
+        check_not_input(target, [*files, *args.query_audio, *args.negative_audio], folder=False)
     for folder in sorted({t.parent for t in targets}):
         check_writable_folder(folder)
     existing = [str(p) for p in targets if p.exists()]

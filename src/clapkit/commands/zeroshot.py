@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from clapkit.commands import CommandError, _shared, _skipping
-from clapkit.utils.atomic import write_csv
+from clapkit.utils.atomic import check_not_input, write_csv
 
 
 def build_parser():
@@ -131,7 +131,7 @@ def main(argv: list[str]) -> int:
         _shared.eprint(f"clapkit zeroshot: warning: labels {' and '.join(map(repr, group))} differ only in case; "
                        "both are kept and split the probability between them")
     files, skips = _skipping.usable_files(args.audio, args.strict)
-    _shared.refuse_overwriting_inputs([output], [args.labels, *files])
+    check_not_input(output, [args.labels, *files], folder=False)
     _shared.refuse_existing(output, args.overwrite)
     _skipping.refuse_if_none(files, skips, output, args.quiet)
     model = _shared.load_model(args.model, args)

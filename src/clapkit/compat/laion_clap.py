@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from clapkit.inference.clap import CLAPModel
-from clapkit.inference.load import is_native
+from clapkit.inference.load import is_native, load
 
 SAMPLE_RATE = 48000
 
@@ -81,10 +81,8 @@ class CLAP_Module(nn.Module):  # noqa: N801 - the reference's name
         if ckpt is None:
             raise ValueError("clapkit.compat.laion_clap never downloads: pass ckpt=<path of the .pt file> "
                              f"(model_id={model_id} names a file of https://huggingface.co/lukewys/laion_clap)")
-        import clapkit
-
         if is_native(ckpt):
-            clap = clapkit.load(ckpt, device=self._device)
+            clap = load(ckpt, device=self._device)
             if clap.inference.fusion != self.enable_fusion:
                 raise ValueError(f"{ckpt}: enable_fusion={self.enable_fusion} but the model "
                                  f"{'uses' if clap.inference.fusion else 'does not use'} fusion")

@@ -54,13 +54,13 @@ class CLAP:
         if not model_fp:
             raise ValueError("clapkit.compat.msclap never downloads: pass model_fp=<path of "
                              f"CLAP_weights_{version}.pth>")
-        import clapkit
+        from clapkit.inference.load import load
 
         self.version = version
         self.use_cuda = use_cuda
         self.model_fp = model_fp
         device = "cuda" if use_cuda and torch.cuda.is_available() else "cpu"
-        self.clap: CLAPModel = clapkit.load(model_fp, text_model=text_model, device=device)
+        self.clap: CLAPModel = load(model_fp, text_model=text_model, device=device)
         cfg = self.clap.inference
         seconds = cfg.clip_samples / cfg.sample_rate
         if abs(seconds - VERSIONS[version]) > 1e-6:

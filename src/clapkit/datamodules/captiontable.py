@@ -9,26 +9,27 @@ list of them (one is drawn per training step). Audio paths are relative to ``aud
 A folder works too: ``train: clips/`` reads the first of :data:`CAPTION_FILES` inside it, with
 paths relative to the folder.
 
-Rows without a caption and clips whose file is absent are left out at setup, counted by reason
-(``data/<stage>_skipped_<reason>``) and reported in one warning; a table that is missing, has
+Rows without a caption, rows that cannot be read (not UTF-8, not valid JSON) and clips whose file
+is absent are left out at setup, counted by reason (``data/<stage>_skipped_<reason>``) and
+reported in one warning; a table that is missing, has
 no such columns or no usable row is refused naming the file. Below some tens of thousands of
 clips this beats shards: nothing to write first, random access for shuffling.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
-from clapkit.datamodules.clips import ClipDataModule, ClipRecord, ClipSet, LayoutError, decode_table, read_csv
+from clapkit.datamodules.clips import ClipDataModule, ClipRecord, ClipSet, LayoutError
+from clapkit.utils.tables import MissingColumns, cell_list, iter_table
 
 log = logging.getLogger(__name__)
 
 #: Names a folder's captions table may have, in the order they are looked for.
 CAPTION_FILES = ("captions.csv", "captions.jsonl", "metadata.csv", "metadata.jsonl")
-JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
 
 def find_table(source: str | Path) -> Path:
@@ -45,38 +46,24 @@ def find_table(source: str | Path) -> Path:
     return source
 
 
-def _captions(value) -> list[str]:
-    if isinstance(value, list):
-        return [str(v).strip() for v in value if str(v).strip()]
-    text = "" if value is None else str(value).strip()
-    if text.startswith("["):
-        try:
-            parsed = json.loads(text)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, list):
-            return [str(v).strip() for v in parsed if str(v).strip()]
-    return [text] if text else []
-
-
-def _rows(table: Path, audio_column: str, caption_column: str) -> list[dict]:
-    if table.suffix.lower() not in JSONL_SUFFIXES:
-        return read_csv(table, (audio_column, caption_column))
-    rows = []
-    for number, line in enumerate(decode_table(table).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise LayoutError(f"{table}: line {number} is not valid JSON ({exc})") from None
-        if not isinstance(row, dict):
-            raise LayoutError(f"{table}: line {number} is not a JSON object")
-        rows.append(row)
-    if rows and not any(audio_column in row and caption_column in row for row in rows):
+def _rows(table: Path, audio_column: str, caption_column: str, left_out: Counter) -> Iterator[dict]:
+    """The readable rows of a table, one at a time; unreadable ones are counted in ``left_out``."""
+    seen = usable = 0
+    first: dict | None = None
+    try:
+        for row, _ in iter_table(table, (audio_column, caption_column)):
+            if row is None:
+                left_out["unreadable"] += 1
+                continue
+            seen += 1
+            first = first or row
+            usable += audio_column in row and caption_column in row
+            yield row
+    except MissingColumns as exc:
+        raise LayoutError(str(exc)) from None
+    if seen and not usable:
         raise LayoutError(f"{table}: no row has the columns {audio_column!r} and {caption_column!r}; "
-                          f"first row has {sorted(rows[0])}")
-    return rows
+                          f"first row has {sorted(first or {})}")
 
 
 def read_caption_table(
@@ -97,9 +84,9 @@ def read_caption_table(
     root = Path(audio_root) if audio_root is not None else table.parent
     records: list[ClipRecord] = []
     left_out: Counter = Counter()
-    for number, row in enumerate(_rows(table, audio_column, caption_column), 1):
+    for number, row in enumerate(_rows(table, audio_column, caption_column, left_out), 1):
         audio = str(row.get(audio_column) or "").strip()
-        texts = _captions(row.get(caption_column))
+        texts = cell_list(row.get(caption_column))
         if not audio or not texts:
             left_out["no_audio" if not audio else "no_text"] += 1
             continue

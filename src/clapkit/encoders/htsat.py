@@ -1,6 +1,6 @@
 r"""HTS-AT (Chen et al., ICASSP 2022): a Swin Transformer over a folded log-mel, as in LAION-CLAP.
 
-Pipeline (LAION-CLAP's numerics, DESIGN section 4): waveform -> log-mel ``[frames, 64]``
+Pipeline (LAION-CLAP's numerics, so its checkpoints give its outputs): waveform -> log-mel ``[frames, 64]``
 (:class:`~clapkit.encoders.fusion.ClipBatcher` fits any length to the 10 s window, and builds
 the 4-view stack when fusion is on) -> ``bn0`` over mel bins -> time axis to 1024 frames
 (bicubic, ``align_corners=True``; or zero-padding for CLAPSep) -> fold 4 chunks of 256 frames

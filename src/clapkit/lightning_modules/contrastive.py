@@ -374,7 +374,7 @@ class ContrastiveTask(BaseTask):
         return self.parameter_groups()
 
     def configure_optimizers(self):
-        # One fused kernel per step on CUDA and on the CPU: on the 2-core machine an update of 175M
+        # One fused kernel per step on CUDA and on the CPU: on a 2-core CPU an update of 175M
         # parameters took 0.55 s with torch's default CPU implementation and 0.14 s fused, next to a
         # ~3 s HTSAT-tiny + RoBERTa-base step (docs/BENCHMARKS.md, "Training step").
         if self.optimizer_factory is not None and self.scheduler_factory is not None:

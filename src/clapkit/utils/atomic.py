@@ -206,6 +206,36 @@ def _inside(child: str, parent: str) -> bool:
     return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)
 
 
+def check_not_input(target: str | os.PathLike, inputs: Iterable[str | os.PathLike | None], *,
+                    folder: bool = True) -> None:
+    """Refuse an output that is one of ``inputs`` (symlinks resolved, hard links told apart by
+    ``samefile``) and, for an output ``folder``, one that contains or lies inside an input:
+    writing it would destroy an input of the same command. Raises :class:`OutputError` (one line).
+    """
+    shown = os.fspath(target)
+    real = os.path.realpath(target)
+    for source in inputs:
+        if source is None:
+            continue
+        source_real = os.path.realpath(source)
+        if real == source_real or _same_file(target, source):
+            raise OutputError(errno.EINVAL, f"is also an input of this command ({os.fspath(source)}); "
+                                            "choose another output", shown)
+        if folder and _inside(source_real, real):
+            raise OutputError(errno.EINVAL, f"contains {os.fspath(source)}, an input of this command; "
+                                            "choose another output", shown)
+        if folder and _inside(real, source_real):
+            raise OutputError(errno.EINVAL, f"lies inside {os.fspath(source)}, an input of this command; "
+                                            "choose another output", shown)
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either does not exist (yet)
+        return False
+
+
 def check_target(target: str | os.PathLike, *, kind: OutputKind = MODEL_DIRECTORY,
                  inputs: Iterable[str | os.PathLike | None] = (), overwrite: bool = False) -> None:
     """Refuse an output folder we may not write (raises :class:`OutputError`, one line).
@@ -215,21 +245,8 @@ def check_target(target: str | os.PathLike, *, kind: OutputKind = MODEL_DIRECTOR
     ``overwrite``, a non-empty folder that is not of ``kind`` by its markers, since replacing it
     would delete files no clapkit command wrote.
     """
+    check_not_input(target, inputs)
     shown = os.fspath(target)
-    real = os.path.realpath(target)
-    for source in inputs:
-        if source is None:
-            continue
-        source_real = os.path.realpath(source)
-        if real == source_real:
-            raise OutputError(errno.EINVAL, f"is also an input of this command ({os.fspath(source)}); "
-                                            "choose another output", shown)
-        if _inside(source_real, real):
-            raise OutputError(errno.EINVAL, f"contains {os.fspath(source)}, an input of this command; "
-                                            "choose another output", shown)
-        if _inside(real, source_real):
-            raise OutputError(errno.EINVAL, f"lies inside {os.fspath(source)}, an input of this command; "
-                                            "choose another output", shown)
     if not os.path.lexists(target):
         return
     if not os.path.isdir(target):

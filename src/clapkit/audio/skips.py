@@ -11,7 +11,8 @@ overflow the model) instead of refusing the whole run. The rule, the same for ea
 * exit 2 (refused, nothing written): ``--strict`` and any bad file, a bad file named on the
   command line itself (not found inside a folder), or no usable file at all.
 
-``make-shards`` keeps its own ``skipped.csv`` inside its output folder, with the same columns.
+``make-shards`` streams its own ``skipped.csv`` into its output folder (columns ``audio, reason``),
+counted and summarised by the same :class:`SkipList`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clapkit.audio.io import AudioLoadError, audio_info
 from clapkit.utils.atomic import write_csv
 
 __all__ = ["PARTIAL", "SkipList", "Skipped", "screen_headers", "skipped_csv"]
@@ -47,16 +49,23 @@ def skipped_csv(output: str | os.PathLike) -> Path:
 
 @dataclass
 class SkipList:
-    """The bad files of a folder run, in the order they were met.
+    """The bad files of a run, in the order they were met, counted by reason.
 
     Args:
         named: files given on the command line by name: a bad one is refused, not skipped.
         strict: refuse at the first bad file (``--strict``), as before skipping existed.
+        keep: how many skipped files to hold (``None``: all). A run that streams its list to a
+            CSV itself (``make-shards``: a manifest may have millions of bad rows) keeps only
+            the first few for its summary; every skip is still counted, but :meth:`report`
+            needs them all.
     """
 
     named: frozenset[str] = frozenset()
     strict: bool = False
     items: list[Skipped] = field(default_factory=list)
+    keep: int | None = None
+    total: int = 0
+    reasons: Counter = field(default_factory=Counter)
 
     @classmethod
     def for_inputs(cls, inputs: Sequence[str | os.PathLike], strict: bool = False) -> SkipList:
@@ -67,24 +76,30 @@ class SkipList:
         """Whether a bad ``path`` is skipped (else the command refuses it in one line)."""
         return not self.strict and str(Path(path)) not in self.named
 
-    def add(self, path: str | os.PathLike, reason: str) -> None:
+    def add(self, path: str | os.PathLike, reason: str) -> Skipped:
         """Record a skipped file; ``reason`` may start with the path (it is removed)."""
         text = str(reason).strip().splitlines()[0] if str(reason).strip() else "unusable"
         prefix = f"{path}: "
-        self.items.append(Skipped(str(path), text[len(prefix):] if text.startswith(prefix) else text))
+        item = Skipped(str(path), text[len(prefix):] if text.startswith(prefix) else text)
+        self.total += 1
+        self.reasons[item.reason.split(":")[0].split(" (")[0]] += 1
+        if self.keep is None or len(self.items) < self.keep:
+            self.items.append(item)
+        return item
 
     def extend(self, items: Sequence[Skipped]) -> None:
-        self.items.extend(items)
+        for item in items:
+            self.add(item.path, item.reason)
 
     @property
     def paths(self) -> set[str]:
         return {s.path for s in self.items}
 
     def __len__(self) -> int:
-        return len(self.items)
+        return self.total
 
     def __bool__(self) -> bool:
-        return bool(self.items)
+        return self.total > 0
 
     def report(self, output: str | os.PathLike | None, quiet: bool = False) -> Path | None:
         """Write ``<output>.skipped.csv`` (atomically) and print one line per file on stderr.
@@ -93,6 +108,8 @@ class SkipList:
         earlier run of the same output is removed then, so it cannot be mistaken for this run's)
         or there is no output file (``output=None``: the stderr lines only).
         """
+        if len(self.items) < self.total:
+            raise ValueError(f"this skip list holds {len(self.items)} of its {self.total} files (keep={self.keep})")
         target = skipped_csv(output) if output is not None else None
         if not self.items:
             if target is not None and _is_skip_list(target):  # a stale list of an earlier run only
@@ -107,12 +124,11 @@ class SkipList:
 
     def summary(self, csv_path: Path | None) -> str:
         """``skipped 3 files (2 unreadable, 1 contains NaN or Inf samples; list in X)``, or ``""``."""
-        if not self.items:
+        if not self.total:
             return ""
-        reasons = Counter(s.reason.split(":")[0].split(" (")[0] for s in self.items)
-        counts = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
+        counts = ", ".join(f"{n} {reason}" for reason, n in self.reasons.most_common())
         where = f"; list in {csv_path}" if csv_path is not None else ""
-        return f"skipped {len(self.items)} file{'s' if len(self.items) != 1 else ''} ({counts}{where})"
+        return f"skipped {self.total} file{'s' if self.total != 1 else ''} ({counts}{where})"
 
 
 def _is_skip_list(path: Path) -> bool:
@@ -126,8 +142,6 @@ def _is_skip_list(path: Path) -> bool:
 def screen_headers(files: Sequence[Path], skips: SkipList) -> list[Path]:
     """The files whose header is readable and not empty; the others are skipped (recorded in
     ``skips``) or, when ``skips`` may not skip them, refused with :class:`AudioLoadError`."""
-    from clapkit.audio import AudioLoadError, audio_info
-
     good = []
     for path in files:
         try:
