@@ -217,11 +217,22 @@ def read_native_config(directory: str | os.PathLike, allow: Iterable[str] = (), 
     return document["model"], inference
 
 
+#: The training task of a directory whose ``model:`` names a plain model: the task takes the
+#: model's arguments flat and builds the model from them.
+DEFAULT_TASKS: dict[str, str] = {
+    "clapkit.encoders.classifier.Classifier": "clapkit.lightning_modules.classification.ClassificationTask",
+    "clapkit.encoders.separation.network.SeparationNetwork": "clapkit.lightning_modules.separation.SeparationTask",
+    "clapkit.encoders.spatial_model.SpatialAlignmentModel": "clapkit.lightning_modules.spatial.SpatialAlignmentTask",
+}
+
+
 def native_model_tree(directory: str | os.PathLike, allow: Iterable[str] = ()) -> dict[str, Any]:
     """The ``model:`` tree of a native directory with its ``./`` asset paths made absolute,
-    ready for LightningCLI's ``--model``."""
+    ready for LightningCLI's ``--model`` (a plain model's as its :data:`DEFAULT_TASKS` task's)."""
     directory = Path(directory)
     config, _ = read_native_config(directory, allow)
+    if (task := DEFAULT_TASKS.get(str(config.get("class_path")))) is not None:
+        config = {"class_path": task, "init_args": config.get("init_args") or {}}
     tree = map_paths(plain(config), lambda p: str((directory / p).resolve()))
     # LightningCLI imports what the tree names: the names' objects must be inside the allow-list.
     check_resolved_names(tree, allow, where=str(directory / CONFIG_NAME))
