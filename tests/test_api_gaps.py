@@ -76,7 +76,7 @@ def test_class_names_are_kept_and_checked():
 
     encoder = ESResNeXtFBSP("tiny", sample_rate=16000)
     task = ClassificationTask(encoder, num_classes=2, class_names=["dog", "rain"], multi_label=False)
-    tagger = TaggerModel(task, InferenceConfig(sample_rate=16000, clip_samples=8000))
+    tagger = TaggerModel(task.model, InferenceConfig(sample_rate=16000, clip_samples=8000))
     out = tagger.classify(np.zeros(4000, dtype=np.float32) + 0.01, sample_rate=16000)
     assert out.class_names == ["dog", "rain"] and torch.allclose(out.probabilities.sum(-1), torch.ones(1))
     with pytest.raises(ValueError, match="3 class_names for num_classes=2"):

@@ -7,9 +7,8 @@ assets); ``expected.safetensors`` beside each holds what loading it gave then, o
 inputs of :mod:`helpers.legacy_inputs`. Users hold such directories, so whatever the format
 becomes, these must load through the public API and give the same numbers.
 
-The spatial task has no inference wrapper (``clapkit.load`` refuses it: no towers, not a
-tagger or separator), so its directory is read with :func:`clapkit.hub.native.load_native`
-and the task's ``forward`` compared.
+The spatial model has no inference wrapper: ``clapkit.load`` gives the plain model itself,
+whose ``forward`` is compared.
 """
 
 from __future__ import annotations

@@ -28,11 +28,11 @@ def released(tmp_path_factory):
     config_path.write_text(yaml.safe_dump({"model": config}))
     task = instantiate_model(config)
     with torch.no_grad():
-        for name, p in task.separator.named_parameters():
+        for name, p in task.model.separator.named_parameters():
             if "lora_B" in name or name.startswith("decoder."):
                 p.add_(0.05 * torch.randn_like(p))
     checkpoint = root / "best_model.ckpt"
-    torch.save({"state_dict": released_layout(task.eval()), "epoch": 149}, checkpoint)
+    torch.save({"state_dict": released_layout(task.model.eval()), "epoch": 149}, checkpoint)
     return {"root": root, "clap": clap_dir, "config": config_path, "checkpoint": checkpoint, "task": task}
 
 

@@ -41,14 +41,14 @@ def test_text_tower_stays_frozen_while_the_encoder_trains(text):
     encoder.forward = lambda x: type("Out", (), {"embedding": forward(x), "extras": {}})()
     task = ClassificationTask(encoder, num_classes=3, head=TextPromptClassifier(text, NAMES))
     task.train()
-    assert not task.head.text.training and task.head.training
-    before = {k: v.clone() for k, v in task.head.state_dict().items()}
+    assert not task.model.head.text.training and task.model.head.training
+    before = {k: v.clone() for k, v in task.model.head.state_dict().items()}
     optimizer = task.configure_optimizers()
     batch = {"audio": torch.randn(6, 8), "label": torch.tensor([0, 1, 2, 0, 1, 2])}
     loss, _, _ = task._step(batch)
     loss.backward()
     optimizer.step()
-    assert all(torch.equal(before[k], v) for k, v in task.head.state_dict().items())
+    assert all(torch.equal(before[k], v) for k, v in task.model.head.state_dict().items())
     assert encoder.weight.grad is not None and encoder.weight.grad.abs().sum() > 0
 
 

@@ -72,19 +72,15 @@ def spatial_batch(sample_rate: int = AUDIO["spatial"][0], samples: int = AUDIO["
 def outputs(kind: str, directory) -> dict[str, torch.Tensor]:
     """What loading ``directory`` (a ``kind`` fixture) with the public API gives on the fixed inputs.
 
-    CLAP / AudioCLIP / tagger / separation go through ``clapkit.load``. The spatial task has no
-    inference wrapper: ``clapkit.load`` builds it whole but offers nothing to call, so it is read
-    with :func:`clapkit.hub.native.load_native` (the task, weights filled, eval mode) and its
-    ``forward`` is called on :func:`spatial_batch`.
+    Every kind goes through ``clapkit.load``. The spatial model has no inference wrapper:
+    ``clapkit.load`` gives the plain model itself (eval mode), whose ``forward`` is called on
+    :func:`spatial_batch`.
     """
     import clapkit
 
     if kind == "spatial":
-        from clapkit.hub.native import load_native
-
-        task, _, _ = load_native(directory)
         with torch.no_grad():
-            out = task.eval()(spatial_batch())
+            out = clapkit.load(directory)(spatial_batch())
         return {"audio_views": out.audio_views, "video_views": out.video_views, "audio_clip": out.audio_clip,
                 "video_clip": out.video_clip}
     model = clapkit.load(directory)

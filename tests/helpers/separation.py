@@ -119,7 +119,7 @@ def save_tiny_model(directory) -> None:
     task = instantiate_model(config)
     inference = InferenceConfig(sample_rate=SAMPLE_RATE, clip_samples=int(SAMPLE_RATE * CLIP_SECONDS), pad="pad",
                                 crop="start")
-    save_pretrained(task, directory, inference, model_config=config)
+    save_pretrained(task.model, directory, inference, model_config=task.saved_model_config(config))
 
 
 def tiny_clap_config() -> dict:
@@ -144,7 +144,7 @@ def save_tiny_clap(directory, seed: int = 0):
 def pretrained_separator_config(clap_dir) -> dict:
     """:func:`tiny_model_config` with its query network read from the CLAP directory ``clap_dir``."""
     config = tiny_model_config()
-    config["init_args"]["query"] = {"class_path": "clapkit.encoders.separation.PretrainedQueryNetwork",
+    config["init_args"]["query"] = {"class_path": "clapkit.hub.query_clap.PretrainedQueryNetwork",
                                     "init_args": {"path": str(clap_dir)}}
     config["init_args"]["export_chunk_seconds"] = CLIP_SECONDS  # what `clapkit separate` cuts inputs into
     return config

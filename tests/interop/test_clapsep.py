@@ -13,7 +13,7 @@ from helpers.separation import EMBED_DIM, tiny_batch, tiny_task
 
 @pytest.fixture(scope="module")
 def trained():
-    task = tiny_task()
+    task = tiny_task().model
     with torch.no_grad():  # non-zero LoRA so a mapping mistake changes the output
         for name, p in task.separator.named_parameters():
             if "lora_B" in name:
@@ -46,7 +46,7 @@ def test_full_released_layout_lightning_wrapped_loads_with_full_coverage(trained
     official = {**released_layout(trained), **_extras(trained)}
     assert any(k.endswith("attn.qkv.lora_A") for k in official)
     assert any(k.startswith("decoder_model.mask_net.2.layers.0.self_attn") for k in official)
-    fresh = tiny_task()
+    fresh = tiny_task().model
     fresh.query.load_state_dict(trained.query.state_dict())
     load_clapsep({"state_dict": official, "epoch": 149, "global_step": 1}, fresh)
     assert torch.allclose(_output(fresh), _output(trained), atol=1e-6)
@@ -56,7 +56,7 @@ def test_tuned_only_flat_dict_takes_the_encoder_base_from_the_clap(trained):
     tuned = {k: v for k, v in released_layout(trained).items()
              if "lora" in k or k.endswith(("attn.qkv.bias", "attn.proj.bias")) or k.startswith("decoder_model.")}
     assert not any(k.endswith("qkv.weight") and k.startswith("audio_branch") for k in tuned)
-    fresh = tiny_task()
+    fresh = tiny_task().model
     fresh.query.load_state_dict(trained.query.state_dict())
     load_clapsep(tuned, fresh)
     assert torch.allclose(_output(fresh), _output(trained), atol=1e-6)
@@ -66,6 +66,6 @@ def test_gaps_and_strays_are_listed(trained):
     official = released_layout(trained)
     missing = {k: v for k, v in official.items() if not k.startswith("decoder_model.film.")}
     with pytest.raises(CheckpointError, match=r"not filled.*bottleneck"):
-        load_clapsep(missing, tiny_task())
+        load_clapsep(missing, tiny_task().model)
     with pytest.raises(CheckpointError, match="decoder_model.bogus"):
-        load_clapsep({**official, "decoder_model.bogus.weight": torch.zeros(1)}, tiny_task())
+        load_clapsep({**official, "decoder_model.bogus.weight": torch.zeros(1)}, tiny_task().model)

@@ -167,7 +167,7 @@ def test_stage_d_finetune_runs_per_fold(stage, tmp_path):
     data["augment"]["length"] = 2000
     cli = _run(config, tmp_path)
     names = cli.datamodule.class_names
-    assert cli.model.head.class_names == names and len(names) == model["num_classes"]
+    assert cli.model.model.head.class_names == names and len(names) == model["num_classes"]
 
 
 def test_synthetic_tri_modal_fast_dev_run_reports_querying(tmp_path):

@@ -46,16 +46,16 @@ def test_linear_probe_freezes_encoder_and_its_statistics():
     encoder = ToyAudioEncoder()
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     task = ClassificationTask(encoder, num_classes=3, freeze_encoder=True, optimizer=_adam)
-    head_before = [p.clone() for p in task.head.parameters()]
+    head_before = [p.clone() for p in task.model.head.parameters()]
     _trainer(max_steps=5).fit(task, train_dataloaders=tone_batches(5))
     after = encoder.state_dict()
     for key, value in before.items():  # weights AND BatchNorm running stats untouched
         assert torch.equal(value, after[key]), key
     assert not encoder.training
-    assert any(not torch.equal(a, b) for a, b in zip(head_before, task.head.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(head_before, task.model.head.parameters()))
     opt = task.configure_optimizers()
     n_opt = sum(p.numel() for g in opt.param_groups for p in g["params"])
-    assert n_opt == sum(p.numel() for p in task.head.parameters())
+    assert n_opt == sum(p.numel() for p in task.model.head.parameters())
 
 
 def test_aux_loss_added_unless_frozen():

@@ -14,8 +14,8 @@ from helpers.separation import SAMPLE_RATE, synthetic_source, tiny_batch, tiny_t
 def test_gradients_reach_only_lora_and_separator_heads_and_frozen_weights_stay():
     task = tiny_task(query_probs=(0.0, 0.0, 1.0))
     frozen = {n: p.detach().clone() for n, p in task.named_parameters() if not p.requires_grad}
-    frozen_buffers = {n: b.clone() for n, b in task.separator.encoder.named_buffers()}
-    trainable = {n for n, p in task.named_parameters() if p.requires_grad}
+    frozen_buffers = {n: b.clone() for n, b in task.model.separator.encoder.named_buffers()}
+    trainable = {n for n, p in task.model.named_parameters() if p.requires_grad}
     assert not any(n.startswith("query.") for n in trainable)
     encoder_trainable = {n for n in trainable if n.startswith("separator.encoder.")}
     assert encoder_trainable and all("lora_" in n or n.endswith("base_layer.bias") for n in encoder_trainable)
@@ -29,7 +29,7 @@ def test_gradients_reach_only_lora_and_separator_heads_and_frozen_weights_stay()
     optimizer.step()
     after = dict(task.named_parameters())
     assert all(torch.equal(after[n], v) for n, v in frozen.items())
-    assert all(torch.equal(b, frozen_buffers[n]) for n, b in task.separator.encoder.named_buffers())
+    assert all(torch.equal(b, frozen_buffers[n]) for n, b in task.model.separator.encoder.named_buffers())
     assert any(not torch.equal(p, torch.zeros_like(p)) for n, p in after.items() if "lora_B" in n)
 
 

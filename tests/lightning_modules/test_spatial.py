@@ -95,7 +95,7 @@ def test_forward_shapes_and_normalisation():
     assert out.audio_views.shape == (4, 4, 128) and out.video_views.shape == (4, 4, 128)
     assert out.audio_clip.shape == (4, 128) and out.video_clip.shape == (4, 128)
     torch.testing.assert_close(out.audio_views.norm(dim=-1), torch.ones(4, 4))
-    audio, crops = task.views(batch)
+    audio, crops = task.model.views(batch)
     assert audio.shape == (4, 4, 4, batch["audio"].shape[-1]) and crops.shape == (4, 4, 3, 32, 32)
 
 
@@ -173,8 +173,7 @@ def test_synthetic_config_fast_dev_run(tmp_path):
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
     losses = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if "loss" in k}
     assert losses and all(math.isfinite(v) for v in losses.values()), losses
-    # the step trained both encoders and the audio-visual correspondence heads
-    moved = moved_parameters(cli.trainer, cli.model)
+    moved = {name.removeprefix("model.") for name in moved_parameters(cli.trainer, cli.model)}
     for part in ("audio_encoder.", "image_encoder.", "heads.avc_audio.", "heads.avc_video."):
         assert any(name.startswith(part) for name in moved), (part, sorted(moved)[:5])
 
@@ -197,10 +196,10 @@ def _probe(encoder, steps: int, **data) -> float:
 
 def test_linear_probe_on_frozen_audio_encoder():
     task = tiny_task()
-    before = {k: v.clone() for k, v in task.audio_encoder.state_dict().items()}
-    accuracy = _probe(task.audio_encoder, steps=2, train_size=8, val_size=4, batch_size=4, duration=0.2)
+    before = {k: v.clone() for k, v in task.model.audio_encoder.state_dict().items()}
+    accuracy = _probe(task.model.audio_encoder, steps=2, train_size=8, val_size=4, batch_size=4, duration=0.2)
     assert 0.0 <= accuracy <= 1.0
-    for key, value in task.audio_encoder.state_dict().items():
+    for key, value in task.model.audio_encoder.state_dict().items():
         torch.testing.assert_close(value, before[key])  # frozen: BatchNorm statistics untouched too
 
 
@@ -236,9 +235,9 @@ def test_avsa_learns_and_intensity_beats_logmel(one_thread):
     logmel = _train(False, steps)
     # a linear probe on the frozen AVSA-trained audio encoder: class of a single source
     probe_data = dict(steps=100, train_size=1600, val_size=256, batch_size=16)
-    probe = _probe(with_iv["task"].audio_encoder, **probe_data)
+    probe = _probe(with_iv["task"].model.audio_encoder, **probe_data)
     pl.seed_everything(0)
-    baseline = _probe(tiny_task().audio_encoder, **probe_data)  # same encoder, random weights
+    baseline = _probe(tiny_task().model.audio_encoder, **probe_data)  # same encoder, random weights
     print(f"\nval AVSA within-clip accuracy after {steps} steps (chance 0.25): intensity "
           f"{with_iv['avsa_acc']:.3f}, log-mel only {logmel['avsa_acc']:.3f}; val AVC accuracy "
           f"{with_iv['avc_acc']:.3f} / {logmel['avc_acc']:.3f}; linear probe (8 classes) {probe:.3f}, "

@@ -220,7 +220,7 @@ class WandbMedia(Callback):
     def _separation_examples(self, pl_module, batch: dict[str, Any]) -> dict[str, Any]:
         condition = pl_module.condition(batch, getattr(pl_module, "eval_query", "both"))
         estimate = pl_module(batch["mixture"], condition).waveform
-        rate = int(getattr(pl_module.separator, "sample_rate", 32000))
+        rate = int(getattr(pl_module.model.separator, "sample_rate", 32000))
         positive = batch.get("positive_text") or [""] * len(estimate)
         negative = batch.get("negative_text") or [""] * len(estimate)
         captions = [f"+{p!r} -{n!r}" for p, n in zip(positive, negative)]

@@ -117,7 +117,7 @@ def _refuse_directory(format: str, checkpoint: Path) -> None:
 def _convert_clapsep(args) -> int:
     import tempfile
 
-    from clapkit.hub.native import instantiate_model, read_model_section
+    from clapkit.hub.native import instantiate_model, read_model_section, save_pretrained
     from clapkit.interop.clapsep import load_clapsep_report
     from clapkit.io.errors import PretrainedError
 
@@ -127,10 +127,12 @@ def _convert_clapsep(args) -> int:
             if args.clap is not None:
                 query = model_config.setdefault("init_args", {}).setdefault("query", {})
                 query.setdefault("init_args", {})["path"] = _clap_directory(args, Path(scratch) / "clap")
-            task = instantiate_model(model_config)
-            report = load_clapsep_report(args.checkpoint, task, trust_pickle=args.trust_checkpoint,
+            task = instantiate_model(model_config)  # a SeparationTask config: its model is what is saved
+            network = task.model
+            report = load_clapsep_report(args.checkpoint, network, trust_pickle=args.trust_checkpoint,
                                          allow_partial=args.allow_partial)
-            task.export(args.output, model_config=model_config, overwrite=args.overwrite, inputs=_inputs(args))
+            save_pretrained(network, args.output, network.inference, task.saved_model_config(model_config),
+                            overwrite=args.overwrite, inputs=_inputs(args))
         except (PretrainedError, FileNotFoundError, ValueError) as exc:
             raise CommandError(str(exc)) from None
     if report.tuned_from_clap:

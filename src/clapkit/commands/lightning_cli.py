@@ -181,7 +181,7 @@ def lightning_main(args: list[str] | None = None, run: bool = True):
 def _check_task_matches_data(model, datamodule, source: str | None) -> None:
     """A separation model evaluated on clip data (or a CLAP on mixtures) fails deep inside the
     loop; say so up front, naming the model."""
-    from clapkit.inference.separation import is_separation_task
+    from clapkit.encoders.separation.network import SeparationNetwork
 
     try:
         from clapkit.datamodules.mixtures import MixtureDataModule
@@ -189,7 +189,8 @@ def _check_task_matches_data(model, datamodule, source: str | None) -> None:
         return
     if datamodule is None:
         return
-    separation, mixtures = is_separation_task(model), isinstance(datamodule, MixtureDataModule)
+    separation = isinstance(getattr(model, "model", None), SeparationNetwork)
+    mixtures = isinstance(datamodule, MixtureDataModule)
     if separation != mixtures:
         name = source or type(model).__name__
         if separation:

@@ -114,7 +114,7 @@ def separation_pictures(model, datamodule, trainer, out_dir: str | os.PathLike |
         estimate = model(mixture, condition).waveform[0].float().cpu().numpy()
     finally:
         model.train(was_training)
-    rate = int(model.separator.sample_rate)
+    rate = int(model.model.separator.sample_rate)
     query = batch["positive_text"][0] if "positive_text" in batch else ""
     waves = {"mixture": batch["mixture"][0].numpy(), f"estimate: {query!r}"[:60]: estimate,
              "reference": batch["target"][0].numpy()}

@@ -8,13 +8,14 @@ above the checkpoint, rebuilds the model from its ``model:`` section, loads the 
 every file the config names (tokenizer and text config folders: :mod:`clapkit.hub.assets`):
 the ``--model`` of ``clapkit embed``, ``zeroshot``, ``retrieve`` and ``separate``.
 
-The inference settings come from the run too: the preprocessing the model learned from its
-data at fit start (kept in the checkpoint by :class:`~clapkit.lightning_modules.base.BaseTask`),
-or for an older checkpoint the data section's (every default filled in by the datamodule's
-signature, at the audio encoder's rate); the window, padding and int16 round trip can be
-overridden. Separation
-models are written by their own :meth:`~clapkit.lightning_modules.separation.SeparationTask.export`
-(which makes the query CLAP part of the directory).
+The inference settings come from the run too: what the task set on its model itself (a
+separation model's chunk length), else the preprocessing the model learned from its data at fit
+start (kept in the checkpoint by :class:`~clapkit.lightning_modules.base.BaseTask`), else for an
+older checkpoint the data section's (every default filled in by the datamodule's signature, at the
+audio encoder's rate); the window, padding and int16 round trip can be overridden. The task is
+saved as the plain model it owns (``task.model``) with its training arguments beside it; a
+separation model's query CLAP folder comes along
+(:attr:`~clapkit.hub.query_clap.PretrainedQueryNetwork.directory_assets`).
 """
 
 from __future__ import annotations
@@ -167,7 +168,9 @@ def export_checkpoint(
     document = read_untrusted_config(config_path, code_sections=("model",), allow=allow)
     if not isinstance(document.get("model"), dict):
         raise PretrainedError(f"{config_path}: no 'model' section")
-    tree = plain(document["model"])
+    from clapkit.interop.legacy import query_tree
+
+    tree = query_tree(plain(document["model"]))  # a run made before PretrainedQueryNetwork moved
     build_tree = tree if config is not None else lookup_packages(tree, where=str(config_path), key="model")
     with trusting_code(trust_pickle):
         return _export(checkpoint, output, config_path, tree, build_tree, clip_seconds=clip_seconds, pad=pad,
@@ -183,25 +186,25 @@ def _export(checkpoint, output, config_path: Path, tree: dict[str, Any], build_t
                               f"top-level keys: {', '.join(list(state)[:6])})")
     from clapkit.interop.legacy import upgrade_task_state
 
-    model = instantiate_model(build_tree, allow=allow, where=str(config_path))
+    task = instantiate_model(build_tree, allow=allow, where=str(config_path))
     # A run saved before its task owned ``self.model`` has the model's keys at the top level.
-    weights = upgrade_task_state(model.state_dict(), weights)
-    load_state_dict_strict(model, weights, what=f"{checkpoint} (for the model in {config_path})")
-    model.eval()
-    from clapkit.inference.separation import is_separation_task
-
-    if is_separation_task(model):
-        model.export(str(output), model_config=tree, overwrite=overwrite, inputs=[checkpoint, config_path])
-        return Path(output)
-    inference = export_inference(state, checkpoint, config_path, _audio_sample_rate(model), allow,
-                                 clip_seconds=clip_seconds, pad=pad, int16_roundtrip=int16_roundtrip)
+    weights = upgrade_task_state(task.state_dict(), weights)
+    load_state_dict_strict(task, weights, what=f"{checkpoint} (for the model in {config_path})")
+    task.eval()
+    model = getattr(task, "model", task)
+    if getattr(model, "inference", None) is not None:
+        # the task set its model's preprocessing itself (a separation model's chunks): it decides
+        inference = model.inference
+    else:
+        inference = export_inference(state, checkpoint, config_path, _audio_sample_rate(model), allow,
+                                     clip_seconds=clip_seconds, pad=pad, int16_roundtrip=int16_roundtrip)
     # The run's config may name files outside any model directory (a text tower's folder, the
     # source model's assets after `clapkit fit --model DIR`): copy them in, so the export
     # survives the source moving and never reads outside itself.
     from clapkit.hub.assets import bundle_assets
 
     bundled = bundle_assets(tree)
-    return save_pretrained(model, output, inference, bundled.config, assets=bundled.assets, overwrite=overwrite,
+    return save_pretrained(task, output, inference, bundled.config, assets=bundled.assets, overwrite=overwrite,
                            inputs=[checkpoint, config_path])
 
 

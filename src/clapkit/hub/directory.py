@@ -40,6 +40,9 @@ FORMAT_VERSION = 2
 #: The task a model trains with when its directory records none (``clapkit fit --model DIR``).
 DEFAULT_TASKS: dict[str, str] = {
     "clapkit.encoders.tower.TowerSet": "clapkit.lightning_modules.ContrastiveTask",
+    "clapkit.encoders.classifier.Classifier": "clapkit.lightning_modules.classification.ClassificationTask",
+    "clapkit.encoders.separation.network.SeparationNetwork": "clapkit.lightning_modules.separation.SeparationTask",
+    "clapkit.encoders.spatial_model.SpatialAlignmentModel": "clapkit.lightning_modules.spatial.SpatialAlignmentTask",
 }
 
 

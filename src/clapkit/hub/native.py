@@ -160,6 +160,7 @@ def save_pretrained(
     if inference is None:
         raise PretrainedError("the model's inference settings are unknown: pass inference (an InferenceConfig)")
     inference = inference if isinstance(inference, InferenceConfig) else InferenceConfig.from_dict(inference)
+    assets = {**module_assets(saved), **(assets or {})}
     tree = model_config_of(model, model_config)
     model_tree, task_tree = split_task_tree(tree)
     if isinstance(saved, SavedModel):
@@ -183,6 +184,15 @@ def save_pretrained(
         document.update({"inference": inference.to_dict(), HASH_KEY: file_sha256(tmp / WEIGHTS_NAME)})
         (tmp / CONFIG_NAME).write_text(yaml.safe_dump(plain(document), sort_keys=False))
     return directory
+
+
+def module_assets(model: nn.Module) -> dict[str, str]:
+    """Folders the model's modules ask to be copied into its directory (a module's
+    ``directory_assets``: name -> source, e.g. a separation model's query CLAP)."""
+    found: dict[str, str] = {}
+    for module in model.modules():
+        found.update(getattr(module, "directory_assets", None) or {})
+    return found
 
 
 # --------------------------------------------------------------------------- reading

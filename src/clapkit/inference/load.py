@@ -32,10 +32,12 @@ if TYPE_CHECKING:
 #: Plain model class -> ``"module:Class"`` of the inference object that wraps it (imported on
 #: use: a CLAP load never imports the separation package). A subclass of a listed model gets its
 #: base's entry.
-INFERENCE_CLASSES: dict[str, str] = {
+INFERENCE_CLASSES: dict[str, str | None] = {
     "clapkit.encoders.tower.TowerSet": "clapkit.inference.clap:CLAPModel",
     "clapkit.encoders.classifier.Classifier": "clapkit.inference.tagger:TaggerModel",
     "clapkit.encoders.separation.network.SeparationNetwork": "clapkit.inference.separation:SeparationModel",
+    # the spatial model answers its own queries: it is returned as it is, with its inference set
+    "clapkit.encoders.spatial_model.SpatialAlignmentModel": None,
 }
 
 
@@ -43,12 +45,15 @@ INFERENCE_CLASSES: dict[str, str] = {
 DEFAULT_BATCH_SIZE = 16
 
 
-def inference_class(model: nn.Module) -> type:
-    """The :data:`INFERENCE_CLASSES` entry of ``model``'s class or of its nearest listed base."""
+def inference_class(model: nn.Module) -> type | None:
+    """The :data:`INFERENCE_CLASSES` entry of ``model``'s class or of its nearest listed base
+    (``None``: the model is its own inference object)."""
     for cls in type(model).__mro__:
-        target = INFERENCE_CLASSES.get(f"{cls.__module__}.{cls.__qualname__}")
-        if target is not None:
-            module, _, name = target.partition(":")
+        key = f"{cls.__module__}.{cls.__qualname__}"
+        if key in INFERENCE_CLASSES:
+            if INFERENCE_CLASSES[key] is None:
+                return None
+            module, _, name = INFERENCE_CLASSES[key].partition(":")
             return getattr(importlib.import_module(module), name)
     raise PretrainedError(f"no inference object for a {type(model).__name__} model "
                           f"(known models: {', '.join(INFERENCE_CLASSES)})")
@@ -132,6 +137,12 @@ def _load(path: Path, *, text_model, device, precision, batch_size, trust_pickle
     else:
         raise PretrainedError(f"{path}: no such model directory or checkpoint file")
     cls = inference_class(model)
+    if cls is None:
+        from clapkit.inference.base import resolve_device
+
+        model = model.to(resolve_device(device)).eval()
+        model.fingerprint = fingerprint
+        return model
     accepted = inspect.signature(cls).parameters
     if batch_size is None and accepted["batch_size"].default is not None:
         batch_size = DEFAULT_BATCH_SIZE  # CLAPModel's None picks a size for the device itself

@@ -1,10 +1,9 @@
 """The inference API of a separation model: :class:`SeparationModel` extracts what a query names.
 
 ``clapkit.load(dir)`` returns one for a native directory holding a
-:class:`~clapkit.lightning_modules.separation.SeparationTask` (``clapkit convert clapsep`` or a
-training run's ``export_dir``); it is built from the task's config as plain modules only (the
-separator and the query network, a :class:`~clapkit.encoders.separation.network.SeparationNetwork`,
-see :mod:`clapkit.hub.plain`), so this module imports no Lightning. Input of any length, sample rate
+:class:`~clapkit.encoders.separation.network.SeparationNetwork` (the model a ``SeparationTask``
+trains: ``clapkit convert clapsep`` or a training run's ``export_dir``), so this module imports
+no Lightning. Input of any length, sample rate
 and channel count: each channel is resampled to the model's rate, cut into model-length chunks with 50 % overlap,
 separated, overlap-added with complementary Hann windows, and returned at the input's rate,
 channel count and length. ``clapkit separate`` is this class over files. Inputs are read as every
@@ -25,7 +24,6 @@ import torch
 from clapkit.audio import resample
 from clapkit.audio.preprocess import AudioInput, InferenceConfig
 from clapkit.audio.stream import DEFAULT_MAX_SECONDS
-from clapkit.encoders.separation import CLAPSep, QueryNetwork
 from clapkit.encoders.separation.network import SeparationNetwork
 from clapkit.inference.base import InferenceModel
 from clapkit.utils.finite import NonFiniteError, require_finite
@@ -104,15 +102,6 @@ class _OverlapAdd:
         self.span[:] = 0.0
 
 
-def is_separation_task(model: torch.nn.Module) -> bool:
-    """Whether a loaded native model is a separation model: a
-    :class:`~clapkit.lightning_modules.separation.SeparationTask` or a :class:`SeparationNetwork`
-    (anything holding a :class:`~clapkit.encoders.separation.CLAPSep` ``separator`` and a
-    ``query`` network)."""
-    return isinstance(getattr(model, "separator", None), CLAPSep) and isinstance(getattr(model, "query", None),
-                                                                                 QueryNetwork)
-
-
 @dataclass
 class SeparationResult:
     """One separated input, from :meth:`SeparationModel.separate_batch`.
@@ -134,9 +123,7 @@ class SeparationModel(InferenceModel):
     """A loaded separation model for inference.
 
     Args:
-        task: a :class:`SeparationNetwork`, or a
-            :class:`~clapkit.lightning_modules.separation.SeparationTask` whose separator and
-            query network are taken out of it (the task itself is not kept).
+        task: the :class:`SeparationNetwork` (a ``SeparationTask``'s ``model``).
         inference: the directory's preprocessing settings (its ``clip_samples`` at
             ``sample_rate`` is the chunk length).
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
@@ -160,7 +147,9 @@ class SeparationModel(InferenceModel):
         super().__init__(inference, device=device, precision=precision, batch_size=batch_size,
                          max_seconds=max_seconds)
         #: The separator and query network (a plain module).
-        self.network = SeparationNetwork.of(task).to(self.device).eval()
+        if not isinstance(task, SeparationNetwork):
+            raise TypeError(f"SeparationModel runs a SeparationNetwork, not a {type(task).__name__}")
+        self.network = task.to(self.device).eval()
         self.overlap = overlap
         self._last_chunk_starts: list[int] = []  # chunk plan of the latest input (for masks)
 

@@ -1,7 +1,7 @@
 """The inference API of a tagger: :class:`TaggerModel` scores audio against a fixed set of classes.
 
 ``clapkit.load(dir)`` returns one for a model directory (or checkpoint) holding a
-:class:`~clapkit.lightning_modules.classification.ClassificationTask`, for example the AudioCLIP
+:class:`~clapkit.encoders.classifier.Classifier` (the model a ``ClassificationTask`` trains), for example the AudioCLIP
 ESResNeXt-FBSP AudioSet tagger (``clapkit convert audioclip ESRNXFBSP.pt``). Audio is
 prepared as every :class:`~clapkit.inference.base.InferenceModel` prepares it (resampling,
 padding, deterministic crop). A tagger has class scores, not a joint embedding space: the
@@ -20,7 +20,7 @@ from clapkit.audio.preprocess import AudioInput, InferenceConfig
 from clapkit.encoders.classifier import Classifier
 from clapkit.inference.base import InferenceModel, NotAnEmbeddingModel
 
-__all__ = ["NotAnEmbeddingModel", "TagOutput", "TaggerModel", "is_tagger"]
+__all__ = ["NotAnEmbeddingModel", "TagOutput", "TaggerModel"]
 
 
 @dataclass
@@ -45,22 +45,11 @@ class TagOutput:
                 for row_v, row_i in zip(values.tolist(), indices.tolist())]
 
 
-def is_tagger(model: torch.nn.Module) -> bool:
-    """Whether a loaded model is a tagger: a :class:`~clapkit.encoders.classifier.Classifier`, or a
-    :class:`~clapkit.lightning_modules.classification.ClassificationTask` (anything with an
-    ``encoder``, a ``head``, ``num_classes`` and ``multi_label``)."""
-    if isinstance(model, Classifier):
-        return True
-    return all(hasattr(model, a) for a in ("encoder", "head", "num_classes", "multi_label"))
-
-
 class TaggerModel(InferenceModel):
     """A loaded classification model (tagger) for inference.
 
     Args:
-        task: a :class:`~clapkit.encoders.classifier.Classifier`, or a
-            :class:`~clapkit.lightning_modules.classification.ClassificationTask` whose encoder and
-            head are taken out of it (the task itself is not kept).
+        task: the :class:`~clapkit.encoders.classifier.Classifier` (a ``ClassificationTask``'s ``model``).
         inference: the directory's preprocessing settings.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         batch_size: clips per forward pass.
@@ -69,7 +58,9 @@ class TaggerModel(InferenceModel):
     def __init__(self, task, inference: InferenceConfig, *, device: str | torch.device = "cpu", batch_size: int = 16):
         super().__init__(inference, device=device, batch_size=batch_size)
         #: The encoder and class head (a plain module; the attribute keeps its older name).
-        self.task = Classifier.of(task).to(self.device).eval()
+        if not isinstance(task, Classifier):
+            raise TypeError(f"TaggerModel runs a Classifier, not a {type(task).__name__}")
+        self.task = task.to(self.device).eval()
 
     @property
     def class_names(self) -> list[str]:

@@ -14,7 +14,7 @@ Layouts (flat state dicts, optionally wrapped in ``state_dict``/``model`` or pre
   ``image__text`` <- ``logit_scale`` (all in log space, as stored).
 - **ESRNXFBSP.pt**: the AudioSet-pretrained ESResNeXt-FBSP alone (same keys without ``audio.``,
   ``fc`` 2048 -> 527). Converted to a multi-label
-  :class:`~clapkit.lightning_modules.classification.ClassificationTask` whose encoder's ``fc``
+  :class:`~clapkit.encoders.classifier.Classifier` (a ``ClassificationTask``'s model) whose encoder's ``fc``
   is the tagger head.
 
 Input-scale convention: the reference feeds int16-range waveforms. clapkit's
@@ -95,7 +95,7 @@ def esrnxfbsp_config(num_classes: int = 527, audio_variant: str = "base", sample
                      input_scale: float = 32768.0) -> dict[str, Any]:
     """``class_path``/``init_args`` tree of the ESResNeXt-FBSP AudioSet tagger."""
     return {
-        "class_path": "clapkit.lightning_modules.classification.ClassificationTask",
+        "class_path": "clapkit.encoders.classifier.Classifier",
         "init_args": {
             "encoder": {"class_path": "clapkit.encoders.esresnext.ESResNeXtFBSP",
                         "init_args": {"variant": audio_variant, "sample_rate": sample_rate,

@@ -1,4 +1,7 @@
-"""Load the released CLAPSep checkpoint layout into a :class:`SeparationTask`, with coverage.
+"""Load the released CLAPSep checkpoint layout into a separation model, with coverage.
+
+The model is a :class:`~clapkit.encoders.separation.network.SeparationNetwork` (a
+``SeparationTask``'s ``model``); "task" below names it, as its keys are the task's model keys.
 
 The reference (Aisaka0v0/CLAPSep) is a Lightning module whose state dict holds:
 
@@ -54,7 +57,7 @@ def _film_rules(official: str, ours: str) -> list[tuple[str, str]]:
 
 
 def clapsep_key_map(task_keys: Mapping[str, Any]) -> KeyMap:
-    """The released-layout -> :class:`SeparationTask` key map for a task with these keys."""
+    """The released-layout -> separation model key map for a model with these keys."""
     rules = [
         # tuned HTSAT copy: loralib -> peft names
         (r"audio_branch\.(.+)\.attn\.(qkv|proj)\.lora_(A|B)", rf"{ENC}.\1.attn.\2.lora_\3.default.weight"),
@@ -167,7 +170,7 @@ def _clapsep_fill(checkpoint: Mapping[str, Any], task, allow_partial: bool) -> t
 
 def load_clapsep(checkpoint: str | os.PathLike | Mapping[str, Any], task, *, trust_pickle: bool = False,
                  allow_partial: bool = False):
-    """Load released CLAPSep weights into ``task`` (a :class:`SeparationTask` built with the
+    """Load released CLAPSep weights into ``task`` (a ``SeparationNetwork`` built with the
     CLAPSep configuration and the converted LAION-CLAP as query network). Returns ``task``."""
     return load_clapsep_report(checkpoint, task, trust_pickle=trust_pickle, allow_partial=allow_partial).task
 

@@ -18,11 +18,13 @@ before torch is loaded.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import copy
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 #: ``init_args`` of a format-1 task tree -> the format-2 model tree.
-Translator = Callable[[Mapping[str, Any]], dict[str, Any]]
+Tree = dict[str, Any]
+Translator = Callable[[Mapping[str, Any]], Tree]
 
 #: The defaults of the format-1 contrastive tasks' model arguments.
 _CONTRASTIVE_DEFAULTS = {"pairs": [["audio", "text"]], "logit_scale_init": 1 / 0.07, "logit_scale_min": 1.0,
@@ -40,11 +42,69 @@ def _tower_set(defaults: Mapping[str, Any]) -> Translator:
     return translate
 
 
-#: Format-1 task name -> its translator. The classification, separation and spatial tasks'
-#: entries go here, beside the contrastive ones.
+#: The defaults format-1 task configs relied on for the arguments their models take.
+CLASSIFICATION_DEFAULTS: Tree = {"multi_label": False, "use_head": True, "head_dropout": 0.0, "head": None,
+                                 "input_key": "audio", "pass_lengths": False, "class_names": None}
+SEPARATION_DEFAULTS: Tree = {"copy_query_encoder": True}
+SPATIAL_DEFAULTS: Tree = {"view_transformer": None, "embed_dim": 128, "fov_degrees": 90.0}
+
+#: Query networks that read a CLAP directory: their class paths before the class moved to the hub layer.
+QUERY_CLASS_PATHS = {
+    "clapkit.encoders.separation.PretrainedQueryNetwork": "clapkit.hub.query_clap.PretrainedQueryNetwork",
+    "clapkit.encoders.separation.query.PretrainedQueryNetwork": "clapkit.hub.query_clap.PretrainedQueryNetwork",
+}
+
+
+def _model_tree(class_path: str, args: Mapping[str, Any], defaults: Mapping[str, Any],
+                required: Iterable[str]) -> Tree:
+    init_args = {name: copy.deepcopy(args[name]) for name in required if name in args}
+    init_args.update({name: copy.deepcopy(args.get(name, value)) for name, value in defaults.items()})
+    return {"class_path": class_path, "init_args": init_args}
+
+
+def classification_model(args: Mapping[str, Any]) -> Tree:
+    """A ``ClassificationTask``'s ``init_args`` -> the :class:`~clapkit.encoders.classifier.Classifier` tree."""
+    return _model_tree("clapkit.encoders.classifier.Classifier", args, CLASSIFICATION_DEFAULTS,
+                       ("encoder", "num_classes"))
+
+
+def query_tree(tree: Any) -> Any:
+    """``tree`` with every old ``PretrainedQueryNetwork`` class path moved to its new one (a run's or
+    a directory's config written before the class moved)."""
+    if isinstance(tree, Mapping):
+        moved = {key: query_tree(value) for key, value in tree.items()}
+        if moved.get("class_path") in QUERY_CLASS_PATHS:
+            moved["class_path"] = QUERY_CLASS_PATHS[moved["class_path"]]
+        return moved
+    if isinstance(tree, list):
+        return [query_tree(value) for value in tree]
+    return tree
+
+
+def separation_model(args: Mapping[str, Any]) -> Tree:
+    """A ``SeparationTask``'s ``init_args`` -> the
+    :class:`~clapkit.encoders.separation.network.SeparationNetwork` tree."""
+    tree = _model_tree("clapkit.encoders.separation.network.SeparationNetwork", args, SEPARATION_DEFAULTS,
+                       ("separator", "query"))
+    if "query" in tree["init_args"]:
+        tree["init_args"]["query"] = query_tree(tree["init_args"]["query"])
+    return tree
+
+
+def spatial_model(args: Mapping[str, Any]) -> Tree:
+    """A ``SpatialAlignmentTask``'s ``init_args`` -> the
+    :class:`~clapkit.encoders.spatial_model.SpatialAlignmentModel` tree."""
+    return _model_tree("clapkit.encoders.spatial_model.SpatialAlignmentModel", args, SPATIAL_DEFAULTS,
+                       ("audio_encoder", "image_encoder"))
+
+
+#: Format-1 task name -> its translator.
 TASK_TRANSLATORS: dict[str, Translator] = {
     "ContrastiveTask": _tower_set(_CONTRASTIVE_DEFAULTS),
     "AudioCLIPTask": _tower_set(_AUDIOCLIP_DEFAULTS),
+    "ClassificationTask": classification_model,
+    "SeparationTask": separation_model,
+    "SpatialAlignmentTask": spatial_model,
 }
 
 
@@ -92,64 +152,4 @@ def build_model(tree: Mapping[str, Any], build: Callable[..., Any],
         resolve: maps each ``./relative`` path string to a real path.
     """
     model_tree, _ = split_task_tree(tree)
-    legacy = legacy_builder(model_tree)
-    if legacy is not None:
-        return legacy(model_tree.get("init_args") or {}, lambda sub_tree: build(sub_tree, resolve))
     return build(model_tree, resolve)
-
-
-# ------------------------------------------------------------------ format-1 builders (transitional)
-# Classifier and SeparationNetwork do not yet take their whole config; until their translators
-# join TASK_TRANSLATORS, a format-1 tree naming their task is built here directly.
-
-
-def _separation_network(args, build):
-    import copy
-
-    from clapkit.encoders.separation.network import SeparationNetwork
-    from clapkit.io.checkpoint import compact_buffers
-    from clapkit.io.errors import PretrainedError
-
-    args = {"copy_query_encoder": True, **args}
-    query = build(args["query"])
-    separator = build(args["separator"])
-    if separator.encoder is None:
-        # As SeparationTask does: CLAPSep tunes a copy of the query CLAP's audio encoder.
-        if not args["copy_query_encoder"]:
-            raise PretrainedError("the separator has no encoder and copy_query_encoder is False")
-        separator.attach_encoder(copy.deepcopy(query.audio_encoder))
-    network = SeparationNetwork(separator, query)
-    compact_buffers(network)
-    return network
-
-
-def _classifier(args, build):
-    from torch import nn
-
-    from clapkit.encoders.classifier import Classifier
-
-    args = {"multi_label": False, "use_head": True, "head_dropout": 0.0, "head": None, "input_key": "audio",
-            "pass_lengths": False, "class_names": None, **args}
-    encoder = build(args["encoder"])
-    num_classes = int(args["num_classes"])
-    if args["head"] is not None:
-        head = build(args["head"])
-    elif args["use_head"]:
-        head = nn.Sequential(nn.Dropout(args["head_dropout"]), nn.Linear(encoder.output_dim, num_classes))
-    else:
-        head = nn.Identity()
-    return Classifier(encoder, head, num_classes, multi_label=args["multi_label"], input_key=args["input_key"],
-                      pass_lengths=args["pass_lengths"], class_names=args["class_names"])
-
-
-#: Format-1 task name -> ``(init_args, build) -> plain module``, for tasks without a translator.
-LEGACY_BUILDERS: dict[str, Callable[[Mapping[str, Any], Callable[[Any], Any]], Any]] = {
-    "SeparationTask": _separation_network,
-    "ClassificationTask": _classifier,
-}
-
-
-def legacy_builder(tree: Mapping[str, Any]) -> Callable[[Mapping[str, Any], Callable[[Any], Any]], Any] | None:
-    """The :data:`LEGACY_BUILDERS` entry of a tree's task (``None``: build the tree as it is)."""
-    name = task_name(str(tree.get("class_path", "")))
-    return LEGACY_BUILDERS.get(name) if name is not None else None

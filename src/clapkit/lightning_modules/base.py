@@ -160,3 +160,42 @@ class BaseTask(LightningModule):
             config["monitor"] = self.monitor
         return optimizers_from_factories(self, self.optimizer_factory, self.scheduler_factory,
                                          parameters=self.optimizer_parameters(), **config)
+
+    # --- the task's plain model (classification, separation, spatial) ----------------------------
+    def model_from_arguments(self, model_class: type, arguments: dict[str, Any]):
+        """``model_class`` built from the task arguments its signature names, with its config tree.
+
+        Built from a config (LightningCLI), ``hparams`` hold those arguments as ``class_path``
+        trees: they become the model's ``config``, so a model directory rebuilds the model alone.
+        """
+        names = [name for name in inspect.signature(model_class).parameters if name in arguments]
+        model = model_class(**{name: arguments[name] for name in names})
+        model.config = self.model_config(model_class)
+        return model
+
+    def saved_model_config(self, task_config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The ``class_path`` tree of :attr:`model`: its own ``config``, else the model's arguments
+        taken from the task's tree (``task_config``, by default the run's LightningCLI ``config.yaml``)."""
+        model = self.model
+        if task_config is None and model.config is not None:
+            return model.config
+        if task_config is None:
+            from pathlib import Path
+
+            from clapkit.hub.native import read_model_section
+
+            log_dir = getattr(self.trainer, "log_dir", None) if self._trainer is not None else None
+            candidate = Path(log_dir or ".") / "config.yaml"
+            if not candidate.is_file():
+                raise FileNotFoundError(f"{candidate}: no LightningCLI config to describe the model")
+            task_config = read_model_section(candidate)
+        return _model_tree(type(model), task_config.get("init_args") or {})
+
+
+def _model_tree(model_class: type, arguments: Any) -> dict[str, Any]:
+    """``{class_path, init_args}`` of ``model_class`` from the task arguments its signature names."""
+    from clapkit.hub.native import plain
+
+    names = [name for name in inspect.signature(model_class).parameters if name in arguments]
+    return plain({"class_path": f"{model_class.__module__}.{model_class.__qualname__}",
+                  "init_args": {name: arguments[name] for name in names}})

@@ -30,6 +30,7 @@ from torchmetrics.classification import (
 )
 
 from clapkit.datamodules.base import is_empty_batch
+from clapkit.encoders.classifier import Classifier
 from clapkit.lightning_modules.base import BaseTask
 
 
@@ -39,6 +40,11 @@ def _default_optimizer(params) -> torch.optim.Optimizer:
 
 class ClassificationTask(BaseTask):
     """Train a linear head (and optionally the encoder) to predict labels from an embedding.
+
+    The encoder and head are the task's :attr:`model`, a :class:`~clapkit.encoders.classifier.Classifier`
+    built from the arguments it takes (``encoder``, ``num_classes``, ``multi_label``, ``use_head``,
+    ``head_dropout``, ``head``, ``input_key``, ``pass_lengths``, ``class_names``); the task keeps
+    the loss, metrics and optimisation.
 
     Args:
         encoder: any clapkit encoder returning an ``EncoderOutput`` (audio, image or text);
@@ -90,50 +96,44 @@ class ClassificationTask(BaseTask):
         class_names: list[str] | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["encoder", "head", "optimizer", "scheduler"])
-        self.encoder = encoder
-        self.num_classes = num_classes
-        self.multi_label = multi_label
+        self.save_config_hyperparameters(modules=["encoder", "head"], ignore=["optimizer", "scheduler"])
+        if freeze_encoder and not use_head and head is None:
+            raise ValueError("freeze_encoder=True with use_head=False leaves nothing to train")
+        #: The encoder and its class head (:class:`~clapkit.encoders.classifier.Classifier`).
+        self.model: Classifier = self.model_from_arguments(Classifier, locals())
         self.freeze_encoder = freeze_encoder
-        self.input_key = input_key
         self.label_key = label_key
-        self.pass_lengths = pass_lengths
         self.aux_loss_weight = aux_loss_weight
         self.label_smoothing = label_smoothing
         self.scheduler_monitor = scheduler_monitor
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
-        self.class_names = list(class_names) if class_names is not None else None
         self.set_optimization(optimizer, scheduler, monitor=scheduler_monitor, interval="epoch")
-        if head is not None:
-            self.head: nn.Module = head
-        elif use_head:
-            self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(encoder.output_dim, num_classes))
-        else:
-            if encoder.output_dim != num_classes:
-                raise ValueError(
-                    f"use_head=False needs an encoder whose output_dim equals num_classes; "
-                    f"got output_dim={encoder.output_dim}, num_classes={num_classes}"
-                )
-            if freeze_encoder:
-                raise ValueError("freeze_encoder=True with use_head=False leaves nothing to train")
-            self.head = nn.Identity()
         if freeze_encoder:
-            self.encoder.requires_grad_(False)
-            self.encoder.eval()
+            self.model.encoder.requires_grad_(False)
+            self.model.encoder.eval()
         self.metrics = nn.ModuleDict({stage: self._make_metrics() for stage in ("val", "test")})
         self._updated: set[str] = set()
 
+    @property
+    def num_classes(self) -> int:
+        """Number of classes ``K`` (the model's)."""
+        return self.model.num_classes
+
+    @property
+    def multi_label(self) -> bool:
+        """Multi-hot targets (the model's setting)."""
+        return self.model.multi_label
+
     def setup(self, stage: str) -> None:
-        if getattr(self.head, "set_class_names", None) is None or getattr(self.head, "class_names", None):
+        head = self.model.head
+        if getattr(head, "set_class_names", None) is None or getattr(head, "class_names", None):
             return
         names = getattr(getattr(self.trainer, "datamodule", None), "class_names", None)
         if not names:
-            raise ValueError(f"{type(self.head).__name__} needs class names: pass them to the head or use a "
+            raise ValueError(f"{type(head).__name__} needs class names: pass them to the head or use a "
                              "datamodule with class_names")
         if len(names) != self.num_classes:
             raise ValueError(f"the datamodule has {len(names)} classes but num_classes is {self.num_classes}")
-        self.head.set_class_names(list(names))
+        head.set_class_names(list(names))
 
     def _make_metrics(self) -> MetricCollection:
         if self.multi_label:
@@ -153,24 +153,21 @@ class ClassificationTask(BaseTask):
         super().train(mode)
         if self.freeze_encoder:
             # a probe must not update BatchNorm running statistics or apply dropout in the encoder
-            self.encoder.eval()
+            self.model.encoder.eval()
         return self
 
     def encode(self, batch: dict[str, Any]):
         """The encoder's ``EncoderOutput`` for a batch (no grad when frozen)."""
-        kwargs = {}
-        if self.pass_lengths and batch.get("lengths") is not None:
-            kwargs["lengths"] = batch["lengths"]
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
-            return self.encoder(batch[self.input_key], **kwargs)
+            return self.model.encode(batch)
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """Logits ``[B, K]``."""
-        return self.head(self.encode(batch).embedding)
+        return self.model.head(self.encode(batch).embedding)
 
     def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out = self.encode(batch)
-        logits = self.head(out.embedding).float()
+        logits = self.model.head(out.embedding).float()
         target = batch[self.label_key]
         if self.multi_label:
             loss = F.binary_cross_entropy_with_logits(logits, target.float())

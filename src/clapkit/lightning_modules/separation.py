@@ -17,6 +17,7 @@ mixture and averaged: ``sdri`` (BSS-eval style SDR improvement, torchmetrics), `
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any, Literal
 
 import torch
@@ -24,9 +25,10 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 
+from clapkit.audio.preprocess import InferenceConfig
+from clapkit.encoders.separation.network import SeparationNetwork
 from clapkit.encoders.separation.query import QueryNetwork, build_condition, interpolate_queries
 from clapkit.encoders.separation.separator import CLAPSep, SeparationOutput
-from clapkit.io.checkpoint import compact_buffers
 from clapkit.lightning_modules.base import BaseTask
 from clapkit.lightning_modules.sep_metrics import METRICS, separation_loss, separation_metrics
 
@@ -44,6 +46,11 @@ def _default_scheduler(optimizer: torch.optim.Optimizer):
 
 class SeparationTask(BaseTask):
     """Query-conditioned target sound extraction.
+
+    The separator and query network are the task's :attr:`model`, a
+    :class:`~clapkit.encoders.separation.network.SeparationNetwork` (which also carries the
+    chunking ``clapkit separate`` uses, from ``export_chunk_seconds``); the task keeps the loss,
+    the query sampling, the metrics and the optimisation.
 
     Args:
         separator: the separation network (:class:`~clapkit.encoders.separation.CLAPSep`).
@@ -64,8 +71,8 @@ class SeparationTask(BaseTask):
         scheduler_interval: step the scheduler every ``epoch`` (default, the plateau scheduler)
             or every optimiser ``step`` (a schedule over a step budget, e.g. the quick start's
             cosine decay over ``trainer.max_steps``).
-        export_dir: after ``fit``, save the trained task here in clapkit's native format (the
-            ``--model`` of ``clapkit separate``), using the LightningCLI ``config.yaml`` of the run.
+        export_dir: after ``fit``, save the trained :attr:`model` here in clapkit's native format
+            (the ``--model`` of ``clapkit separate``), described by the config the run was built from.
         export_chunk_seconds: chunk length ``clapkit separate`` uses with the exported model;
             ``None`` (default): the separation encoder's window (``clip_samples`` at its rate:
             10 s for CLAPSep, the training window of the quick start). Longer than that window
@@ -90,15 +97,11 @@ class SeparationTask(BaseTask):
         export_chunk_seconds: float | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["separator", "query", "optimizer", "scheduler"])
+        self.save_config_hyperparameters(modules=["separator", "query"], ignore=["optimizer", "scheduler"])
         if len(query_probs) != 3 or min(query_probs) < 0 or sum(query_probs) <= 0:
             raise ValueError(f"query_probs must be 3 non-negative weights (pos, neg, both), got {query_probs}")
-        self.query = query
-        self.separator = separator
-        if separator.encoder is None:
-            if not copy_query_encoder:
-                raise ValueError("the separator has no encoder and copy_query_encoder is False")
-            separator.attach_encoder(copy.deepcopy(query.audio_encoder))
+        #: The separator and its query network (:class:`~clapkit.encoders.separation.network.SeparationNetwork`).
+        self.model: SeparationNetwork = self.model_from_arguments(SeparationNetwork, locals())
         self.snr_weight = snr_weight
         probs = torch.tensor(query_probs, dtype=torch.float)
         self.query_probs = (probs / probs.sum()).tolist()
@@ -109,14 +112,17 @@ class SeparationTask(BaseTask):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
         self.set_optimization(optimizer, scheduler, monitor=monitor, interval=scheduler_interval)
         self.export_dir = export_dir
-        window = separator.window_seconds
+        window = self.model.separator.window_seconds
         if export_chunk_seconds is None:
             export_chunk_seconds = window if window is not None else 10.0
         elif export_chunk_seconds <= 0 or (window is not None and export_chunk_seconds > window + 1e-9):
             raise ValueError(f"export_chunk_seconds must be in (0, {window:g}] (the separation encoder's "
                              f"window), got {export_chunk_seconds:g}")
         self.export_chunk_seconds = float(export_chunk_seconds)
-        compact_buffers(self)
+        rate = self.model.separator.sample_rate
+        # What `clapkit separate` cuts inputs into: part of the model a directory stores.
+        self.model.inference = InferenceConfig(sample_rate=rate, clip_samples=int(round(self.export_chunk_seconds * rate)),
+                                               pad="pad", crop="start")
         names = [n for n in METRICS if compute_sdr or n != "sdr"]
         self.metrics = nn.ModuleDict(
             {
@@ -130,10 +136,10 @@ class SeparationTask(BaseTask):
         """Embedding of one query side from ``{side}_text`` and/or ``{side}_audio``."""
         text = batch.get(f"{side}_text")
         audio = batch.get(f"{side}_audio")
-        text_emb = self.query.embed_text(list(text)).to(self.device) if text is not None else None
+        text_emb = self.model.query.embed_text(list(text)).to(self.device) if text is not None else None
         if audio is None or audio_weight is None:
             return text_emb
-        audio_emb = self.query.embed_audio(audio).to(self.device)
+        audio_emb = self.model.query.embed_audio(audio).to(self.device)
         return interpolate_queries(audio_emb, text_emb, audio_weight)
 
     def condition(self, batch: dict[str, Any], sides: QuerySides, audio_weight: float | None = None) -> torch.Tensor:
@@ -143,7 +149,7 @@ class SeparationTask(BaseTask):
         return build_condition(pos, neg)
 
     def forward(self, mixture: torch.Tensor, condition: torch.Tensor) -> SeparationOutput:
-        return self.separator(mixture, condition)
+        return self.model(mixture, condition)
 
     # --- steps -------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -189,40 +195,17 @@ class SeparationTask(BaseTask):
         return {"key": batch.get("key"), "waveform": out.waveform}
 
     # --- export ------------------------------------------------------------------------------
+    def saved_model_config(self, task_config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """:meth:`BaseTask.saved_model_config`, with a query network that reads its weights from a CLAP
+        directory told not to: a saved model's ``model.safetensors`` holds them."""
+        tree = copy.deepcopy(super().saved_model_config(task_config))
+        query = tree["init_args"].get("query")
+        if isinstance(query, dict) and "load_weights" in inspect.signature(type(self.model.query)).parameters:
+            query.setdefault("init_args", {})["load_weights"] = False
+        return tree
+
     def on_fit_end(self) -> None:
         if self.export_dir and self.trainer.is_global_zero:
-            self.export(self.export_dir)
+            from clapkit.hub.native import save_pretrained
 
-    def export(self, directory: str, model_config: Any = None, overwrite: bool = True, inputs=()) -> None:
-        """Save in clapkit's native format (``model_config``: the run's ``config.yaml`` by default).
-
-        ``overwrite`` replaces only a model directory; ``directory`` may not be, contain or lie
-        inside one of ``inputs`` (the files the model was read from) or the query CLAP's folder.
-
-        The directory is self-contained: a query network read from a CLAP directory
-        (:class:`~clapkit.encoders.separation.PretrainedQueryNetwork`) is copied in as
-        ``query_clap/`` without its weights, which this model's ``model.safetensors`` holds.
-        """
-        from pathlib import Path
-
-        from clapkit.audio.preprocess import InferenceConfig
-        from clapkit.hub.native import model_config_of, save_pretrained
-
-        if model_config is None:
-            log_dir = getattr(self.trainer, "log_dir", None) if self._trainer is not None else None
-            candidate = Path(log_dir or ".") / "config.yaml"
-            if not candidate.is_file():
-                raise FileNotFoundError(f"{candidate}: no LightningCLI config to describe the model; pass model_config")
-            model_config = candidate
-        rate = self.separator.sample_rate
-        inference = InferenceConfig(sample_rate=rate, clip_samples=int(round(self.export_chunk_seconds * rate)),
-                                    pad="pad", crop="start")
-        tree = model_config_of(self, model_config)
-        clap_dir = getattr(self.query, "path", None)
-        assets = None
-        if clap_dir is not None:
-            assets = {"query_clap": clap_dir}
-            tree["init_args"]["query"].setdefault("init_args", {})["load_weights"] = False
-        save_pretrained(self, directory, inference, tree, assets=assets, overwrite=overwrite, inputs=inputs)
-
-
+            save_pretrained(self.model, self.export_dir, self.model.inference, self.saved_model_config(), overwrite=True)

@@ -19,7 +19,6 @@ adds AVSA, which is hard to learn from scratch.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +28,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from clapkit.audio.foa import rotate_to_front
-from clapkit.audio.sphere import gnomonic_crop
-from clapkit.encoders.projection import MLPProjection
+from clapkit.encoders.spatial_model import SpatialAlignmentModel, SpatialOutput
 from clapkit.lightning_modules.base import BaseTask
 
 
@@ -111,25 +108,13 @@ def avsa_loss(
 # --------------------------------------------------------------------------- module
 
 
-@dataclass
-class SpatialOutput:
-    """Embeddings of one batch (all L2-normalised, 128-d by default).
-
-    Attributes:
-        audio_views: ``[B, K, D]`` AVSA audio embeddings, one per rotated view.
-        video_views: ``[B, K, D]`` AVSA embeddings of the K crops.
-        audio_clip: ``[B, D]`` AVC audio embedding.
-        video_clip: ``[B, D]`` AVC video embedding.
-    """
-
-    audio_views: torch.Tensor
-    video_views: torch.Tensor
-    audio_clip: torch.Tensor
-    video_clip: torch.Tensor
-
-
 class SpatialAlignmentTask(BaseTask):
     """Self-supervised AVC + AVSA training on FOA audio and 360 frames.
+
+    The encoders, view transformers and heads are the task's :attr:`model`, a
+    :class:`~clapkit.encoders.spatial_model.SpatialAlignmentModel` built from ``audio_encoder``,
+    ``image_encoder``, ``view_transformer``, ``embed_dim`` and ``fov_degrees``; the task keeps the
+    losses, the curriculum and the optimisation.
 
     Args:
         audio_encoder: FOA audio encoder (e.g. :class:`~clapkit.encoders.spatial.SpatialAudioEncoder`
@@ -168,21 +153,12 @@ class SpatialAlignmentTask(BaseTask):
         scheduler: LRSchedulerCallable | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["audio_encoder", "image_encoder", "view_transformer",
-                                          "optimizer", "scheduler"])
-        self.audio_encoder = audio_encoder
-        self.image_encoder = image_encoder
-        audio_dim, video_dim = audio_encoder.output_dim, image_encoder.output_dim
-        self.audio_context = view_transformer(audio_dim) if view_transformer else nn.Identity()
-        self.video_context = view_transformer(video_dim) if view_transformer else nn.Identity()
-        self.heads = nn.ModuleDict({
-            "avc_audio": MLPProjection(audio_dim, embed_dim),
-            "avc_video": MLPProjection(video_dim, embed_dim),
-            "avsa_audio": MLPProjection(audio_dim, embed_dim),
-            "avsa_video": MLPProjection(video_dim, embed_dim),
-        })
+        self.save_config_hyperparameters(modules=["audio_encoder", "image_encoder", "view_transformer"],
+                                         ignore=["optimizer", "scheduler"])
+        #: The encoders, view transformers and heads
+        #: (:class:`~clapkit.encoders.spatial_model.SpatialAlignmentModel`).
+        self.model: SpatialAlignmentModel = self.model_from_arguments(SpatialAlignmentModel, locals())
         self.temperature = temperature
-        self.fov = math.radians(fov_degrees)
         self.avc_weight = avc_weight
         self.avsa_weight = avsa_weight
         self.avc_epochs = avc_epochs
@@ -190,26 +166,8 @@ class SpatialAlignmentTask(BaseTask):
         self.symmetric_avsa = symmetric_avsa
         self.set_optimization(optimizer, scheduler, interval="epoch")
 
-    # --- forward -------------------------------------------------------------------------------
-    def views(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotated FOA ``[B, K, 4, T]`` and crops ``[B, K, 3, S, S]`` for ``batch["views"]``."""
-        azimuth, elevation = batch["views"].float().unbind(-1)
-        audio = rotate_to_front(batch["audio"].float(), azimuth, elevation)
-        crops = gnomonic_crop(batch["image"], azimuth, elevation, fov=self.fov, size=self.image_encoder.image_size)
-        return audio, crops
-
     def forward(self, batch: dict[str, Any]) -> SpatialOutput:
-        audio, crops = self.views(batch)
-        batch_size, num_views = audio.shape[:2]
-        audio_feat = self.audio_encoder(audio.flatten(0, 1)).embedding.reshape(batch_size, num_views, -1)
-        video_feat = self.image_encoder(crops.flatten(0, 1)).embedding.reshape(batch_size, num_views, -1)
-        audio_ctx, video_ctx = self.audio_context(audio_feat), self.video_context(video_feat)
-        return SpatialOutput(
-            audio_views=F.normalize(self.heads["avsa_audio"](audio_ctx), dim=-1),
-            video_views=F.normalize(self.heads["avsa_video"](video_ctx), dim=-1),
-            audio_clip=F.normalize(self.heads["avc_audio"](audio_feat.mean(1)), dim=-1),
-            video_clip=F.normalize(self.heads["avc_video"](video_feat.mean(1)), dim=-1),
-        )
+        return self.model(batch)
 
     # --- objective -----------------------------------------------------------------------------
     @property
@@ -263,5 +221,4 @@ class SpatialAlignmentTask(BaseTask):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Clip-level AVC embeddings of the FOA audio as it was recorded (no rotation)."""
-        audio = self.audio_encoder(batch["audio"]).embedding
-        return {"key": batch.get("key"), "audio": F.normalize(self.heads["avc_audio"](audio), dim=-1)}
+        return {"key": batch.get("key"), "audio": self.model.embed_audio(batch["audio"])}

@@ -4,12 +4,7 @@ from clapkit.encoders.separation.decoder import PatchExpandDecoder, SeparationDe
 from clapkit.encoders.separation.film import FiLM, FiLMSkip
 from clapkit.encoders.separation.lora import apply_lora, lora_targets
 from clapkit.encoders.separation.masknet import MaskNet
-from clapkit.encoders.separation.query import (
-    PretrainedQueryNetwork,
-    QueryNetwork,
-    build_condition,
-    interpolate_queries,
-)
+from clapkit.encoders.separation.query import QueryNetwork, build_condition, interpolate_queries
 from clapkit.encoders.separation.separator import CLAPSep, SeparationOutput
 from clapkit.encoders.separation.stft import STFT, Spectrum
 from clapkit.encoders.separation.unet import UNetDecoder
@@ -20,7 +15,6 @@ __all__ = [
     "FiLMSkip",
     "MaskNet",
     "PatchExpandDecoder",
-    "PretrainedQueryNetwork",
     "QueryNetwork",
     "STFT",
     "SeparationDecoder",

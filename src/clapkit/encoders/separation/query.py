@@ -94,27 +94,3 @@ class QueryNetwork(nn.Module):
 
     def _embed_text(self, texts: list[str]) -> torch.Tensor:
         return F.normalize(self.text(texts).embedding.float(), dim=-1)
-
-
-class PretrainedQueryNetwork(QueryNetwork):
-    """The audio and text towers of a trained CLAP saved in clapkit's native format.
-
-    Args:
-        path: native model directory of a ``ContrastiveTask`` (for example a converted
-            LAION-CLAP checkpoint, see ``clapkit convert``).
-        load_weights: read the CLAP's ``model.safetensors``; ``False`` builds the towers from
-            its ``config.yaml`` alone (an exported separation model holds every weight itself
-            and a copy of the CLAP directory without weights).
-        text_cache_size: see :class:`QueryNetwork`.
-    """
-
-    def __init__(self, path: str, load_weights: bool = True, text_cache_size: int = 4096):
-        from clapkit.hub.native import load_model
-
-        # The CLAP's plain towers only (no ContrastiveTask, so no Lightning at inference).
-        model = load_model(path, load_weights=load_weights)
-        towers = getattr(model, "towers", None)
-        if towers is None or "audio" not in towers or "text" not in towers:
-            raise ValueError(f"{path}: expected a CLAP with 'audio' and 'text' towers, got {type(model).__name__}")
-        super().__init__(audio=towers["audio"], text=towers["text"], text_cache_size=text_cache_size)
-        self.path = path
