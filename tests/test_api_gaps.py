@@ -9,8 +9,8 @@ import torch
 
 import clapkit
 from clapkit.cli import main
+from clapkit.hub.convert import save_converted
 from clapkit.interop.audioclip import convert_audioclip
-from clapkit.interop.registry import save_converted
 from helpers.audioclip import official_audioclip_state_dict
 from helpers.models import write_wav_folder
 

@@ -17,12 +17,12 @@ import torch
 import clapkit
 from clapkit.audio import load_audio, save_audio
 from clapkit.encoders.hf_text import HFTextEncoder
+from clapkit.hub.convert import save_converted
 from clapkit.hub.native import load_native
 from clapkit.inference.clap import CLAPModel
 from clapkit.inference.separation import SeparationModel
 from clapkit.inference.tagger import TaggerModel
 from clapkit.interop.legacy import split_task_tree, task_name
-from clapkit.interop.registry import save_converted
 from helpers.counting import count_constructions
 from helpers.models import save_tiny_native
 

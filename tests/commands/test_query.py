@@ -11,8 +11,8 @@ from PIL import Image
 from clapkit.audio import save_audio
 from clapkit.commands import CommandError
 from clapkit.commands.query import main
+from clapkit.hub.convert import save_converted
 from clapkit.interop.audioclip import convert_audioclip
-from clapkit.interop.registry import save_converted
 from helpers.audioclip import official_audioclip_state_dict
 
 

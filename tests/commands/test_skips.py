@@ -168,8 +168,8 @@ def test_separate_skips_bad_files_and_separates_the_good_ones(tmp_path, capsys):
 
 
 def test_query_ranks_the_good_audio_of_a_folder_and_lists_the_bad(tmp_path, capsys):
+    from clapkit.hub.convert import save_converted
     from clapkit.interop.audioclip import convert_audioclip
-    from clapkit.interop.registry import save_converted
     from helpers.audioclip import official_audioclip_state_dict
 
     converted = convert_audioclip(official_audioclip_state_dict(tiny=True), audio_variant="tiny",

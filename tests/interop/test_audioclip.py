@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from clapkit.hub.convert import build_converted, save_converted
 from clapkit.hub.native import load_native
 from clapkit.interop.audioclip import CHECKPOINT_FORMAT, convert_audioclip
 from clapkit.interop.keymap import CheckpointError
-from clapkit.interop.registry import build_converted, save_converted
 from helpers.audioclip import official_audioclip_state_dict
 
 

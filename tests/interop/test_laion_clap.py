@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from clapkit.audio import int16_roundtrip
+from clapkit.hub.convert import build_converted
 from clapkit.interop.keymap import CheckpointError
 from clapkit.interop.laion_clap import (
     CHECKPOINT_FORMAT,
@@ -28,7 +29,6 @@ from clapkit.interop.laion_clap import (
     inspect_state_dict,
     load_laion_clap,
 )
-from clapkit.interop.registry import build_converted
 from clapkit.io.errors import PretrainedError
 from helpers import laion
 from helpers.references import SMALL_HTSAT
@@ -168,7 +168,7 @@ def small_official(laion_small):
 def test_converted_native_directory_keeps_parity(small_official, text_dir, tmp_path):
     """``clapkit convert``'s path: convert, save natively (config.yaml + safetensors), load, embed."""
     import clapkit
-    from clapkit.interop.registry import save_converted
+    from clapkit.hub.convert import save_converted
 
     path, _, ref = small_official
     native = save_converted(convert_laion_clap(path, text_dir), tmp_path / "native")

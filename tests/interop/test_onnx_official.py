@@ -50,8 +50,8 @@ class Official:
 
 
 def _build(root: Path, amodel: str, text_dir: Path) -> Official:
+    from clapkit.hub.convert import save_converted
     from clapkit.interop.laion_clap import convert_laion_clap
-    from clapkit.interop.registry import save_converted
 
     with laion.single_thread():
         reference = laion.build_reference(amodel, False, text_dir)
@@ -117,8 +117,8 @@ def test_htsat_tiny_audio_graph_runs_at_any_batch(official, tmp_path):
 def test_small_geometry_every_export_format_matches_the_reference(laion_small, tmp_path):
     """The default suite's variant of the test below: the run-wide small-HTSAT reference (dim 16,
     same code and projection shapes), waveform and text graphs, batches 1 and 3."""
+    from clapkit.hub.convert import save_converted
     from clapkit.interop.laion_clap import convert_laion_clap
-    from clapkit.interop.registry import save_converted
 
     native = save_converted(convert_laion_clap(laion_small.checkpoint, laion_small.text_dir), tmp_path / "native")
     model = Official(laion_small.model, laion_small.checkpoint, native, laion_small.text_dir)

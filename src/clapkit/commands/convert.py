@@ -67,7 +67,8 @@ def build_parser():
 
 
 def main(argv: list[str]) -> int:
-    from clapkit.interop.registry import convert_checkpoint, save_converted
+    from clapkit.hub.convert import save_converted
+    from clapkit.interop.registry import convert_checkpoint
     from clapkit.io.errors import PretrainedError
 
     parser = build_parser()
@@ -148,8 +149,9 @@ def _convert_clapsep(args) -> int:
 
 def _clap_directory(args, scratch: Path) -> str:
     """``--clap`` as a native directory: converted on the fly when it is an official checkpoint."""
+    from clapkit.hub.convert import save_converted
     from clapkit.hub.directory import is_native
-    from clapkit.interop.registry import convert_checkpoint, save_converted
+    from clapkit.interop.registry import convert_checkpoint
 
     clap = Path(args.clap)
     if is_native(clap):
@@ -163,8 +165,8 @@ def _clap_directory(args, scratch: Path) -> str:
 def _convert_hf_clap(args) -> int:
     import shutil
 
+    from clapkit.hub.convert import save_converted
     from clapkit.interop.hf_clap import TEXT_ASSET, convert_hf_clap
-    from clapkit.interop.registry import save_converted
     from clapkit.io.errors import PretrainedError
 
     try:

@@ -27,8 +27,9 @@ from clapkit.commands import CommandError, _shared
 
 def _native(args, scratch: Path) -> str:
     """The model as a native directory: an official checkpoint is converted (with ``--text-model``) first."""
+    from clapkit.hub.convert import save_converted
     from clapkit.hub.directory import is_native
-    from clapkit.interop.registry import convert_checkpoint, save_converted
+    from clapkit.interop.registry import convert_checkpoint
 
     model = Path(args.model)
     if is_native(model) or not model.is_file():

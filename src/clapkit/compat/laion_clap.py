@@ -89,8 +89,8 @@ class CLAP_Module(nn.Module):  # noqa: N801 - the reference's name
                                  f"{'uses' if clap.inference.fusion else 'does not use'} fusion")
             description = str(ckpt)
         else:
+            from clapkit.hub.convert import build_converted_plain
             from clapkit.interop.laion_clap import convert_laion_clap
-            from clapkit.interop.registry import build_converted_plain
 
             converted = convert_laion_clap(ckpt, self.text_model, amodel=self.amodel,
                                            enable_fusion=self.enable_fusion)

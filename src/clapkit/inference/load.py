@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from clapkit.hub.convert import build_converted_plain
 from clapkit.hub.directory import is_native, read_directory
 from clapkit.hub.native import file_fingerprint, load_model, model_fingerprint
-from clapkit.interop.registry import build_converted_plain, convert_checkpoint
+from clapkit.interop.registry import convert_checkpoint
 from clapkit.io.errors import PretrainedError
 
 if TYPE_CHECKING:
@@ -116,10 +117,10 @@ def load(
 def _load(path: Path, *, text_model, device, precision, batch_size, trust_pickle, allow, towers):
     lazy = None
     if path.is_dir() and not is_native(path):
-        from clapkit.interop.hf_clap import is_hf_clap_dir, load_hf_clap
+        from clapkit.interop.hf_clap import is_hf_clap_dir
 
         if is_hf_clap_dir(path):
-            return load_hf_clap(path, device=device, precision=precision, batch_size=batch_size)
+            return _load_hf_clap(path, device=device, precision=precision, batch_size=batch_size)
     if path.is_dir():
         from clapkit.io.trust import TEXT_PATH_KEYS
 
@@ -166,3 +167,25 @@ def tower_loader(directory: str | os.PathLike, allow: Iterable[str] = (),
         return load_model(directory, towers=(name,), allow=allow, replace=replace).towers[name]
 
     return load_tower
+
+
+def _load_hf_clap(path: str | os.PathLike, **kwargs):
+    """``clapkit.load`` for a ``ClapModel`` directory: a :class:`~clapkit.inference.clap.CLAPModel`.
+
+    Keyword arguments (``device``, ``precision``, ``batch_size``) go to ``CLAPModel``.
+    """
+    import shutil
+
+    from clapkit.inference.clap import CLAPModel
+    from clapkit.interop.hf_clap import TEXT_ASSET, WEIGHT_NAMES, convert_hf_clap
+
+    converted = convert_hf_clap(path)
+    try:
+        model = build_converted_plain(converted)
+    finally:
+        shutil.rmtree(converted.assets[TEXT_ASSET], ignore_errors=True)  # the tokenizer is in memory now
+    clap = CLAPModel(model, converted.inference, **kwargs)
+    path = Path(path)
+    weights = [path / n for n in WEIGHT_NAMES if (path / n).is_file()]
+    clap.fingerprint = file_fingerprint(path / "config.json", *weights)
+    return clap

@@ -414,24 +414,3 @@ def convert_hf_clap(path: str | os.PathLike) -> Converted:
     mapped.update({f"{AUDIO}.frontend.{k}": v for k, v in frontend.state_dict().items()})
     return Converted(config, mapped, inference_config(directory), assets={TEXT_ASSET: text_dir},
                      description=directory.description)
-
-
-def load_hf_clap(path: str | os.PathLike, **kwargs):
-    """``clapkit.load`` for a ``ClapModel`` directory: a :class:`~clapkit.inference.clap.CLAPModel`.
-
-    Keyword arguments (``device``, ``precision``, ``batch_size``) go to ``CLAPModel``.
-    """
-    from clapkit.hub.native import file_fingerprint
-    from clapkit.inference.clap import CLAPModel
-    from clapkit.interop.registry import build_converted_plain
-
-    converted = convert_hf_clap(path)
-    try:
-        model = build_converted_plain(converted)
-    finally:
-        shutil.rmtree(converted.assets[TEXT_ASSET], ignore_errors=True)  # the tokenizer is in memory now
-    clap = CLAPModel(model, converted.inference, **kwargs)
-    path = Path(path)
-    weights = [path / n for n in WEIGHT_NAMES if (path / n).is_file()]
-    clap.fingerprint = file_fingerprint(path / "config.json", *weights)
-    return clap
