@@ -8,7 +8,7 @@ import yaml
 import clapkit
 from clapkit.encoders.separation import build_condition
 from clapkit.hub.native import instantiate_model
-from clapkit.hub.run_export import export_checkpoint
+from clapkit.export.checkpoint import export_checkpoint
 from helpers.separation import EMBED_DIM, pretrained_separator_config, save_tiny_clap, tiny_batch
 
 
