@@ -162,3 +162,19 @@ def test_ray_options_need_the_ray_engine(corpus, tmp_path, capsys):
     assert "--ray-actors must be at least 1" in capsys.readouterr().err
     assert main([*corpus["argv"], "-o", out, "--engine", "ray", "--runtime", "onnx"]) == 2
     assert "--engine ray runs the PyTorch model" in capsys.readouterr().err
+
+
+def _unloadable(args):
+    raise RuntimeError("the model directory is not on this node")
+
+
+def test_an_actor_that_cannot_load_the_model_stops_the_run_in_one_line(ray_local, corpus, tmp_path, monkeypatch,
+                                                                     capsys):
+    from clapkit.commands import _ray
+
+    monkeypatch.setattr(_ray, "actor_model", _unloadable)
+    out = tmp_path / "e.parquet"
+    assert main([*corpus["argv"], "-o", str(out), "--engine", "ray"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the Ray pipeline failed" in err[0], err
+    assert "the model directory is not on this node" in err[0] and not out.exists()

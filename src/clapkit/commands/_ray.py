@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import warnings
 
 from clapkit.commands import CommandError, _shared
 
@@ -44,17 +45,41 @@ def embed_with_ray(model, args: argparse.Namespace, files, output, *, lengths, p
     ``model`` is the one this process loaded (its checks, fingerprint, batch size and
     preprocessing are the job's); each actor loads its own copy from ``args.model``.
     """
+    import torch
+
     from clapkit.audio.preprocess import prepare_audio
     from clapkit.inference.ray_embed import RayOptions, embed_corpus_ray
 
-    device = args.device
-    gpus = False if device == "cpu" else (None if device == "auto" else True)
-    options = RayOptions(address=args.ray_address, actors=args.ray_actors, gpus=gpus)
+    gpus = False if args.device == "cpu" else (None if args.device == "auto" else True)
+    # A local instance's actors compute with this process's thread count, as the plain command would.
+    threads = torch.get_num_threads() if args.ray_address is None else None
+    options = RayOptions(address=args.ray_address, actors=args.ray_actors, gpus=gpus, threads=threads)
+    load = functools.partial(actor_model, _actor_args(args, model.batch_size))
     prepare = functools.partial(prepare_audio, spec=model.inference, max_seconds=model.max_seconds)
-    return embed_corpus_ray(functools.partial(actor_model, _actor_args(args, model.batch_size)), prepare, files,
-                            output, fingerprint=model.fingerprint, dim=model.embedding_dim,
-                            batch_size=model.batch_size, part_size=args.part_size, resume=not args.no_resume,
-                            lengths=lengths, progress=progress, may_skip=may_skip, options=options)
+    try:
+        with warnings.catch_warnings():
+            # Ray Data's advice to add input blocks when an actor pool is wider than the parts
+            # in flight: the parts are the unit, there is nothing to add.
+            warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
+            return embed_corpus_ray(load, prepare, files, output, fingerprint=model.fingerprint,
+                                    dim=model.embedding_dim, batch_size=model.batch_size,
+                                    part_size=args.part_size, resume=not args.no_resume, lengths=lengths,
+                                    progress=progress, may_skip=may_skip, options=options)
+    except Exception as exc:
+        if not _from_ray(exc):
+            raise
+        raise CommandError(f"--engine ray: the Ray pipeline failed: {_last_line(exc)}") from None
+
+
+def _from_ray(exc: BaseException) -> bool:
+    """An error Ray raised (a task, an actor, the cluster), rather than one of clapkit's own."""
+    return any(type(e).__module__.startswith("ray.") for e in (exc, exc.__cause__) if e is not None)
+
+
+def _last_line(exc: BaseException) -> str:
+    """Ray's errors carry the worker's traceback; its last line names the error."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _actor_args(args: argparse.Namespace, batch_size: int) -> argparse.Namespace:

@@ -57,12 +57,17 @@ class RayOptions:
         gpus: give each actor a GPU; ``None``: when the cluster has GPUs.
         num_cpus: CPUs of a local instance; ``None``: the machine's, at least one more than the
             actors take, so decoding always has a CPU.
+        threads: torch threads of each actor; ``None``: Ray's (as many as the actor's CPUs).
+            The command passes its own count to a local instance, so an actor computes as the
+            plain command would on this machine (a thread count may change how a kernel splits
+            a sum, hence the last bits).
     """
 
     address: str | None = None
     actors: int | None = None
     gpus: bool | None = None
     num_cpus: int | None = None
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.actors is not None and self.actors < 1:
@@ -118,12 +123,12 @@ def embed_corpus_ray(
     if progress is not None and resumed:
         progress(sum(len(store.part_files(k)) for k in range(store.num_parts) if k not in todo))
     known: dict[int, dict[int, str]] = {k: {} for k in todo}  # part -> position -> why it is left out
-    with _session(options) as pool:
+    with _session(options) if todo else contextlib.nullcontext() as pool:
         plans = [_plan(store, k, lengths, known[k]) for k in todo]
         while plans:
             redo = _run_pass(plans, pool, load, prepare, batch_size, store, dim, may_skip, progress)
-            for part, (position, message) in redo.items():
-                known[part][position] = message
+            for part, left_out in redo.items():
+                known[part].update(left_out)
             plans = [_plan(store, k, lengths, known[k]) for k in sorted(redo)]
     embeddings, left_out = None, []
     if store.complete():
@@ -137,6 +142,7 @@ class _Pool:
 
     actors: int
     resources: dict[str, float]
+    threads: int | None = None
 
 
 @contextlib.contextmanager
@@ -145,7 +151,7 @@ def _session(options: RayOptions) -> Iterator[_Pool]:
 
     started = not ray.is_initialized()
     if started:
-        quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
+        quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
         if options.address is None:
             wanted = options.actors or 1
             cpus = options.num_cpus or max(os.cpu_count() or 1, wanted + 1)
@@ -158,7 +164,7 @@ def _session(options: RayOptions) -> Iterator[_Pool]:
         if gpus and not cluster_gpus:
             raise EmbeddingInputError("the Ray engine was asked for GPU actors but the Ray cluster has no GPU")
         actors = options.actors or (cluster_gpus if gpus else 1)
-        yield _Pool(actors, {"num_gpus": 1} if gpus else {"num_cpus": 1})
+        yield _Pool(actors, {"num_gpus": 1} if gpus else {"num_cpus": 1}, options.threads)
     finally:
         if started:
             ray.shutdown()
@@ -193,12 +199,13 @@ def _plan(store: PartStore, part: int, lengths: Sequence[float] | None, known_ba
 
 
 def _run_pass(plans: list[_PartPlan], pool: _Pool, load, prepare, batch_size: int, store: PartStore, dim: int,
-              may_skip: Callable[[str], bool] | None, progress) -> dict[int, tuple[int, str]]:
-    """Run the pipeline over ``plans``, writing each part that completes; the parts to embed again
-    (part -> the first position, in model order, whose embedding was not finite, and why)."""
+              may_skip: Callable[[str], bool] | None, progress) -> dict[int, dict[int, str]]:
+    """Run the pipeline over ``plans``, writing each part that completes; the parts to embed again,
+    each with the positions to leave out then (the files it could not decode and the first one,
+    in model order, whose embedding was not finite) and why."""
     import ray.data
 
-    logging.getLogger("ray.data").setLevel(int(os.environ.get("CLAPKIT_RAY_LOG", logging.ERROR)))  # the command draws its own progress bar
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # the command draws its own progress bar
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
@@ -207,7 +214,8 @@ def _run_pass(plans: list[_PartPlan], pool: _Pool, load, prepare, batch_size: in
         ray.data.from_items(items, override_num_blocks=len(items))
         .map_batches(_decode_parts, batch_size=1, batch_format="numpy", num_cpus=1, memory=DECODE_MEMORY,
                      fn_kwargs={"prepare": prepare, "batch_size": batch_size})
-        .map_batches(_Embedder, batch_size=1, batch_format="numpy", fn_constructor_kwargs={"load": load},
+        .map_batches(_Embedder, batch_size=1, batch_format="numpy",
+                     fn_constructor_kwargs={"load": load, "threads": pool.threads},
                      compute=ray.data.ActorPoolStrategy(size=pool.actors), **pool.resources)
     )
     gathered = {plan.part: _Gathered(plan, dim) for plan in plans}
@@ -227,7 +235,7 @@ def _run_pass(plans: list[_PartPlan], pool: _Pool, load, prepare, batch_size: in
     for part in gathered.values():
         if part.nonfinite:
             position, message = min(part.nonfinite, key=lambda item: part.rank[item[0]])
-            redo[part.plan.part] = (position, message)
+            redo[part.plan.part] = {**part.bad, position: message}
         elif not part.written:  # cannot happen while Ray delivers every row; refuse rather than lose files
             raise RuntimeError(f"part {part.plan.part}: the Ray pipeline ended with files missing")
     return redo
@@ -330,7 +338,11 @@ def _batch_row(plan: _PartPlan, positions: list[int], clips: list[np.ndarray], b
 class _Embedder:
     """An actor of the embedding pool: holds one model, embeds one row as one forward pass."""
 
-    def __init__(self, load: Callable[[], Any]):
+    def __init__(self, load: Callable[[], Any], threads: int | None = None):
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         self.model = load()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
