@@ -132,6 +132,7 @@ def test_killed_actor_and_decode_worker_are_retried_by_ray(ray_local, corpus, tm
     assert sum(done) >= len(files)
 
 
+@pytest.mark.slow  # a third Ray pass: 3 minutes on a loaded 2-core machine
 def test_a_ray_run_resumes_the_parts_of_a_plain_run(ray_local, corpus, tmp_path):
     """The parts are the same files whichever engine wrote them: Ray finishes a plain run's job."""
     from clapkit.audio.preprocess import prepare_audio
