@@ -7,8 +7,8 @@ import yaml
 
 import clapkit
 from clapkit.encoders.separation import build_condition
-from clapkit.hub.native import instantiate_model
 from clapkit.export.checkpoint import export_checkpoint
+from clapkit.hub.native import instantiate_model
 from helpers.separation import EMBED_DIM, pretrained_separator_config, save_tiny_clap, tiny_batch
 
 

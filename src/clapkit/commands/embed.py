@@ -23,7 +23,10 @@ files each) while worker processes decode ahead of the model. With a native mode
 the first files are decoded while torch and the model load. A rerun of a killed job skips
 the parts already done. Under ``torchrun`` / ``srun`` / a SLURM array each process embeds its
 share of the parts (rank and world size from the environment) and the last one to finish
-merges them into the output.
+merges them into the output. ``--engine ray`` runs the same job on Ray Data instead (decode
+tasks, an actor pool of models, GPU actors where the cluster has GPUs; a local Ray instance,
+or a cluster with ``--ray-address auto``): the same parts, the same output, failures retried by
+Ray (docs/SCALING.md).
 
 ``--runtime onnx`` runs an ONNX export (``clapkit export onnx MODEL -o DIR``; MODEL is then DIR)
 with onnxruntime on the CPU instead of PyTorch: same preprocessing, same embeddings to float
@@ -33,6 +36,7 @@ example:
   clapkit embed --model models/clap recordings/ extra.wav -o embeddings.parquet --device cuda --precision bf16
   clapkit embed --runtime onnx --model models/clap-onnx recordings/ -o embeddings.npy
   sbatch --array=0-7 --wrap "clapkit embed --model models/clap corpus/ -o corpus.parquet --device cuda"
+  clapkit embed --model models/clap corpus/ -o corpus.parquet --engine ray --ray-address auto
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import functools
 
 from clapkit.audio.preprocess import prepare_audio
 from clapkit.audio.skips import PARTIAL, Skipped
-from clapkit.commands import CommandError, _shared, _skipping
+from clapkit.commands import CommandError, _ray, _shared, _skipping
 from clapkit.hub.directory import read_inference
 from clapkit.inference.decoding import EarlyDecoder
 from clapkit.inference.embedding import (
@@ -69,6 +73,7 @@ def build_parser():
     _shared.add_model_options(parser)
     parser.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                         help="onnx: MODEL is a `clapkit export onnx` directory, run with onnxruntime")
+    _ray.add_engine_options(parser)
     return parser
 
 
@@ -97,11 +102,13 @@ def main(argv: list[str]) -> int:
     output = _shared.check_output(args.output, _shared.EMBEDDING_SUFFIXES, overwrite=args.overwrite)
     if args.part_size < 1:
         raise CommandError(f"--part-size must be at least 1, got {args.part_size}")
+    _ray.check_engine_options(args)
     files, skips = _skipping.usable_files(args.inputs, args.strict)
     if not files:
         raise CommandError(f"no usable audio file: {skips.summary(skips.report(output, args.quiet))}")
     ranks = rank_from_env()
-    spec = read_inference(args.model) if args.runtime == "torch" and args.workers > 1 else None
+    early_start = args.runtime == "torch" and args.workers > 1 and args.engine == "plain"
+    spec = read_inference(args.model) if early_start else None
     lengths = _lengths(spec, files)
     # Still no torch here: the early worker forks from a process without torch's threads.
     early = EarlyDecoder(functools.partial(prepare_audio, spec=spec, max_seconds=args.max_decode_seconds),
@@ -122,9 +129,13 @@ def main(argv: list[str]) -> int:
 
         with _shared.progress_bar(len(files), "embedding", args.quiet) as advance:
             try:
-                run = embed_corpus(model, files, output, part_size=args.part_size, workers=args.workers,
-                                   ranks=ranks, resume=not args.no_resume, lengths=lengths,
-                                   progress=advance, early=early, may_skip=skips.may_skip)
+                if args.engine == "ray":
+                    run = _ray.embed_with_ray(model, args, files, output, lengths=lengths, progress=advance,
+                                              may_skip=skips.may_skip)
+                else:
+                    run = embed_corpus(model, files, output, part_size=args.part_size, workers=args.workers,
+                                       ranks=ranks, resume=not args.no_resume, lengths=lengths,
+                                       progress=advance, early=early, may_skip=skips.may_skip)
             except EmbeddingInputError as exc:
                 raise CommandError(str(exc)) from None
             except PretrainedError as exc:  # the model refused the input (an ONNX graph's shapes)
