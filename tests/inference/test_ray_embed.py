@@ -14,11 +14,11 @@ import pytest
 import soundfile as sf
 
 import clapkit
+from clapkit.audio.skips import PARTIAL
 from clapkit.cli import main
-from clapkit.commands._shared import read_embeddings
 from clapkit.commands._skipping import usable_files
 from clapkit.inference.embedding import RankSlice, embed_corpus
-from clapkit.inference.skips import PARTIAL
+from clapkit.inference.embeddings import read_embeddings
 from helpers.models import save_tiny_native, write_wav_folder
 
 PART_SIZE, BATCH = 4, 3
