@@ -14,6 +14,11 @@ This callback closes both gaps:
   :class:`~clapkit.datamodules.resumable.ResumableLoader` is stateful, so Lightning stores
   that position in the checkpoint and restores it before the resumed run's first batch; the
   sampler's order is a function of ``(seed, epoch)``.
+- **Text caches**: a frozen text encoder's memoised outputs
+  (:class:`~clapkit.encoders.text_cache.TextCache`, in the contrastive task and the separation
+  query network) depend in their last bits on the batch each string was first embedded in, so
+  the caches are saved in the checkpoint and restored: a resumed run embedding those strings
+  again would drift from the uninterrupted one.
 
 Requirements (met by clapkit's synthetic and mixture datamodules): the training loader is a
 ``ResumableLoader`` over a ``ResumableSampler``, and datasets draw their randomness from
@@ -33,8 +38,10 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from clapkit.datamodules.resumable import ResumableSampler, default_seed
+from clapkit.encoders.text_cache import TextCache
 
 STATE_KEY = "clapkit_resume"
+CACHE_KEY = "clapkit_text_caches"
 
 
 def _seed(*parts: int) -> int:
@@ -64,6 +71,30 @@ class ExactResume(Callback):
         torch.manual_seed(seed)  # also seeds every CUDA device
         np.random.seed(seed & 0xFFFFFFFF)
         random.seed(seed)
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        caches = text_caches(pl_module)
+        if caches:
+            checkpoint[CACHE_KEY] = {key: cache.state_dict() for key, cache in caches.items()}
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(CACHE_KEY) or {}
+        for key, cache in text_caches(pl_module).items():
+            if key in saved:
+                cache.load_state_dict(saved[key])
+
+
+def text_caches(module: torch.nn.Module) -> dict[str, TextCache]:
+    """Every :class:`TextCache` held by ``module`` or its sub-modules (directly or in a dict
+    attribute), keyed by ``<module path>.<attribute>[.<dict key>]``."""
+    found: dict[str, TextCache] = {}
+    for path, sub in module.named_modules():
+        for attr, value in vars(sub).items():
+            items = value.items() if isinstance(value, dict) else [(None, value)]
+            for name, item in items:
+                if isinstance(item, TextCache):
+                    found[".".join(p for p in (path, attr, name) if p)] = item
+    return found
 
 
 def _resumable_sampler(loader: Any) -> ResumableSampler | None:
