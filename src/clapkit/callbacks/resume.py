@@ -14,6 +14,11 @@ This callback closes both gaps:
   :class:`~clapkit.datamodules.resumable.ResumableLoader` is stateful, so Lightning stores
   that position in the checkpoint and restores it before the resumed run's first batch; the
   sampler's order is a function of ``(seed, epoch)``.
+- **Shard streams**: each training batch of a
+  :class:`~clapkit.datamodules.webdataset.ShardStream` carries its (rank, worker) slot's
+  position; it is marked on the :class:`~clapkit.datamodules.stream_state.EpochLoader`, whose
+  state (every rank's, every slot's) goes into the checkpoint, and a resumed epoch continues each
+  slot where it stopped (:mod:`clapkit.datamodules.stream_state`).
 - **Text caches**: a frozen text encoder's memoised outputs
   (:class:`~clapkit.encoders.text_cache.TextCache`, in the contrastive task and the separation
   query network) depend in their last bits on the batch each string was first embedded in, so
@@ -24,8 +29,8 @@ Requirements (met by clapkit's synthetic and mixture datamodules): the training 
 ``ResumableLoader`` over a ``ResumableSampler``, and datasets draw their randomness from
 ``(epoch, index)``, never from the global RNGs (the synthetic corpus renders clip ``i`` from
 ``(seed, split, i)``; random mixtures from ``(seed, epoch, index)``). The guarantee holds on
-one device; with several, Lightning wraps the sampler for the ranks (the position is then
-not restored within an epoch). Shard streams (webdataset) resume at epoch granularity.
+one device for map-style datasets (with several, Lightning wraps the sampler for the ranks and
+the position is not restored within an epoch); shard streams resume mid-epoch under DDP too.
 """
 
 from __future__ import annotations
@@ -36,8 +41,10 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import CombinedLoader
 
 from clapkit.datamodules.resumable import ResumableSampler, default_seed
+from clapkit.datamodules.stream_state import EpochLoader
 from clapkit.encoders.text_cache import TextCache
 
 STATE_KEY = "clapkit_resume"
@@ -64,13 +71,28 @@ class ExactResume(Callback):
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         epoch = trainer.current_epoch
-        sampler = _resumable_sampler(trainer.train_dataloader)
+        loader = trainer.train_dataloader
+        sampler = _resumable_sampler(loader)
         if sampler is not None:
             sampler.mark(epoch, batch_idx + 1)  # what a checkpoint saved after this batch resumes from
+        if isinstance(loader, EpochLoader):
+            loader.mark(epoch, batch_idx + 1, batch.get("stream") if isinstance(batch, dict) else None)
         seed = _seed(self.base_seed, epoch, batch_idx)
         torch.manual_seed(seed)  # also seeds every CUDA device
         np.random.seed(seed & 0xFFFFFFFF)
         random.seed(seed)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Lightning restores the loaders' positions only when it builds the training loader after
+        # the checkpoint's loops; a task that reads trainer.estimated_stepping_batches in
+        # configure_optimizers (the contrastive task's warmup) makes it build the loader before,
+        # and the resumed epoch would start its data over. Loading a state twice is harmless.
+        states, self._loader_states = getattr(self, "_loader_states", []), []
+        loaders = [dl for dl in CombinedLoader(trainer.train_dataloader).flattened
+                   if hasattr(dl, "state_dict") and hasattr(dl, "load_state_dict")]
+        if states and len(states) == len(loaders):
+            for loader, state in zip(loaders, states):
+                loader.load_state_dict(state)
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         caches = text_caches(pl_module)
@@ -78,6 +100,8 @@ class ExactResume(Callback):
             checkpoint[CACHE_KEY] = {key: cache.state_dict() for key, cache in caches.items()}
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+        self._loader_states = list(loop.get("combined_loader") or [])
         saved = checkpoint.get(CACHE_KEY) or {}
         for key, cache in text_caches(pl_module).items():
             if key in saved:
