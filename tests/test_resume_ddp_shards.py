@@ -95,6 +95,7 @@ def _finish(command: list[str], cwd: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3000)  # 2 processes + workers, three runs: over 10 min wall under load 20 on 2 cores
 def test_two_rank_ddp_on_shards_killed_mid_epoch_resumes_exactly(tmp_path):
     shards = tmp_path / "shards"
     write_shards(shards, 8, 6, list_text=True, seconds=0.3)

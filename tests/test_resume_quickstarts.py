@@ -140,6 +140,7 @@ def kill_and_resume(quick: QuickStart, tmp_path: Path, seed: int) -> tuple[dict,
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3000)  # three runs of a quick start: 10-20 min wall each under load 20 on the shared 2 cores
 @pytest.mark.parametrize("quick", QUICKSTARTS, ids=[q.name for q in QUICKSTARTS])
 def test_quickstart_killed_and_resumed_matches_uninterrupted(quick, tmp_path):
     expected, got, killed_at = kill_and_resume(quick, tmp_path, seed=len(quick.name))
