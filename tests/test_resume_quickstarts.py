@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -88,14 +89,6 @@ data: {init_args: {train_size: 48, val_size: 16, batch_size: 16}}
 ]
 
 
-# Known and not yet understood: the first optimizer step after a restore of the CLAPSep quick start
-# gives weights that differ in their last bits (the weight checksum by ~1e-11 relative; every
-# logged metric within 1e-6) although the weights, the batch and the loss before it are
-# bit-identical. Not the foreach AdamW, the gradient clipping or the cosine schedule (each
-# turned off, it remains).
-CLAPSEP_DRIFT = "CLAPSep: last-bit drift in the first update after a restore (docs/RELIABILITY.md)"
-
-
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT / "src"), env.get("PYTHONPATH", "")])
@@ -149,10 +142,7 @@ def kill_and_resume(quick: QuickStart, tmp_path: Path, seed: int) -> tuple[dict,
 
 @pytest.mark.slow
 @pytest.mark.timeout(3000)  # three runs of a quick start: 10-20 min wall each under load 20 on the shared 2 cores
-@pytest.mark.parametrize("quick", [
-    pytest.param(q, id=q.name, marks=pytest.mark.xfail(reason=CLAPSEP_DRIFT, strict=False) if q.name == "clapsep" else ())
-    for q in QUICKSTARTS
-])
+@pytest.mark.parametrize("quick", QUICKSTARTS, ids=[q.name for q in QUICKSTARTS])
 def test_quickstart_killed_and_resumed_matches_uninterrupted(quick, tmp_path):
     expected, got, killed_at = kill_and_resume(quick, tmp_path, seed=len(quick.name))
     assert expected["global_step"] == quick.steps and any(k.startswith("val/") for k in expected)
@@ -187,7 +177,10 @@ def test_text_caches_travel_in_the_checkpoint():
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     buffer.seek(0)
-    ExactResume().on_load_checkpoint(None, second, torch.load(buffer, weights_only=True))
+    callback = ExactResume()
+    callback.on_load_checkpoint(None, second, torch.load(buffer, weights_only=True))
+    second.caches["text"].clear()  # what a move to the device does to the query network's cache
+    callback.on_train_start(SimpleNamespace(train_dataloader=None), second)
     restored = second.caches["text"]
     assert list(restored._store) == ["b", "a"] and len(second.inner._cache) == 0
     out = restored(["b", "a"], lambda texts: pytest.fail("restored rows are used, not recomputed"))

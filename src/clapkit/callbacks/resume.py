@@ -87,6 +87,12 @@ class ExactResume(Callback):
         # the checkpoint's loops; a task that reads trainer.estimated_stepping_batches in
         # configure_optimizers (the contrastive task's warmup) makes it build the loader before,
         # and the resumed epoch would start its data over. Loading a state twice is harmless.
+        # Caches restored here, not at load: moving a module (the strategy's model_to_device,
+        # after the load) empties caches that clear themselves on .to() (the query network's).
+        saved, self._cache_states = getattr(self, "_cache_states", {}), {}
+        for key, cache in text_caches(pl_module).items():
+            if key in saved:
+                cache.load_state_dict(saved[key])
         states, self._loader_states = getattr(self, "_loader_states", []), []
         loaders = [dl for dl in CombinedLoader(trainer.train_dataloader).flattened
                    if hasattr(dl, "state_dict") and hasattr(dl, "load_state_dict")]
@@ -102,10 +108,7 @@ class ExactResume(Callback):
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
         self._loader_states = list(loop.get("combined_loader") or [])
-        saved = checkpoint.get(CACHE_KEY) or {}
-        for key, cache in text_caches(pl_module).items():
-            if key in saved:
-                cache.load_state_dict(saved[key])
+        self._cache_states = dict(checkpoint.get(CACHE_KEY) or {})  # applied at train start
 
 
 def text_caches(module: torch.nn.Module) -> dict[str, TextCache]:
