@@ -118,3 +118,27 @@ def test_agent_without_sweep_id_fails_clearly():
     result = subprocess.run(["make", "-s", "agent"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "SWEEP_ID" in result.stderr
+
+
+def test_resume_from_last_only_ignores_the_preemption_checkpoint(tmp_path):
+    """CLAPKIT_RESUME_FROM=last: the periodic last.ckpt (exact resume), even when the signal
+    handler's hpc checkpoint is newer."""
+    script = make("slurm", "CONFIG=configs/quickstart/clap.yaml", "NODES=1", "GPUS=2", f"RUN_ROOT={tmp_path}",
+                  f"LOG_DIR={tmp_path}/logs", "DRY_RUN=1")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$SRUN_ARGS"\n')
+    (bin_dir / "srun").chmod(0o755)
+    (tmp_path / "job.sh").write_text(script)
+    run_dir = tmp_path / "clapkit-clap-7"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(b"x")
+    os.utime(last, (1, 1))
+    (run_dir / "hpc_ckpt_1.ckpt").write_bytes(b"x")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_NAME": "clapkit-clap", "SLURM_JOB_ID": "7",
+           "SRUN_ARGS": str(tmp_path / "args.txt"), "HOME": str(tmp_path), "CLAPKIT_RESUME_FROM": "last"}
+    done = subprocess.run(["bash", str(tmp_path / "job.sh")], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    args = (tmp_path / "args.txt").read_text().splitlines()
+    assert args[args.index("--ckpt_path") + 1] == str(last)

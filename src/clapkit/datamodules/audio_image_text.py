@@ -38,6 +38,7 @@ from clapkit.audio.preprocess import InferenceConfig
 from clapkit.datamodules.augment import WaveformAugment
 from clapkit.datamodules.base import AudioDataModule, Sample, collate_samples
 from clapkit.datamodules.pipeline import AudioPolicy, Skipped
+from clapkit.datamodules.resumable import ResumableLoader, ResumableSampler, index_epoch
 from clapkit.datamodules.synthetic import ALL_CLASSES, SPLIT_CODES, SyntheticSoundCorpus
 from clapkit.datamodules.webdataset import ShardDataModule, ShardStream
 from clapkit.io.images import CLIP_MEAN, CLIP_STD, fit_image, normalize_image  # noqa: F401  (their older home)
@@ -226,6 +227,7 @@ class SyntheticAudioImageText(Dataset):
         self.corpus, self.split, self.size = corpus, split, size
         self.image_size, self.labelled = image_size, labelled
         self.class_index = {name: i for i, name in enumerate(ALL_CLASSES)}
+        self.epoch = 0
 
     def __len__(self) -> int:
         return self.size
@@ -241,7 +243,16 @@ class SyntheticAudioImageText(Dataset):
             sample.texts = [meta["captions"][0]]
         sample.label = self.class_index[meta["class_name"]] if self.labelled else None
         sample.meta = {"image": normalize_image(picture), "class_name": meta["class_name"]}
+        if self.split == "train" and len(sample.texts) > 1:
+            # The training caption, drawn from (seed, epoch, index): the same after a resume.
+            epoch = index_epoch(index, self.epoch)
+            pick = int(np.random.default_rng([self.corpus.seed, 98, epoch, int(index)]).integers(len(sample.texts)))
+            sample.texts = [sample.texts[pick], *sample.texts[:pick], *sample.texts[pick + 1:]]
         return sample
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose caption picks the next items get (see :class:`ResumableSampler`)."""
+        self.epoch = int(epoch)
 
 
 def collate_audio_image_text(samples: list[Sample], pick_text: str = "first") -> dict[str, Any]:
@@ -249,10 +260,6 @@ def collate_audio_image_text(samples: list[Sample], pick_text: str = "first") ->
     batch = collate_samples(samples, pick_text=pick_text)
     batch["image"] = torch.stack([s.meta["image"] for s in samples])
     return batch
-
-
-def _collate_train(samples: list[Sample]) -> dict[str, Any]:
-    return collate_audio_image_text(samples, pick_text="random")
 
 
 class SyntheticAudioImageTextDataModule(AudioDataModule):
@@ -316,14 +323,17 @@ class SyntheticAudioImageTextDataModule(AudioDataModule):
         return len(ALL_CLASSES)
 
     def _loader(self, split: str, size: int, train: bool) -> DataLoader:
-        return DataLoader(
-            SyntheticAudioImageText(self.corpus, split, size, self.image_size, labelled=True),
+        data = SyntheticAudioImageText(self.corpus, split, size, self.image_size, labelled=True)
+        # training: a (seed, epoch) order that can start mid-epoch, captions picked by the
+        # dataset from (seed, epoch, index) (exact resume, callbacks.ExactResume)
+        return (ResumableLoader if train else DataLoader)(
+            data,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            sampler=ResumableSampler(data, shuffle=True) if train else None,
             drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            collate_fn=_collate_train if train else collate_audio_image_text,
+            collate_fn=collate_audio_image_text,
         )
 
     def train_dataloader(self) -> DataLoader:

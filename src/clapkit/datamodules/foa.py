@@ -37,6 +37,7 @@ from clapkit.audio.foa import (
 )
 from clapkit.audio.sphere import equirect_directions, sample_viewpoints
 from clapkit.datamodules.base import Sample, collate_samples
+from clapkit.datamodules.resumable import ResumableLoader, ResumableSampler
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +178,12 @@ class _ViewDataModule(pl.LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, collate_fn=collate_views, drop_last=shuffle,
-                          persistent_workers=self.num_workers > 0)
+        data = self.datasets[split]
+        # training: a (seed, epoch) order that can start mid-epoch (exact resume, callbacks.ExactResume)
+        return (ResumableLoader if shuffle else DataLoader)(
+            data, batch_size=self.batch_size, sampler=ResumableSampler(data) if shuffle else None,
+            num_workers=self.num_workers, collate_fn=collate_views, drop_last=shuffle,
+            persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

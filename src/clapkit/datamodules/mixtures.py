@@ -37,7 +37,7 @@ from clapkit.audio.preprocess import InferenceConfig
 from clapkit.datamodules.base import AudioDataModule
 from clapkit.datamodules.mix_sources import MixSource, source_metadata
 from clapkit.datamodules.pipeline import AudioPolicy
-from clapkit.datamodules.resumable import ResumableLoader, ResumableSampler, default_seed
+from clapkit.datamodules.resumable import ResumableLoader, ResumableSampler, default_seed, index_epoch
 from clapkit.utils import deps
 from clapkit.utils.atomic import write_csv
 
@@ -472,8 +472,9 @@ class MixtureDataset(Dataset):
 
     def _random(self, index: int) -> dict[str, Any]:
         self._draws += 1
-        if getattr(self, "_epoch", None) is not None:
-            rng = np.random.default_rng([default_seed(), self._epoch, index])
+        epoch = index_epoch(index, getattr(self, "_epoch", None))  # persistent workers: the index's
+        if epoch is not None:
+            rng = np.random.default_rng([default_seed(), epoch, int(index)])
         else:
             rng = np.random.default_rng([torch.initial_seed() & 0xFFFFFFFF, index, self._draws])
         captions = self.captions()

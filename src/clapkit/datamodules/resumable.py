@@ -7,13 +7,15 @@ run resumed from a checkpoint sees a different order (and, mid-epoch, starts the
 :class:`ResumableLoader` makes Lightning keep the position (the batches trained on, which
 :class:`~clapkit.callbacks.resume.ExactResume` marks each step) in the checkpoint and restore
 it, so the resumed pass skips what was already trained on. A dataset with ``set_epoch`` (the random mixtures) is told the epoch too, so what it
-draws for an index depends on ``(epoch, index)`` only.
+draws for an index depends on ``(epoch, index)`` only. The indices themselves carry the epoch
+(:class:`EpochIndex`, an ``int``): persistent worker processes keep the dataset copy they
+started with and never see a later ``set_epoch``, but they do see each index.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sized
+from collections.abc import Callable, Iterator, Sized
 
 import numpy as np
 import torch
@@ -24,6 +26,25 @@ def default_seed() -> int:
     """The run's seed: Lightning's ``seed_everything`` value, else torch's initial seed."""
     value = os.environ.get("PL_GLOBAL_SEED")
     return int(value) if value is not None else int(torch.initial_seed() & 0xFFFFFFFF)
+
+
+class EpochIndex(int):
+    """A sample index that also says which epoch asked for it (``index.epoch``)."""
+
+    epoch: int
+
+    def __new__(cls, index: int, epoch: int) -> EpochIndex:
+        obj = super().__new__(cls, index)
+        obj.epoch = int(epoch)
+        return obj
+
+    def __reduce__(self):
+        return EpochIndex, (int(self), self.epoch)
+
+
+def index_epoch(index: int, default: int | None = None) -> int | None:
+    """The epoch an :class:`EpochIndex` carries, else ``default`` (a plain index)."""
+    return getattr(index, "epoch", default)
 
 
 class ResumableSampler(Sampler[int]):
@@ -87,13 +108,40 @@ class ResumableSampler(Sampler[int]):
             self._skip = None
             if epoch == self.epoch:
                 order = order[samples:]
-        return iter(order)
+        epoch = self.epoch
+        return (EpochIndex(i, epoch) for i in order)
+
+
+class LazyIterator:
+    """An iterator made by ``make`` at its first ``next``.
+
+    Lightning creates a training loader's iterator before it restores the loop from a checkpoint
+    when the task asks for ``trainer.estimated_stepping_batches`` in ``configure_optimizers``,
+    and does not create it again for the resumed epoch; a multi-worker ``DataLoader`` iterator
+    draws its first indices (and pickles the dataset for its workers) as it is made. Made at the
+    first ``next`` instead, it sees the restored position and epoch.
+    """
+
+    def __init__(self, make: Callable[[], Iterator]):
+        self._make = make
+        self._iterator: Iterator | None = None
+
+    def __iter__(self) -> LazyIterator:
+        return self
+
+    def __next__(self):
+        if self._iterator is None:
+            self._iterator = self._make()
+        return next(self._iterator)
 
 
 class ResumableLoader(DataLoader):
     """A ``DataLoader`` Lightning saves and restores (``state_dict`` / ``load_state_dict``) when
     its sampler is a :class:`ResumableSampler`: a resumed run continues the epoch's order
     after the last batch trained on instead of starting the epoch's data over."""
+
+    def __iter__(self) -> LazyIterator:
+        return LazyIterator(super().__iter__)
 
     def state_dict(self) -> dict[str, int]:
         return self.sampler.state_dict() if isinstance(self.sampler, ResumableSampler) else {}

@@ -15,6 +15,12 @@ sample shuffle buffer drains at the end of each pass so it never swaps samples a
 passes. Several sources are mixed by drawing each sample's source with the given weights.
 Evaluation reads each slot's share exactly once, partial last batch included.
 
+Resume. A training slot's batches are a function of ``(seed, epoch, slot)``: its raw stream
+(shard order, shuffle buffer, source mixing) has its own generator, and each sample's decoding
+and each batch's caption picks draw from ``(seed, epoch, slot, position)``. Every training
+batch carries ``"stream"`` (its slot's position), which :class:`EpochLoader` keeps in
+checkpoints; a resumed epoch continues each slot after it (:mod:`clapkit.datamodules.stream_state`).
+
 Batches are formed in the workers (``batch_size=None`` in the loader) by
 :func:`~clapkit.datamodules.pipeline.collate_with_skips`: ``"skipped"`` carries the bad
 samples counted since the worker's previous batch.
@@ -27,7 +33,7 @@ import logging
 import math
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -49,6 +55,7 @@ from clapkit.datamodules.shards import (
     check_pipe,
     resolve,
 )
+from clapkit.datamodules.stream_state import EpochLoader, StreamResume
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +111,7 @@ class ShardStream(IterableDataset):
                 raise ValueError(f"no sizes.json for {missing}: set samples_per_epoch")
             self.samples_per_epoch = int(sum(sizes))
         self.epoch = 0
+        self.resume: StreamResume | None = None  # set by EpochLoader.load_state_dict
         self.rank: int | None = None
         self.world_size: int | None = None
         self.num_workers_hint = 1
@@ -119,6 +127,8 @@ class ShardStream(IterableDataset):
                 rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        if self.resume is not None and self.resume.epoch == self.epoch and self.stage == "train":
+            worker = (worker + self.resume.worker_shift(workers)) % workers  # see stream_state
         return Slot(rank, world, worker, workers)
 
     def batches_per_worker(self, slot: Slot) -> int:
@@ -248,20 +258,33 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         slot = self.slot()
-        rng = np.random.default_rng([self.seed, self.epoch, slot.index])
+        rng = np.random.default_rng([self.seed, self.epoch, slot.index])  # the raw stream's alone
         skips: Counter = Counter()
-        limit = self.batches_per_worker(slot) if self.stage == "train" else None
-        pick = "random" if self.stage == "train" else "first"
+        train = self.stage == "train"
+        limit = self.batches_per_worker(slot) if train else None
+        pick = "random" if train else "first"
+        start, produced = (0, 0)
+        if train and self.resume is not None and self.resume.epoch == self.epoch:
+            start, produced = self.resume.start(slot.index)
+            if produced >= limit:
+                return
+
+        def draws(kind: int, position: int) -> np.random.Generator:
+            return np.random.default_rng([self.seed, self.epoch, slot.index, kind, position])
 
         def emit(items: list, extra: Counter) -> dict[str, Any]:
-            return collate_with_skips(items, num_classes=self.num_classes, pick_text=pick, rng=rng,
+            return collate_with_skips(items, num_classes=self.num_classes, pick_text=pick, rng=draws(1, produced),
                                       extra_skips=Counter(extra))
 
         items: list[Sample] = []
         pending: dict[str, Any] | None = None  # eval holds one batch back to attach late skips
-        produced, streak = 0, 0
-        for raw in self._raw_stream(slot, skips, rng):
-            item = self._decode(raw, rng)
+        streak = 0
+        raws = self._raw_stream(slot, skips, rng)
+        for _ in range(start):  # a resumed slot: read, without decoding, what it had read
+            next(raws)
+        skips.clear()  # counted before the kill
+        for position, raw in enumerate(raws, start=start):
+            item = self._decode(raw, draws(0, position))
             if isinstance(item, Skipped):
                 skips[item.reason] += 1
                 streak += 1
@@ -278,8 +301,9 @@ class ShardStream(IterableDataset):
                 items = []
                 skips.clear()
                 if limit is not None:
-                    yield batch
                     produced += 1
+                    batch["stream"] = {"slot": slot.index, "raw": position + 1, "batches": produced}
+                    yield batch
                     if produced >= limit:
                         return
                 else:
@@ -300,25 +324,6 @@ class ShardStream(IterableDataset):
         elif skips:
             # every sample of this slot was bad: an empty batch still carries the counts
             yield emit([], skips)
-
-
-class EpochLoader(DataLoader):
-    """DataLoader that tells its :class:`ShardStream` the epoch before the workers start.
-
-    Args:
-        epoch_fn: returns the current epoch (the trainer's, so a resumed run continues the
-            shard order where it stopped); default: count the loader's iterations.
-    """
-
-    def __init__(self, *args, epoch_fn: Callable[[], int] | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._iterations = 0
-        self._epoch_fn = epoch_fn
-
-    def __iter__(self):
-        self.dataset.epoch = self._epoch_fn() if self._epoch_fn is not None else self._iterations
-        self._iterations += 1
-        return super().__iter__()
 
 
 class ShardDataModule(AudioDataModule):

@@ -2,6 +2,11 @@
 
 A frozen encoder in eval mode is deterministic, so a string always embeds the same: caching is
 exact, and a large saving when captions repeat (templated labels, prompts, small corpora).
+Exact up to the batch a string was first embedded in: padding to another length changes the
+last bits of an encoder's output (about 1e-6 for MiniLM on a CPU), so what the cache holds
+depends on the run's history. A resumed run must therefore start from the cache the killed run
+had: :meth:`TextCache.state_dict` is saved in training checkpoints by
+:class:`clapkit.callbacks.resume.ExactResume`.
 The contrastive task caches its frozen text encoder's output and the separation query network
 its embeddings, both through :class:`TextCache`.
 """
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -39,15 +45,16 @@ class TextCache:
             texts: the strings (repeats allowed).
             compute: strings -> stacked tensors (the encoder).
             batch_size: strings per ``compute`` call (default: all missing at once).
-            device: where the rows must live; cached rows elsewhere (the module moved) are
-                dropped first.
+            device: where the rows must live; cached rows elsewhere (the module moved, or
+                restored from a checkpoint on the CPU) are moved there first.
         """
         texts = list(texts)
         unique = list(dict.fromkeys(texts))
         if not self.capacity or len(unique) > self.capacity:
             return self._compute(unique, compute, batch_size, texts)
         if device is not None and self._store and next(iter(self._store.values())).device != torch.device(device):
-            self.clear()
+            # moved, not recomputed: a row computed again in another batch differs in its last bits
+            self._store = OrderedDict((t, row.to(device)) for t, row in self._store.items())
         missing = [t for t in unique if t not in self._store]
         for text in unique:
             if text in self._store:
@@ -59,6 +66,20 @@ class TextCache:
         while len(self._store) > self.capacity:
             self._store.popitem(last=False)
         return torch.stack([self._store[t] for t in texts])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The cached strings in least-recently-used order and their rows (on the CPU), as plain
+        containers and one tensor (a checkpoint loadable with ``weights_only``)."""
+        texts = list(self._store)
+        rows = torch.stack([row.cpu() for row in self._store.values()]) if texts else None
+        return {"texts": texts, "rows": rows}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Replace the cache by a saved one (the rows stay on the CPU until the next call moves them)."""
+        texts, rows = list(state.get("texts") or []), state.get("rows")
+        if rows is None and texts or rows is not None and len(rows) != len(texts):
+            raise ValueError(f"text cache state: {len(texts)} strings but {0 if rows is None else len(rows)} rows")
+        self._store = OrderedDict(zip(texts, rows if rows is not None else []))
 
     @staticmethod
     def _compute(unique: list[str], compute, batch_size: int | None, texts: list[str]) -> torch.Tensor:
