@@ -68,9 +68,9 @@ def saved(tmp_path_factory):
     expected["audioclip"] = [old.embed_audio(wave, 16000), old.embed_text(TEXTS),
                              torch.tensor(list(old.logit_scales.values()))]
     task, _, inference = load_native(dirs["tagger"])
-    expected["tagger"] = [TaggerModel(task, inference).classify(wave, 16000).logits]
+    expected["tagger"] = [TaggerModel(task.model, inference).classify(wave, 16000).logits]
     task, _, inference = load_native(dirs["separation"])
-    expected["separation"] = [torch.from_numpy(SeparationModel(task, inference).separate(
+    expected["separation"] = [torch.from_numpy(SeparationModel(task.model, inference).separate(
         _wave(0.7, 32000, 1), 32000, query="a dog barks", negative="speech"))]
     return {"root": root, "dirs": dirs, "expected": expected, "wave": wave, "clap_task": clap_task}
 

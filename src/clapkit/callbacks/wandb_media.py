@@ -154,7 +154,7 @@ class WandbMedia(Callback):
     @staticmethod
     def _audio_setup(pl_module) -> tuple[str | None, Any]:
         """(audio batch key, audio encoder) of a contrastive module, or ``(None, None)``."""
-        towers = getattr(pl_module, "towers", None)
+        towers = getattr(getattr(pl_module, "model", None), "towers", None)  # a contrastive task's TowerSet
         if towers is None:
             return None, None
         name = getattr(pl_module, "eval_towers", ("audio", "text"))[0]

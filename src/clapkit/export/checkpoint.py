@@ -193,11 +193,12 @@ def _export(checkpoint, output, config_path: Path, tree: dict[str, Any], build_t
     task.eval()
     model = getattr(task, "model", task)
     if getattr(model, "inference", None) is not None:
-        # the task set its model's preprocessing itself (a separation model's chunks): it decides
-        inference = model.inference
-    else:
-        inference = export_inference(state, checkpoint, config_path, _audio_sample_rate(model), allow,
-                                     clip_seconds=clip_seconds, pad=pad, int16_roundtrip=int16_roundtrip)
+        # The task set its model's preprocessing itself (a separation model's chunks): it decides,
+        # and the task names the model's files (the query CLAP folder it copies in).
+        return save_pretrained(model, output, model.inference, task.saved_model_config(tree), overwrite=overwrite,
+                               inputs=[checkpoint, config_path])
+    inference = export_inference(state, checkpoint, config_path, _audio_sample_rate(model), allow,
+                                 clip_seconds=clip_seconds, pad=pad, int16_roundtrip=int16_roundtrip)
     # The run's config may name files outside any model directory (a text tower's folder, the
     # source model's assets after `clapkit fit --model DIR`): copy them in, so the export
     # survives the source moving and never reads outside itself.
