@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from helpers.fixtures import write_shards
+from helpers.resume_configs import RUN_CALLBACKS, TINY_CONTRASTIVE_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 EVERY, MAX_STEPS = 4, 12  # 2 epochs of 6 batches per rank (48 samples, 4 per batch, 2 ranks)
@@ -35,29 +36,7 @@ trainer:
   enable_progress_bar: false
   enable_model_summary: false
   default_root_dir: {root}
-  callbacks:
-    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{dirpath: {root}/checkpoints, save_last: true, every_n_train_steps: {every}, save_top_k: 0}}
-    - class_path: helpers.scale.StepLog
-      init_args: {{path: {root}/steps.log, sleep: {sleep}}}
-    - class_path: helpers.scale.FinalMetrics
-      init_args: {{path: {root}/final.json}}
-model:
-  class_path: clapkit.lightning_modules.ContrastiveTask
-  init_args:
-    lr: 0.003
-    towers:
-      audio:
-        class_path: clapkit.encoders.tower.Tower
-        init_args:
-          encoder: {{class_path: helpers.training.TinyAudio}}
-          projection: {{class_path: clapkit.encoders.projection.ResidualProjection, init_args: {{out_dim: 16, dropout: 0.3}}}}
-      text:
-        class_path: clapkit.encoders.tower.Tower
-        init_args:
-          encoder: {{class_path: helpers.training.TinyText}}
-          projection: {{class_path: clapkit.encoders.projection.ResidualProjection, init_args: {{out_dim: 16, dropout: 0.3}}}}
-data:
+""" + RUN_CALLBACKS + TINY_CONTRASTIVE_MODEL + """data:
   class_path: clapkit.datamodules.webdataset.ShardDataModule
   init_args:
     train: {shards}

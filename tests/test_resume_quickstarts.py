@@ -25,6 +25,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from helpers.resume_configs import RUN_CALLBACKS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -51,14 +53,7 @@ trainer:
   enable_progress_bar: false
   enable_model_summary: false
   default_root_dir: {root}
-  callbacks:
-    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{dirpath: {root}/checkpoints, save_last: true, every_n_train_steps: {every}, save_top_k: 0}}
-    - class_path: helpers.scale.StepLog
-      init_args: {{path: {root}/steps.log, sleep: {sleep}}}
-    - class_path: helpers.scale.FinalMetrics
-      init_args: {{path: {root}/final.json}}
-"""
+""" + RUN_CALLBACKS
 
 QUICKSTARTS = [
     # sibling groups of 2: 96 clips = 3 batches of 32; retrieval + zero-shot validation
