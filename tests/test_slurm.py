@@ -66,7 +66,8 @@ def test_slurm_dry_run_prints_the_rendered_script(tmp_path):
 
 
 def test_rendered_script_is_valid_bash_and_resumes_from_the_newest_checkpoint(tmp_path):
-    """Run the rendered script with a fake srun: it must pass the newest checkpoint to clapkit."""
+    """Run the rendered script with a fake srun: with CLAPKIT_RESUME_FROM=newest it must pass the
+    newest checkpoint to clapkit."""
     script = make("slurm", "CONFIG=configs/quickstart/clap.yaml", "NODES=1", "GPUS=2", f"RUN_ROOT={tmp_path}",
                   f"LOG_DIR={tmp_path}/logs", "DRY_RUN=1")
     bin_dir = tmp_path / "bin"
@@ -79,7 +80,7 @@ def test_rendered_script_is_valid_bash_and_resumes_from_the_newest_checkpoint(tm
     run_dir = tmp_path / "clapkit-clap-123"
     (run_dir / "checkpoints").mkdir(parents=True)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_NAME": "clapkit-clap", "SLURM_JOB_ID": "123",
-           "SRUN_ARGS": str(tmp_path / "args.txt"), "HOME": str(tmp_path)}
+           "SRUN_ARGS": str(tmp_path / "args.txt"), "HOME": str(tmp_path), "CLAPKIT_RESUME_FROM": "newest"}
 
     def run() -> list[str]:
         done = subprocess.run(["bash", str(path)], env=env, capture_output=True, text=True, timeout=30)
@@ -121,8 +122,8 @@ def test_agent_without_sweep_id_fails_clearly():
 
 
 def test_resume_from_last_only_ignores_the_preemption_checkpoint(tmp_path):
-    """CLAPKIT_RESUME_FROM=last: the periodic last.ckpt (exact resume), even when the signal
-    handler's hpc checkpoint is newer."""
+    """By default the periodic last.ckpt (exact resume), even when the signal handler's hpc
+    checkpoint is newer; CLAPKIT_RESUME_FROM=last says the same explicitly."""
     script = make("slurm", "CONFIG=configs/quickstart/clap.yaml", "NODES=1", "GPUS=2", f"RUN_ROOT={tmp_path}",
                   f"LOG_DIR={tmp_path}/logs", "DRY_RUN=1")
     bin_dir = tmp_path / "bin"
@@ -137,8 +138,10 @@ def test_resume_from_last_only_ignores_the_preemption_checkpoint(tmp_path):
     os.utime(last, (1, 1))
     (run_dir / "hpc_ckpt_1.ckpt").write_bytes(b"x")
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_NAME": "clapkit-clap", "SLURM_JOB_ID": "7",
-           "SRUN_ARGS": str(tmp_path / "args.txt"), "HOME": str(tmp_path), "CLAPKIT_RESUME_FROM": "last"}
-    done = subprocess.run(["bash", str(tmp_path / "job.sh")], env=env, capture_output=True, text=True, timeout=30)
-    assert done.returncode == 0, done.stderr
-    args = (tmp_path / "args.txt").read_text().splitlines()
-    assert args[args.index("--ckpt_path") + 1] == str(last)
+           "SRUN_ARGS": str(tmp_path / "args.txt"), "HOME": str(tmp_path)}
+    for explicit in ({}, {"CLAPKIT_RESUME_FROM": "last"}):
+        done = subprocess.run(["bash", str(tmp_path / "job.sh")], env={**env, **explicit}, capture_output=True,
+                              text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        args = (tmp_path / "args.txt").read_text().splitlines()
+        assert args[args.index("--ckpt_path") + 1] == str(last)
