@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # runs the whole suite script once on the CPU (about a minute)
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_suite_smoke_on_cpu_writes_json_and_table(tmp_path):
     if importlib.util.find_spec("laion_clap") is None:  # not imported here: it needs a stubbed wget
