@@ -2,7 +2,8 @@
 
 The reference's inference API with the same argument names, shapes and dtypes::
 
-    model = laion_clap.CLAP_Module(enable_fusion=False, amodel="HTSAT-tiny", text_model="hf/roberta-base")
+    # text_model: a local folder holding a saved roberta-base tokenizer and config (never a hub name)
+    model = laion_clap.CLAP_Module(enable_fusion=False, amodel="HTSAT-tiny", text_model="/models/roberta-base")
     model.load_ckpt("630k-audioset-best.pt")
     audio = model.get_audio_embedding_from_filelist(["a.wav", "b.flac"])   # np.float32 [N, 512]
     audio = model.get_audio_embedding_from_data(x)                         # x: np [N, T] at 48 kHz
@@ -80,8 +81,8 @@ class CLAP_Module(nn.Module):  # noqa: N801 - the reference's name
             verbose: print what was loaded.
         """
         if ckpt is None:
-            raise ValueError("clapkit.compat.laion_clap never downloads: pass ckpt=<path of the .pt file> "
-                             f"(model_id={model_id} names a file of https://huggingface.co/lukewys/laion_clap)")
+            raise ValueError("clapkit.compat.laion_clap never downloads: pass ckpt=<path of a local .pt file "
+                             f"or clapkit model directory> (model_id={model_id} is the reference's download choice)")
         if is_native(ckpt):
             clap = load(ckpt, device=self._device)
             if clap.inference.fusion != self.enable_fusion:

@@ -2,7 +2,8 @@
 
 The reference's inference API with the same argument names, shapes and dtypes::
 
-    clap = CLAP(model_fp="CLAP_weights_2023.pth", version="2023", use_cuda=False, text_model="hf/gpt2")
+    # text_model: a local folder holding a saved gpt2 tokenizer and config (never a hub name)
+    clap = CLAP(model_fp="CLAP_weights_2023.pth", version="2023", use_cuda=False, text_model="/models/gpt2")
     audio = clap.get_audio_embeddings(["a.wav", "b.wav"])      # torch.float32 [N, 1024], not normalised
     text = clap.get_text_embeddings(["dog barking", "rain"])    # torch.float32 [N, 1024], not normalised
     logits = clap.compute_similarity(audio, text)               # [N_audio, N_text], logit_scale * cosine
